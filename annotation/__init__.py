@@ -1,0 +1,1 @@
+"""FiftyOne review sessions, SAM and grounding backends (issue 4)."""

@@ -1,0 +1,1 @@
+"""PyTorch datasets over manifests, trainers and evaluation (later issues)."""
