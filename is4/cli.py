@@ -1,0 +1,217 @@
+"""The `is4` command line: one command per stage, plus `build` (the whole flow) and `serve` (its deployment).
+
+Exit status: 0 when a run completed (rows that failed or were invalid are recorded in the manifests, not fatal);
+2 with a one-line reason when the run itself cannot proceed (bad config, unreadable csv, unwritable work
+directory, no ffmpeg).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# Prefect reads these when it is imported (only by `build` and `serve`): no telemetry, the network is closed.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(help="Build the IS4 benchmark and its VGGSound training data.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fatal_errors() -> tuple[type[BaseException], ...]:
+    from is4.config import ConfigError
+    from is4.manifests.ids import InvalidIdError
+    from is4.manifests.io import ManifestError
+    from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
+    from is4.pipeline.vggsound_csv import CsvError
+
+    return ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, OSError
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    message = str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.filename}: {exc.strerror}"
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    csv: Annotated[Path, typer.Option(help="VGGSound-format csv (ytid, start, label, split; no header)")],
+    workdir: Annotated[Path, typer.Option(help="work directory of the build")],
+    config: Annotated[Path | None, typer.Option(help="config file whose `ingest` section to use")] = None,
+    url_template: Annotated[str | None, typer.Option(help="download url with a {ytid} placeholder")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="concurrent downloads")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="keep this split (repeatable): train, test")] = None,
+    labels: Annotated[str | None, typer.Option(help="'all', 'vggss' or a file with one label per line")] = None,
+    per_class_cap: Annotated[int | None, typer.Option(min=1, help="at most N clips per label (seeded)")] = None,
+    id_list: Annotated[Path | None, typer.Option(help="file of clip ids / YouTube ids to keep")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for subset sampling")] = None,
+    export: Annotated[bool | None, typer.Option(help="also write the training layout to WORK/exports/vggsound")] = None,
+) -> None:
+    """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
+    from is4.config import BuildConfig, load_config, parse_config
+    from is4.pipeline.export import export_training_layout
+    from is4.pipeline.ingest import run_ingest
+
+    try:
+        cfg = load_config(config) if config else BuildConfig()
+        data = cfg.model_dump(mode="json")
+        section = data["ingest"]
+        overrides = {
+            ("download", "url_template"): url_template,
+            ("download", "workers"): workers,
+            ("subset", "splits"): split,
+            ("subset", "per_class_cap"): per_class_cap,
+            ("subset", "id_list"): str(id_list) if id_list else None,
+        }
+        for (group, key), value in overrides.items():
+            if value is not None:
+                section[group][key] = value
+        if labels is not None:
+            section["subset"]["labels"] = labels if labels in ("all", "vggss") else [
+                line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+        if export is not None:
+            section["export_training_layout"] = export
+        if seed is not None:
+            data["seed"] = seed
+        cfg = parse_config(data, "command line")
+        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}"), console=err_console) as bar:
+            job = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, message: str) -> None:
+                bar.update(job, completed=done, total=total, description=message)
+
+            summary = run_ingest(csv, workdir, cfg.ingest, seed=cfg.seed, progress=progress).as_dict()
+        if cfg.ingest.export_training_layout:
+            out, _ = export_training_layout(workdir)
+            summary["training_layout"] = str(out)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    _print_summary("ingest", summary)
+
+
+@app.command("export")
+def export_cmd(
+    workdir: Annotated[Path, typer.Option(help="work directory with a clips manifest")],
+    out: Annotated[Path | None, typer.Option(help="output directory (default WORK/exports/vggsound)")] = None,
+) -> None:
+    """Write frames/{clip_id}.jpg, audio/{clip_id}.wav and ids.csv for existing localisation trainers."""
+    from is4.pipeline.export import export_training_layout
+
+    try:
+        path, n = export_training_layout(workdir, out)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    console.print(f"exported {n} clips to {path}")
+
+
+@app.command("demo-media")
+def demo_media(
+    out: Annotated[Path, typer.Option(help="directory for the videos and the csv")],
+    config: Annotated[Path, typer.Option(help="config whose ingest.demo_media section to use")] = Path(
+        "configs/demo.yaml"),
+) -> None:
+    """Make the synthetic demo videos and their vggsound-format csv (without serving them)."""
+    from is4.config import load_config
+    from is4.pipeline.demo_media import make_demo_media
+
+    try:
+        cfg = load_config(config)
+        demo = cfg.ingest.demo_media
+        media = make_demo_media(out, demo.labels, clips_per_label=demo.clips_per_label,
+                                source_seconds=demo.source_seconds, seed=cfg.seed,
+                                include_faults=demo.include_faults)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    console.print(f"{media.clips} demo clips: csv {media.csv_path}, videos in {media.video_dir}")
+
+
+@app.command()
+def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> None:
+    """Validate every manifest in a work directory and print its row counts."""
+    from is4.manifests.io import MANIFEST_DIR, read_manifest
+    from is4.manifests.schema import TABLES
+
+    table = Table("table", "rows", "status")
+    failed = False
+    for name in TABLES:
+        if not (workdir / MANIFEST_DIR / f"{name}.parquet").is_file():
+            continue
+        try:
+            frame = read_manifest(workdir, name)
+            table.add_row(name, str(len(frame)), "valid")
+        except _fatal_errors() as exc:
+            failed = True
+            table.add_row(name, "-", f"[red]{exc}[/]")
+    console.print(table)
+    if failed:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def build(
+    config: Annotated[Path, typer.Option(help="build config (YAML), e.g. configs/demo.yaml")],
+    workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
+) -> None:
+    """Run the whole `build-is4` flow in-process (Prefect's local API; nothing to start by hand)."""
+    from is4.config import load_config
+
+    try:
+        load_config(config)  # fail fast, before Prefect starts its local API
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    from is4.flows.build import build_is4
+
+    try:
+        results = build_is4(config_path=str(config.resolve()), workdir=str(workdir) if workdir else None)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    console.rule("build-is4 finished")
+    console.print(f"work directory: {results['workdir']}")
+    for stage in ("ingest", "export"):
+        if stage in results:
+            _print_summary(stage, results[stage])
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="build config the deployment runs with")],
+    name: Annotated[str, typer.Option(help="deployment name: run it as 'build-is4/<name>'")] = "default",
+    workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
+) -> None:
+    """Serve a deployment of `build-is4` to the Prefect API in PREFECT_API_URL (runs until stopped)."""
+    from is4.config import load_config
+
+    try:
+        load_config(config)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    from is4.flows.build import build_is4
+
+    params = {"config_path": str(config.resolve()), "workdir": str(workdir.resolve()) if workdir else None}
+    build_is4.serve(name=name, parameters=params)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,177 @@
+"""One typed table schema per stage (DESIGN §3).
+
+A `TableSpec` names the required columns with their Arrow types, the key, the allowed values of enum columns and
+which columns hold paths (relative to the work directory). Stages may add columns; they never drop these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+CLIP_STATUSES = frozenset({"ok", "failed", "invalid"})
+DECISIONS = frozenset({"accept", "reject", "pending"})
+DECISION_SOURCES = frozenset({"human", "auto"})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The contract of one manifest table."""
+
+    name: str
+    columns: tuple[pa.Field, ...]
+    key: tuple[str, ...]
+    sort_by: tuple[str, ...]
+    enums: dict[str, frozenset[str]] = field(default_factory=dict)
+    path_columns: tuple[str, ...] = ()
+    # Rows whose key may be null (e.g. a csv row so broken that it has no clip id); they are exempt from the
+    # uniqueness check but must satisfy `nullable_key_when`.
+    nullable_key_when: tuple[str, str] | None = None
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(list(self.columns))
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.columns)
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+_str = pa.string()
+
+CATEGORIES = TableSpec(
+    name="categories",
+    columns=(
+        _f("label", _str, False),
+        _f("object", _str),
+        _f("category_id", _str),
+        _f("instrument", pa.bool_()),
+        _f("depictable", pa.bool_()),
+    ),
+    key=("label",),
+    sort_by=("label",),
+)
+
+CLIPS = TableSpec(
+    name="clips",
+    columns=(
+        _f("row", pa.int64(), False),  # 1-based line number in the source csv
+        _f("clip_id", _str),
+        _f("ytid", _str),
+        _f("start_sec", pa.int64()),
+        _f("label", _str),
+        _f("split", _str),
+        _f("status", _str, False),
+        _f("reason", _str),
+        _f("retryable", pa.bool_(), False),
+        _f("attempts", pa.int64(), False),
+        _f("source_path", _str),
+        _f("source_bytes", pa.int64()),
+        _f("frame_path", _str),
+        _f("audio_path", _str),
+        _f("spec_path", _str),
+        _f("mel_path", _str),
+        _f("frame_width", pa.int64()),
+        _f("frame_height", pa.int64()),
+        _f("source_audio_sec", pa.float64()),
+        _f("padded_sec", pa.float64()),
+        _f("trimmed_sec", pa.float64()),
+        _f("peak_dbfs", pa.float64()),
+    ),
+    key=("clip_id",),
+    sort_by=("row",),
+    enums={"status": CLIP_STATUSES},
+    path_columns=("source_path", "frame_path", "audio_path", "spec_path", "mel_path"),
+    nullable_key_when=("status", "invalid"),
+)
+
+IMAGES = TableSpec(
+    name="images",
+    columns=(
+        _f("image_id", _str, False),
+        _f("category_a", _str, False),
+        _f("category_b", _str, False),
+        _f("template", _str),
+        _f("style", _str),
+        _f("prompt", _str),
+        _f("seed", pa.int64()),
+        _f("model_id", _str),
+        _f("model_revision", _str),
+        _f("image_path", _str),
+        _f("sha256", _str),
+    ),
+    key=("image_id",),
+    sort_by=("image_id",),
+    path_columns=("image_path",),
+)
+
+VERIFICATION = TableSpec(
+    name="verification",
+    columns=(
+        _f("image_id", _str, False),
+        _f("decision", _str, False),
+        _f("reason", _str),
+        _f("reviewer", _str),
+        _f("source", _str, False),
+        _f("decided_at", pa.timestamp("us", tz="UTC")),
+    ),
+    key=("image_id",),
+    sort_by=("image_id",),
+    enums={"decision": DECISIONS, "source": DECISION_SOURCES},
+)
+
+ANNOTATIONS = TableSpec(
+    name="annotations",
+    columns=(
+        _f("instance_id", _str, False),
+        _f("image_id", _str, False),
+        _f("category", _str, False),
+        _f("mask_path", _str),
+        _f("bbox_xyxy", pa.list_(pa.float64(), 4)),
+        _f("method", _str),
+        _f("model_id", _str),
+    ),
+    key=("instance_id",),
+    sort_by=("instance_id",),
+    path_columns=("mask_path",),
+)
+
+INSTANCES = TableSpec(
+    name="instances",
+    columns=(
+        _f("instance_id", _str, False),
+        _f("image_id", _str, False),
+        _f("category", _str, False),
+        _f("clip_id", _str),
+        _f("audio_path", _str),
+    ),
+    key=("instance_id",),
+    sort_by=("instance_id",),
+    path_columns=("audio_path",),
+)
+
+CAPTIONS = TableSpec(
+    name="captions",
+    columns=(
+        _f("item_id", _str, False),
+        _f("image_caption", _str),
+        _f("audio_caption", _str),
+        _f("object_phrase", _str),
+        _f("image_caption_model", _str),
+        _f("audio_caption_model", _str),
+        _f("object_phrase_model", _str),
+    ),
+    key=("item_id",),
+    sort_by=("item_id",),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec for spec in (CATEGORIES, CLIPS, IMAGES, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS)
+}

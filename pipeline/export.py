@@ -1,0 +1,52 @@
+"""Export the ingested clips in the layout the public localisation code reads.
+
+`OUT/frames/{clip_id}.jpg`, `OUT/audio/{clip_id}.wav` and `OUT/ids.csv` (`clip_id,label,split`), built from the
+`clips` manifest (status ok only). Files are hard links where the file system allows (no extra disk), else copies.
+The export is built beside its target and swapped in, so a reader never sees a half-made layout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from is4.manifests.io import read_manifest
+
+DEFAULT_EXPORT_DIR = "exports/vggsound"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def export_training_layout(workdir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, int]:
+    """Write the training layout for the ok clips of `workdir`; returns (output dir, number of clips)."""
+    workdir = Path(workdir)
+    out = Path(out_dir) if out_dir is not None else workdir / DEFAULT_EXPORT_DIR
+    clips = read_manifest(workdir, "clips")
+    ok = clips[clips["status"] == "ok"].sort_values("clip_id")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(out.parent.stat().st_mode & 0o777)  # mkdtemp makes it 0700
+        (staging / "frames").mkdir()
+        (staging / "audio").mkdir()
+        for clip in ok.itertuples():
+            _link_or_copy(workdir / clip.frame_path, staging / "frames" / f"{clip.clip_id}.jpg")
+            _link_or_copy(workdir / clip.audio_path, staging / "audio" / f"{clip.clip_id}.wav")
+        ok[["clip_id", "label", "split"]].to_csv(staging / "ids.csv", index=False, lineterminator="\n")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, len(ok)

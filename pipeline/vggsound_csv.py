@@ -1,0 +1,126 @@
+"""Read and validate a VGGSound-format csv: `YouTube ID, start seconds, label, split`, no header.
+
+Real copies of the file differ in small ways: a UTF-8 byte-order mark, CRLF line ends, a header line, blank lines,
+spaces after commas, `30.0` for `30`, upper-case splits, labels with doubled spaces. Those are normalised. Anything
+else that is wrong makes the row invalid with a reason; an invalid row never gets a clip id, so it never reaches
+yt-dlp or a file path.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from is4.classes import vggsound_labels
+from is4.manifests.ids import MAX_START_SEC, YTID_RE, make_clip_id
+
+SPLITS = ("train", "test")
+_HEADER_HINTS = ("youtube", "ytid", "video_id", "# ")
+
+
+class CsvError(RuntimeError):
+    """The csv as a whole cannot be read: the run cannot proceed."""
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One data line of the csv, valid (`clip_id` set) or not (`error` set)."""
+
+    row: int  # 1-based line number in the file
+    ytid: str
+    start_raw: str
+    label: str
+    split: str
+    start_sec: int | None = None
+    clip_id: str | None = None
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+def _normalise_label(raw: str) -> str:
+    return re.sub(r"\s+", " ", raw.strip()).lower()
+
+
+def _parse_start(raw: str) -> int | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_START_SEC:
+        return None
+    return int(value)
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    first = fields[0].strip().lower()
+    return any(first.startswith(h) for h in _HEADER_HINTS) or (
+        len(fields) > 1 and _parse_start(fields[1].strip()) is None and not YTID_RE.fullmatch(fields[0].strip())
+    )
+
+
+def parse_rows(lines: Iterable[list[str]], known_labels: Iterable[str] | None = None) -> list[CsvRow]:
+    """Validate csv records (already split into fields) into CsvRows; see module docstring for the rules."""
+    labels = frozenset(known_labels if known_labels is not None else vggsound_labels())
+    rows: list[CsvRow] = []
+    first_seen: dict[str, int] = {}
+    for line_no, fields in enumerate(lines, start=1):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if line_no == 1 and _looks_like_header(fields):
+            continue
+        if len(fields) != 4:
+            raw = [f.strip() for f in fields] + [""] * 4
+            rows.append(
+                CsvRow(line_no, raw[0], raw[1], raw[2], raw[3], error=f"bad-row: expected 4 fields, got {len(fields)}")
+            )
+            continue
+        ytid, start_raw, label_raw, split_raw = (f.strip() for f in fields)
+        label, split = _normalise_label(label_raw), split_raw.lower()
+        start = _parse_start(start_raw)
+        error = None
+        if not YTID_RE.fullmatch(ytid):
+            error = f"invalid-ytid: {ytid!r} is not 11 characters of [A-Za-z0-9_-]"
+        elif start is None:
+            error = f"invalid-start: {start_raw!r} is not a whole number of seconds in [0, {MAX_START_SEC}]"
+        elif label not in labels:
+            error = f"unknown-label: {label_raw!r} is not a VGGSound class"
+        elif split not in SPLITS:
+            error = f"invalid-split: {split_raw!r} is not train or test"
+        if error:
+            rows.append(CsvRow(line_no, ytid, start_raw, label_raw, split_raw, error=error))
+            continue
+        clip_id = make_clip_id(ytid, start)
+        if clip_id in first_seen:
+            rows.append(
+                CsvRow(line_no, ytid, start_raw, label, split, start, None,
+                       f"duplicate: clip {clip_id} already listed on line {first_seen[clip_id]}")
+            )
+            continue
+        first_seen[clip_id] = line_no
+        rows.append(CsvRow(line_no, ytid, start_raw, label, split, start, clip_id))
+    return rows
+
+
+def read_vggsound_csv(path: str | Path, known_labels: Iterable[str] | None = None) -> list[CsvRow]:
+    """Read a VGGSound-format csv file; raises CsvError when the file itself cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            records = list(csv.reader(fh, skipinitialspace=True))
+    except FileNotFoundError:
+        raise CsvError(f"{path}: no such csv file") from None
+    except UnicodeDecodeError as exc:
+        raise CsvError(f"{path}: not UTF-8 text (byte {exc.start}): is this the VGGSound csv?") from None
+    except (OSError, csv.Error) as exc:
+        raise CsvError(f"{path}: cannot read csv: {exc}") from None
+    rows = parse_rows(records, known_labels)
+    if not rows:
+        raise CsvError(f"{path}: no data rows")
+    return rows
