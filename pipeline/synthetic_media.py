@@ -37,7 +37,9 @@ def _boundaries(segments: Sequence[Segment], rate: float) -> list[int]:
     return [b - a for a, b in zip(cuts, cuts[1:])]
 
 
-def _filter_graph(segments: Sequence[Segment], size: tuple[int, int], fps: int, sample_rate: int, with_audio: bool) -> str:
+def _filter_graph(
+    segments: Sequence[Segment], size: tuple[int, int], fps: int, sample_rate: int, with_audio: bool
+) -> str:
     """The filter_complex text producing `[v]` (and `[a]` when `with_audio`) from source filters."""
     width, height = size
     chains = []

@@ -74,13 +74,16 @@ def test_centre_frame_is_the_last_frame_stamped_at_or_before_the_midpoint(
     media: Path, tmp_path: Path, clip_seconds: float, expected_rgb: tuple[int, int, int]
 ) -> None:
     # 4 fps: frames at 4.75 s (red) and 5.0 s (blue). At 5.0 s blue is on screen; at 4.95 s red still is.
-    source = make_video(media / "4fps.mp4", [Segment(5.0, "red", 500.0), Segment(5.0, "blue", 500.0)], size=SMALL, fps=4)
+    halves = [Segment(5.0, "red", 500.0), Segment(5.0, "blue", 500.0)]
+    source = make_video(media / "4fps.mp4", halves, size=SMALL, fps=4)
     clip = extract_clip(source, **_outputs(tmp_path), clip_seconds=clip_seconds)
     with Image.open(clip.frame_path) as image:
         np.testing.assert_allclose(np.asarray(image).reshape(-1, 3).mean(axis=0), expected_rgb, atol=8)
 
 
-@pytest.mark.parametrize(("frame_size", "size", "expected"), [(None, (160, 120), (160, 120)), (64, (96, 128), (64, 86))])
+@pytest.mark.parametrize(
+    ("frame_size", "size", "expected"), [(None, (160, 120), (160, 120)), (64, (96, 128), (64, 86))]
+)
 def test_frame_size_scales_the_shorter_side(
     media: Path, tmp_path: Path, frame_size: int | None, size: tuple[int, int], expected: tuple[int, int]
 ) -> None:
@@ -156,7 +159,10 @@ def _video_starting_late(video: Path, target: Path) -> Path:
 @pytest.mark.parametrize(
     ("make_source", "reason"),
     [
-        (lambda d, v: make_video(d / "silent.mp4", [Segment(10.0, "red", None)], size=SMALL), "silent audio (peak -inf dBFS)"),
+        (
+            lambda d, v: make_video(d / "silent.mp4", [Segment(10.0, "red", None)], size=SMALL),
+            "silent audio (peak -inf dBFS)",
+        ),
         (lambda d, v: make_video(d / "mute.mp4", FOUR_SEGMENTS, size=SMALL, with_audio=False), "no audio stream"),
         (lambda d, v: make_corrupt_file(d / "corrupt.mp4"), "corrupt media: "),
         (lambda d, v: _audio_only(v, d / "audio-only.m4a"), "no video stream"),
