@@ -10,7 +10,7 @@ import hashlib
 import json
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,7 +25,12 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types: `seed: yes` or `workers: "4"` is a mistake to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# YAML has no path type: paths are written as strings.
+ConfigPath = Annotated[Path, Field(strict=False)]
 
 
 class SubsetConfig(StrictModel):
@@ -36,7 +41,7 @@ class SubsetConfig(StrictModel):
         "all", description="'all', 'vggss' (the 221 VGG-SS classes) or an explicit list of VGGSound labels"
     )
     per_class_cap: int | None = Field(None, gt=0)
-    id_list: Path | None = Field(None, description="file of clip ids (or YouTube ids), one per line")
+    id_list: ConfigPath | None = Field(None, description="file of clip ids (or YouTube ids), one per line")
 
     @field_validator("labels")
     @classmethod
@@ -69,9 +74,9 @@ class DownloadConfig(StrictModel):
     @field_validator("url_template")
     @classmethod
     def _one_ytid_field(cls, value: str) -> str:
-        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        if fields != {"ytid"}:
-            raise ValueError("must contain the placeholder {ytid} and no other placeholder")
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+        if not fields or any(f != ("ytid", "", None) for f in fields):
+            raise ValueError("must contain the plain placeholder {ytid} and no other placeholder")
         return value
 
 
@@ -102,7 +107,7 @@ class DemoMediaConfig(StrictModel):
 
 
 class IngestConfig(StrictModel):
-    csv: Path | None = Field(None, description="a vggsound.csv-format file; required unless demo media is on")
+    csv: ConfigPath | None = Field(None, description="a vggsound.csv-format file; required unless demo media is on")
     subset: SubsetConfig = SubsetConfig()
     download: DownloadConfig = DownloadConfig()
     extract: ExtractConfig = ExtractConfig()
@@ -134,7 +139,7 @@ class ModelsConfig(StrictModel):
 class BuildConfig(StrictModel):
     profile: str = "custom"
     seed: int = 0
-    workdir: Path = Path("work")
+    workdir: ConfigPath = Path("work")
     ingest: IngestConfig = IngestConfig()
     models: ModelsConfig = ModelsConfig()
 
@@ -173,6 +178,8 @@ def load_config(path: str | Path) -> BuildConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +20,9 @@ _META_TABLE = b"is4.table"
 _META_VERSION = b"is4.schema_version"
 _META_PROVENANCE = b"is4.provenance"
 _NULLABLE_DTYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
 
 class ManifestError(ValueError):
@@ -82,7 +86,7 @@ def validate_table(spec: TableSpec, table: pa.Table, where: str) -> None:
             if value is None:
                 continue
             p = PurePosixPath(value)
-            if p.is_absolute() or ".." in p.parts or "\\" in value:
+            if not value or p.is_absolute() or ".." in p.parts or "\\" in value or _DRIVE_RE.match(value):
                 raise ManifestError(
                     f"{where}: row {i}: column {name!r} path {value!r} must be relative to the work directory"
                 )

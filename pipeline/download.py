@@ -30,9 +30,11 @@ _PERMANENT = (
     (re.compile(r"video unavailable|not available|unavailable", re.I), "unavailable"),
     (re.compile(r"Invalid data found|moov atom not found|could not find codec|error opening input", re.I), "corrupt-source"),
 )
+_SERVER_ERROR = re.compile(r"HTTP Error (5\d\d|429)\b")
 _TRANSIENT = (
     (re.compile(r"timed out|timeout", re.I), "timeout"),
-    (re.compile(r"HTTP Error 5\d\d|HTTP Error 429", re.I), "server-error"),
+    # ffmpeg gives up on a broken source and on a broken connection alike: retry, then record.
+    (re.compile(r"ffmpeg exited with code", re.I), "ffmpeg-error"),
 )
 
 
@@ -51,6 +53,9 @@ class DownloadFailure(Exception):
 
 def classify_error(message: str) -> tuple[str, bool]:
     """(reason kind, permanent) for a yt-dlp error message."""
+    # A server error is transient whatever its reason phrase says ("503 Service Unavailable").
+    if _SERVER_ERROR.search(message):
+        return "server-error", False
     for pattern, kind in _PERMANENT:
         if pattern.search(message):
             return kind, True

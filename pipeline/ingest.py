@@ -195,7 +195,11 @@ def run_ingest(
         "csv_name": csv_path.name,
         "csv_sha256": _file_sha256(csv_path),
         "seed": seed,
-        "config": cfg.model_dump(mode="json", exclude={"download": {"url_template"}, "demo_media": True}),
+        # Settings that cannot change the output (where the server is, how many workers) are left out, so the
+        # manifest's bytes depend only on what it describes.
+        "config": cfg.model_dump(
+            mode="json", exclude={"download": {"url_template", "workers", "retry_backoff_s"}, "demo_media": True}
+        ),
     }
     manifest = write_manifest(workdir, CLIPS, frame, provenance)
     statuses = Counter(frame["status"])

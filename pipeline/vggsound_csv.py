@@ -4,12 +4,14 @@ Real copies of the file differ in small ways: a UTF-8 byte-order mark, CRLF line
 spaces after commas, `30.0` for `30`, upper-case splits, labels with doubled spaces. Those are normalised. Anything
 else that is wrong makes the row invalid with a reason; an invalid row never gets a clip id, so it never reaches
 yt-dlp or a file path.
+
+Each physical line is parsed on its own (no VGGSound label spans lines), so an unbalanced quote spoils only its own
+line and every row keeps its true line number.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from is4.classes import vggsound_labels
 from is4.manifests.ids import MAX_START_SEC, YTID_RE, make_clip_id
 
 SPLITS = ("train", "test")
-_HEADER_HINTS = ("youtube", "ytid", "video_id", "# ")
+_HEADER_HINTS = ("youtube", "ytid", "video_id", "#")
+_START_RE = re.compile(r"^[0-9]+(\.0*)?$")
 
 
 class CsvError(RuntimeError):
@@ -49,32 +52,45 @@ def _normalise_label(raw: str) -> str:
 
 
 def _parse_start(raw: str) -> int | None:
-    try:
-        value = float(raw)
-    except ValueError:
+    """Whole seconds written as ASCII digits, optionally with a zero fraction (`30`, `30.0`)."""
+    if not _START_RE.fullmatch(raw):
         return None
-    if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_START_SEC:
-        return None
-    return int(value)
+    value = int(raw.split(".")[0])
+    return value if value <= MAX_START_SEC else None
 
 
 def _looks_like_header(fields: list[str]) -> bool:
-    first = fields[0].strip().lower()
-    return any(first.startswith(h) for h in _HEADER_HINTS) or (
-        len(fields) > 1 and _parse_start(fields[1].strip()) is None and not YTID_RE.fullmatch(fields[0].strip())
-    )
+    """A first line naming columns: its first field is no YouTube id, and it says so or has no number after it."""
+    first = fields[0].strip()
+    if YTID_RE.fullmatch(first):
+        return False
+    no_number = len(fields) > 1 and not any(ch.isdigit() for ch in fields[1])
+    return first.lower().startswith(_HEADER_HINTS) or no_number
 
 
-def parse_rows(lines: Iterable[list[str]], known_labels: Iterable[str] | None = None) -> list[CsvRow]:
-    """Validate csv records (already split into fields) into CsvRows; see module docstring for the rules."""
+def _split_line(line: str) -> list[str]:
+    """The fields of one csv line; an unbalanced quote raises csv.Error."""
+    return next(csv.reader([line], skipinitialspace=True, strict=True), [])
+
+
+def parse_lines(lines: Iterable[str], known_labels: Iterable[str] | None = None) -> list[CsvRow]:
+    """Validate the text lines of a VGGSound csv into CsvRows; see module docstring for the rules."""
     labels = frozenset(known_labels if known_labels is not None else vggsound_labels())
     rows: list[CsvRow] = []
     first_seen: dict[str, int] = {}
-    for line_no, fields in enumerate(lines, start=1):
-        if not fields or all(not f.strip() for f in fields):
+    header_checked = False
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-        if line_no == 1 and _looks_like_header(fields):
+        try:
+            fields = _split_line(line)
+        except csv.Error as exc:
+            rows.append(CsvRow(line_no, line.strip()[:40], "", "", "", error=f"bad-row: {exc}"))
             continue
+        if not header_checked:
+            header_checked = True
+            if _looks_like_header(fields):
+                continue
         if len(fields) != 4:
             raw = [f.strip() for f in fields] + [""] * 4
             rows.append(
@@ -112,15 +128,14 @@ def read_vggsound_csv(path: str | Path, known_labels: Iterable[str] | None = Non
     """Read a VGGSound-format csv file; raises CsvError when the file itself cannot be read."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            records = list(csv.reader(fh, skipinitialspace=True))
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CsvError(f"{path}: no such csv file") from None
     except UnicodeDecodeError as exc:
         raise CsvError(f"{path}: not UTF-8 text (byte {exc.start}): is this the VGGSound csv?") from None
-    except (OSError, csv.Error) as exc:
-        raise CsvError(f"{path}: cannot read csv: {exc}") from None
-    rows = parse_rows(records, known_labels)
+    except OSError as exc:
+        raise CsvError(f"{path}: cannot read csv: {exc.strerror}") from None
+    rows = parse_lines(text.splitlines(), known_labels)
     if not rows:
         raise CsvError(f"{path}: no data rows")
     return rows

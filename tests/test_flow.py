@@ -1,0 +1,85 @@
+"""`is4 build` runs the `build-is4` flow in-process (Prefect's local API) and caches finished stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from is4.manifests.io import manifest_path, read_manifest, read_provenance
+
+IS4 = str(Path(sys.executable).parent / "is4")
+
+
+def _build(config: Path, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([IS4, "build", "--config", str(config), "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_build_runs_caches_and_refreshes_deleted_outputs(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "profile": "flow-test",
+        "seed": 3,
+        "ingest": {"demo_media": {"enabled": True, "labels": ["cat meowing", "dog barking"],
+                                  "clips_per_label": 1, "source_seconds": 10},
+                   "download": {"workers": 2, "retries": 0}},
+    }))
+    work, home = tmp_path / "work", tmp_path / "prefect-home"
+
+    first = _build(config, work, home)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "build-is4 finished" in first.stdout and str(work) in first.stdout
+    clips = read_manifest(work, "clips")
+    ok = clips[clips["status"] == "ok"]
+    assert sorted(ok["label"]) == ["cat meowing", "dog barking"]
+    assert read_provenance(work, "clips")["seed"] == 3
+    manifest_bytes = manifest_path(work, "clips").read_bytes()
+    journal_size = (work / "state/ingest.jsonl").stat().st_size
+
+    second = _build(config, work, home)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("Cached(type=COMPLETED)") + second.stderr.count("Cached(type=COMPLETED)") == 2
+    assert (work / "state/ingest.jsonl").stat().st_size == journal_size, "no clip was processed again"
+    assert manifest_path(work, "clips").read_bytes() == manifest_bytes
+
+    shutil.rmtree(work / "exports")
+    third = _build(config, work, home)
+    assert third.returncode == 0, third.stdout + third.stderr
+    ids = (work / "exports/vggsound/ids.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in ids[1:]) == sorted(ok["clip_id"])
+
+
+def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
+    """The ingest task publishes its counts and failures by reason as a Prefect artifact."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "ingest": {"demo_media": {"enabled": True, "labels": ["dog barking"], "clips_per_label": 1,
+                                  "source_seconds": 10}},
+    }))
+    home = tmp_path / "prefect-home"
+    assert _build(config, tmp_path / "work", home).returncode == 0
+    script = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        arts = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=['ingest-summary'])))\n"
+        "        print(json.dumps([a.data for a in arts]))\n"
+        "asyncio.run(main())\n"
+    )
+    env = os.environ | {"PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    markdown = json.loads(out.stdout.strip().splitlines()[-1])[0]
+    assert "| ok | 1 |" in markdown
+    assert "| invalid-ytid | 1 |" in markdown and "| not-found | 1 |" in markdown
