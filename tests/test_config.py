@@ -270,3 +270,18 @@ def test_section_fingerprint_ignores_other_sections() -> None:
     assert base.fingerprint("seed") != other_seed.fingerprint("seed")
     changed_ingest = parse_config({"ingest": {"extract": {"sample_rate": 22050}}})
     assert base.fingerprint("ingest") != changed_ingest.fingerprint("ingest")
+
+
+def test_paper_profile_pins_every_hub_checkpoint() -> None:
+    import re
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "paper.yaml")
+    assert cfg.profile == "paper" and cfg.ingest.subset.label_set() is None
+    models = cfg.models.model_dump()
+    assert all(models.values()), "every model role is configured"
+    for role, ref in models.items():
+        assert ref["device"] == "cuda"
+        if ref["revision"] != "local":
+            assert re.fullmatch(r"[0-9a-f]{40}", ref["revision"]), f"{role} is pinned to a commit"
+    assert cfg.models.object_phrase.model_id == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert cfg.models.segmenter.model_id == "facebook/sam-vit-huge"
