@@ -285,7 +285,7 @@ def top_level_boxes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def recording_handler(transfers: list[tuple[str, int]], send_buffer: int | None) -> type[RangeRequestHandler]:
+def recording_handler(transfers: list[list], send_buffer: int | None) -> type[RangeRequestHandler]:
     """The stock range handler, recording (Range header, body bytes counted) per request and optionally capping
     the server socket's send buffer (which bounds how far the server can run ahead of the client)."""
 
@@ -305,13 +305,15 @@ def recording_handler(transfers: list[tuple[str, int]], send_buffer: int | None)
             super().setup()
 
         def _send_bytes(self, path: Path, offset: int, length: int) -> None:
+            record = [self.headers.get("Range") or "(no Range: whole file)", 0]
+            transfers.append(record)  # in the order the requests arrived
             original = self.wfile
             self.wfile = counting = _CountingWriter(original)
             try:
                 super()._send_bytes(path, offset, length)
             finally:
                 self.wfile = original
-                transfers.append((self.headers.get("Range") or "(no Range: whole file)", counting.count))
+                record[1] = counting.count
 
     return Handler
 
@@ -321,7 +323,7 @@ class SectionFetch:
     label: str
     bytes_served: int
     requests: int
-    transfers: list[tuple[str, int]]
+    transfers: list[list]
     section_bytes: int
 
 
@@ -332,14 +334,14 @@ class BytesResult:
     moov_bytes: int
     mdat_bytes: int
     start_sec: int
-    fetches: list[SectionFetch]
+    fetches: dict[str, list[SectionFetch]]  # server variant -> one fetch per repeat, sorted by bytes served
 
 
 def fetch_section(
     video_dir: Path, ytid: str, start: int, dest: Path, send_buffer: int | None, label: str
 ) -> SectionFetch:
     """Download the 10-s section at `start` with `download_section` from a fresh server; what it served."""
-    transfers: list[tuple[str, int]] = []
+    transfers: list[list] = []
     with MediaServer(video_dir, handler=recording_handler(transfers, send_buffer)) as server:
         cfg = DownloadConfig(url_template=server.url_template(), retries=0)
         server.reset_counters()
@@ -349,7 +351,7 @@ def fetch_section(
     return SectionFetch(label, served, requests, transfers, path.stat().st_size)
 
 
-def bench_bytes(root: Path, long_seconds: float) -> BytesResult:
+def bench_bytes(root: Path, long_seconds: float, repeats: int) -> BytesResult:
     video_dir = root / "long"
     video_dir.mkdir()
     ytid = "longSource1"
@@ -357,10 +359,13 @@ def bench_bytes(root: Path, long_seconds: float) -> BytesResult:
     source = make_textured_source(video_dir / f"{ytid}.mp4", long_seconds)
     boxes = top_level_boxes(source)
     start = max(0, int(long_seconds / 2) - 5)
-    fetches = []
+    fetches: dict[str, list[SectionFetch]] = {}
     for send_buffer, label in ((None, "stock MediaServer"), (32 * 1024, "send buffer capped at 32 KiB")):
-        log(f"downloading the 10-s section at {start} s ({label})")
-        fetches.append(fetch_section(video_dir, ytid, start, root / f"section_{len(fetches)}", send_buffer, label))
+        runs = []
+        for r in range(repeats):
+            log(f"downloading the 10-s section at {start} s ({label}), repeat {r + 1}/{repeats}")
+            runs.append(fetch_section(video_dir, ytid, start, root / f"section_{len(fetches)}_{r}", send_buffer, label))
+        fetches[label] = sorted(runs, key=lambda f: f.bytes_served)
     return BytesResult(long_seconds, source.stat().st_size, boxes.get("moov", 0), boxes.get("mdat", 0), start,
                        fetches)
 
@@ -410,22 +415,28 @@ def report_ingest(res: IngestResult, repeats: int) -> None:
     print(f"speed-up workers=2 / workers=1: {w1 / w2:.2f}x  (on {os.cpu_count()} cpu cores)")
 
 
-def report_bytes(res: BytesResult) -> None:
+def median_fetch(runs: list[SectionFetch]) -> SectionFetch:
+    return runs[(len(runs) - 1) // 2]  # runs are sorted by bytes served
+
+
+def report_bytes(res: BytesResult, repeats: int) -> None:
     share = 10.0 / res.long_seconds
     ideal = res.moov_bytes + res.mdat_bytes * share
     print(f"\n== 3. Bytes fetched for one 10-s section (from {res.start_sec} s) "
-          f"of one {res.long_seconds:g}-s source ==")
+          f"of one {res.long_seconds:g}-s source, median of {repeats} downloads ==")
     print(f"source file: {mb(res.source_bytes)} ({res.source_bytes * 8 / res.long_seconds / 1e3:.0f} kb/s), "
           f"moov {mb(res.moov_bytes)}, mdat {mb(res.mdat_bytes)}")
     print(f"rough need of an ideal client: moov + {share:.1%} of mdat = {mb(ideal)} "
           f"({ideal / res.source_bytes:.1%} of the file)")
-    print_table(
-        ["server", "requests", "bytes served", "of file", "section file"],
-        [[f.label, str(f.requests), mb(f.bytes_served), f"{f.bytes_served / res.source_bytes:.1%}",
-          mb(f.section_bytes)] for f in res.fetches],
-    )
-    for f in res.fetches:
-        print(f"per request ({f.label}): " + "; ".join(f"{rng} -> {mb(n)}" for rng, n in f.transfers))
+    rows = []
+    for label, runs in res.fetches.items():
+        med, low, high = median_fetch(runs), runs[0].bytes_served, runs[-1].bytes_served
+        rows.append([label, str(med.requests), mb(med.bytes_served), f"{med.bytes_served / res.source_bytes:.1%}",
+                     f"{low / res.source_bytes:.1%} - {high / res.source_bytes:.1%}", mb(med.section_bytes)])
+    print_table(["server", "requests", "bytes served", "of file", "range of runs", "section file"], rows)
+    for label, runs in res.fetches.items():
+        transfers = median_fetch(runs).transfers
+        print(f"per request ({label}, median run): " + "; ".join(f"{rng} -> {mb(n)}" for rng, n in transfers))
     print("note: the server counts bytes written into its socket buffers, so it over-counts what the client read:\n"
           "each connection the client drops (yt-dlp's probe, ffmpeg's header read before it seeks, the section read\n"
           "once it has enough) leaves up to a few MB of loopback socket buffers sent but unread. Capping the send\n"
@@ -433,7 +444,7 @@ def report_bytes(res: BytesResult) -> None:
 
 
 def summary(ext: ExtractionResult, ing: IngestResult, byt: BytesResult) -> None:
-    stock = byt.fetches[0]
+    stock = median_fetch(next(iter(byt.fetches.values())))
     print("\n== Summary ==")
     print_table(
         ["measurement", "baseline", "design", "ratio"],
@@ -451,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=8, help="clips for the extraction and ingest runs (default 8)")
     parser.add_argument("--long-seconds", type=float, default=300.0,
                         help="length of the long source for the bytes measurement (default 300)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per design, median kept (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement, median kept (default 3)")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.repeats < 1 or args.long_seconds < 20:
         parser.error("need --clips >= 1, --repeats >= 1 and --long-seconds >= 20")
@@ -472,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         report_extraction(ext, args.repeats)
         ing = bench_ingest(root / "ingest", args.clips, args.repeats)
         report_ingest(ing, args.repeats)
-        byt = bench_bytes(root, args.long_seconds)
-        report_bytes(byt)
+        byt = bench_bytes(root, args.long_seconds, args.repeats)
+        report_bytes(byt, args.repeats)
     summary(ext, ing, byt)
     print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")
     return 0
