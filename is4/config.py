@@ -115,12 +115,78 @@ class IngestConfig(StrictModel):
     export_training_layout: bool = True
 
 
+PAPER_TEMPLATES = ("a photo of a {c1} and {c2}", "{c1} is next to {c2}", "{c1} is playing a {c2}")
+
+
+def _check_template(value: str) -> str:
+    fields = sorted(name for _, name, _, _ in string.Formatter().parse(value) if name is not None)
+    if fields != ["c1", "c2"]:
+        raise ValueError(f"template {value!r} must contain {{c1}} and {{c2}} once each and nothing else")
+    return value
+
+
+class CategoriesConfig(StrictModel):
+    """VGG-SS class label → sounding object (rules, optional LLM proposals, reviewed overrides)."""
+
+    overrides: ConfigPath | None = Field(
+        Path("configs/category_overrides.yaml"), description="reviewed overrides; they have the last word"
+    )
+    llm_proposals: bool = Field(False, description="ask models.object_phrase for labels the rules cannot settle")
+
+
+class PromptsConfig(StrictModel):
+    """Category pairs × templates × styles, each prompt with a seed derived from its image id."""
+
+    categories: list[str] | None = Field(None, description="category ids to pair; null = every depictable one")
+    max_pairs: int | None = Field(None, gt=0, description="seeded sample of N unordered pairs; null = all")
+    templates: list[str] = list(PAPER_TEMPLATES)
+    instrument_templates: list[str] = Field(
+        ["{c1} is playing a {c2}"], description="templates used only where {c2} is a musical instrument"
+    )
+    styles: dict[str, str] = {
+        "realistic": "realistic photo, natural lighting, high detail",
+        "cartoon": "cartoon style illustration",
+        "graphic": "flat graphic illustration, bold shapes",
+    }
+    negative_prompt: str = "blurry, low quality, distorted, deformed, text, watermark"
+    images_per_prompt: int = Field(1, ge=1, le=100)
+
+    @field_validator("templates", "instrument_templates")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        return [_check_template(t) for t in value]
+
+
+class GenerateConfig(StrictModel):
+    """Stable Diffusion sampling settings (the checkpoint is models.image_generator)."""
+
+    scheduler: str = "DPMSolverMultistepScheduler"
+    steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0)
+    height: int = Field(512, ge=8, multiple_of=8)
+    width: int = Field(512, ge=8, multiple_of=8)
+    batch_size: int = Field(4, ge=1, le=256)
+    compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
+    safety_checker: bool = Field(True, description="run the checkpoint's safety checker where it has one")
+    black_threshold: float = Field(4.0, ge=0, le=255, description="mean pixel value under which an image is black")
+
+
+class PrescreenConfig(StrictModel):
+    """CLIP scores that order the human verification queue (the checkpoint is models.prescreen)."""
+
+    batch_size: int = Field(16, ge=1, le=1024)
+    auto_reject_below: float | None = Field(
+        None, ge=0, le=1, description="both_present score under which an image is rejected automatically"
+    )
+    duplicate_cosine: float = Field(0.95, gt=0, le=1, description="image-embedding cosine that makes a duplicate")
+
+
 class ModelRef(StrictModel):
-    """A model checkpoint: Hugging Face id (or local path) and pinned revision."""
+    """A model checkpoint: Hugging Face id, local path, or `tiny-random:<kind>` (built locally), and revision."""
 
     model_id: str
     revision: str = "main"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
 
 
@@ -141,6 +207,10 @@ class BuildConfig(StrictModel):
     seed: int = 0
     workdir: ConfigPath = Path("work")
     ingest: IngestConfig = IngestConfig()
+    categories: CategoriesConfig = CategoriesConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    prescreen: PrescreenConfig = PrescreenConfig()
     models: ModelsConfig = ModelsConfig()
 
     def fingerprint(self, *sections: str) -> str:

@@ -92,6 +92,24 @@ CLIPS = TableSpec(
     nullable_key_when=("status", "invalid"),
 )
 
+PROMPTS = TableSpec(
+    name="prompts",
+    columns=(
+        _f("image_id", _str, False),
+        _f("category_a", _str, False),  # category ids, a < b
+        _f("category_b", _str, False),
+        _f("c1", _str, False),  # the category id filling {c1} of the template
+        _f("c2", _str, False),
+        _f("template", _str, False),
+        _f("style", _str, False),
+        _f("prompt", _str, False),
+        _f("negative_prompt", _str),
+        _f("seed", pa.int64(), False),
+    ),
+    key=("image_id",),
+    sort_by=("image_id",),
+)
+
 IMAGES = TableSpec(
     name="images",
     columns=(
@@ -110,6 +128,22 @@ IMAGES = TableSpec(
     key=("image_id",),
     sort_by=("image_id",),
     path_columns=("image_path",),
+)
+
+PRESCREEN = TableSpec(
+    name="prescreen",
+    columns=(
+        _f("image_id", _str, False),
+        _f("score_a", pa.float64(), False),  # P(category_a | image) against the other categories
+        _f("score_b", pa.float64(), False),
+        _f("both_present", pa.float64(), False),  # ranks the verification queue (higher first)
+        _f("duplicate_group", _str, False),  # image_id of the group's representative
+        _f("queue_rank", pa.int64(), False),  # 1 = first to review
+        _f("model_id", _str),
+        _f("model_revision", _str),
+    ),
+    key=("image_id",),
+    sort_by=("image_id",),
 )
 
 VERIFICATION = TableSpec(
@@ -173,5 +207,6 @@ CAPTIONS = TableSpec(
 )
 
 TABLES: dict[str, TableSpec] = {
-    spec.name: spec for spec in (CATEGORIES, CLIPS, IMAGES, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS)
+    spec.name: spec
+    for spec in (CATEGORIES, CLIPS, PROMPTS, IMAGES, PRESCREEN, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS)
 }

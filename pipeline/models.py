@@ -1,0 +1,100 @@
+"""Resolve a configured model (`ModelRef`) to a local directory that `from_pretrained` loads, and its revision.
+
+Three kinds of `model_id`, one loading path:
+- a Hugging Face id (`facebook/sam-vit-huge`) at a pinned revision: fetched into (or found in) the Hub cache;
+  the recorded revision is the commit the snapshot resolved to;
+- a local directory in Hugging Face format: the recorded revision is a hash of its files;
+- `tiny-random:<kind>`: a tiny random-weight model built from a config into `WORK/models/` (demo and tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from is4.config import ModelRef
+from is4.pipeline.tiny_models import TINY_BUILDERS
+
+TINY_PREFIX = "tiny-random:"
+MODELS_DIR = "models"
+
+
+class ModelError(RuntimeError):
+    """A configured model cannot be resolved or loaded."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's files are and which exact revision they are."""
+
+    model_id: str
+    path: Path
+    revision: str
+
+
+def directory_revision(path: Path) -> str:
+    """A content hash of a model directory (file names and bytes), as `sha256:<hex>`."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()[:32]}"
+
+
+def _build_tiny(kind: str, workdir: Path) -> Path:
+    builder = TINY_BUILDERS.get(kind)
+    if builder is None:
+        raise ModelError(f"unknown tiny model kind {kind!r}; known: {', '.join(sorted(TINY_BUILDERS))}")
+    target = workdir / MODELS_DIR / f"tiny-random-{kind}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        builder(staging, 0)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _from_hub(ref: ModelRef) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=ref.model_id, revision=ref.revision))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        raise ModelError(
+            f"model {ref.model_id}@{ref.revision} is not available: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
+def resolve_model(ref: ModelRef | None, workdir: str | Path, role: str) -> ResolvedModel:
+    """The local files and exact revision of the model configured for `role` (e.g. `image_generator`)."""
+    if ref is None:
+        raise ModelError(f"models.{role} is not configured")
+    workdir = Path(workdir)
+    if ref.model_id.startswith(TINY_PREFIX):
+        path = _build_tiny(ref.model_id.removeprefix(TINY_PREFIX), workdir)
+        return ResolvedModel(ref.model_id, path, directory_revision(path))
+    local = Path(ref.model_id).expanduser()
+    if local.is_dir():
+        return ResolvedModel(ref.model_id, local, directory_revision(local))
+    path = _from_hub(ref)
+    return ResolvedModel(ref.model_id, path, path.name)
+
+
+def torch_device_and_dtype(ref: ModelRef):
+    """The torch device and dtype a model should run with; fails clearly when CUDA is asked for but absent."""
+    import torch
+
+    if ref.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"{ref.model_id} is configured for {ref.device}, but no CUDA device is available")
+    dtype = getattr(torch, ref.dtype)
+    if ref.device == "cpu" and dtype is torch.float16:
+        raise ModelError(f"{ref.model_id}: float16 on the CPU is not supported; use float32 or bfloat16")
+    return torch.device(ref.device), dtype
