@@ -1,14 +1,16 @@
 """The `build-is4` Prefect flow: one task per stage, cached on inputs + config, retried on transient errors.
 
 Task results and cache records are stored inside the work directory (`WORK/state/prefect`), so a cache hit always
-refers to outputs that exist in that work directory; deleting the work directory forgets the cache with it.
-Stages resume on their own as well (journals), so a cache miss after an interruption redoes only missing work.
+refers to outputs that exist in that work directory; deleting the work directory forgets the cache with it, and a
+stage whose output is missing runs again whatever its cache says. Stages resume on their own as well (journals),
+so a cache miss after an interruption redoes only missing work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from prefect.tasks import exponential_backoff
 import is4
 from is4.config import BuildConfig, ConfigError, IngestConfig, load_config
 from is4.manifests.io import ManifestError, manifest_path
+from is4.pipeline import stages
 from is4.pipeline.export import DEFAULT_EXPORT_DIR, export_training_layout
 from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
 from is4.pipeline.ingest import run_ingest
@@ -28,14 +31,15 @@ from is4.pipeline.vggsound_csv import CsvError
 PREFECT_STATE_DIR = "state/prefect"
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
 _NOT_RETRIED = (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, PermissionError, ValueError)
+_ARTIFACT_ROWS = 50
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256_file(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def stage_fingerprint(stage: str, **parts: Any) -> str:
-    """Cache key material for a stage: its name, the is4 version and everything its output depends on."""
+    """Cache key for a stage: its name, the is4 version and everything its output depends on."""
     payload = json.dumps({"stage": stage, "is4": is4.__version__, **parts}, sort_keys=True, default=str)
     return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
 
@@ -60,20 +64,30 @@ def _stage_task(name: str):
     )
 
 
-def _summary_markdown(title: str, counts: dict[str, Any], failures: dict[str, int]) -> str:
-    lines = [f"# {title}", "", "| what | count |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in counts.items()]
-    if failures:
-        lines += ["", "## Rejects by reason", "", "| reason | rows |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in failures.items()]
+def summary_markdown(title: str, summary: dict[str, Any]) -> str:
+    """A stage summary as markdown: scalars in one table, each mapping (e.g. rejects by reason) in its own."""
+    lines = [f"# {title}", "", "| what | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict)]
+    for name, mapping in summary.items():
+        if isinstance(mapping, dict) and mapping:
+            lines += ["", f"## {name}", "", "| key | value |", "| --- | --- |"]
+            items = list(mapping.items())
+            lines += [f"| {k} | {v} |" for k, v in items[:_ARTIFACT_ROWS]]
+            if len(items) > _ARTIFACT_ROWS:
+                lines.append(f"| … | {len(items) - _ARTIFACT_ROWS} more |")
     return "\n".join(lines)
+
+
+def _publish(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+    create_markdown_artifact(key=f"{stage}-summary", markdown=summary_markdown(stage, summary))
+    return summary
 
 
 @_stage_task("ingest")
 def ingest_task(
     csv_path: str, workdir: str, ingest: IngestConfig, seed: int, url_template: str | None, fingerprint: str
 ) -> dict[str, Any]:
-    """Run the ingest stage and publish its summary artifact."""
+    """Download, validate and extract the clips of a VGGSound csv."""
     if url_template is not None:
         ingest = ingest.model_copy(
             update={"download": ingest.download.model_copy(update={"url_template": url_template})}
@@ -83,24 +97,26 @@ def ingest_task(
     def progress(done: int, total: int, message: str) -> None:
         logger.info("ingest %d/%d %s", done, total, message)
 
-    summary = run_ingest(csv_path, workdir, ingest, seed=seed, progress=progress).as_dict()
-    counts = {k: summary[k] for k in ("rows", "selected", "ok", "failed", "invalid", "reused", "processed")}
-    create_markdown_artifact(
-        key="ingest-summary",
-        markdown=_summary_markdown("Ingest", counts, summary["failures_by_reason"]),
-        description=f"clips manifest: {summary['manifest']}",
-    )
-    return summary
+    return _publish("ingest", run_ingest(csv_path, workdir, ingest, seed=seed, progress=progress).as_dict())
 
 
 @_stage_task("export-training-layout")
 def export_task(workdir: str, fingerprint: str) -> dict[str, Any]:
     """Export frames/, audio/ and ids.csv for existing localisation trainers."""
     out, n = export_training_layout(workdir)
-    create_markdown_artifact(
-        key="export-summary", markdown=_summary_markdown("Training layout", {"clips": n, "directory": str(out)}, {})
-    )
-    return {"directory": str(out), "clips": n}
+    return _publish("export", {"clips": n, "directory": str(out)})
+
+
+@_stage_task("categories")
+def categories_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """VGG-SS labels → sounding objects."""
+    return _publish("categories", stages.categories_stage(Path(workdir), config))
+
+
+@_stage_task("prompts")
+def prompts_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """Category pairs × templates × styles."""
+    return _publish("prompts", stages.prompts_stage(Path(workdir), config))
 
 
 def resolve_workdir(cfg: BuildConfig, workdir: str | None) -> Path:
@@ -108,14 +124,22 @@ def resolve_workdir(cfg: BuildConfig, workdir: str | None) -> Path:
     return Path(workdir or cfg.workdir).expanduser().resolve()
 
 
-@flow(name="build-is4")
-def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
-    """Build IS4 and its training data into one work directory, stage by stage."""
-    cfg = load_config(config_path)
-    work = resolve_workdir(cfg, workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    storage = work / PREFECT_STATE_DIR
-    results: dict[str, Any] = {"workdir": str(work), "profile": cfg.profile}
+class _StageRunner:
+    """Runs stage tasks with this build's result storage, refreshing any whose output is missing."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.storage = work / PREFECT_STATE_DIR
+
+    def __call__(self, stage_task: Callable[..., dict[str, Any]], output: Path, *args: Any,
+                 fingerprint: str) -> dict[str, Any]:
+        # A cache hit must never stand in for outputs that were deleted.
+        runnable = stage_task.with_options(result_storage=self.storage, refresh_cache=not output.exists())
+        return runnable(*args, fingerprint=fingerprint)
+
+
+def _ingest(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> None:
+    work = run.work
     with open_ingest_source(cfg, work) as source:
         fingerprint = stage_fingerprint(
             "ingest",
@@ -126,18 +150,42 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
             ingest=cfg.ingest.model_dump(mode="json", exclude={"download": {"url_template"}}),
             url_template=None if source.url_template else cfg.ingest.download.url_template,
         )
-        # A cache hit must never stand in for outputs that were deleted: refresh when the manifest is gone.
-        refresh = not manifest_path(work, "clips").is_file()
-        results["ingest"] = ingest_task.with_options(result_storage=storage, refresh_cache=refresh)(
-            str(source.csv_path), str(work), cfg.ingest, cfg.seed, source.url_template, fingerprint
+        results["ingest"] = run(
+            ingest_task, manifest_path(work, "clips"),
+            str(source.csv_path), str(work), cfg.ingest, cfg.seed, source.url_template, fingerprint=fingerprint,
         )
     if cfg.ingest.export_training_layout:
-        clips = manifest_path(work, "clips")
+        fingerprint = stage_fingerprint("export", workdir=str(work),
+                                        clips_sha256=_sha256_file(manifest_path(work, "clips")))
+        results["export"] = run(export_task, work / DEFAULT_EXPORT_DIR / "ids.csv", str(work),
+                                fingerprint=fingerprint)
+
+
+@flow(name="build-is4")
+def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
+    """Build IS4 and its training data into one work directory, stage by stage (config `stages`)."""
+    cfg = load_config(config_path)
+    work = resolve_workdir(cfg, workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    run = _StageRunner(work)
+    results: dict[str, Any] = {"workdir": str(work), "profile": cfg.profile}
+    if "ingest" in cfg.stages:
+        _ingest(run, cfg, results)
+    if "categories" in cfg.stages:
+        overrides = Path(cfg.categories.overrides) if cfg.categories.overrides else None
         fingerprint = stage_fingerprint(
-            "export", workdir=str(work), clips_sha256=_sha256_file(clips), out=DEFAULT_EXPORT_DIR
+            "categories", workdir=str(work), categories=cfg.categories.model_dump(mode="json"),
+            overrides_sha256=_sha256_file(overrides) if overrides else None,
+            llm=cfg.models.object_phrase.model_dump() if cfg.categories.llm_proposals and cfg.models.object_phrase
+            else None,
         )
-        refresh = not (work / DEFAULT_EXPORT_DIR / "ids.csv").is_file()
-        results["export"] = export_task.with_options(result_storage=storage, refresh_cache=refresh)(
-            str(work), fingerprint
+        results["categories"] = run(categories_task, manifest_path(work, "categories"), str(work), cfg,
+                                    fingerprint=fingerprint)
+    if "prompts" in cfg.stages:
+        fingerprint = stage_fingerprint(
+            "prompts", workdir=str(work), seed=cfg.seed, prompts=cfg.prompts.model_dump(mode="json"),
+            categories_sha256=_sha256_file(manifest_path(work, "categories")),
         )
+        results["prompts"] = run(prompts_task, manifest_path(work, "prompts"), str(work), cfg,
+                                 fingerprint=fingerprint)
     return results

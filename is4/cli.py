@@ -30,10 +30,14 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.config import ConfigError
     from is4.manifests.ids import InvalidIdError
     from is4.manifests.io import ManifestError
+    from is4.pipeline.categories import CategoryError
     from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
+    from is4.pipeline.models import ModelError
+    from is4.pipeline.prompts import PromptError
     from is4.pipeline.vggsound_csv import CsvError
 
-    return ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, OSError
+    return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
+            ModelError, OSError)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -47,7 +51,9 @@ def _fail(exc: BaseException) -> typer.Exit:
 def _print_summary(title: str, summary: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and len(value) > 8:
+            value = f"{len(value)} entries (see the stage's report)"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
         table.add_row(key, str(value))
     console.print(table)
@@ -169,6 +175,40 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
         raise typer.Exit(code=2)
 
 
+ConfigOption = Annotated[Path | None, typer.Option(help="build config (YAML); default: built-in defaults")]
+WorkdirOption = Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")]
+
+
+def _config_and_workdir(config: Path | None, workdir: Path | None):
+    from is4.config import BuildConfig, load_config
+
+    cfg = load_config(config) if config else BuildConfig()
+    return cfg, (workdir or cfg.workdir)
+
+
+def _run_stage(title: str, stage_name: str, config: Path | None, workdir: Path | None, **kwargs: Any) -> None:
+    from is4.pipeline import stages
+
+    try:
+        cfg, work = _config_and_workdir(config, workdir)
+        summary = getattr(stages, stage_name)(work, cfg, **kwargs)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    _print_summary(title, summary)
+
+
+@app.command()
+def categories(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Map the 221 VGG-SS labels to sounding objects: the `categories` manifest and reports/categories.json."""
+    _run_stage("categories", "categories_stage", config, workdir)
+
+
+@app.command()
+def prompts(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Category pairs × templates × styles with per-image seeds: the `prompts` manifest."""
+    _run_stage("prompts", "prompts_stage", config, workdir)
+
+
 @app.command()
 def build(
     config: Annotated[Path, typer.Option(help="build config (YAML), e.g. configs/demo.yaml")],
@@ -189,9 +229,9 @@ def build(
         raise _fail(exc) from None
     console.rule("build-is4 finished")
     console.print(f"work directory: {results['workdir']}")
-    for stage in ("ingest", "export"):
-        if stage in results:
-            _print_summary(stage, results[stage])
+    for stage, summary in results.items():
+        if isinstance(summary, dict):
+            _print_summary(stage, summary)
 
 
 @app.command()

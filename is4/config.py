@@ -129,7 +129,7 @@ class CategoriesConfig(StrictModel):
     """VGG-SS class label → sounding object (rules, optional LLM proposals, reviewed overrides)."""
 
     overrides: ConfigPath | None = Field(
-        Path("configs/category_overrides.yaml"), description="reviewed overrides; they have the last word"
+        None, description="reviewed overrides (configs/category_overrides.yaml ships); they have the last word"
     )
     llm_proposals: bool = Field(False, description="ask models.object_phrase for labels the rules cannot settle")
 
@@ -202,8 +202,14 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
+STAGES = ("ingest", "categories", "prompts", "generate", "prescreen")
+
+
 class BuildConfig(StrictModel):
     profile: str = "custom"
+    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen"]] = Field(
+        list(STAGES), description="the stages `build-is4` runs, in pipeline order"
+    )
     seed: int = 0
     workdir: ConfigPath = Path("work")
     ingest: IngestConfig = IngestConfig()

@@ -89,7 +89,65 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+# Mistral-Instruct's documented prompt format: `<s>[INST] {user} [/INST]{assistant}</s>[INST] {user} [/INST]...`.
+# Roles must alternate user/assistant, starting with the user; the format has no system role. The generation prompt
+# is the closing `[/INST]` already written after each user turn, so `add_generation_prompt` adds nothing.
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token }}"
+    "{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+
+def tiny_mistral_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and Mistral's special tokens.
+
+    Like Mistral's own tokenizer it adds `<s>` when called with `add_special_tokens=True`, and its chat template
+    writes `<s>` itself, so chat-templated text must be tokenized with `add_special_tokens=False`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for char in _byte_level_characters():
+        vocab.setdefault(char, len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
+        add_bos_token=True, add_eos_token=False, model_max_length=512, chat_template=MISTRAL_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_mistral(out_dir: Path, seed: int = 0) -> Path:
+    """A Mistral causal LM (2 layers, width 32) with a byte-level tokenizer and a Mistral-Instruct chat template."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_mistral_tokenizer()
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    MistralForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 TINY_BUILDERS: dict[str, Callable[[Path, int], Path]] = {
     "stable-diffusion": build_tiny_stable_diffusion,
     "clip": build_tiny_clip,
+    "mistral": build_tiny_mistral,
 }

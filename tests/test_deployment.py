@@ -44,6 +44,7 @@ def test_deployment_runs_on_a_real_prefect_server(tmp_path: Path) -> None:
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({
         "profile": "deployment-test",
+        "stages": ["ingest"],
         "ingest": {
             "demo_media": {"enabled": True, "labels": ["dog barking"], "clips_per_label": 1, "source_seconds": 10},
             "download": {"workers": 1, "retries": 0},

@@ -27,6 +27,7 @@ def test_build_runs_caches_and_refreshes_deleted_outputs(tmp_path: Path) -> None
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "profile": "flow-test",
+        "stages": ["ingest"],
         "seed": 3,
         "ingest": {"demo_media": {"enabled": True, "labels": ["cat meowing", "dog barking"],
                                   "clips_per_label": 1, "source_seconds": 10},
@@ -61,6 +62,7 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
     """The ingest task publishes its counts and failures by reason as a Prefect artifact."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
+        "stages": ["ingest"],
         "ingest": {"demo_media": {"enabled": True, "labels": ["dog barking"], "clips_per_label": 1,
                                   "source_seconds": 10}},
     }))

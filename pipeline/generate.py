@@ -1,0 +1,497 @@
+"""The generate stage: `prompts` manifest → Stable Diffusion images → `images` manifest, sharded and resumable.
+
+Work directory layout written here (paths in the manifest are relative to WORK):
+`media/images/{image_id}.png`, `state/generate/shard-{i}-of-{n}.jsonl` (one resume journal per shard, so no two
+processes ever append to one file) and `manifests/images.parquet`.
+
+**Batch groups, and why.** Batched inference is not bitwise batch-invariant in float32: measured here on the tiny
+SD-1.x model (CPU, torch 2.13, diffusers 0.42, 64×64, 4 steps), the same prompt and seed give images that differ
+by up to 1.7e-6 between a batch of 1 and a batch of 4, which flips 2 of 49,152 uint8 pixel values (so a different
+PNG). The same run gave differences of the same size between 1 and 2 CPU threads. In float64 both were identical.
+So what an image's bytes depend on must be fixed by the data, not by how a run was split, stopped or resumed:
+
+- Rows sorted by `image_id` are cut into fixed *groups* of `cfg.batch_size` (the last one may be shorter); group g
+  belongs to shard `g % n`. A group is always generated as one batch, with one `torch.Generator(device)` per
+  image seeded with the row's `seed`, so each image's initial noise depends only on its row (diffusers'
+  `randn_tensor` draws each batch item from its own generator).
+- Resume works per group: a group whose images all exist (PNG present, a journal record from any shard with a
+  matching sha256 and a matching *group fingerprint*) is skipped; otherwise the whole group is recomputed and
+  only its missing images are written. The group fingerprint hashes the generation settings (model revision,
+  scheduler and its config, steps, guidance, size, dtype, device, compile, safety checker) and the group's
+  members (image id, prompt, negative prompt, seed), so a change to any of them regenerates the group.
+
+Hence n shards, interrupted and resumed runs and one uninterrupted run write the same bytes, for any dtype and
+device, given the same hardware, thread count and library versions (float32 results also depend on those; the
+journal records the thread count, the manifest the versions). Changing `batch_size` or the prompt set changes
+the groups and therefore (in float32) pixels: such images are regenerated, never mixed with stale ones.
+
+**Manifest.** At the end of every shard run the `images` manifest is rebuilt, under a lock, from the journals of
+all shards: every prompt row with a valid record (PNG present, sha256 and group fingerprint matching the current
+config) is a row, with full provenance columns. So the last shard to finish leaves the complete manifest, and
+its bytes do not depend on the sharding. Images of other shards not yet (re)generated under the current config
+are left out until their shard runs.
+
+**Flags.** The checkpoint's safety checker (kept when `cfg.safety_checker` and it has one) makes diffusers return
+a black image for an `nsfw_content_detected` hit: that image is kept and flagged `nsfw`, never dropped silently.
+An image whose mean pixel value is under `cfg.black_threshold` is flagged `black`.
+
+**Attention and compile.** diffusers' `Attention` picks `AttnProcessor2_0` (torch's
+`F.scaled_dot_product_attention`) by default whenever torch has it (`attention_processor.py`,
+`Attention.__init__`), for the UNet and the VAE, and transformers' CLIP text encoder uses its `sdpa`
+implementation by default, so nothing is set here. `cfg.compile` wraps the UNet in `torch.compile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+import is4
+from is4.config import GenerateConfig, ModelRef
+from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.journal import Journal
+from is4.manifests.schema import IMAGES, PROMPTS, TableSpec
+from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
+
+ROLE = "image_generator"
+IMAGE_DIR = "media/images"
+JOURNAL_DIR = "state/generate"
+JOURNAL_GLOB = "shard-*-of-*.jsonl"
+LOCK_NAME = ".manifest.lock"
+PNG_COMPRESS_LEVEL = 6
+FLAGS = frozenset({"nsfw", "black"})
+NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
+_IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+ProgressFn = Callable[[int, int, str], None]
+
+# The images table as this stage writes it: the contract's columns plus typed provenance columns (typed here so an
+# all-null column such as `flag` keeps its type in every run).
+_s = pa.string()
+GENERATED_IMAGES = TableSpec(
+    name=IMAGES.name,
+    columns=IMAGES.columns + tuple(
+        pa.field(name, type_)
+        for name, type_ in (
+            ("c1", _s), ("c2", _s), ("negative_prompt", _s), ("batch_group", pa.int64()),
+            ("scheduler", _s), ("scheduler_config", _s), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
+            ("height", pa.int64()), ("width", pa.int64()), ("batch_size", pa.int64()), ("dtype", _s),
+            ("device", _s), ("compile", pa.bool_()), ("safety_checker", pa.bool_()), ("versions", _s),
+            ("mean_pixel", pa.float64()), ("flag", _s), ("flag_reason", _s),
+        )
+    ),
+    key=IMAGES.key,
+    sort_by=IMAGES.sort_by,
+    enums={"flag": FLAGS},
+    path_columns=IMAGES.path_columns,
+)
+
+
+class GenerateError(ValueError):
+    """The generate stage cannot run with this config, shard or prompt set."""
+
+
+@dataclass
+class GenerateSummary:
+    """What one shard run of the generate stage produced."""
+
+    shard: str  # "i/n"
+    groups: int  # batch groups that belong to this shard
+    groups_run: int  # of those, groups that had to be (re)computed
+    generated: int  # images written by this run
+    reused: int  # images of this shard kept from earlier runs
+    flagged: int  # images of this shard flagged nsfw or black
+    images: int  # rows of the rebuilt manifest (all shards)
+    pending: int  # prompt rows without a valid image yet (other shards still to run)
+    manifest: str
+    model_revision: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shards, groups, scheduler
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"1/4"` → `(1, 4)`: shard i of n, with 0 <= i < n."""
+    match = _SHARD_RE.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise GenerateError(f"shard {text!r} is not of the form i/n (e.g. 0/4)")
+    return check_shard((int(match[1]), int(match[2])))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """Validate a (i, n) shard: n >= 1 and 0 <= i < n."""
+    try:
+        i, n = shard
+    except (TypeError, ValueError):
+        raise GenerateError(f"shard {shard!r} is not a pair (i, n)") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (i, n)):
+        raise GenerateError(f"shard {shard!r}: i and n must be integers")
+    if n < 1:
+        raise GenerateError(f"shard {i}/{n}: the number of shards n must be at least 1")
+    if not 0 <= i < n:
+        raise GenerateError(f"shard {i}/{n}: the shard index i must satisfy 0 <= i < {n}")
+    return i, n
+
+
+def journal_path(workdir: str | Path, shard: tuple[int, int]) -> Path:
+    """`WORK/state/generate/shard-{i}-of-{n}.jsonl`."""
+    i, n = shard
+    return Path(workdir) / JOURNAL_DIR / f"shard-{i}-of-{n}.jsonl"
+
+
+def image_path(image_id: str) -> str:
+    """The PNG of an image, relative to the work directory."""
+    if not isinstance(image_id, str) or not _IMAGE_ID_RE.fullmatch(image_id):
+        raise GenerateError(f"image id {image_id!r} is not usable as a file name ([A-Za-z0-9_.-], no leading dot)")
+    return f"{IMAGE_DIR}/{image_id}.png"
+
+
+def batch_groups(prompts: pd.DataFrame, batch_size: int) -> list[list[dict[str, Any]]]:
+    """Rows sorted by image_id, cut into consecutive groups of `batch_size` (the last may be shorter)."""
+    rows = sorted(_prompt_records(prompts), key=lambda r: r["image_id"])
+    return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+
+
+def _prompt_records(prompts: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for rec in prompts.to_dict("records"):
+        rec = {k: (None if _is_missing(v) else v) for k, v in rec.items()}
+        rec["seed"] = int(rec["seed"])
+        out.append(rec)
+    return out
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class called `name`; a clear error for anything else."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        known = sorted(
+            n for n in dir(diffusers)
+            if n.endswith("Scheduler") and isinstance(getattr(diffusers, n, None), type)
+            and issubclass(getattr(diffusers, n), diffusers.SchedulerMixin)
+        )
+        raise GenerateError(
+            f"generate.scheduler {name!r} is not a diffusers scheduler class; known: {', '.join(known)}"
+        )
+    return cls
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that determine the pixels and the PNG bytes."""
+    import diffusers
+    import PIL
+    import torch
+    import transformers
+
+    return {"diffusers": diffusers.__version__, "is4": is4.__version__, "pillow": PIL.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pipeline
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def load_pipeline(path: Path, cfg: GenerateConfig, device, dtype):
+    """The Stable Diffusion pipeline of a local model directory, set up for `cfg` on `device` in `dtype`."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    scheduler_cls = scheduler_class(cfg.scheduler)
+    kwargs: dict[str, Any] = {}
+    if not cfg.safety_checker:
+        kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        # `dtype` is diffusers 0.42's name for the deprecated `torch_dtype` (same behaviour, no FutureWarning).
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"cannot load a Stable Diffusion pipeline from {path}: {exc}") from exc
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if cfg.compile:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
+def _settings(cfg: GenerateConfig, pipe, model_id: str, revision: str, device, dtype) -> dict[str, Any]:
+    """Everything besides the group's rows that the pixels depend on (also the manifest's provenance columns)."""
+    config = {k: v for k, v in dict(pipe.scheduler.config).items() if k != "_diffusers_version"}
+    return {
+        "model_id": model_id,
+        "model_revision": revision,
+        "scheduler": type(pipe.scheduler).__name__,
+        # Python's json writes -inf (DPMSolver's lambda_min_clipped) as -Infinity, which json.loads reads back.
+        "scheduler_config": json.dumps(config, sort_keys=True, default=str),
+        "steps": cfg.steps,
+        "guidance_scale": float(cfg.guidance_scale),
+        "height": cfg.height,
+        "width": cfg.width,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "compile": cfg.compile,
+        "safety_checker": pipe.safety_checker is not None,
+    }
+
+
+def group_fingerprint(settings: dict[str, Any], group: list[dict[str, Any]]) -> str:
+    """sha256 of the settings and the group's members: equal fingerprints mean equal pixels."""
+    members = [[r["image_id"], r["prompt"], r.get("negative_prompt"), r["seed"]] for r in group]
+    payload = json.dumps({"settings": settings, "members": members}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def generate_group(pipe, group: list[dict[str, Any]], cfg: GenerateConfig, device) -> list[tuple[np.ndarray, bool]]:
+    """One batch: (uint8 HxWx3 image, nsfw hit) per row, each image's noise drawn from its own seeded generator."""
+    import torch
+
+    generators = [torch.Generator(device=device).manual_seed(r["seed"]) for r in group]
+    with torch.inference_mode():
+        out = pipe(
+            prompt=[r["prompt"] for r in group],
+            # A missing negative prompt is the empty string, exactly what diffusers uses for None.
+            negative_prompt=[r.get("negative_prompt") or "" for r in group],
+            generator=generators,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            height=cfg.height,
+            width=cfg.width,
+            output_type="np",
+        )
+    # diffusers' own float→uint8 conversion (VaeImageProcessor.numpy_to_pil).
+    images = (out.images * 255).round().astype("uint8")
+    nsfw = out.nsfw_content_detected or [False] * len(group)
+    return [(images[k], bool(nsfw[k])) for k in range(len(group))]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Byte-deterministic PNG: no timestamp or text chunks, fixed compression level."""
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Journal records and the manifest
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def load_records(workdir: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
+    """The latest record per image of every shard journal under `state/generate/`, journals in name order."""
+    return [(p, Journal(p, "image_id").load()) for p in sorted((workdir / JOURNAL_DIR).glob(JOURNAL_GLOB))]
+
+
+def _valid_record(
+    workdir: Path, image_id: str, fingerprint: str, journals: list[tuple[Path, dict[str, dict[str, Any]]]],
+    hashes: dict[str, str | None],
+) -> dict[str, Any] | None:
+    """The first record (journal name order) of a finished image: ok, current fingerprint, PNG with its sha256."""
+    for _, records in journals:
+        rec = records.get(image_id)
+        if not rec or rec.get("status") != "ok" or rec.get("fingerprint") != fingerprint:
+            continue
+        rel = rec.get("image_path")
+        if rel != image_path(image_id):
+            continue
+        if rel not in hashes:
+            hashes[rel] = _sha256(workdir / rel)
+        if hashes[rel] is not None and hashes[rel] == rec.get("sha256"):
+            return rec
+    return None
+
+
+def flag_for(record: dict[str, Any], black_threshold: float) -> tuple[str | None, str | None]:
+    """(flag, reason) of a finished image: `nsfw` before `black`, None when neither."""
+    if record.get("nsfw"):
+        return "nsfw", NSFW_REASON
+    mean = record["mean_pixel"]
+    if mean < black_threshold:
+        return "black", f"mean pixel value {mean:.4f} < black_threshold {black_threshold:g}"
+    return None, None
+
+
+@contextlib.contextmanager
+def _manifest_lock(workdir: Path) -> Iterator[None]:
+    """Serialise manifest rebuilds of concurrently finishing shards, so the last to finish sees every journal."""
+    lock = workdir / JOURNAL_DIR / LOCK_NAME
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: shards that finish at the same moment may need one more rebuild
+        yield
+        return
+    with open(lock, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _manifest_frame(
+    groups: list[list[dict[str, Any]]], settings: dict[str, Any], fingerprints: list[str], cfg: GenerateConfig,
+    workdir: Path, hashes: dict[str, str | None],
+) -> pd.DataFrame:
+    journals = load_records(workdir)
+    rows = []
+    for g, group in enumerate(groups):
+        for r in group:
+            rec = _valid_record(workdir, r["image_id"], fingerprints[g], journals, hashes)
+            if rec is None:
+                continue
+            flag, reason = flag_for(rec, cfg.black_threshold)
+            rows.append({
+                **{k: r.get(k) for k in PROMPTS.column_names},
+                **settings,
+                "batch_group": g,
+                "batch_size": cfg.batch_size,
+                "versions": json.dumps(rec["versions"], sort_keys=True),
+                "image_path": rec["image_path"],
+                "sha256": rec["sha256"],
+                "mean_pixel": rec["mean_pixel"],
+                "flag": flag,
+                "flag_reason": reason,
+            })
+    return pd.DataFrame(rows, columns=list(GENERATED_IMAGES.column_names))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The stage
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def run_generate(
+    workdir: str | Path,
+    cfg: GenerateConfig,
+    model: ModelRef,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: ProgressFn | None = None,
+) -> GenerateSummary:
+    """Generate this shard's batch groups of the `prompts` manifest, then rebuild the `images` manifest.
+
+    Resumes from the journals of earlier runs (any shard layout). Flagged images are kept and recorded; only
+    problems with the run itself (no prompts manifest, bad config, model not loadable) raise.
+    """
+    import torch
+
+    workdir = Path(workdir)
+    i, n = check_shard(shard)
+    scheduler_class(cfg.scheduler)  # fail before loading anything
+    prompts = read_manifest(workdir, PROMPTS)
+    groups = batch_groups(prompts, cfg.batch_size)
+    for group in groups:
+        for r in group:
+            image_path(r["image_id"])
+    device, dtype = torch_device_and_dtype(model)
+    resolved = resolve_model(model, workdir, ROLE)
+    pipe = load_pipeline(resolved.path, cfg, device, dtype)
+    settings = _settings(cfg, pipe, resolved.model_id, resolved.revision, device, dtype)
+    fingerprints = [group_fingerprint(settings, group) for group in groups]
+    run_versions = versions()
+
+    mine = [g for g in range(len(groups)) if g % n == i]
+    journal = Journal(journal_path(workdir, (i, n)), "image_id")
+    journals = load_records(workdir)
+    hashes: dict[str, str | None] = {}
+    total = sum(len(groups[g]) for g in mine)
+    done = generated = reused = flagged = groups_run = 0
+    if progress:
+        progress(0, total, f"shard {i}/{n}: {len(mine)} groups")
+    for g in mine:
+        group, fingerprint = groups[g], fingerprints[g]
+        finished = {r["image_id"]: _valid_record(workdir, r["image_id"], fingerprint, journals, hashes) for r in group}
+        if all(finished.values()):
+            reused += len(group)
+            flagged += sum(flag_for(rec, cfg.black_threshold)[0] is not None for rec in finished.values())
+            done += len(group)
+            if progress:
+                progress(done, total, f"group {g}: reused")
+            continue
+        groups_run += 1
+        for r, (image, nsfw) in zip(group, generate_group(pipe, group, cfg, device)):
+            if finished[r["image_id"]] is not None:  # kept: recomputed only because its group was incomplete
+                reused += 1
+                flagged += flag_for(finished[r["image_id"]], cfg.black_threshold)[0] is not None
+                continue
+            data = encode_png(image)
+            rel = image_path(r["image_id"])
+            atomic_write_bytes(workdir / rel, data)
+            digest = hashlib.sha256(data).hexdigest()
+            hashes[rel] = digest
+            record = {
+                "image_id": r["image_id"],
+                "status": "ok",
+                "image_path": rel,
+                "sha256": digest,
+                "fingerprint": fingerprint,
+                "batch_group": g,
+                "shard": f"{i}/{n}",
+                "nsfw": nsfw,
+                "mean_pixel": round(float(image.mean(dtype=np.float64)), 4),
+                "versions": run_versions,
+                "torch_threads": torch.get_num_threads(),
+            }
+            journal.append(record)
+            generated += 1
+            flagged += flag_for(record, cfg.black_threshold)[0] is not None
+        done += len(group)
+        if progress:
+            progress(done, total, f"group {g}: generated")
+
+    provenance = {
+        "stage": "generate",
+        "model": model.model_dump(mode="json"),
+        "revision": resolved.revision,
+        # batch_size and the sharding-independent settings; the shard itself never enters the manifest.
+        "config": cfg.model_dump(mode="json"),
+        "prompts_sha256": _sha256(manifest_path(workdir, PROMPTS.name)),
+    }
+    with _manifest_lock(workdir):
+        frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
+        manifest = write_manifest(workdir, GENERATED_IMAGES, frame, provenance)
+    return GenerateSummary(
+        shard=f"{i}/{n}",
+        groups=len(mine),
+        groups_run=groups_run,
+        generated=generated,
+        reused=reused,
+        flagged=flagged,
+        images=len(frame),
+        pending=len(prompts) - len(frame),
+        manifest=str(manifest),
+        model_revision=resolved.revision,
+    )

@@ -1,0 +1,32 @@
+"""Stage entry points with one shape, `stage(workdir, BuildConfig, …) -> summary dict`, for the CLI and the flow.
+
+Each picks its config section and models out of the build config and calls the stage function; model-backed
+helpers are imported only when a stage needs them, so a stage without models never loads torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from is4.config import BuildConfig
+from is4.pipeline.categories import run_categories
+from is4.pipeline.prompts import run_prompts
+
+
+def categories_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Map the VGG-SS labels to objects (rules, LLM proposals when configured, reviewed overrides)."""
+    propose = None
+    if cfg.categories.llm_proposals:
+        from is4.pipeline.llm import ChatLM, object_name_proposer
+        from is4.pipeline.models import ModelError
+
+        if cfg.models.object_phrase is None:
+            raise ModelError("categories.llm_proposals needs models.object_phrase")
+        propose = object_name_proposer(ChatLM.load(cfg.models.object_phrase, workdir))
+    return run_categories(workdir, cfg.categories, propose=propose)
+
+
+def prompts_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Build the category-pair prompt set with per-image seeds."""
+    return run_prompts(workdir, cfg.prompts, cfg.seed)
