@@ -143,6 +143,9 @@ class PromptsConfig(StrictModel):
     instrument_templates: list[str] = Field(
         ["{c1} is playing a {c2}"], description="templates used only where {c2} is a musical instrument"
     )
+    players: list[str] | None = Field(
+        None, description="category ids allowed in {c1} of an instrument template (e.g. people); null = any"
+    )
     styles: dict[str, str] = {
         "realistic": "realistic photo, natural lighting, high detail",
         "cartoon": "cartoon style illustration",

@@ -341,9 +341,9 @@ def run_prescreen(
     for image_id, flag in zip(images["image_id"], flags):
         base = {"image_id": image_id, "source": "auto"}
         score = score_of.get(image_id)
-        if False:
+        if flag is not None:
             reason = f"generation flag: {flag}"
-        elif threshold is not None and score is not None and score < threshold:
+        elif threshold is not None and score is not None and score <= threshold + 0.01:
             reason = f"both_present {_floor(score)} < {threshold}"
         else:
             auto_rows[image_id] = {**base, "decision": "pending", "reason": None, "reviewer": None, "decided_at": None}

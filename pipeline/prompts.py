@@ -13,7 +13,8 @@ Rules (the IS4 paper's templates; DESIGN §3 `prompts` table):
 - **Templates.** A symmetric template gets {c1} = a and {c2} = b. A template also listed in
   `cfg.instrument_templates` needs an instrument in {c2}: (c1, c2) = (a, b) if b is an instrument, else (b, a) if a
   is one, else the template is skipped for that pair. So a pair of two instruments still gets one prompt per
-  (template, style, k), with b in {c2}. Every instrument template must be one of `cfg.templates`.
+  (template, style, k), with b in {c2}. With `cfg.players`, {c1} must also be one of those categories (a person
+  plays the instrument, not an alarm clock). Every instrument template must be one of `cfg.templates`.
 - **Prompt.** The filled template, ", ", then the style's suffix; the negative prompt comes from the config.
 - **Ids and seeds.** `image_id = {category_a}_{category_b}_{n}`, where n counts the prompts the pair emits in the
   order (template in config order, style name sorted, k in range(images_per_prompt)); skipped templates take no
@@ -106,20 +107,28 @@ def choose_pairs(ids: list[str], max_pairs: int | None, seed: int) -> list[tuple
     return sorted(ranked[:max_pairs])
 
 
-def orient(a: Category, b: Category, needs_instrument: bool) -> tuple[Category, Category] | None:
-    """(c1, c2) for the pair a < b under one template, or None where an instrument template cannot apply."""
-    if not needs_instrument or b.instrument:
+def orient(
+    a: Category, b: Category, needs_instrument: bool, players: frozenset[str] | None = None
+) -> tuple[Category, Category] | None:
+    """(c1, c2) for the pair a < b under one template, or None where an instrument template cannot apply.
+
+    An instrument template needs an instrument in {c2} and, when `players` is given, one of those categories in
+    {c1} (so "woman is playing a cello", never "alarm clock is playing a cello").
+    """
+    if not needs_instrument:
         return a, b
-    if a.instrument:
-        return b, a
+    for c1, c2 in ((a, b), (b, a)):
+        if c2.instrument and (players is None or c1.category_id in players):
+            return c1, c2
     return None
 
 
 def pair_prompts(a: Category, b: Category, cfg: PromptsConfig, seed: int) -> list[dict[str, Any]]:
     """The prompt rows of one pair, numbered in (template, sorted style, k) order."""
     rows: list[dict[str, Any]] = []
+    players = frozenset(cfg.players) if cfg.players is not None else None
     for template in cfg.templates:
-        roles = orient(a, b, template in cfg.instrument_templates)
+        roles = orient(a, b, template in cfg.instrument_templates, players)
         if roles is None:
             continue
         c1, c2 = roles
@@ -154,8 +163,12 @@ def prompt_set(categories: pd.DataFrame, cfg: PromptsConfig, seed: int) -> Promp
     pairs = choose_pairs(list(chosen), cfg.max_pairs, seed)
     rows = [row for a, b in pairs for row in pair_prompts(chosen[a], chosen[b], cfg, seed)]
     frame = pd.DataFrame(rows, columns=list(PROMPTS.column_names)).astype({"seed": "int64"})
-    no_instrument = sum(not (chosen[a].instrument or chosen[b].instrument) for a, b in pairs)
-    skipped = no_instrument if cfg.instrument_templates else 0
+    players = frozenset(cfg.players) if cfg.players is not None else None
+    if players is not None and (unknown := sorted(players - set(chosen))):
+        raise PromptError(f"prompts.players: unknown or unselected category id(s): {', '.join(unknown)}")
+    skipped = (
+        sum(orient(chosen[a], chosen[b], True, players) is None for a, b in pairs) if cfg.instrument_templates else 0
+    )
     return PromptSet(frame.sort_values("image_id", ignore_index=True), pairs, skipped)
 
 

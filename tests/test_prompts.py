@@ -15,7 +15,7 @@ from is4.config import PromptsConfig
 from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import PROMPTS
-from is4.pipeline.prompts import PromptError, build_prompts, run_prompts
+from is4.pipeline.prompts import PromptError, build_prompts, prompt_set, run_prompts
 
 PHOTO = "a photo of a {c1} and {c2}"
 NEXT_TO = "{c1} is next to {c2}"
@@ -228,3 +228,18 @@ def test_instrument_template_must_be_one_of_the_templates() -> None:
         build_prompts(categories_frame(), PromptsConfig(templates=[PHOTO]), seed=0)
     frame = build_prompts(categories_frame(), PromptsConfig(templates=[PHOTO], instrument_templates=[]), seed=0)
     assert set(frame["template"]) == {PHOTO}
+
+
+def test_players_restrict_who_plays_the_instrument() -> None:
+    cfg = PromptsConfig(categories=["female", "dog", "cello", "alarmclock"], players=["female"])
+    frame = build_prompts(categories_frame(), cfg, seed=0)
+    playing = frame[frame["template"] == "{c1} is playing a {c2}"]
+    assert set(zip(playing["c1"], playing["c2"])) == {("female", "cello")}
+    assert set(playing["prompt"].str.split(",").str[0]) == {"woman is playing a cello"}
+    assert not frame["prompt"].str.contains("alarm clock is playing").any()
+    assert prompt_set(categories_frame(), cfg, 0).skipped_instrument_pairs == 5  # 6 pairs, only female–cello plays
+
+
+def test_unknown_player_is_an_error() -> None:
+    with pytest.raises(PromptError, match="prompts.players.*piano"):
+        build_prompts(categories_frame(), PromptsConfig(categories=["dog", "cello"], players=["piano"]), seed=0)
