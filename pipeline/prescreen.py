@@ -21,8 +21,9 @@ directly, so each object is scored separately and the two scores are combined:
 Verification is written when `auto_reject_below` is set, when some image carries a generation flag, or when a
 verification manifest already exists (so that the pre-screen's own earlier rows are brought up to date):
 
-- images whose generation left a `flag` (an optional column of the images table, e.g. a safety-checker or
-  black-image flag) are rejected with reason `generation flag: <flag>`, whatever their score;
+- images whose generation left a `flag` (an optional column of the images table: the generate stage writes
+  `nsfw` or `black`, with a `flag_reason`) are rejected with reason `generation flag: <flag>`, followed by
+  ` (<flag_reason>)` where there is one, whatever their score;
 - images whose both_present is under `auto_reject_below` (strictly) are rejected with reason
   `both_present <score> < <threshold>`, the score rounded down so that the printed comparison is true;
 - rejects are `source=auto, reviewer="prescreen"` at `decided_at`; every other image gets a `pending` row with
@@ -58,6 +59,7 @@ from is4.pipeline.prompts import PromptError, depictable_categories
 TEXT_TEMPLATE = "a photo of a {object}"
 REVIEWER = "prescreen"
 FLAG_COLUMN = "flag"
+FLAG_REASON_COLUMN = "flag_reason"
 # Cosines are computed in float64; this absorbs rounding so identical embeddings group even at a threshold of 1.
 _COSINE_TOLERANCE = 1e-9
 
@@ -270,6 +272,11 @@ def run_prescreen(
     flags = (
         [_generation_flag(v) for v in images[FLAG_COLUMN]] if FLAG_COLUMN in images.columns else [None] * len(images)
     )
+    flag_reasons = (
+        [_generation_flag(v) for v in images[FLAG_REASON_COLUMN]]
+        if FLAG_REASON_COLUMN in images.columns
+        else [None] * len(images)
+    )
     scored_rows, files = [], []
     for i, row in enumerate(images.itertuples(index=False)):
         if not isinstance(row.image_path, str):
@@ -338,12 +345,12 @@ def run_prescreen(
 
     score_of = dict(zip(ids, both))
     auto_rows: dict[str, dict[str, Any]] = {}
-    for image_id, flag in zip(images["image_id"], flags):
+    for image_id, flag, flag_reason in zip(images["image_id"], flags, flag_reasons):
         base = {"image_id": image_id, "source": "auto"}
         score = score_of.get(image_id)
         if flag is not None:
-            reason = f"generation flag: {flag}"
-        elif threshold is not None and score is not None and score <= threshold + 0.01:
+            reason = f"generation flag: {flag}" + (f" ({flag_reason})" if flag_reason else "")
+        elif threshold is not None and score is not None and score < threshold:
             reason = f"both_present {_floor(score)} < {threshold}"
         else:
             auto_rows[image_id] = {**base, "decision": "pending", "reason": None, "reviewer": None, "decided_at": None}

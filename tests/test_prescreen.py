@@ -169,7 +169,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return resolve_model(TINY, tmp_path_factory.mktemp("clip"), "prescreen").path
 
 
-def make_workdir(root: Path, tiny_clip: Path, flags: dict[str, str] | None = None, no_path=()) -> Path:
+def make_workdir(root: Path, tiny_clip: Path, flags: dict[str, tuple] | None = None, no_path=()) -> Path:
     shutil.copytree(tiny_clip, root / "models" / tiny_clip.name)  # what resolve_model would build
     write_manifest(root, "categories", pd.DataFrame(CATEGORY_ROWS, columns=["label", "object", "category_id",
                                                                             "instrument", "depictable"]))
@@ -184,8 +184,9 @@ def make_workdir(root: Path, tiny_clip: Path, flags: dict[str, str] | None = Non
     for image_id in no_path:
         rows.append({"image_id": image_id, "category_a": "car", "category_b": "dog", "image_path": None})
     frame = pd.DataFrame(rows)
-    if flags is not None:
-        frame["flag"] = [flags.get(i) for i in frame["image_id"]]
+    if flags is not None:  # as the generate stage writes them: flag, flag_reason
+        frame["flag"] = [flags.get(i, (None, None))[0] for i in frame["image_id"]]
+        frame["flag_reason"] = [flags.get(i, (None, None))[1] for i in frame["image_id"]]
     write_manifest(root, "images", frame)
     return root
 
@@ -246,14 +247,14 @@ def test_same_inputs_give_identical_prescreen_bytes(tmp_path: Path, tiny_clip: P
 
 
 def test_auto_reject_keeps_human_decisions_and_rejects_flagged_images(tmp_path: Path, tiny_clip: Path):
-    work = make_workdir(tmp_path, tiny_clip, flags={"car_cello_0": "black image", "gone_0": "nsfw"},
-                        no_path=["gone_0"])
+    work = make_workdir(tmp_path, tiny_clip, flags={"car_cello_0": ("black", "mean pixel 0.1"),
+                                                    "gone_0": ("nsfw", None)}, no_path=["gone_0"])
 
     # Without a threshold, only the generation flags decide; everything else waits for a human.
     summary = run_prescreen(work, PrescreenConfig(), TINY, decided_at=T0)
     ver = read_manifest(work, "verification").set_index("image_id")
     assert summary["auto_rejected"] == 2 and summary["pending"] == len(PICTURES) - 1
-    assert ver.loc["car_cello_0", "reason"] == "generation flag: black image"
+    assert ver.loc["car_cello_0", "reason"] == "generation flag: black (mean pixel 0.1)"
     assert ver.loc["gone_0", "reason"] == "generation flag: nsfw"
     assert (ver.loc[["car_cello_0", "gone_0"], "decided_at"] == pd.Timestamp(T0)).all()
     assert "gone_0" not in set(read_manifest(work, "prescreen")["image_id"])  # nothing to score
@@ -301,7 +302,7 @@ def test_auto_reject_keeps_human_decisions_and_rejects_flagged_images(tmp_path: 
         assert (ver.loc[image_id, "decision"], ver.loc[image_id, "source"]) == ("pending", "auto")
         assert pd.isna(ver.loc[image_id, "reason"]) and pd.isna(ver.loc[image_id, "decided_at"])
     # Flags win over scores, and an unchanged decision keeps the time it was first made.
-    assert ver.loc["car_cello_0", "reason"] == "generation flag: black image"
+    assert ver.loc["car_cello_0", "reason"] == "generation flag: black (mean pixel 0.1)"
     assert (ver.loc[["car_cello_0", "gone_0"], "decided_at"] == pd.Timestamp(T0)).all()
     assert summary["auto_rejected"] == len(below) - 1 + 2
     assert summary["pending"] == len(above)
