@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 import is4
-from is4.config import BuildConfig, ConfigError, IngestConfig, load_config
-from is4.manifests.io import ManifestError, manifest_path
+from is4.config import BuildConfig, ConfigError, IngestConfig, ModelRef, load_config
+from is4.manifests.io import ManifestError, manifest_path, read_manifest
+from is4.manifests.schema import TABLES
 from is4.pipeline import stages
 from is4.pipeline.export import DEFAULT_EXPORT_DIR, export_training_layout
 from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
@@ -119,23 +120,55 @@ def prompts_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[st
     return _publish("prompts", stages.prompts_stage(Path(workdir), config))
 
 
+@_stage_task("generate")
+def generate_task(workdir: str, config: BuildConfig, shards: int, shard: int, fingerprint: str) -> dict[str, Any]:
+    """Stable Diffusion images for shard `shard` of `shards`."""
+    summary = stages.generate_stage(Path(workdir), config, shard=(shard, shards))
+    create_markdown_artifact(key=f"generate-summary-shard-{shard}-of-{shards}",
+                             markdown=summary_markdown(f"generate {shard}/{shards}", summary))
+    return summary
+
+
+@_stage_task("prescreen")
+def prescreen_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """CLIP scores that order the verification queue."""
+    return _publish("prescreen", stages.prescreen_stage(Path(workdir), config))
+
+
 def resolve_workdir(cfg: BuildConfig, workdir: str | None) -> Path:
     """The work directory: the override, else the config's, made absolute."""
     return Path(workdir or cfg.workdir).expanduser().resolve()
 
 
+def outputs_intact(work: Path, table: str, skip_columns: tuple[str, ...] = ()) -> bool:
+    """True when a manifest exists, validates, and every file it lists (but `skip_columns`) is present."""
+    try:
+        frame = read_manifest(work, table)
+    except ManifestError:
+        return False
+    columns = [c for c in TABLES[table].path_columns if c not in skip_columns]
+    return all((work / p).is_file() for c in columns for p in frame[c].dropna())
+
+
 class _StageRunner:
-    """Runs stage tasks with this build's result storage, refreshing any whose output is missing."""
+    """Runs stage tasks with this build's result storage, refreshing any whose outputs are not intact."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.storage = work / PREFECT_STATE_DIR
 
-    def __call__(self, stage_task: Callable[..., dict[str, Any]], output: Path, *args: Any,
+    def __call__(self, stage_task: Callable[..., dict[str, Any]], intact: bool, *args: Any,
                  fingerprint: str) -> dict[str, Any]:
         # A cache hit must never stand in for outputs that were deleted.
-        runnable = stage_task.with_options(result_storage=self.storage, refresh_cache=not output.exists())
+        runnable = stage_task.with_options(result_storage=self.storage, refresh_cache=not intact)
         return runnable(*args, fingerprint=fingerprint)
+
+    def map(self, stage_task: Callable[..., dict[str, Any]], intact: bool, *args: Any,
+            fingerprints: list[str], **mapped: list[Any]) -> list[dict[str, Any]]:
+        """One task run per element of the `mapped` lists (e.g. shards), concurrently; their results in order."""
+        runnable = stage_task.with_options(result_storage=self.storage, refresh_cache=not intact)
+        futures = runnable.map(*(unmapped(a) for a in args), fingerprint=fingerprints, **mapped)
+        return [future.result() for future in futures]
 
 
 def _ingest(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> None:
@@ -150,14 +183,15 @@ def _ingest(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> Non
             ingest=cfg.ingest.model_dump(mode="json", exclude={"download": {"url_template"}}),
             url_template=None if source.url_template else cfg.ingest.download.url_template,
         )
+        # Downloaded sections may be deleted to save disk: the extracted media is what must be there.
         results["ingest"] = run(
-            ingest_task, manifest_path(work, "clips"),
+            ingest_task, outputs_intact(work, "clips", skip_columns=("source_path",)),
             str(source.csv_path), str(work), cfg.ingest, cfg.seed, source.url_template, fingerprint=fingerprint,
         )
     if cfg.ingest.export_training_layout:
         fingerprint = stage_fingerprint("export", workdir=str(work),
                                         clips_sha256=_sha256_file(manifest_path(work, "clips")))
-        results["export"] = run(export_task, work / DEFAULT_EXPORT_DIR / "ids.csv", str(work),
+        results["export"] = run(export_task, (work / DEFAULT_EXPORT_DIR / "ids.csv").is_file(), str(work),
                                 fingerprint=fingerprint)
 
 
@@ -179,13 +213,41 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
             llm=cfg.models.object_phrase.model_dump() if cfg.categories.llm_proposals and cfg.models.object_phrase
             else None,
         )
-        results["categories"] = run(categories_task, manifest_path(work, "categories"), str(work), cfg,
+        results["categories"] = run(categories_task, outputs_intact(work, "categories"), str(work), cfg,
                                     fingerprint=fingerprint)
     if "prompts" in cfg.stages:
         fingerprint = stage_fingerprint(
             "prompts", workdir=str(work), seed=cfg.seed, prompts=cfg.prompts.model_dump(mode="json"),
             categories_sha256=_sha256_file(manifest_path(work, "categories")),
         )
-        results["prompts"] = run(prompts_task, manifest_path(work, "prompts"), str(work), cfg,
+        results["prompts"] = run(prompts_task, outputs_intact(work, "prompts"), str(work), cfg,
                                  fingerprint=fingerprint)
+    if "generate" in cfg.stages:
+        results["generate"] = _generate(run, cfg)
+    if "prescreen" in cfg.stages:
+        fingerprint = stage_fingerprint(
+            "prescreen", workdir=str(work), prescreen=cfg.prescreen.model_dump(mode="json"),
+            model=_model_key(cfg.models.prescreen), images_sha256=_sha256_file(manifest_path(work, "images")),
+            categories_sha256=_sha256_file(manifest_path(work, "categories")),
+        )
+        results["prescreen"] = run(prescreen_task, outputs_intact(work, "prescreen"), str(work), cfg,
+                                   fingerprint=fingerprint)
     return results
+
+
+def _model_key(ref: ModelRef | None) -> dict[str, Any] | None:
+    return ref.model_dump(mode="json") if ref else None
+
+
+def _generate(run: _StageRunner, cfg: BuildConfig) -> dict[str, Any]:
+    """Map the generate task over `generate.shards` disjoint shards; the last to finish writes the full manifest."""
+    work, n = run.work, cfg.generate.shards
+    common = {"workdir": str(work), "generate": cfg.generate.model_dump(mode="json"),
+              "model": _model_key(cfg.models.image_generator),
+              "prompts_sha256": _sha256_file(manifest_path(work, "prompts"))}
+    fingerprints = [stage_fingerprint("generate", shard=f"{i}/{n}", **common) for i in range(n)]
+    shards = run.map(generate_task, outputs_intact(work, "images"), str(work), cfg, n,
+                     fingerprints=fingerprints, shard=list(range(n)))
+    return {"shards": n, "generated": sum(s["generated"] for s in shards),
+            "reused": sum(s["reused"] for s in shards), "flagged": sum(s["flagged"] for s in shards),
+            "images": max(s["images"] for s in shards), "model_revision": shards[0]["model_revision"]}

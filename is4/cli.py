@@ -32,12 +32,14 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.manifests.io import ManifestError
     from is4.pipeline.categories import CategoryError
     from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
+    from is4.pipeline.generate import GenerateError
     from is4.pipeline.models import ModelError
+    from is4.pipeline.prescreen import PrescreenError
     from is4.pipeline.prompts import PromptError
     from is4.pipeline.vggsound_csv import CsvError
 
     return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
-            ModelError, OSError)
+            ModelError, GenerateError, PrescreenError, OSError)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -207,6 +209,28 @@ def categories(config: ConfigOption = None, workdir: WorkdirOption = None) -> No
 def prompts(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
     """Category pairs × templates × styles with per-image seeds: the `prompts` manifest."""
     _run_stage("prompts", "prompts_stage", config, workdir)
+
+
+@app.command()
+def generate(
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    shard: Annotated[str, typer.Option(help="i/n: generate the i-th of n disjoint shards (0-based)")] = "0/1",
+) -> None:
+    """Stable Diffusion images for the prompts (PNG + the `images` manifest with full provenance)."""
+    from is4.pipeline.generate import GenerateError, parse_shard
+
+    try:
+        parsed = parse_shard(shard)
+    except GenerateError as exc:
+        raise _fail(exc) from None
+    _run_stage("generate", "generate_stage", config, workdir, shard=parsed)
+
+
+@app.command()
+def prescreen(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Score every generated image with CLIP: the `prescreen` manifest (and automatic `verification` rows)."""
+    _run_stage("prescreen", "prescreen_stage", config, workdir)
 
 
 @app.command()

@@ -169,6 +169,7 @@ class GenerateConfig(StrictModel):
     height: int = Field(512, ge=8, multiple_of=8)
     width: int = Field(512, ge=8, multiple_of=8)
     batch_size: int = Field(4, ge=1, le=256)
+    shards: int = Field(1, ge=1, le=1024, description="disjoint shards the flow maps generation over")
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
     safety_checker: bool = Field(True, description="run the checkpoint's safety checker where it has one")
     black_threshold: float = Field(4.0, ge=0, le=255, description="mean pixel value under which an image is black")

@@ -47,9 +47,11 @@ def _to_arrow(spec: TableSpec, frame: pd.DataFrame, where: str) -> pa.Table:
     missing = [c for c in spec.column_names if c not in frame.columns]
     if missing:
         raise ManifestError(f"{where}: missing required column(s) {', '.join(missing)}")
-    extra = [c for c in frame.columns if c not in spec.column_names]
+    declared = {f.name: f for f in spec.optional}
+    typed = list(spec.columns) + [declared[c] for c in frame.columns if c in declared]
+    extra = [c for c in frame.columns if c not in spec.column_names and c not in declared]
     arrays, fields = [], []
-    for f in spec.columns:
+    for f in typed:
         try:
             arrays.append(pa.array(frame[f.name].tolist(), type=f.type, from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -73,7 +75,14 @@ def validate_table(spec: TableSpec, table: pa.Table, where: str) -> None:
         if not f.nullable and col.null_count:
             row = pc.index(pc.is_null(col), True).as_py()
             raise ManifestError(f"{where}: row {row}: column {f.name!r} must not be empty")
+    for f in spec.optional:
+        if f.name in table.column_names and not table.column(f.name).type.equals(f.type):
+            raise ManifestError(
+                f"{where}: column {f.name!r} has type {table.column(f.name).type}, expected {f.type}"
+            )
     for name, allowed in spec.enums.items():
+        if name not in table.column_names:
+            continue  # an optional column the stage did not add
         values = table.column(name).to_pylist()
         for i, value in enumerate(values):
             if value is not None and value not in allowed:

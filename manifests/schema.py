@@ -15,6 +15,7 @@ SCHEMA_VERSION = 1
 CLIP_STATUSES = frozenset({"ok", "failed", "invalid"})
 DECISIONS = frozenset({"accept", "reject", "pending"})
 DECISION_SOURCES = frozenset({"human", "auto"})
+IMAGE_FLAGS = frozenset({"nsfw", "black"})  # generation flags: a safety-checker hit, a black image
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class TableSpec:
     key: tuple[str, ...]
     sort_by: tuple[str, ...]
     enums: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Columns a stage may add: not required, but when present they have this type (so an all-null column keeps it).
+    optional: tuple[pa.Field, ...] = ()
     path_columns: tuple[str, ...] = ()
     # Rows whose key may be null (e.g. a csv row so broken that it has no clip id); they are exempt from the
     # uniqueness check but must satisfy `nullable_key_when`.
@@ -38,6 +41,10 @@ class TableSpec:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.columns)
+
+    @property
+    def optional_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.optional)
 
 
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
@@ -128,6 +135,17 @@ IMAGES = TableSpec(
     key=("image_id",),
     sort_by=("image_id",),
     path_columns=("image_path",),
+    enums={"flag": IMAGE_FLAGS},
+    optional=tuple(
+        _f(name, type_)
+        for name, type_ in (
+            ("c1", _str), ("c2", _str), ("negative_prompt", _str), ("batch_group", pa.int64()),
+            ("scheduler", _str), ("scheduler_config", _str), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
+            ("height", pa.int64()), ("width", pa.int64()), ("batch_size", pa.int64()), ("dtype", _str),
+            ("device", _str), ("compile", pa.bool_()), ("safety_checker", pa.bool_()), ("versions", _str),
+            ("mean_pixel", pa.float64()), ("flag", _str), ("flag_reason", _str),
+        )
+    ),
 )
 
 PRESCREEN = TableSpec(

@@ -55,14 +55,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 import is4
 from is4.config import GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
-from is4.manifests.schema import IMAGES, PROMPTS, TableSpec
+from is4.manifests.schema import IMAGES, PROMPTS
 from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
 
 ROLE = "image_generator"
@@ -71,33 +70,12 @@ JOURNAL_DIR = "state/generate"
 JOURNAL_GLOB = "shard-*-of-*.jsonl"
 LOCK_NAME = ".manifest.lock"
 PNG_COMPRESS_LEVEL = 6
-FLAGS = frozenset({"nsfw", "black"})
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
 _IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 ProgressFn = Callable[[int, int, str], None]
 
-# The images table as this stage writes it: the contract's columns plus typed provenance columns (typed here so an
-# all-null column such as `flag` keeps its type in every run).
-_s = pa.string()
-GENERATED_IMAGES = TableSpec(
-    name=IMAGES.name,
-    columns=IMAGES.columns + tuple(
-        pa.field(name, type_)
-        for name, type_ in (
-            ("c1", _s), ("c2", _s), ("negative_prompt", _s), ("batch_group", pa.int64()),
-            ("scheduler", _s), ("scheduler_config", _s), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
-            ("height", pa.int64()), ("width", pa.int64()), ("batch_size", pa.int64()), ("dtype", _s),
-            ("device", _s), ("compile", pa.bool_()), ("safety_checker", pa.bool_()), ("versions", _s),
-            ("mean_pixel", pa.float64()), ("flag", _s), ("flag_reason", _s),
-        )
-    ),
-    key=IMAGES.key,
-    sort_by=IMAGES.sort_by,
-    enums={"flag": FLAGS},
-    path_columns=IMAGES.path_columns,
-)
 
 
 class GenerateError(ValueError):
@@ -385,7 +363,7 @@ def _manifest_frame(
                 "flag": flag,
                 "flag_reason": reason,
             })
-    return pd.DataFrame(rows, columns=list(GENERATED_IMAGES.column_names))
+    return pd.DataFrame(rows, columns=list(IMAGES.column_names + IMAGES.optional_names))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -482,7 +460,7 @@ def run_generate(
     }
     with _manifest_lock(workdir):
         frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
-        manifest = write_manifest(workdir, GENERATED_IMAGES, frame, provenance)
+        manifest = write_manifest(workdir, IMAGES, frame, provenance)
     return GenerateSummary(
         shard=f"{i}/{n}",
         groups=len(mine),

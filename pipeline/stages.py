@@ -30,3 +30,17 @@ def categories_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
 def prompts_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Build the category-pair prompt set with per-image seeds."""
     return run_prompts(workdir, cfg.prompts, cfg.seed)
+
+
+def prescreen_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """CLIP scores that order the verification queue; automatic rejects where configured."""
+    from is4.pipeline.prescreen import run_prescreen
+
+    return run_prescreen(workdir, cfg.prescreen, cfg.models.prescreen)
+
+
+def generate_stage(workdir: Path, cfg: BuildConfig, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Stable Diffusion images for one shard of the prompts; the images manifest covers every finished shard."""
+    from is4.pipeline.generate import run_generate
+
+    return run_generate(workdir, cfg.generate, cfg.models.image_generator, shard=shard).as_dict()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 TEXT_WIDTH = 32
-MAX_TEXT_TOKENS = 32
+MAX_TEXT_TOKENS = 128  # character-level tokens: room for a whole IS4 prompt
 
 
 def _byte_level_characters() -> list[str]:
@@ -66,7 +66,7 @@ def build_tiny_stable_diffusion(out_dir: Path, seed: int = 0) -> Path:
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=DPMSolverMultistepScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)

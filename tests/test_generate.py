@@ -22,7 +22,6 @@ from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import IMAGES, PROMPTS
 from is4.pipeline.generate import (
-    GENERATED_IMAGES,
     JOURNAL_DIR,
     NSFW_REASON,
     GenerateError,
@@ -125,8 +124,8 @@ def test_batch_size_1_and_4_give_identical_bytes_in_float64(tmp_path: Path) -> N
     """
     model = ModelRef(model_id=TINY, dtype="float64")
     one, four = make_workdir(tmp_path / "one"), make_workdir(tmp_path / "four")
-    s1 = run_generate(one, small_cfg(batch_size=1), model)
-    s4 = run_generate(four, small_cfg(batch_size=4), model)
+    s1 = run_generate(one, small_cfg(batch_size=1, height=32, width=32), model)
+    s4 = run_generate(four, small_cfg(batch_size=4, height=32, width=32), model)
     assert (s1.groups, s4.groups) == (N_IMAGES, 2)
     assert pngs(one) == pngs(four) and len(pngs(one)) == N_IMAGES
     frame = read_manifest(four, "images")
@@ -219,7 +218,7 @@ def test_changed_setting_regenerates(reference: Path, tmp_path: Path) -> None:
 def test_manifest_has_every_provenance_column(reference: Path) -> None:
     frame = read_manifest(reference, "images")
     schema = pq.read_schema(manifest_path(reference, "images"))
-    assert list(schema.names) == list(GENERATED_IMAGES.column_names)
+    assert list(schema.names) == list(IMAGES.column_names + IMAGES.optional_names)
     assert set(IMAGES.column_names) <= set(frame.columns)
     for column in ("prompt", "negative_prompt", "seed", "model_id", "model_revision", "scheduler",
                    "scheduler_config", "steps", "guidance_scale", "height", "width", "batch_size", "dtype",
@@ -262,7 +261,7 @@ def test_pipeline_uses_sdpa_and_the_named_scheduler(tmp_path: Path) -> None:
 
 def test_black_images_are_flagged(tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path / "black")
-    summary = run_generate(workdir, small_cfg(black_threshold=255), ModelRef(model_id=TINY))
+    summary = run_generate(workdir, small_cfg(black_threshold=255, height=32, width=32), ModelRef(model_id=TINY))
     assert summary.flagged == N_IMAGES
     frame = read_manifest(workdir, "images")
     assert len(frame) == N_IMAGES and set(frame["flag"]) == {"black"}
@@ -301,7 +300,7 @@ def _tiny_pipeline_with_safety_checker(tmp_path: Path) -> Path:
 def test_nsfw_hits_are_kept_black_and_flagged(tmp_path: Path) -> None:
     model = ModelRef(model_id=str(_tiny_pipeline_with_safety_checker(tmp_path)))
     workdir = make_workdir(tmp_path / "nsfw")
-    summary = run_generate(workdir, small_cfg(), model)
+    summary = run_generate(workdir, small_cfg(height=32, width=32), model)
     assert (summary.generated, summary.flagged) == (N_IMAGES, N_IMAGES)
     frame = read_manifest(workdir, "images")
     assert set(frame["flag"]) == {"nsfw"} and set(frame["flag_reason"]) == {NSFW_REASON}
@@ -311,7 +310,7 @@ def test_nsfw_hits_are_kept_black_and_flagged(tmp_path: Path) -> None:
 
     # Without the safety checker the same checkpoint gives unflagged, ordinary images.
     plain = make_workdir(tmp_path / "plain")
-    summary = run_generate(plain, small_cfg(safety_checker=False), model)
+    summary = run_generate(plain, small_cfg(safety_checker=False, height=32, width=32), model)
     assert summary.flagged == 0
     frame = read_manifest(plain, "images")
     assert frame["flag"].isna().all() and not frame["safety_checker"].any()
@@ -355,7 +354,7 @@ def test_missing_prompts_manifest_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_progress_reports_every_group(tmp_path: Path) -> None:
     calls: list[tuple[int, int, str]] = []
-    run_generate(make_workdir(tmp_path / "p"), small_cfg(batch_size=4), ModelRef(model_id=TINY),
+    run_generate(make_workdir(tmp_path / "p"), small_cfg(batch_size=4, height=32, width=32), ModelRef(model_id=TINY),
                  progress=lambda d, t, m: calls.append((d, t, m)))
     assert [c[:2] for c in calls] == [(0, N_IMAGES), (4, N_IMAGES), (N_IMAGES, N_IMAGES)]
 

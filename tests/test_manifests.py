@@ -405,3 +405,25 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
 def test_manifest_files_get_normal_permissions(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, "clips", sample_frame())
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~current_umask()
+
+
+def _image_row(**extra: Any) -> dict[str, Any]:
+    return {"image_id": "cat_dog_0", "category_a": "cat", "category_b": "dog", "template": "t", "style": "s",
+            "prompt": "p", "seed": 1, "model_id": "m", "model_revision": "r", "image_path": "media/images/x.png",
+            "sha256": "0" * 64, **extra}
+
+
+def test_optional_columns_keep_their_declared_type_even_when_all_null(tmp_path: Path) -> None:
+    write_manifest(tmp_path, "images", pd.DataFrame([_image_row(flag=None, steps=None)]))
+    schema = pq.read_schema(manifest_path(tmp_path, "images"))
+    assert str(schema.field("flag").type) == "string" and str(schema.field("steps").type) == "int64"
+
+
+def test_optional_columns_are_not_required(tmp_path: Path) -> None:
+    write_manifest(tmp_path, "images", pd.DataFrame([_image_row()]))
+    assert "flag" not in read_manifest(tmp_path, "images").columns
+
+
+def test_optional_enum_column_is_checked_when_present(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="'flag' has 'spicy'"):
+        write_manifest(tmp_path, "images", pd.DataFrame([_image_row(flag="spicy")]))

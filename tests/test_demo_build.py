@@ -1,0 +1,76 @@
+"""The shipped demo profile end to end: `is4 build --config configs/demo.yaml`, and what every stage produced."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from is4.manifests.io import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+IS4 = str(Path(sys.executable).parent / "is4")
+
+
+def _build(workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([IS4, "build", "--config", "configs/demo.yaml", "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def test_demo_build_end_to_end(tmp_path: Path) -> None:
+    work, home = tmp_path / "work", tmp_path / "prefect-home"
+    first = _build(work, home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    clips = read_manifest(work, "clips")
+    assert sorted(clips["status"].value_counts().items()) == [("failed", 1), ("invalid", 1), ("ok", 8)]
+
+    categories = read_manifest(work, "categories")
+    assert len(categories) == 221
+    by_label = categories.set_index("label")
+    assert by_label.loc["playing cello", "category_id"] == "cello" and by_label.loc["playing cello", "instrument"]
+    assert by_label.loc["dog barking", "category_id"] == "dog"
+
+    prompts = read_manifest(work, "prompts")
+    ids = {"cello", "dog", "acousticguitar", "cat"}
+    assert set(prompts["category_a"]) | set(prompts["category_b"]) == ids
+    # 6 pairs × 2 symmetric templates × 3 styles, plus the playing template for the 5 pairs with an instrument.
+    assert len(prompts) == 6 * 6 + 5 * 3
+
+    images = read_manifest(work, "images")
+    assert sorted(images["image_id"]) == sorted(prompts["image_id"])
+    for row in images.itertuples():
+        png = work / row.image_path
+        assert hashlib.sha256(png.read_bytes()).hexdigest() == row.sha256
+        assert Image.open(png).size == (64, 64)
+    assert set(images["model_id"]) == {"tiny-random:stable-diffusion"}
+    assert images["model_revision"].str.startswith("sha256:").all()
+
+    prescreen = read_manifest(work, "prescreen")
+    assert sorted(prescreen["queue_rank"]) == list(range(1, len(images) + 1))
+    verification = read_manifest(work, "verification")
+    assert set(verification["source"]) == {"auto"}
+    rejected = verification[verification["decision"] == "reject"].set_index("image_id")
+    scores = prescreen.set_index("image_id")["both_present"]
+    assert len(rejected) and (scores[rejected.index] < 0.0001).all()
+    assert (scores.drop(rejected.index) >= 0.0001).all()
+
+    # Rerun: every stage is a cache hit. A deleted image is made again, byte for byte, and nothing else is.
+    victim = work / images.iloc[0]["image_path"]
+    original = victim.read_bytes()
+    mtimes = {p: p.stat().st_mtime_ns for p in (work / "media/images").iterdir() if p != victim}
+    victim.unlink()
+    second = _build(work, home)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count("Cached(type=COMPLETED)") == 5, "ingest, export, categories, prompts and prescreen are cached"
+    assert victim.read_bytes() == original
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert np.asarray(Image.open(victim)).std() > 0
