@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from is4.classes import vggsound_classes, vggss_labels
-from is4.config import CategoriesConfig
+from is4.config import CategoriesConfig, read_yaml
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.ids import CATEGORY_ID_RE, category_id
 from is4.manifests.io import write_manifest
@@ -166,25 +165,6 @@ def rule_object(label: str) -> tuple[str | None, str]:
 # Overrides
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key given twice: a reviewed file must not silently lose an entry."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if not isinstance(key, str):
-            continue
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 @lru_cache(maxsize=1)
 def _groups() -> dict[str, str]:
     """VGGSound label → group (animals, music, …)."""
@@ -215,16 +195,7 @@ def _check_override(label: object, override: CategoryOverride, where: str) -> No
 def load_overrides(path: str | Path) -> dict[str, CategoryOverride]:
     """Read a reviewed overrides file: `label: {object, category_id, instrument, depictable, note}` per label."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CategoryError(f"{path}: cannot read category overrides: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise CategoryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise CategoryError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "category overrides", CategoryError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from is4.classes import vggss_labels
 from is4.config import (
@@ -61,7 +62,7 @@ def test_empty_yaml_gives_the_default_config(tmp_path: Path, text: str) -> None:
 
 def test_config_is_frozen() -> None:
     cfg = BuildConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.seed = 3  # type: ignore[misc]
     assert cfg.seed == 0
 
@@ -285,3 +286,10 @@ def test_paper_profile_pins_every_hub_checkpoint() -> None:
             assert re.fullmatch(r"[0-9a-f]{40}", ref["revision"]), f"{role} is pinned to a commit"
     assert cfg.models.object_phrase.model_id == "mistralai/Mistral-7B-Instruct-v0.2"
     assert cfg.models.segmenter.model_id == "facebook/sam-vit-huge"
+
+
+def test_duplicate_key_in_a_config_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 1\ningest:\n  csv: a.csv\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(path)
