@@ -147,7 +147,7 @@ def outputs_intact(work: Path, table: str, skip_columns: tuple[str, ...] = ()) -
     except ManifestError:
         return False
     columns = [c for c in TABLES[table].path_columns if c not in skip_columns]
-    return all((work / p).is_file() for c in columns for p in frame[c].dropna())
+    return all((work / p).is_file() for c in columns if c in frame.columns for p in frame[c].dropna())
 
 
 class _StageRunner:

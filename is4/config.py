@@ -185,6 +185,32 @@ class PrescreenConfig(StrictModel):
     duplicate_cosine: float = Field(0.95, gt=0, le=1, description="image-embedding cosine that makes a duplicate")
 
 
+REJECT_REASONS = ("missing-object", "unrecognisable", "extra-object", "artefact")
+
+
+class ReviewConfig(StrictModel):
+    """Human verification in FiftyOne, or the automatic policy that stands in for humans (demo)."""
+
+    mode: Literal["human", "auto"] = Field(
+        "human", description="human: the flow waits for reviewers; auto: pending images are accepted automatically"
+    )
+    dataset: str | None = Field(None, description="FiftyOne dataset name; default is4-<work directory name>")
+    database_uri: str | None = Field(None, description="a shared MongoDB server; default: FiftyOne's embedded one")
+    database_dir: ConfigPath | None = Field(None, description="embedded MongoDB data directory; default WORK/state/fiftyone")
+    address: str = Field("127.0.0.1", description="where the App listens")
+    port: int = Field(5151, ge=1, le=65535)
+    pause_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="how long a paused build waits for reviewers")
+
+
+class AnnotateConfig(StrictModel):
+    """Automatic SAM proposals (detector box → SAM) and click refinement."""
+
+    detector_threshold: float = Field(0.05, ge=0, le=1, description="lowest detector score used as a box prompt")
+    mask_threshold: float = Field(0.0, description="SAM mask logit threshold")
+    multimask: bool = Field(True, description="ask SAM for three masks and keep the best-scoring one")
+    embedding_cache: int = Field(8, ge=1, description="image embeddings kept in memory for refinement")
+
+
 class ModelRef(StrictModel):
     """A model checkpoint: Hugging Face id, local path, or `tiny-random:<kind>` (built locally), and revision."""
 
@@ -206,12 +232,12 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
-STAGES = ("ingest", "categories", "prompts", "generate", "prescreen")
+STAGES = ("ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate")
 
 
 class BuildConfig(StrictModel):
     profile: str = "custom"
-    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen"]] = Field(
+    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate"]] = Field(
         list(STAGES), description="the stages `build-is4` runs, in pipeline order"
     )
     seed: int = 0
@@ -221,6 +247,8 @@ class BuildConfig(StrictModel):
     prompts: PromptsConfig = PromptsConfig()
     generate: GenerateConfig = GenerateConfig()
     prescreen: PrescreenConfig = PrescreenConfig()
+    review: ReviewConfig = ReviewConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
     models: ModelsConfig = ModelsConfig()
 
     def fingerprint(self, *sections: str) -> str:

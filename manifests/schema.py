@@ -179,20 +179,35 @@ VERIFICATION = TableSpec(
     enums={"decision": DECISIONS, "source": DECISION_SOURCES},
 )
 
+ANNOTATION_METHODS = frozenset({"auto", "refined"})
+
 ANNOTATIONS = TableSpec(
     name="annotations",
     columns=(
-        _f("instance_id", _str, False),
+        _f("instance_id", _str, False),  # {image_id}_{category}
         _f("image_id", _str, False),
-        _f("category", _str, False),
-        _f("mask_path", _str),
-        _f("bbox_xyxy", pa.list_(pa.float64(), 4)),
+        _f("category", _str, False),  # category id of the object
+        _f("mask_path", _str),  # PNG at image resolution, 255 = object
+        _f("bbox_xyxy", pa.list_(pa.float64(), 4)),  # derived from the mask, image pixels
         _f("method", _str),
         _f("model_id", _str),
     ),
     key=("instance_id",),
     sort_by=("instance_id",),
-    path_columns=("mask_path",),
+    enums={"method": ANNOTATION_METHODS},
+    path_columns=("mask_path", "auto_mask_path"),
+    optional=(
+        _f("model_revision", _str),
+        _f("detector_id", _str),
+        _f("detector_revision", _str),
+        _f("detector_score", pa.float64()),
+        _f("prompt_box_xyxy", pa.list_(pa.float64(), 4)),  # the box SAM was prompted with
+        _f("points", _str),  # JSON [[x, y, label], …]: the clicks of a refinement (1 positive, 0 negative)
+        _f("sam_score", pa.float64()),  # SAM's predicted IoU of the kept mask
+        _f("auto_mask_path", _str),  # the automatic proposal, kept when refined
+        _f("auto_iou", pa.float64()),  # IoU of the automatic proposal with the final mask
+        _f("area", pa.int64()),
+    ),
 )
 
 INSTANCES = TableSpec(
