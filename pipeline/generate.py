@@ -43,11 +43,10 @@ implementation by default, so nothing is set here. `cfg.compile` wraps the UNet 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
@@ -61,6 +60,7 @@ from is4.config import GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
+from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import IMAGES, PROMPTS
 from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
 
@@ -68,7 +68,6 @@ ROLE = "image_generator"
 IMAGE_DIR = "media/images"
 JOURNAL_DIR = "state/generate"
 JOURNAL_GLOB = "shard-*-of-*.jsonl"
-LOCK_NAME = ".manifest.lock"
 PNG_COMPRESS_LEVEL = 6
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
 _IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -321,24 +320,6 @@ def flag_for(record: dict[str, Any], black_threshold: float) -> tuple[str | None
     return None, None
 
 
-@contextlib.contextmanager
-def _manifest_lock(workdir: Path) -> Iterator[None]:
-    """Serialise manifest rebuilds of concurrently finishing shards, so the last to finish sees every journal."""
-    lock = workdir / JOURNAL_DIR / LOCK_NAME
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: shards that finish at the same moment may need one more rebuild
-        yield
-        return
-    with open(lock, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _manifest_frame(
     groups: list[list[dict[str, Any]]], settings: dict[str, Any], fingerprints: list[str], cfg: GenerateConfig,
     workdir: Path, hashes: dict[str, str | None],
@@ -458,7 +439,8 @@ def run_generate(
         "config": cfg.model_dump(mode="json"),
         "prompts_sha256": _sha256(manifest_path(workdir, PROMPTS.name)),
     }
-    with _manifest_lock(workdir):
+    # Serialise the rebuilds of concurrently finishing shards, so the last to finish sees every journal.
+    with manifest_lock(workdir, "images"):
         frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
         manifest = write_manifest(workdir, IMAGES, frame, provenance)
     return GenerateSummary(

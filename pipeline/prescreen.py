@@ -52,9 +52,10 @@ import pandas as pd
 
 from is4.config import ModelRef, PrescreenConfig
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
-from is4.manifests.schema import PRESCREEN, VERIFICATION
+from is4.manifests.schema import PRESCREEN
 from is4.pipeline.models import ResolvedModel, resolve_model, torch_device_and_dtype
 from is4.pipeline.prompts import PromptError, depictable_categories
+from is4.pipeline.verification import update_verification
 
 TEXT_TEMPLATE = "a photo of a {object}"
 REVIEWER = "prescreen"
@@ -217,36 +218,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _merge_verification(
-    existing: pd.DataFrame | None, auto_rows: dict[str, dict[str, Any]]
-) -> tuple[pd.DataFrame, list[str]]:
-    """The verification table with this run's auto rows merged in, and the ids whose row someone else owns."""
-    rows: dict[str, dict[str, Any]] = {}
-    kept: list[str] = []
-    if existing is not None:
-        for row in existing.to_dict("records"):
-            row = {k: (None if _missing(v) else v) for k, v in row.items()}
-            rows[row["image_id"]] = row
-    for image_id, new in auto_rows.items():
-        old = rows.get(image_id)
-        if old is not None:
-            ours = old["source"] == "auto" and (old.get("reviewer") == REVIEWER or old["decision"] == "pending")
-            if not ours:
-                kept.append(image_id)
-                continue
-            if (old["decision"], old.get("reason"), old.get("reviewer")) == (
-                new["decision"], new["reason"], new["reviewer"]
-            ):
-                continue  # the same decision keeps the time it was first made
-        rows[image_id] = {**(old or {}), **new}
-    columns = list(VERIFICATION.column_names)
-    if existing is not None:
-        columns += [c for c in existing.columns if c not in columns]
-    frame = pd.DataFrame(list(rows.values()), columns=columns)
-    frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
-    return frame.sort_values("image_id", ignore_index=True), kept
-
-
 def run_prescreen(
     workdir: str | Path, cfg: PrescreenConfig, model: ModelRef | None, *, decided_at: datetime | None = None
 ) -> dict[str, Any]:
@@ -358,9 +329,9 @@ def run_prescreen(
         auto_rows[image_id] = {
             **base, "decision": "reject", "reason": reason, "reviewer": REVIEWER, "decided_at": decided_at,
         }
-    existing = read_manifest(workdir, "verification") if verification_file.is_file() else None
-    verification, kept = _merge_verification(existing, auto_rows)
-    verification_path = write_manifest(workdir, VERIFICATION, verification, {"stage": "prescreen"})
+    verification_path, verification, kept = update_verification(
+        workdir, auto_rows.values(), REVIEWER, {"stage": "prescreen"}
+    )
     kept_ids = set(kept)
     applied = [row["decision"] for image_id, row in auto_rows.items() if image_id not in kept_ids]
     sources = dict(zip(verification["image_id"], verification["source"]))

@@ -363,4 +363,4 @@ def test_journal_is_per_shard(reference: Path) -> None:
     records = [json.loads(line) for line in journal_path(reference, (0, 1)).read_text().splitlines()]
     assert sorted(r["image_id"] for r in records) == sorted(prompts_frame()["image_id"])
     assert all(r["status"] == "ok" and r["shard"] == "0/1" for r in records)
-    assert sorted(os.listdir(reference / JOURNAL_DIR)) == [".manifest.lock", "shard-0-of-1.jsonl"]
+    assert sorted(os.listdir(reference / JOURNAL_DIR)) == ["shard-0-of-1.jsonl"]

@@ -19,7 +19,16 @@ from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.export import export_training_layout
 from is4.pipeline.ingest import JOURNAL, run_ingest
 from tests.conftest import (
-    COLOURS, CORRUPT_ID, GOOD_IDS, MISSING_ID, PRIVATE_ID, SHORT_ID, SILENT_ID, SLOW_ID, TONES, segment_at,
+    COLOURS,
+    CORRUPT_ID,
+    GOOD_IDS,
+    MISSING_ID,
+    PRIVATE_ID,
+    SHORT_ID,
+    SILENT_ID,
+    SLOW_ID,
+    TONES,
+    segment_at,
 )
 
 SR = 16_000

@@ -26,7 +26,7 @@ def make_rows(per_label: int = 20) -> list[CsvRow]:
     """Valid rows in csv order: labels interleaved, alternating splits, plus two invalid rows."""
     rows: list[CsvRow] = []
     line = 0
-    for i in range(per_label):
+    for _ in range(per_label):
         for label in LABELS:
             line += 1
             ytid, start = ytid_for(line), (line % 30) * 10
