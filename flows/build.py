@@ -8,15 +8,21 @@ so a cache miss after an interruption redoes only missing work.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.settings import get_current_settings
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
 import is4
 from is4.config import BuildConfig, ConfigError, IngestConfig, ModelRef, load_config
@@ -27,9 +33,11 @@ from is4.pipeline.export import DEFAULT_EXPORT_DIR, export_training_layout
 from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
 from is4.pipeline.ingest import run_ingest
 from is4.pipeline.sources import open_ingest_source
+from is4.pipeline.verification import auto_verify, undecided
 from is4.pipeline.vggsound_csv import CsvError
 
 PREFECT_STATE_DIR = "state/prefect"
+DEFAULT_REVIEWER = getpass.getuser()
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
 _NOT_RETRIED = (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, PermissionError, ValueError)
 _ARTIFACT_ROWS = 50
@@ -135,6 +143,45 @@ def prescreen_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[
     return _publish("prescreen", stages.prescreen_stage(Path(workdir), config))
 
 
+@_stage_task("verify-auto")
+def verify_auto_task(workdir: str, fingerprint: str) -> dict[str, Any]:
+    """The automatic policy that stands in for reviewers (demo profile): pending images are accepted."""
+    return _publish("verify", auto_verify(Path(workdir), now=datetime.now(UTC)))
+
+
+@task(name="review-dataset")
+def review_dataset_task(workdir: str, config: BuildConfig, reviewer: str) -> dict[str, Any]:
+    """Pull reviewers' tags into the manifest, then (re)build the FiftyOne dataset from the manifests."""
+    from is4.annotation import review
+
+    return review.refresh(Path(workdir), config.review, reviewer)
+
+
+@task(name="review-sync")
+def review_sync_task(workdir: str, config: BuildConfig, reviewer: str) -> dict[str, Any]:
+    """Write the reviewers' decisions (FiftyOne tags) into the verification manifest."""
+    from is4.annotation import review
+
+    return _publish("verify", review.sync(Path(workdir), config.review, reviewer))
+
+
+@_stage_task("annotate")
+def annotate_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """SAM masks for both objects of every accepted image, from detector boxes."""
+    from is4.annotation.annotate import qa_report, run_annotate
+
+    summary = run_annotate(Path(workdir), config.annotate, config.models.segmenter, config.models.detector)
+    summary["qa"] = qa_report(Path(workdir))
+    return _publish("annotate", summary)
+
+
+class ReviewDone(RunInput):
+    """What resumes a build paused for reviewers (the Prefect UI's form, or `is4 review done`)."""
+
+    reviewer: str = Field(description="who finished the review")
+    note: str = Field("", description="anything the next reader should know")
+
+
 def resolve_workdir(cfg: BuildConfig, workdir: str | None) -> Path:
     """The work directory: the override, else the config's, made absolute."""
     return Path(workdir or cfg.workdir).expanduser().resolve()
@@ -232,7 +279,51 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
         )
         results["prescreen"] = run(prescreen_task, outputs_intact(work, "prescreen"), str(work), cfg,
                                    fingerprint=fingerprint)
+    if "verify" in cfg.stages and not _verify(run, cfg, results):
+        return results  # waiting for reviewers: later stages need their decisions
+    if "annotate" in cfg.stages:
+        fingerprint = stage_fingerprint(
+            "annotate", workdir=str(work), annotate=cfg.annotate.model_dump(mode="json"),
+            segmenter=_model_key(cfg.models.segmenter), detector=_model_key(cfg.models.detector),
+            images_sha256=_sha256_file(manifest_path(work, "images")),
+            verification_sha256=_sha256_file(manifest_path(work, "verification")),
+        )
+        results["annotate"] = run(annotate_task, outputs_intact(work, "annotations"), str(work), cfg,
+                                  fingerprint=fingerprint)
+        if cfg.review.mode == "human":
+            review_dataset_task(str(work), cfg, DEFAULT_REVIEWER)  # annotators see the masks
     return results
+
+
+def _verify(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> bool:
+    """Decide every image: the automatic policy, or human reviewers (pausing for them on a Prefect server).
+
+    Returns False when the build has to stop and wait for reviewers (an in-process run cannot pause: nothing but
+    this process could resume it).
+    """
+    work = run.work
+    if cfg.review.mode == "auto":
+        fingerprint = stage_fingerprint("verify-auto", workdir=str(work),
+                                        images_sha256=_sha256_file(manifest_path(work, "images")),
+                                        prescreen_sha256=_sha256_file(manifest_path(work, "prescreen")))
+        results["verify"] = run(verify_auto_task, not undecided(work), str(work), fingerprint=fingerprint)
+        return True
+    review_dataset_task(str(work), cfg, DEFAULT_REVIEWER)
+    pending = undecided(work)
+    if pending and get_current_settings().api.url is None:
+        get_run_logger().warning("%d images wait for reviewers: `is4 review verify`, then build again", len(pending))
+        results["verify"] = {"status": "waiting for reviewers", "undecided": len(pending),
+                             "next": "is4 review verify; is4 review sync; is4 build (cached stages are skipped)"}
+        return False
+    reviewer = DEFAULT_REVIEWER
+    if pending:
+        get_run_logger().info("%d images wait for reviewers; resume with `is4 review done`", len(pending))
+        done = pause_flow_run(wait_for_input=ReviewDone, timeout=cfg.review.pause_timeout_s, key="review")
+        reviewer = done.reviewer
+    results["verify"] = review_sync_task(str(work), cfg, reviewer)
+    if undecided(work):
+        results["verify"]["status"] = "undecided images remain: they are not annotated"
+    return True
 
 
 def _model_key(ref: ModelRef | None) -> dict[str, Any] | None:
@@ -251,3 +342,28 @@ def _generate(run: _StageRunner, cfg: BuildConfig) -> dict[str, Any]:
     return {"shards": n, "generated": sum(s["generated"] for s in shards),
             "reused": sum(s["reused"] for s in shards), "flagged": sum(s["flagged"] for s in shards),
             "images": max(s["images"] for s in shards), "model_revision": shards[0]["model_revision"]}
+
+
+def resume_paused_builds(reviewer: str, note: str = "", flow_run_id: str | None = None) -> list[str]:
+    """Resume `build-is4` runs paused for reviewers (all of them, or one) with a ReviewDone input; their ids."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    if flow_run_id:
+        run_filter.id = FlowRunFilterId(any_=[flow_run_id])
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["build-is4"])),
+                                     flow_run_filter=run_filter)
+    for flow_run in runs:
+        resume_flow_run(flow_run.id, run_input={"reviewer": reviewer, "note": note})
+    return [str(r.id) for r in runs]

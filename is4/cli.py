@@ -7,6 +7,7 @@ directory, no ffmpeg).
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -231,6 +232,130 @@ def generate(
 def prescreen(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
     """Score every generated image with CLIP: the `prescreen` manifest (and automatic `verification` rows)."""
     _run_stage("prescreen", "prescreen_stage", config, workdir)
+
+
+review_app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+ReviewerOption = Annotated[str, typer.Option(help="who is reviewing (recorded with every decision)")]
+
+
+def _review_config(config: Path | None, workdir: Path | None, address: str | None = None, port: int | None = None):
+    cfg, work = _config_and_workdir(config, workdir)
+    overrides = {k: v for k, v in (("address", address), ("port", port)) if v is not None}
+    return cfg.review.model_copy(update=overrides), Path(work), cfg
+
+
+@review_app.command("verify")
+def review_verify(
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    view: Annotated[str, typer.Option(help="saved view: to-verify, accepted, rejected, to-annotate, annotated, "
+                                           "needs-fix")] = "to-verify",
+    reviewer: ReviewerOption = getpass.getuser(),
+    address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="App port (default: the config's)")] = None,
+) -> None:
+    """Open the FiftyOne App on a saved view of this build (tag samples `accept` / `reject:<reason>`)."""
+    from is4.annotation import review
+
+    try:
+        rcfg, work, _ = _review_config(config, workdir, address, port)
+        review.refresh(work, rcfg, reviewer)
+        console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
+        review.launch(work, rcfg, view, wait=True)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+
+
+@review_app.command("sync")
+def review_sync(config: ConfigOption = None, workdir: WorkdirOption = None,
+                reviewer: ReviewerOption = getpass.getuser()) -> None:
+    """Write reviewers' decisions (FiftyOne tags) into the `verification` manifest."""
+    from is4.annotation import review
+
+    try:
+        rcfg, work, _ = _review_config(config, workdir)
+        summary = review.sync(work, rcfg, reviewer)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    _print_summary("review sync", summary)
+
+
+@review_app.command("done")
+def review_done(
+    reviewer: ReviewerOption = getpass.getuser(),
+    note: Annotated[str, typer.Option(help="a note for the build's record")] = "",
+    flow_run: Annotated[str | None, typer.Option(help="resume only this flow run id")] = None,
+) -> None:
+    """Resume `build-is4` runs paused for reviewers (on the Prefect server in PREFECT_API_URL)."""
+    from is4.flows.build import resume_paused_builds
+
+    resumed = resume_paused_builds(reviewer, note, flow_run)
+    console.print(f"resumed {len(resumed)} paused build(s): {', '.join(resumed) or '-'}")
+    if not resumed:
+        raise typer.Exit(code=1)
+
+
+annotate_app = typer.Typer(help="SAM masks for the objects of accepted images.", invoke_without_command=True)
+app.add_typer(annotate_app, name="annotate")
+
+
+@annotate_app.callback()
+def annotate(ctx: typer.Context, config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Automatic proposals: detector boxes → SAM masks (the `annotations` manifest and reports/annotation_qa.json)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from is4.annotation.annotate import qa_report, run_annotate
+
+    try:
+        cfg, work = _config_and_workdir(config, workdir)
+        summary = run_annotate(Path(work), cfg.annotate, cfg.models.segmenter, cfg.models.detector)
+        summary["qa"] = qa_report(Path(work))
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    _print_summary("annotate", summary)
+
+
+def _parse_point(text: str) -> tuple[float, float, int]:
+    try:
+        x, y, label = text.split(",")
+        point = (float(x), float(y), int(label))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected x,y,label with label 1 (object) or 0 (not object)") from None
+    if point[2] not in (0, 1):
+        raise typer.BadParameter(f"{text!r}: label must be 1 (object) or 0 (not object)")
+    return point
+
+
+@annotate_app.command("refine")
+def annotate_refine(
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    instance: Annotated[str | None, typer.Option(help="instance id; default: every `needs-fix` sample's clicks")] = None,
+    point: Annotated[list[str] | None, typer.Option(help="x,y,label in image pixels (repeatable)")] = None,
+    box: Annotated[str | None, typer.Option(help="x1,y1,x2,y2 in image pixels (default: the current box)")] = None,
+    reviewer: ReviewerOption = getpass.getuser(),
+) -> None:
+    """Re-run SAM with clicks for one instance, or for the clicks annotators left in FiftyOne."""
+    from is4.annotation import review
+    from is4.annotation.annotate import refine_instance
+
+    try:
+        cfg, work = _config_and_workdir(config, workdir)
+        work = Path(work)
+        if instance:
+            parsed_box = [float(v) for v in box.split(",")] if box else None
+            jobs = [(instance, [_parse_point(p) for p in point or []], parsed_box)]
+        else:
+            jobs = review.pending_refinements(work, cfg.review)
+        for instance_id, points, job_box in jobs:
+            refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
+        if not instance:
+            review.refresh(work, cfg.review, reviewer)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    console.print(f"refined {len(jobs)} instance(s)")
 
 
 @app.command()

@@ -116,3 +116,11 @@ def auto_verify(workdir: str | Path, *, now: datetime) -> dict[str, Any]:
     counts = frame["decision"].value_counts()
     return {"accepted": int(counts.get("accept", 0)), "rejected": int(counts.get("reject", 0)),
             "pending": int(counts.get("pending", 0)), "manifest": str(path)}
+
+
+def undecided(workdir: str | Path) -> list[str]:
+    """Image ids of the images manifest that have neither an accept nor a reject yet."""
+    images = read_manifest(workdir, "images")["image_id"]
+    ledger = read_verification(workdir)
+    decided = set() if ledger is None else set(ledger.loc[ledger["decision"] != "pending", "image_id"])
+    return sorted(set(images) - decided)

@@ -99,3 +99,13 @@ def test_automatic_writers_report_what_they_could_not_replace(tmp_path: Path, wr
     update_verification(tmp_path, [row("a", "accept", HUMAN, "alice")], HUMAN, {})
     _, _, kept = update_verification(tmp_path, [row("a", "reject", AUTO, writer, T1)], writer, {})
     assert kept == ["a"]
+
+
+def test_undecided_lists_images_without_accept_or_reject(tmp_path: Path) -> None:
+    from is4.pipeline.verification import undecided
+
+    _write_images(tmp_path, ["a", "b", "c"])
+    assert undecided(tmp_path) == ["a", "b", "c"]
+    update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None)],
+                        "prescreen", {})
+    assert undecided(tmp_path) == ["b", "c"]
