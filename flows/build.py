@@ -154,7 +154,8 @@ def review_dataset_task(workdir: str, config: BuildConfig, reviewer: str) -> dic
     """Pull reviewers' tags into the manifest, then (re)build the FiftyOne dataset from the manifests."""
     from is4.annotation import review
 
-    return review.refresh(Path(workdir), config.review, reviewer)
+    return review.refresh(Path(workdir), config.review, reviewer, annotate=config.annotate,
+                          segmenter=config.models.segmenter)
 
 
 @task(name="review-sync")

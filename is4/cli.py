@@ -260,8 +260,8 @@ def review_verify(
     from is4.annotation import review
 
     try:
-        rcfg, work, _ = _review_config(config, workdir, address, port)
-        review.refresh(work, rcfg, reviewer)
+        rcfg, work, cfg = _review_config(config, workdir, address, port)
+        review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
         console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
         review.launch(work, rcfg, view, wait=True)
     except _fatal_errors() as exc:
@@ -352,7 +352,7 @@ def annotate_refine(
         for instance_id, points, job_box in jobs:
             refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
         if not instance:
-            review.refresh(work, cfg.review, reviewer)
+            review.refresh(work, cfg.review, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
     except _fatal_errors() as exc:
         raise _fail(exc) from None
     console.print(f"refined {len(jobs)} instance(s)")

@@ -194,9 +194,11 @@ class ReviewConfig(StrictModel):
     mode: Literal["human", "auto"] = Field(
         "human", description="human: the flow waits for reviewers; auto: pending images are accepted automatically"
     )
-    dataset: str | None = Field(None, description="FiftyOne dataset name; default is4-<work directory name>")
+    dataset: str | None = Field(None, description="FiftyOne dataset name; default is4-<work dir name>-<path hash>")
     database_uri: str | None = Field(None, description="a shared MongoDB server; default: FiftyOne's embedded one")
-    database_dir: ConfigPath | None = Field(None, description="embedded MongoDB data directory; default WORK/state/fiftyone")
+    database_dir: ConfigPath | None = Field(
+        None, description="embedded MongoDB data directory (relative: to the work dir); default: FiftyOne's own"
+    )
     address: str = Field("127.0.0.1", description="where the App listens")
     port: int = Field(5151, ge=1, le=65535)
     pause_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="how long a paused build waits for reviewers")

@@ -151,3 +151,98 @@ TINY_BUILDERS: dict[str, Callable[[Path, int], Path]] = {
     "clip": build_tiny_clip,
     "mistral": build_tiny_mistral,
 }
+
+
+# --- segmenter and detector (annotate stage) ----------------------------------------------------------------------
+
+TINY_SAM_WIDTH = 16
+
+
+def build_tiny_sam(out_dir: Path, seed: int = 0) -> Path:
+    """A SAM model (ViT encoder, prompt encoder, mask decoder) of width 16 with its processor.
+
+    It keeps SAM's real input frame (longest side resized to 1024, padded to 1024×1024), so prompt coordinates
+    go through the same rescaling as with a real checkpoint; a patch size of 32 keeps the encoder cheap (a 32×32
+    embedding grid, 128×128 low-resolution masks). The processor is the PIL one (no torchvision needed).
+    """
+    from transformers import (
+        SamConfig,
+        SamImageProcessorPil,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    width = TINY_SAM_WIDTH
+    vision = SamVisionConfig(
+        hidden_size=width, output_channels=width, num_hidden_layers=2, num_attention_heads=2, image_size=1024,
+        patch_size=32, window_size=4, global_attn_indexes=[1], mlp_dim=2 * width, num_pos_feats=width // 2,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=width, image_size=1024, patch_size=32, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=width, mlp_dim=2 * width, num_attention_heads=2,
+                                   iou_head_hidden_dim=width)
+    config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                       mask_decoder_config=decoder.to_dict())
+    SamModel(config).save_pretrained(out_dir)
+    SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_owlv2_tokenizer():
+    """A character-level CLIP tokenizer laid out like OWLv2's: id 0 is `!`, the padding token.
+
+    OWLv2 treats a query whose first token id is 0 as padding (`query_mask = input_ids[..., 0] > 0`), so the
+    start token must not be id 0 (`tiny_clip_tokenizer` puts it there).
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for char in _byte_level_characters():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TEXT_TOKENS, pad_token="!")
+
+
+def build_tiny_owlv2(out_dir: Path, seed: int = 0) -> Path:
+    """An OWLv2 open-vocabulary detector (CLIP text + 32×32 vision tower, 16 box predictions) with its processor."""
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorPil,
+        Owlv2Processor,
+        Owlv2TextConfig,
+        Owlv2VisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_owlv2_tokenizer()
+    text = Owlv2TextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TEXT_TOKENS, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = Owlv2VisionConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=32, patch_size=8)
+    # The class head projects image features to the text width, so projection_dim must equal it.
+    config = Owlv2Config(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TEXT_WIDTH)
+    model = Owlv2ForObjectDetection(config)
+    # The box and class heads are initialised with unit-scale weights, which saturates every box to the whole
+    # padded square and every score to 1. Scaled down, boxes stay near their patch's prior box and scores spread
+    # around 0.5, so the tiny detector's outputs differ from query to query and box to box.
+    with torch.no_grad():
+        for head in (model.box_head, model.class_head):
+            for param in head.parameters():
+                param.mul_(0.05)
+    model.save_pretrained(out_dir)
+    image_processor = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS["sam"] = build_tiny_sam
+TINY_BUILDERS["owlv2"] = build_tiny_owlv2

@@ -65,6 +65,19 @@ def media_server(video_dir: Path):
         yield server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fiftyone_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded MongoDB data directory for the whole session, in the environment so subprocesses use it too.
+
+    FiftyOne's embedded database is one service per user that every process attaches to; the tests keep theirs
+    out of the user's home and share it.
+    """
+    path = tmp_path_factory.getbasetemp() / "fiftyone-db"
+    os.environ["FIFTYONE_DATABASE_DIR"] = str(path)
+    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
