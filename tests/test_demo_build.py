@@ -61,6 +61,22 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     scores = prescreen.set_index("image_id")["both_present"]
     assert len(rejected) and (scores[rejected.index] < 0.0001).all()
     assert (scores.drop(rejected.index) >= 0.0001).all()
+    # The automatic policy stands in for reviewers: everything the pre-screen did not reject is accepted.
+    accepted = verification[verification["decision"] == "accept"]
+    assert set(accepted["reviewer"]) == {"auto-policy"} and len(accepted) + len(rejected) == len(images)
+
+    annotations = read_manifest(work, "annotations")
+    assert sorted(set(annotations["image_id"])) == sorted(accepted["image_id"]), "accepted images only"
+    by_image = prompts.set_index("image_id")
+    for row in annotations.itertuples():
+        assert row.instance_id == f"{row.image_id}_{row.category}"
+        assert row.category in (by_image.loc[row.image_id, "category_a"], by_image.loc[row.image_id, "category_b"])
+        mask = np.asarray(Image.open(work / row.mask_path))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        if mask.any():  # the box is the mask's extent
+            ys, xs = np.nonzero(mask)
+            assert list(row.bbox_xyxy) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert len(annotations) == 2 * len(accepted)
 
     # Rerun: every stage is a cache hit. A deleted image is made again, byte for byte, and nothing else is.
     victim = work / images.iloc[0]["image_path"]
@@ -70,7 +86,7 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     second = _build(work, home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = second.stdout + second.stderr
-    assert log.count("Cached(type=COMPLETED)") == 5, "ingest, export, categories, prompts and prescreen are cached"
+    assert log.count("Cached(type=COMPLETED)") == 7, "every stage but generate is a cache hit"
     assert victim.read_bytes() == original
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert np.asarray(Image.open(victim)).std() > 0
