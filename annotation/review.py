@@ -72,6 +72,7 @@ from is4.config import REJECT_REASONS, AnnotateConfig, ModelRef, ReviewConfig
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import VERIFICATION
+from is4.pipeline.verification import HUMAN, merge_decisions
 
 logger = logging.getLogger(__name__)
 
@@ -570,15 +571,6 @@ def verification_lock(workdir: str | Path) -> contextlib.AbstractContextManager[
     return manifest_lock(workdir, VERIFICATION.name)
 
 
-def _write_verification(workdir: Path, existing: pd.DataFrame | None, rows: dict[str, dict[str, Any]]) -> None:
-    columns = list(VERIFICATION.column_names)
-    if existing is not None:
-        columns += [c for c in existing.columns if c not in columns]
-    frame = pd.DataFrame([rows[k] for k in sorted(rows)], columns=columns)
-    frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
-    write_manifest(workdir, VERIFICATION, frame, {"stage": "review"})
-
-
 def _decision_fields(row: dict[str, Any] | None) -> tuple[Any, ...]:
     """The values of `_DECISION_FIELDS` that show a verification row (None: no row, pending)."""
     if row is None:
@@ -612,7 +604,7 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
         dataset = _load(fo, dataset_name(workdir, cfg))
         existing = _manifest_or_none(workdir, "verification")
         rows = _rows_by(existing, "image_id")
-        changed = False
+        changed: list[str] = []  # image ids whose human row this sync writes
         field_updates: dict[str, dict[str, Any]] = {f: {} for f in _DECISION_FIELDS}
         retag: dict[str, tuple[list[str], list[str]]] = {}
         ids, image_ids, tags_list, *base_values = dataset.values(["id", "image_id", "tags", *_DECISION_FIELDS])
@@ -651,7 +643,7 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                         **(row or {}), "image_id": image_id, "decision": base[0], "reason": base[1],
                         "reviewer": b_reviewer, "source": "human", "decided_at": _utc(b_at),
                     }
-                    changed = True
+                    changed.append(image_id)
                     counts["restored"] += 1
                     continue
                 # The manifest moved on (a newer human decision, or an automatic stage): the sample follows it.
@@ -665,7 +657,7 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                     **(row or {}), "image_id": image_id, "decision": state[0], "reason": state[1],
                     "reviewer": reviewer, "source": "human", "decided_at": now,
                 }
-                changed = True
+                changed.append(image_id)
                 counts[{"accept": "accepted", "reject": "rejected", "pending": "withdrawn"}[state[0]]] += 1
             fields = _decision_fields(target)
             for field, value in zip(_DECISION_FIELDS, fields):
@@ -674,7 +666,8 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                 old, new = decision_tags(*base), decision_tags(fields[0], fields[1])
                 retag[sample_id] = ([t for t in old if t not in new], [t for t in new if t not in old])
         if changed:
-            _write_verification(workdir, existing, rows)
+            frame, _ = merge_decisions(existing, [rows[i] for i in changed], HUMAN)
+            write_manifest(workdir, VERIFICATION, frame, {"stage": "review"})
         # The samples' decision fields record what the manifest now holds (the base of the next sync); written
         # under the lock, after the manifest, so a concurrent sync never sees fields ahead of the manifest.
         for field, values in field_updates.items():
