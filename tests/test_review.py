@@ -8,7 +8,6 @@ each has its own dataset (`is4-<work directory name>`).
 from __future__ import annotations
 
 import hashlib
-
 import json
 import math
 import subprocess
