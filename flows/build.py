@@ -176,6 +176,18 @@ def annotate_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[s
     return _publish("annotate", summary)
 
 
+@_stage_task("match")
+def match_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """A VGGSound clip of its category for every annotated object."""
+    return _publish("match", stages.match_stage(Path(workdir), config))
+
+
+@_stage_task("release")
+def release_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """The packaged, verified release."""
+    return _publish("release", stages.release_stage(Path(workdir), config))
+
+
 class ReviewDone(RunInput):
     """What resumes a build paused for reviewers (the Prefect UI's form, or `is4 review done`)."""
 
@@ -293,6 +305,23 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
                                   fingerprint=fingerprint)
         if cfg.review.mode == "human":
             review_dataset_task(str(work), cfg, DEFAULT_REVIEWER)  # annotators see the masks
+    if "match" in cfg.stages:
+        fingerprint = stage_fingerprint(
+            "match", workdir=str(work), seed=cfg.seed, match=cfg.match.model_dump(mode="json"),
+            excluded_sha256=[_sha256_file(Path(p)) for p in cfg.match.exclude_clip_lists],
+            **{f"{t}_sha256": _sha256_file(manifest_path(work, t))
+               for t in ("annotations", "clips", "categories", "verification")},
+        )
+        results["match"] = run(match_task, outputs_intact(work, "instances"), str(work), cfg, fingerprint=fingerprint)
+    if "release" in cfg.stages:
+        archive = work / "releases" / f"is4-{cfg.release.version}.tar.gz"
+        fingerprint = stage_fingerprint(
+            "release", workdir=str(work), release=cfg.release.model_dump(mode="json"),
+            config=cfg.model_dump(mode="json"),
+            **{f"{t}_sha256": _sha256_file(manifest_path(work, t))
+               for t in ("instances", "annotations", "images", "clips", "categories", "verification")},
+        )
+        results["release"] = run(release_task, archive.is_file(), str(work), cfg, fingerprint=fingerprint)
     return results
 
 

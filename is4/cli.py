@@ -34,13 +34,15 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.pipeline.categories import CategoryError
     from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
     from is4.pipeline.generate import GenerateError
+    from is4.pipeline.match import MatchError
+    from is4.pipeline.release import ReleaseError
     from is4.pipeline.models import ModelError
     from is4.pipeline.prescreen import PrescreenError
     from is4.pipeline.prompts import PromptError
     from is4.pipeline.vggsound_csv import CsvError
 
     return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
-            ModelError, GenerateError, PrescreenError, OSError)
+            ModelError, GenerateError, PrescreenError, MatchError, ReleaseError, OSError)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -356,6 +358,80 @@ def annotate_refine(
     except _fatal_errors() as exc:
         raise _fail(exc) from None
     console.print(f"refined {len(jobs)} instance(s)")
+
+
+@app.command()
+def match(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Pair every annotated object with a VGGSound clip of its category: the `instances` manifest."""
+    _run_stage("match", "match_stage", config, workdir)
+
+
+release_app = typer.Typer(help="The reproducible IS4 release.", invoke_without_command=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.callback()
+def release(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    version: Annotated[str | None, typer.Option(help="release version (default: the config's)")] = None,
+) -> None:
+    """Build WORK/releases/is4-<version>/ and its archive, then verify it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from is4.pipeline import stages
+
+    try:
+        cfg, work = _config_and_workdir(config, workdir)
+        if version:
+            cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"version": version})})
+        summary = stages.release_stage(Path(work), cfg)
+    except _fatal_errors() as exc:
+        raise _fail(exc) from None
+    _print_summary("release", summary)
+
+
+@release_app.command("verify")
+def release_verify(path: Annotated[Path, typer.Argument(help="a release directory or its .tar.gz")]) -> None:
+    """Recompute every checksum; list missing, extra and changed files (exit 1 when any)."""
+    from is4.pipeline.release import ReleaseError, verify_release
+
+    try:
+        report = verify_release(path)
+    except (ReleaseError, OSError) as exc:
+        raise _fail(exc) from None
+    for kind in ("missing", "extra", "changed"):
+        for name in getattr(report, kind):
+            console.print(f"{kind}: {name}")
+    console.print(f"{path}: {'OK' if report.ok else 'FAILED'}")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command("eval")
+def eval_cmd(
+    release_dir: Annotated[Path, typer.Option("--release", help="a release directory")],
+    predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
+    gt: Annotated[str, typer.Option(help="ground truth: box (the paper's tables) or mask")] = "box",
+    output: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
+) -> None:
+    """Score heatmaps on a release: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score with --gt mask), in percent."""
+    import json
+
+    from is4.pipeline.evaluate import EvaluationError, evaluate, format_table
+
+    if gt not in ("box", "mask"):
+        raise _fail(ValueError(f"--gt must be box or mask, not {gt!r}"))
+    try:
+        results = evaluate(release_dir, predictions, gt=gt)
+    except (EvaluationError, OSError) as exc:
+        raise _fail(exc) from None
+    console.print(format_table(results))
+    if output:
+        from is4.manifests.atomic import atomic_write_bytes
+
+        atomic_write_bytes(output, (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
 
 
 @app.command()

@@ -213,6 +213,23 @@ class AnnotateConfig(StrictModel):
     embedding_cache: int = Field(8, ge=1, description="image embeddings kept in memory for refinement")
 
 
+class MatchConfig(StrictModel):
+    """Which VGGSound clips may sound an annotated object."""
+
+    splits: list[Literal["train", "test"]] = Field(["test"], description="clip splits the benchmark draws from")
+    exclude_clip_lists: list[ConfigPath] = Field(
+        [], description="training manifests (Parquet with clip_id) or id lists whose clips must never be used"
+    )
+
+
+class ReleaseConfig(StrictModel):
+    """The packaged, verifiable IS4 release."""
+
+    version: str = Field("0.1.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
+    image_size: int = Field(224, ge=32, description="side of the released square frames (boxes are in this frame)")
+    title: str = "IS4: Interactive Semi-Synthetic Sound Source"
+
+
 class ModelRef(StrictModel):
     """A model checkpoint: Hugging Face id, local path, or `tiny-random:<kind>` (built locally), and revision."""
 
@@ -234,12 +251,13 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
-STAGES = ("ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate")
+STAGES = ("ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "release")
 
 
 class BuildConfig(StrictModel):
     profile: str = "custom"
-    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate"]] = Field(
+    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match",
+                         "release"]] = Field(
         list(STAGES), description="the stages `build-is4` runs, in pipeline order"
     )
     seed: int = 0
@@ -251,6 +269,8 @@ class BuildConfig(StrictModel):
     prescreen: PrescreenConfig = PrescreenConfig()
     review: ReviewConfig = ReviewConfig()
     annotate: AnnotateConfig = AnnotateConfig()
+    match: MatchConfig = MatchConfig()
+    release: ReleaseConfig = ReleaseConfig()
     models: ModelsConfig = ModelsConfig()
 
     def fingerprint(self, *sections: str) -> str:

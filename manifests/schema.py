@@ -213,7 +213,7 @@ ANNOTATIONS = TableSpec(
 INSTANCES = TableSpec(
     name="instances",
     columns=(
-        _f("instance_id", _str, False),
+        _f("instance_id", _str, False),  # {image_id}_{category}: the file stem of the official release
         _f("image_id", _str, False),
         _f("category", _str, False),
         _f("clip_id", _str),
@@ -221,7 +221,14 @@ INSTANCES = TableSpec(
     ),
     key=("instance_id",),
     sort_by=("instance_id",),
-    path_columns=("audio_path",),
+    path_columns=("audio_path", "image_path", "mask_path"),
+    optional=(
+        _f("label", _str),  # the clip's VGGSound label
+        _f("reused", pa.bool_()),  # the category's clip pool ran out and this clip serves a second object
+        _f("image_path", _str),
+        _f("mask_path", _str),
+        _f("bbox_xyxy", pa.list_(pa.float64(), 4)),  # image pixels, as in the annotations
+    ),
 )
 
 CAPTIONS = TableSpec(

@@ -44,3 +44,22 @@ def generate_stage(workdir: Path, cfg: BuildConfig, shard: tuple[int, int] = (0,
     from is4.pipeline.generate import run_generate
 
     return run_generate(workdir, cfg.generate, cfg.models.image_generator, shard=shard).as_dict()
+
+
+def match_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """A VGGSound clip of its category for every annotated object, seeded, with the leakage guard."""
+    from is4.pipeline.match import run_match
+
+    return run_match(workdir, cfg.match, cfg.seed)
+
+
+def release_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it."""
+    from is4.pipeline.release import ReleaseError, build_release, verify_release
+
+    path = build_release(workdir, cfg.release, cfg.model_dump(mode="json"))
+    archive = path.with_name(path.name + ".tar.gz")
+    report = verify_release(archive)
+    if not report.ok:
+        raise ReleaseError(f"release {archive} does not verify: {report.summary()}")
+    return {"release": str(path), "archive": str(archive), "verified": True}

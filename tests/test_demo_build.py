@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,26 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
             assert list(row.bbox_xyxy) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert len(annotations) == 2 * len(accepted)
 
+    # The build ends in a verified release that `is4 eval` scores (the oracle scores 100).
+    release = work / "releases/is4-0.1.0"
+    instances = read_manifest(work, "instances")
+    assert set(instances["image_id"]) <= set(accepted["image_id"]) and len(instances)
+    entries = json.loads((release / "is4_bbox.json").read_text())
+    assert sorted(Path(e["image"]).stem for e in entries) == sorted(instances["instance_id"])
+    verified = subprocess.run([IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
+    from is4.pipeline.evaluate import write_baseline_predictions
+
+    predictions = write_baseline_predictions(release, tmp_path / "predictions")
+    scored = subprocess.run([IS4, "eval", "--release", str(release), "--predictions", str(predictions["oracle_box"]),
+                             "--output", str(tmp_path / "oracle.json")], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((tmp_path / "oracle.json").read_text())
+    assert metrics["instances"] == len(instances)
+    assert metrics["ciou"] == metrics["ciou_adaptive"] == metrics["iiou"] == 100.0
+
     # Rerun: every stage is a cache hit. A deleted image is made again, byte for byte, and nothing else is.
     victim = work / images.iloc[0]["image_path"]
     original = victim.read_bytes()
@@ -86,7 +107,7 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     second = _build(work, home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = second.stdout + second.stderr
-    assert log.count("Cached(type=COMPLETED)") == 7, "every stage but generate is a cache hit"
+    assert log.count("Cached(type=COMPLETED)") == 9, "every stage but generate is a cache hit"
     assert victim.read_bytes() == original
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert np.asarray(Image.open(victim)).std() > 0

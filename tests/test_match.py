@@ -1,0 +1,282 @@
+"""The match stage: seeded, order-independent clip assignment with reuse accounting and a leakage guard."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy.io import wavfile
+
+import is4.pipeline.match as match_mod
+from is4.config import MatchConfig
+from is4.manifests.ids import stable_rank
+from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.pipeline.match import MatchError, run_match
+
+SEED = 7
+IMAGE_W, IMAGE_H = 96, 80  # not square: boxes scale differently in x and y
+MODEL_ID = "tiny-random:stable-diffusion"
+MODEL_REVISION = "0123456789abcdef0123456789abcdef01234567"
+SAM_ID = "tiny-random:sam"
+SAM_REVISION = "fedcba9876543210fedcba9876543210fedcba98"
+
+CATEGORIES = [
+    # label, object, category_id
+    ("dog barking", "dog", "dog"),
+    ("dog growling", "dog", "dog"),  # two labels merged into one category
+    ("playing cello", "cello", "cello"),
+    ("cat meowing", "cat", "cat"),  # a category no image shows
+    ("wind noise", None, None),  # not depictable
+]
+
+# clip id, label, split, status
+CLIPS = [
+    ("dogAAAAAAA1_000010", "dog barking", "test", "ok"),
+    ("dogAAAAAAA2_000020", "dog growling", "test", "ok"),
+    ("dogAAAAAAA3_000030", "dog barking", "test", "failed"),  # never usable
+    ("dogAAAAAAA4_000040", "dog barking", "train", "ok"),  # other split
+    ("celloAAAAA1_000010", "playing cello", "test", "ok"),
+    ("celloAAAAA2_000020", "playing cello", "test", "ok"),
+    ("celloAAAAA3_000030", "playing cello", "test", "ok"),
+    ("celloAAAAA4_000040", "playing cello", "test", "ok"),
+    ("catAAAAAAA1_000010", "cat meowing", "test", "ok"),
+]
+USABLE = {
+    "dog": {"dogAAAAAAA1_000010", "dogAAAAAAA2_000020"},
+    "cello": {"celloAAAAA1_000010", "celloAAAAA2_000020", "celloAAAAA3_000030", "celloAAAAA4_000040"},
+}
+
+# image id, style, decision; each image shows a cello and a dog
+IMAGES = [
+    ("cello_dog_0", "realistic", "accept"),
+    ("cello_dog_1", "cartoon", "accept"),
+    ("cello_dog_2", "realistic", "accept"),
+    ("cello_dog_3", "graphic", "reject"),
+]
+ACCEPTED = [i for i, _, d in IMAGES if d == "accept"]
+OBJECT_COLOURS = {"cello": (230.0, 40.0, 40.0), "dog": (40.0, 40.0, 230.0)}
+
+
+def _mask_box(mask: np.ndarray) -> list[float]:
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def _object_mask(n: int, category: str) -> np.ndarray:
+    """An ellipse (cello) or a rectangle (dog) at a different place in each image, at image resolution."""
+    yy, xx = np.mgrid[0:IMAGE_H, 0:IMAGE_W]
+    if category == "cello":
+        cx, cy, rx, ry = 20 + 7 * n, 25 + 3 * n, 11 + n, 17
+        return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+    x1, y1 = 50 + 5 * n, 37 + 2 * n
+    return (xx >= x1) & (xx < x1 + 23 + n) & (yy >= y1) & (yy < y1 + 19)
+
+
+def _clip_row(row: int, clip_id: str, label: str, split: str, status: str) -> dict:
+    ok = status == "ok"
+    return {
+        "row": row, "clip_id": clip_id, "ytid": clip_id[:11], "start_sec": int(clip_id[12:]), "label": label,
+        "split": split, "status": status, "reason": None if ok else "removed video", "retryable": False,
+        "attempts": 1, "source_path": None, "source_bytes": None, "frame_path": None,
+        "audio_path": f"media/audio/{clip_id}.wav" if ok else None, "spec_path": None, "mel_path": None,
+        "frame_width": None, "frame_height": None, "source_audio_sec": None, "padded_sec": None,
+        "trimmed_sec": None, "peak_dbfs": None,
+    }
+
+
+def make_workdir(root: Path) -> Path:
+    """A hand-made work directory with every manifest the match and release stages read, and their media."""
+    work = Path(root)
+    rng = np.random.default_rng(0)
+    write_manifest(work, "categories", pd.DataFrame([
+        {"label": label, "object": obj, "category_id": cid, "instrument": cid == "cello",
+         "depictable": cid is not None}
+        for label, obj, cid in CATEGORIES
+    ]))
+
+    (work / "media/audio").mkdir(parents=True)
+    for i, (clip_id, *_rest) in enumerate(CLIPS):
+        t = np.arange(8000) / 16000
+        wave = (0.3 * np.sin(2 * np.pi * (300 + 100 * i) * t) * 32767).astype(np.int16)
+        wavfile.write(work / f"media/audio/{clip_id}.wav", 16000, wave)
+    write_manifest(work, "clips", pd.DataFrame([_clip_row(i + 2, *c) for i, c in enumerate(CLIPS)]))
+
+    (work / "media/images").mkdir(parents=True)
+    (work / "media/masks").mkdir(parents=True)
+    image_rows, verification_rows, annotation_rows = [], [], []
+    for n, (image_id, style, decision) in enumerate(IMAGES):
+        # A smooth background with a little noise; each object painted in its own colour where its mask is.
+        yy, xx = np.mgrid[0:IMAGE_H, 0:IMAGE_W]
+        background = np.stack([xx * 2.0, yy * 2.0, np.full_like(xx, 60.0 * n, dtype=float)], axis=-1)
+        pixels = background + rng.normal(0, 4, size=background.shape)
+        for category in ("cello", "dog"):
+            pixels[_object_mask(n, category)] = OBJECT_COLOURS[category]
+        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+        path = f"media/images/{image_id}.png"
+        Image.fromarray(pixels).save(work / path)
+        image_rows.append({
+            "image_id": image_id, "category_a": "cello", "category_b": "dog", "template": "{c1} is next to {c2}",
+            "style": style, "prompt": "a cello is next to a dog", "seed": n, "model_id": MODEL_ID,
+            "model_revision": MODEL_REVISION, "image_path": path,
+            "sha256": hashlib.sha256((work / path).read_bytes()).hexdigest(),
+        })
+        verification_rows.append({
+            "image_id": image_id, "decision": decision, "reason": None if decision == "accept" else "artefact",
+            "reviewer": "tester", "source": "human", "decided_at": pd.Timestamp("2025-01-01", tz="UTC"),
+        })
+        for category in ("cello", "dog"):
+            iid = f"{image_id}_{category}"
+            mask = _object_mask(n, category)
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(work / f"media/masks/{iid}.png")
+            annotation_rows.append({
+                "instance_id": iid, "image_id": image_id, "category": category,
+                "mask_path": f"media/masks/{iid}.png", "bbox_xyxy": _mask_box(mask), "method": "auto",
+                "model_id": SAM_ID, "model_revision": SAM_REVISION,
+            })
+    write_manifest(work, "images", pd.DataFrame(image_rows))
+    write_manifest(work, "verification", pd.DataFrame(verification_rows))
+    write_manifest(work, "annotations", pd.DataFrame(annotation_rows))
+    return work
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    return make_workdir(tmp_path / "work")
+
+
+def _assignment(work: Path) -> dict[str, str]:
+    frame = read_manifest(work, "instances")
+    return dict(zip(frame["instance_id"], frame["clip_id"]))
+
+
+def test_each_clip_once_while_the_pool_lasts_then_reuse(workdir: Path) -> None:
+    summary = run_match(workdir, MatchConfig(), SEED)
+    frame = read_manifest(workdir, "instances")
+    assert summary["instances"] == len(frame) == 2 * len(ACCEPTED)
+    assert summary["categories"] == 2
+
+    dog = frame[frame["category"] == "dog"].sort_values("instance_id")
+    # 3 dog instances, 2 usable dog clips (one per merged label): both used once, then one reused.
+    assert set(dog["clip_id"]) == USABLE["dog"]
+    first_two = list(dog["clip_id"])[:2]
+    assert len(set(first_two)) == 2
+    assert list(dog["reused"]) == [False, False, True]
+    ranked = sorted(USABLE["dog"], key=lambda c: stable_rank(SEED, "match", "dog", c))
+    assert list(dog["clip_id"]) == [ranked[0], ranked[1], ranked[0]]
+
+    cello = frame[frame["category"] == "cello"]
+    assert cello["clip_id"].is_unique and set(cello["clip_id"]) <= USABLE["cello"]
+    assert not cello["reused"].any()
+
+    assert summary["reused"] == 1
+    assert summary["clips_used"] == 2 + 3
+    assert summary["excluded"] == 0
+    # Every row carries the clip's label and audio, the image, the mask and the box.
+    labels = {c[0]: c[1] for c in CLIPS}
+    for rec in frame.to_dict("records"):
+        assert rec["label"] == labels[rec["clip_id"]]
+        assert rec["audio_path"] == f"media/audio/{rec['clip_id']}.wav"
+        assert rec["image_path"] == f"media/images/{rec['image_id']}.png"
+        assert rec["mask_path"] == f"media/masks/{rec['instance_id']}.png"
+        assert len(rec["bbox_xyxy"]) == 4
+
+
+def test_only_accepted_images_and_usable_clips(workdir: Path) -> None:
+    run_match(workdir, MatchConfig(), SEED)
+    frame = read_manifest(workdir, "instances")
+    assert set(frame["image_id"]) == set(ACCEPTED)
+    assert "cello_dog_3_dog" not in set(frame["instance_id"])
+    used = set(frame["clip_id"])
+    assert "dogAAAAAAA3_000030" not in used  # failed
+    assert "dogAAAAAAA4_000040" not in used  # train split
+
+
+def test_train_split_joins_the_pool_when_configured(workdir: Path) -> None:
+    run_match(workdir, MatchConfig(splits=["train", "test"]), SEED)
+    dog = read_manifest(workdir, "instances").query("category == 'dog'")
+    assert set(dog["clip_id"]) == USABLE["dog"] | {"dogAAAAAAA4_000040"}
+    assert not dog["reused"].any()
+
+
+def test_seeded_and_independent_of_row_order(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_match(workdir, MatchConfig(), SEED)
+    path = manifest_path(workdir, "instances")
+    reference = path.read_bytes()
+    reference_assignment = _assignment(workdir)
+
+    real_read = match_mod.read_manifest
+
+    def shuffled(work, table):
+        frame = real_read(work, table)
+        return frame.sample(frac=1.0, random_state=3).iloc[::-1].reset_index(drop=True)
+
+    monkeypatch.setattr(match_mod, "read_manifest", shuffled)
+    run_match(workdir, MatchConfig(), SEED)
+    assert path.read_bytes() == reference
+    monkeypatch.undo()
+
+    run_match(workdir, MatchConfig(), SEED + 1)
+    assert _assignment(workdir) != reference_assignment
+    run_match(workdir, MatchConfig(), SEED)
+    assert path.read_bytes() == reference
+
+
+def test_excluded_clips_are_never_used(workdir: Path, tmp_path: Path) -> None:
+    run_match(workdir, MatchConfig(), SEED)
+    cello_used = set(read_manifest(workdir, "instances").query("category == 'cello'")["clip_id"])
+    victim = sorted(cello_used)[0]
+
+    id_list = tmp_path / "train_ids.txt"
+    id_list.write_text(f"# training clips\n{victim}.wav\n")
+    summary = run_match(workdir, MatchConfig(exclude_clip_lists=[id_list]), SEED)
+    frame = read_manifest(workdir, "instances")
+    assert victim not in set(frame["clip_id"])
+    assert summary["excluded"] == 1 and summary["excluded_by_category"] == {"cello": 1}
+    cello = frame[frame["category"] == "cello"]
+    assert cello["clip_id"].is_unique and not cello["reused"].any()  # 3 clips left for 3 instances
+
+    # A training manifest (Parquet with clip_id) and a YouTube id in a list both exclude.
+    train = tmp_path / "train_clips.parquet"
+    pq.write_table(pa.table({"clip_id": pa.array(["dogAAAAAAA1_000010"]), "label": pa.array(["dog barking"])}),
+                   train)
+    ytids = tmp_path / "videos.txt"
+    ytids.write_text("celloAAAAA2\n")
+    summary = run_match(workdir, MatchConfig(exclude_clip_lists=[train, ytids]), SEED)
+    frame = read_manifest(workdir, "instances")
+    assert not {"dogAAAAAAA1_000010", "celloAAAAA2_000020"} & set(frame["clip_id"])
+    dog = frame[frame["category"] == "dog"]
+    assert set(dog["clip_id"]) == {"dogAAAAAAA2_000020"} and list(dog["reused"]) == [False, True, True]
+    assert summary["excluded"] == 2
+
+
+def test_excluding_a_whole_pool_fails_naming_the_category(workdir: Path, tmp_path: Path) -> None:
+    id_list = tmp_path / "train_ids.txt"
+    id_list.write_text("\n".join(sorted(USABLE["dog"])) + "\n")
+    before = manifest_path(workdir, "instances")
+    with pytest.raises(MatchError, match=r"'dog'.*2 excluded"):
+        run_match(workdir, MatchConfig(exclude_clip_lists=[id_list]), SEED)
+    assert not before.exists()
+
+
+def test_category_without_clips_fails(workdir: Path) -> None:
+    clips = read_manifest(workdir, "clips")
+    write_manifest(workdir, "clips", clips[~clips["label"].eq("playing cello")])
+    with pytest.raises(MatchError, match=r"'cello'.*0 excluded"):
+        run_match(workdir, MatchConfig(), SEED)
+
+
+def test_bad_exclusion_files_are_named(workdir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(MatchError, match="nope.txt"):
+        run_match(workdir, MatchConfig(exclude_clip_lists=[missing]), SEED)
+    no_column = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"id": pa.array(["x"])}), no_column)
+    with pytest.raises(MatchError, match="no clip_id column"):
+        run_match(workdir, MatchConfig(exclude_clip_lists=[no_column]), SEED)

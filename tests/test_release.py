@@ -1,0 +1,396 @@
+"""The release: official layout, boxes in the 224 frame, byte reproducibility, verification, safe archives,
+Croissant metadata and loading with Hugging Face datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+from scipy.io import wavfile
+
+import is4
+from is4.config import MatchConfig, ReleaseConfig, parse_config
+from is4.manifests.io import manifest_path, read_manifest
+from is4.pipeline.match import run_match
+from is4.pipeline.release import (
+    ReleaseError,
+    box_area_figure,
+    build_release,
+    load_as_hf_dataset,
+    safe_extract,
+    validate_croissant,
+    verify_release,
+    write_archive,
+)
+from tests.test_match import (
+    ACCEPTED,
+    IMAGE_H,
+    IMAGE_W,
+    MODEL_ID,
+    MODEL_REVISION,
+    OBJECT_COLOURS,
+    SAM_REVISION,
+    SEED,
+    make_workdir,
+)
+
+CFG = ReleaseConfig(version="0.1.0")
+NAME = "is4-0.1.0"
+BUILD_CONFIG = parse_config({
+    "profile": "test",
+    "seed": SEED,
+    "models": {
+        "image_generator": {"model_id": MODEL_ID, "revision": "main"},
+        "segmenter": {"model_id": "tiny-random:sam", "revision": "main"},
+    },
+}).model_dump(mode="json")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _matched_workdir(root: Path) -> Path:
+    work = make_workdir(root)
+    run_match(work, MatchConfig(), SEED)
+    return work
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(work directory, release directory) built once for the read-only tests."""
+    work = _matched_workdir(tmp_path_factory.mktemp("release") / "work")
+    return work, build_release(work, CFG, BUILD_CONFIG)
+
+
+def _instances(work: Path) -> list[str]:
+    return sorted(read_manifest(work, "instances")["instance_id"])
+
+
+def test_official_layout(built: tuple[Path, Path]) -> None:
+    work, rel = built
+    assert rel == work / "releases" / NAME
+    assert (work / "releases" / f"{NAME}.tar.gz").is_file()
+    assert [p.name for p in (work / "releases").iterdir() if p.name.startswith(".")] == []  # no staging left
+    ids = _instances(work)
+    assert len(ids) == 2 * len(ACCEPTED)
+    for folder, suffix in (("visual_frames", ".jpg"), ("audio_wav", ".wav"), ("gt_masks", ".jpg")):
+        files = sorted((rel / folder).iterdir())
+        assert [p.stem for p in files] == ids and {p.suffix for p in files} == {suffix}
+
+    bbox = json.loads((rel / "is4_bbox.json").read_text())
+    seg = json.loads((rel / "is4_seg.json").read_text())
+    assert isinstance(bbox, list) and len(bbox) == len(seg) == len(ids)
+    for entry, seg_entry, iid in zip(bbox, seg, ids):
+        assert set(entry) == {"image", "audio", "gt_box"}
+        assert entry["image"] == f"visual_frames/{iid}.jpg" and entry["audio"] == f"audio_wav/{iid}.wav"
+        assert Path(entry["image"]).stem == Path(entry["audio"]).stem == iid
+        assert all(isinstance(v, int) for v in entry["gt_box"])
+        assert seg_entry == {"image": entry["image"], "audio": entry["audio"], "gt_box": f"gt_masks/{iid}.jpg"}
+
+    instances = read_manifest(work, "instances").set_index("instance_id")
+    for iid in ids:
+        with Image.open(rel / f"visual_frames/{iid}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (224, 224) and im.mode == "RGB"
+            assert not im.getexif() and "exif" not in im.info
+            frame = np.asarray(im, dtype=float)
+        # The frame is the whole source image stretched to 224×224 (up to JPEG error).
+        with Image.open(work / instances.loc[iid, "image_path"]) as src:
+            expected = np.asarray(src.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC), dtype=float)
+        assert np.abs(frame - expected).mean() < 3
+        # The object's colour is where the released mask says it is.
+        with Image.open(rel / f"gt_masks/{iid}.jpg") as m:
+            inside = np.asarray(m.convert("L")) > 127
+        colour = np.array(OBJECT_COLOURS[instances.loc[iid, "category"]])
+        assert np.abs(np.median(frame[inside], axis=0) - colour).max() < 12
+    # The wav is the matched clip, unchanged, at 16 kHz.
+    for iid in ids:
+        shipped = (rel / f"audio_wav/{iid}.wav").read_bytes()
+        assert shipped == (work / instances.loc[iid, "audio_path"]).read_bytes()
+        assert wavfile.read(io.BytesIO(shipped))[0] == 16000
+
+    # Manifests: copied byte for byte, clips only those used.
+    for table in ("categories", "images", "verification", "annotations", "instances"):
+        assert (rel / f"manifests/{table}.parquet").read_bytes() == manifest_path(work, table).read_bytes()
+    clips = pq.read_table(rel / "manifests/clips.parquet").column("clip_id").to_pylist()
+    assert sorted(clips) == sorted(set(instances["clip_id"]))
+
+
+def test_boxes_match_the_resized_masks(built: tuple[Path, Path]) -> None:
+    work, rel = built
+    bbox = {Path(e["image"]).stem: e["gt_box"] for e in json.loads((rel / "is4_bbox.json").read_text())}
+    annotations = read_manifest(work, "annotations").set_index("instance_id")
+    for iid, box in bbox.items():
+        with Image.open(rel / f"gt_masks/{iid}.jpg") as im:
+            assert im.size == (224, 224)
+            mask = np.asarray(im.convert("L")) > 127
+        cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+        extent = [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+        assert np.abs(np.array(extent) - np.array(box)).max() <= 1, (iid, extent, box)
+        # And the box is the image-space box scaled by the resize factors (x and y differ: 96x80 → 224x224).
+        x1, y1, x2, y2 = annotations.loc[iid, "bbox_xyxy"]
+        sx, sy = 224 / IMAGE_W, 224 / IMAGE_H
+        assert np.abs(np.array(box) - np.array([x1 * sx, y1 * sy, x2 * sx, y2 * sy])).max() <= 1.0
+        # The released mask covers the same object as the source mask, resized.
+        with Image.open(work / annotations.loc[iid, "mask_path"]) as src:
+            expected = np.asarray(src.convert("L").resize((224, 224), Image.Resampling.NEAREST)) > 127
+        assert (mask != expected).mean() < 0.002
+
+
+def test_two_builds_are_byte_identical(built: tuple[Path, Path], tmp_path: Path) -> None:
+    work, rel = built
+    other = tmp_path / "elsewhere" / "work"
+    shutil.copytree(work, other, ignore=shutil.ignore_patterns("releases"))
+    rel2 = build_release(other, CFG, BUILD_CONFIG)
+    assert _tree(rel2) == _tree(rel)
+    archive = (work / "releases" / f"{NAME}.tar.gz").read_bytes()
+    assert (other / "releases" / f"{NAME}.tar.gz").read_bytes() == archive
+    # Rebuilding in place replaces the release with the same bytes and leaves no staging directory.
+    build_release(other, CFG, BUILD_CONFIG)
+    assert (other / "releases" / f"{NAME}.tar.gz").read_bytes() == archive
+    assert sorted(p.name for p in (other / "releases").iterdir()) == [NAME, f"{NAME}.tar.gz"]
+
+
+def test_archive_is_normalised(built: tuple[Path, Path]) -> None:
+    work, rel = built
+    raw = (work / "releases" / f"{NAME}.tar.gz").read_bytes()
+    assert raw[4:8] == b"\0\0\0\0"  # gzip mtime 0
+    assert not raw[3] & 0x08  # no file name in the gzip header
+    with tarfile.open(work / "releases" / f"{NAME}.tar.gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names) and names[0] == NAME
+    assert all(n == NAME or n.startswith(NAME + "/") for n in names)
+    for m in members:
+        assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
+        assert m.mode == (0o755 if m.isdir() else 0o644) and (m.isdir() or m.isfile())
+    files = {n[len(NAME) + 1:] for n, m in zip(names, members) if m.isfile()}
+    assert files == set(_tree(rel))
+
+
+def test_checksums_cover_every_file(built: tuple[Path, Path]) -> None:
+    _, rel = built
+    lines = (rel / "SHA256SUMS").read_text().splitlines()
+    paths = [line.split("  ", 1)[1] for line in lines]
+    assert paths == sorted(paths)
+    assert set(paths) == set(_tree(rel)) - {"SHA256SUMS"}
+    for line in lines:
+        digest, path = line.split("  ", 1)
+        assert hashlib.sha256((rel / path).read_bytes()).hexdigest() == digest
+    assert verify_release(rel).ok
+    report = verify_release(rel.parent / f"{NAME}.tar.gz")
+    assert report.ok and report.checked == len(lines)
+
+
+def test_a_changed_input_pixel_changes_the_checksum(built: tuple[Path, Path], tmp_path: Path) -> None:
+    work, rel = built
+    other = tmp_path / "work"
+    shutil.copytree(work, other, ignore=shutil.ignore_patterns("releases"))
+    image = other / "media/images/cello_dog_1.png"
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[40, 48] = 255 - pixels[40, 48]
+    Image.fromarray(pixels).save(image)
+    rel2 = build_release(other, CFG, BUILD_CONFIG)
+
+    def sums(root: Path) -> dict[str, str]:
+        return {p: d for d, p in (line.split("  ", 1) for line in (root / "SHA256SUMS").read_text().splitlines())}
+
+    a, b = sums(rel), sums(rel2)
+    changed = {p for p in a if a[p] != b[p]}
+    assert {"visual_frames/cello_dog_1_cello.jpg", "visual_frames/cello_dog_1_dog.jpg"} <= changed
+    assert not any(p.startswith(("audio_wav/", "gt_masks/")) for p in changed)
+    assert not any(p.startswith("visual_frames/cello_dog_0") for p in changed)
+
+
+def test_verify_names_changed_missing_and_extra_files(built: tuple[Path, Path], tmp_path: Path) -> None:
+    _, rel = built
+    copy = tmp_path / NAME
+    shutil.copytree(rel, copy)
+    frame = copy / "visual_frames/cello_dog_2_dog.jpg"
+    data = bytearray(frame.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    frame.write_bytes(bytes(data))
+    (copy / "audio_wav/cello_dog_0_cello.wav").unlink()
+    (copy / "gt_masks/stray.jpg").write_bytes(b"not in the sums")
+    report = verify_release(copy)
+    assert not report.ok
+    assert report.changed == ["visual_frames/cello_dog_2_dog.jpg"]
+    assert report.missing == ["audio_wav/cello_dog_0_cello.wav"]
+    assert report.extra == ["gt_masks/stray.jpg"]
+    assert "visual_frames/cello_dog_2_dog.jpg" in report.summary()
+
+    # The same tampering inside an archive is found too.
+    tampered = tmp_path / "tampered.tar.gz"
+    write_archive(copy, tampered, NAME)
+    report = verify_release(tampered)
+    assert (report.changed, report.missing, report.extra) == (
+        ["visual_frames/cello_dog_2_dog.jpg"], ["audio_wav/cello_dog_0_cello.wav"], ["gt_masks/stray.jpg"])
+    (copy / "SHA256SUMS").unlink()
+    with pytest.raises(ReleaseError, match="no SHA256SUMS"):
+        verify_release(copy)
+
+
+def _evil_archive(path: Path, bad: tarfile.TarInfo, data: bytes = b"x") -> None:
+    """An archive with a harmless file first, then the unsafe member."""
+    with tarfile.open(path, "w:gz") as tar:
+        good = tarfile.TarInfo(f"{NAME}/README.md")
+        good.size = 5
+        tar.addfile(good, io.BytesIO(b"hello"))
+        if bad.isfile():
+            bad.size = len(data)
+            tar.addfile(bad, io.BytesIO(data))
+        else:
+            tar.addfile(bad)
+
+
+def _member(name: str, type_: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (_member("../evil"), r"'\.\./evil'.*'\.\.'"),
+        (_member(f"{NAME}/../../evil"), r"'\.\.'"),
+        (_member("/abs/evil"), r"'/abs/evil'.*absolute"),
+        (_member(f"{NAME}/link", tarfile.SYMTYPE, "../../outside"), r"'is4-0\.1\.0/link'.*symlink.*outside"),
+        (_member(f"{NAME}/abslink", tarfile.SYMTYPE, "/etc/passwd"), r"abslink.*symlink"),
+        (_member(f"{NAME}/hard", tarfile.LNKTYPE, "../outside"), r"'is4-0\.1\.0/hard'.*hard link"),
+        (_member(f"{NAME}/dev", tarfile.CHRTYPE), r"'is4-0\.1\.0/dev'.*device"),
+        (_member(f"{NAME}/fifo", tarfile.FIFOTYPE), r"fifo"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "symlink-abs", "hardlink", "device", "fifo"],
+)
+def test_unsafe_archives_are_refused_before_extraction(tmp_path: Path, member: tarfile.TarInfo, reason: str) -> None:
+    archive = tmp_path / "evil.tar.gz"
+    _evil_archive(archive, member)
+    dest = tmp_path / "a" / "b" / "dest"
+    dest.mkdir(parents=True)
+    with pytest.raises(ReleaseError, match=reason):
+        safe_extract(archive, dest)
+    assert list(dest.iterdir()) == []  # not even the harmless first member
+    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "a" / "b" / "evil").exists()
+    with pytest.raises(ReleaseError, match=reason):
+        verify_release(archive)
+
+
+def test_croissant_validates(built: tuple[Path, Path]) -> None:
+    import mlcroissant as mlc
+
+    work, rel = built
+    path = rel / "croissant.json"
+    validate_croissant(path, expected_records=len(_instances(work)))
+    meta = json.loads(path.read_text())
+    assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.1"
+    objects = {d["contentUrl"]: d for d in meta["distribution"] if d["@type"] == "cr:FileObject"}
+    for url, obj in objects.items():
+        assert obj["sha256"] == hashlib.sha256((rel / url).read_bytes()).hexdigest()
+    fields = {f["name"] for f in meta["recordSet"][0]["field"]}
+    assert {"instance_id", "image", "audio", "gt_box"} <= fields
+
+    bbox = {Path(e["image"]).stem: e for e in json.loads((rel / "is4_bbox.json").read_text())}
+    records = list(mlc.Dataset(jsonld=path).records("instances"))
+    assert len(records) == len(bbox)
+    for rec in records:
+        iid = rec["instances/instance_id"].decode()
+        assert list(rec["instances/gt_box"]) == bbox[iid]["gt_box"]
+        assert rec["instances/audio"].decode() == bbox[iid]["audio"]
+        assert rec["instances/image"].size == (224, 224)
+        assert rec["instances/frame_id"].decode() == iid
+
+    # An invalid document fails the validation with mlcroissant's message.
+    broken = dict(meta)
+    broken["recordSet"] = [dict(meta["recordSet"][0], field=[
+        dict(meta["recordSet"][0]["field"][0], source={"fileObject": {"@id": "no-such-file"},
+                                                       "extract": {"column": "instance_id"}})
+    ])]
+    bad = rel.parent.parent / "broken-croissant.json"
+    bad.write_text(json.dumps(broken))
+    with pytest.raises(ReleaseError, match="Croissant validation failed"):
+        validate_croissant(bad)
+
+
+def test_hf_dataset_loads(built: tuple[Path, Path]) -> None:
+    from datasets import Audio
+    from datasets import Image as HFImage
+
+    work, rel = built
+    schema = pq.read_schema(rel / "hf/instances.parquet")
+    assert schema.field("image").type == pa.string() and schema.field("audio").type == pa.string()
+
+    ds = load_as_hf_dataset(rel)
+    assert ds.num_rows == len(_instances(work))
+    assert isinstance(ds.features["image"], HFImage) and isinstance(ds.features["mask"], HFImage)
+    assert isinstance(ds.features["audio"], Audio) and ds.features["audio"].sampling_rate == 16000
+    bbox = {Path(e["image"]).stem: e["gt_box"] for e in json.loads((rel / "is4_bbox.json").read_text())}
+
+    raw = ds.cast_column("audio", Audio(decode=False))
+    for row in raw:
+        image = row["image"]  # decoded for real
+        assert image.size == (224, 224)
+        with Image.open(rel / "visual_frames" / f"{row['instance_id']}.jpg") as im:
+            assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(im.convert("RGB")))
+        assert row["gt_box"] == bbox[row["instance_id"]]
+        rate, samples = wavfile.read(row["audio"]["path"])
+        assert rate == 16000 and len(samples) == 8000
+        assert Path(row["audio"]["path"]).name == f"{row['instance_id']}.wav"
+
+
+def test_card_config_and_figures(built: tuple[Path, Path]) -> None:
+    work, rel = built
+    card = (rel / "README.md").read_text()
+    assert "| cello | 3 | 3 | 3 | 0 |" in card
+    assert "| dog | 3 | 3 | 2 | 1 |" in card
+    assert "| realistic | 2 | 4 |" in card and "| cartoon | 1 | 2 |" in card
+    assert MODEL_ID in card and MODEL_REVISION in card and SAM_REVISION in card
+    assert "CC BY 4.0" in card and "Localizing Visual Sounds the Hard Way" in card
+    attribution = Path(is4.__file__).with_name("data").joinpath("ATTRIBUTION.md").read_text().strip()
+    quoted = "\n".join(line[2:] if line.startswith("> ") else line[1:] for line in card.splitlines()
+                       if line.startswith(">"))
+    assert attribution in quoted  # the packaged attribution text, verbatim (as a blockquote)
+    assert "| box | oracle |" in card and "| mask | random |" in card
+    assert "card/box_area.png" in card and "card/categories.png" in card
+    for fig in ("card/box_area.png", "card/categories.png"):
+        with Image.open(rel / fig) as im:
+            assert im.format == "PNG" and "Software" not in im.info
+
+    config_text = (rel / "build-config.yaml").read_text()
+    assert yaml.safe_load(config_text) == BUILD_CONFIG
+    assert f"{MODEL_ID} @ {MODEL_REVISION}" in config_text and SAM_REVISION in config_text
+
+
+def test_figures_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    areas = [0.05, 0.1, 0.12, 0.3, 0.31, 0.5]
+    here = box_area_figure(areas)
+    code = (
+        "import sys; from is4.pipeline.release import box_area_figure; "
+        f"sys.stdout.buffer.write(box_area_figure({areas!r}))"
+    )
+    there = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout
+    assert here == there and here[:8] == b"\x89PNG\r\n\x1a\n"
+    assert box_area_figure(areas + [0.9]) != here
+
+
+def test_release_refuses_a_wrong_sample_rate(tmp_path: Path) -> None:
+    work = _matched_workdir(tmp_path / "work")
+    clip = read_manifest(work, "instances")["audio_path"].iloc[0]
+    wavfile.write(work / clip, 22050, np.zeros(100, dtype=np.int16))
+    with pytest.raises(ReleaseError, match="22050 Hz"):
+        build_release(work, CFG, BUILD_CONFIG)
+    assert not (work / "releases" / NAME).exists()
+    assert [p for p in (work / "releases").iterdir()] == []  # the staging directory is gone
