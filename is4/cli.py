@@ -35,10 +35,10 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
     from is4.pipeline.generate import GenerateError
     from is4.pipeline.match import MatchError
-    from is4.pipeline.release import ReleaseError
     from is4.pipeline.models import ModelError
     from is4.pipeline.prescreen import PrescreenError
     from is4.pipeline.prompts import PromptError
+    from is4.pipeline.release import ReleaseError
     from is4.pipeline.vggsound_csv import CsvError
 
     return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
