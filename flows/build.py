@@ -26,6 +26,7 @@ from pydantic import Field
 
 import is4
 from is4.config import BuildConfig, ConfigError, IngestConfig, ModelRef, load_config
+from is4.manifests.checksum import sha256_if_exists
 from is4.manifests.io import ManifestError, manifest_path, read_manifest
 from is4.manifests.schema import TABLES
 from is4.pipeline import stages
@@ -41,10 +42,6 @@ DEFAULT_REVIEWER = getpass.getuser()
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
 _NOT_RETRIED = (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, PermissionError, ValueError)
 _ARTIFACT_ROWS = 50
-
-
-def _sha256_file(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def stage_fingerprint(stage: str, **parts: Any) -> str:
@@ -237,7 +234,7 @@ def _ingest(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> Non
         fingerprint = stage_fingerprint(
             "ingest",
             workdir=str(work),
-            csv_sha256=_sha256_file(source.csv_path),
+            csv_sha256=sha256_if_exists(source.csv_path),
             seed=cfg.seed,
             # The demo server's port changes every run; it does not change what is downloaded.
             ingest=cfg.ingest.model_dump(mode="json", exclude={"download": {"url_template"}}),
@@ -250,7 +247,7 @@ def _ingest(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> Non
         )
     if cfg.ingest.export_training_layout:
         fingerprint = stage_fingerprint("export", workdir=str(work),
-                                        clips_sha256=_sha256_file(manifest_path(work, "clips")))
+                                        clips_sha256=sha256_if_exists(manifest_path(work, "clips")))
         results["export"] = run(export_task, (work / DEFAULT_EXPORT_DIR / "ids.csv").is_file(), str(work),
                                 fingerprint=fingerprint)
 
@@ -269,7 +266,7 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
         overrides = Path(cfg.categories.overrides) if cfg.categories.overrides else None
         fingerprint = stage_fingerprint(
             "categories", workdir=str(work), categories=cfg.categories.model_dump(mode="json"),
-            overrides_sha256=_sha256_file(overrides) if overrides else None,
+            overrides_sha256=sha256_if_exists(overrides) if overrides else None,
             llm=cfg.models.object_phrase.model_dump() if cfg.categories.llm_proposals and cfg.models.object_phrase
             else None,
         )
@@ -278,7 +275,7 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
     if "prompts" in cfg.stages:
         fingerprint = stage_fingerprint(
             "prompts", workdir=str(work), seed=cfg.seed, prompts=cfg.prompts.model_dump(mode="json"),
-            categories_sha256=_sha256_file(manifest_path(work, "categories")),
+            categories_sha256=sha256_if_exists(manifest_path(work, "categories")),
         )
         results["prompts"] = run(prompts_task, outputs_intact(work, "prompts"), str(work), cfg,
                                  fingerprint=fingerprint)
@@ -287,8 +284,8 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
     if "prescreen" in cfg.stages:
         fingerprint = stage_fingerprint(
             "prescreen", workdir=str(work), prescreen=cfg.prescreen.model_dump(mode="json"),
-            model=_model_key(cfg.models.prescreen), images_sha256=_sha256_file(manifest_path(work, "images")),
-            categories_sha256=_sha256_file(manifest_path(work, "categories")),
+            model=_model_key(cfg.models.prescreen), images_sha256=sha256_if_exists(manifest_path(work, "images")),
+            categories_sha256=sha256_if_exists(manifest_path(work, "categories")),
         )
         results["prescreen"] = run(prescreen_task, outputs_intact(work, "prescreen"), str(work), cfg,
                                    fingerprint=fingerprint)
@@ -298,8 +295,8 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
         fingerprint = stage_fingerprint(
             "annotate", workdir=str(work), annotate=cfg.annotate.model_dump(mode="json"),
             segmenter=_model_key(cfg.models.segmenter), detector=_model_key(cfg.models.detector),
-            images_sha256=_sha256_file(manifest_path(work, "images")),
-            verification_sha256=_sha256_file(manifest_path(work, "verification")),
+            images_sha256=sha256_if_exists(manifest_path(work, "images")),
+            verification_sha256=sha256_if_exists(manifest_path(work, "verification")),
         )
         results["annotate"] = run(annotate_task, outputs_intact(work, "annotations"), str(work), cfg,
                                   fingerprint=fingerprint)
@@ -308,8 +305,8 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
     if "match" in cfg.stages:
         fingerprint = stage_fingerprint(
             "match", workdir=str(work), seed=cfg.seed, match=cfg.match.model_dump(mode="json"),
-            excluded_sha256=[_sha256_file(Path(p)) for p in cfg.match.exclude_clip_lists],
-            **{f"{t}_sha256": _sha256_file(manifest_path(work, t))
+            excluded_sha256=[sha256_if_exists(Path(p)) for p in cfg.match.exclude_clip_lists],
+            **{f"{t}_sha256": sha256_if_exists(manifest_path(work, t))
                for t in ("annotations", "clips", "categories", "verification")},
         )
         results["match"] = run(match_task, outputs_intact(work, "instances"), str(work), cfg, fingerprint=fingerprint)
@@ -318,7 +315,7 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
         fingerprint = stage_fingerprint(
             "release", workdir=str(work), release=cfg.release.model_dump(mode="json"),
             config=cfg.model_dump(mode="json"),
-            **{f"{t}_sha256": _sha256_file(manifest_path(work, t))
+            **{f"{t}_sha256": sha256_if_exists(manifest_path(work, t))
                for t in ("instances", "annotations", "images", "clips", "categories", "verification")},
         )
         results["release"] = run(release_task, archive.is_file(), str(work), cfg, fingerprint=fingerprint)
@@ -334,8 +331,8 @@ def _verify(run: _StageRunner, cfg: BuildConfig, results: dict[str, Any]) -> boo
     work = run.work
     if cfg.review.mode == "auto":
         fingerprint = stage_fingerprint("verify-auto", workdir=str(work),
-                                        images_sha256=_sha256_file(manifest_path(work, "images")),
-                                        prescreen_sha256=_sha256_file(manifest_path(work, "prescreen")))
+                                        images_sha256=sha256_if_exists(manifest_path(work, "images")),
+                                        prescreen_sha256=sha256_if_exists(manifest_path(work, "prescreen")))
         results["verify"] = run(verify_auto_task, not undecided(work), str(work), fingerprint=fingerprint)
         return True
     review_dataset_task(str(work), cfg, DEFAULT_REVIEWER)
@@ -365,7 +362,7 @@ def _generate(run: _StageRunner, cfg: BuildConfig) -> dict[str, Any]:
     work, n = run.work, cfg.generate.shards
     common = {"workdir": str(work), "generate": cfg.generate.model_dump(mode="json"),
               "model": _model_key(cfg.models.image_generator),
-              "prompts_sha256": _sha256_file(manifest_path(work, "prompts"))}
+              "prompts_sha256": sha256_if_exists(manifest_path(work, "prompts"))}
     fingerprints = [stage_fingerprint("generate", shard=f"{i}/{n}", **common) for i in range(n)]
     shards = run.map(generate_task, outputs_intact(work, "images"), str(work), cfg, n,
                      fingerprints=fingerprints, shard=list(range(n)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,17 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `target` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the finished directory `staging` in place of `target` by renames (same file system).
+
+    A reader sees the old tree or the new one, never a half-written one; the old tree is removed afterwards.
+    """
+    staging, target = Path(staging), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,6 @@ Then, per object:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -38,6 +37,7 @@ import pandas as pd
 from is4.classes import vggsound_classes, vggss_labels
 from is4.config import CategoriesConfig, read_yaml
 from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import CATEGORY_ID_RE, category_id
 from is4.manifests.io import write_manifest
 from is4.manifests.schema import CATEGORIES
@@ -369,7 +369,7 @@ def run_categories(
     overrides, digest = {}, None
     if cfg.overrides is not None:
         overrides = load_overrides(cfg.overrides)
-        digest = hashlib.sha256(Path(cfg.overrides).read_bytes()).hexdigest()
+        digest = sha256_file(cfg.overrides)
     frame = derive_categories(vggss_labels() if labels is None else labels, overrides, propose)
     provenance = {
         "stage": "categories",

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from is4.manifests.atomic import replace_directory
 from is4.manifests.io import read_manifest
 
 DEFAULT_EXPORT_DIR = "exports/vggsound"
@@ -40,12 +41,7 @@ def export_training_layout(workdir: str | Path, out_dir: str | Path | None = Non
             _link_or_copy(workdir / clip.frame_path, staging / "frames" / f"{clip.clip_id}.jpg")
             _link_or_copy(workdir / clip.audio_path, staging / "audio" / f"{clip.clip_id}.wav")
         ok[["clip_id", "label", "split"]].to_csv(staging / "ids.csv", index=False, lineterminator="\n")
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

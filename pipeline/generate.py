@@ -58,6 +58,7 @@ import pandas as pd
 import is4
 from is4.config import GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.checksum import sha256_if_exists
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
@@ -279,13 +280,6 @@ def encode_png(image: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
 def load_records(workdir: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
     """The latest record per image of every shard journal under `state/generate/`, journals in name order."""
     return [(p, Journal(p, "image_id").load()) for p in sorted((workdir / JOURNAL_DIR).glob(JOURNAL_GLOB))]
@@ -304,7 +298,7 @@ def _valid_record(
         if rel != image_path(image_id):
             continue
         if rel not in hashes:
-            hashes[rel] = _sha256(workdir / rel)
+            hashes[rel] = sha256_if_exists(workdir / rel)
         if hashes[rel] is not None and hashes[rel] == rec.get("sha256"):
             return rec
     return None
@@ -437,7 +431,7 @@ def run_generate(
         "revision": resolved.revision,
         # batch_size and the sharding-independent settings; the shard itself never enters the manifest.
         "config": cfg.model_dump(mode="json"),
-        "prompts_sha256": _sha256(manifest_path(workdir, PROMPTS.name)),
+        "prompts_sha256": sha256_if_exists(manifest_path(workdir, PROMPTS.name)),
     }
     # Serialise the rebuilds of concurrently finishing shards, so the last to finish sees every journal.
     with manifest_lock(workdir, "images"):

@@ -22,6 +22,7 @@ import yt_dlp
 
 import is4
 from is4.config import IngestConfig
+from is4.manifests.checksum import sha256_file
 from is4.manifests.io import write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.schema import CLIPS
@@ -58,14 +59,6 @@ class IngestSummary:
 def reason_kind(reason: str) -> str:
     """The class of a failure reason (`timeout: …` → `timeout`), for counting failures by reason."""
     return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _finished(record: dict[str, Any] | None, workdir: Path, extract_fp: str) -> bool:
@@ -193,7 +186,7 @@ def run_ingest(
         "is4_version": is4.__version__,
         "yt_dlp_version": yt_dlp.version.__version__,
         "csv_name": csv_path.name,
-        "csv_sha256": _file_sha256(csv_path),
+        "csv_sha256": sha256_file(csv_path),
         "seed": seed,
         # Settings that cannot change the output (where the server is, how many workers) are left out, so the
         # manifest's bytes depend only on what it describes.

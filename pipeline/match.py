@@ -16,7 +16,6 @@ Instances whose mask is empty (no box) are left out and counted: there is nothin
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from is4.config import MatchConfig
+from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import CLIP_ID_RE, stable_rank
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, CLIPS, IMAGES, INSTANCES, VERIFICATION
@@ -43,14 +43,6 @@ class MatchError(ValueError):
 
 def _blank(value: Any) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_exclusions(paths: list[Path] | tuple[Path, ...]) -> tuple[frozenset[str], frozenset[str]]:
@@ -191,10 +183,10 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
         "seed": seed,
         "config": cfg.model_dump(mode="json"),
         "inputs_sha256": {
-            name: _sha256(manifest_path(workdir, name))
+            name: sha256_file(manifest_path(workdir, name))
             for name in ("annotations", "verification", "images", "clips", "categories")
         },
-        "exclude_lists_sha256": [_sha256(Path(p)) for p in cfg.exclude_clip_lists],
+        "exclude_lists_sha256": [sha256_file(Path(p)) for p in cfg.exclude_clip_lists],
     }
     path = write_manifest(workdir, INSTANCES, frame, provenance)
     used = {r["clip_id"] for r in rows}

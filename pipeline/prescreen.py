@@ -40,7 +40,6 @@ an unflagged one is an error, as is a path whose file is missing.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from is4.config import ModelRef, PrescreenConfig
+from is4.manifests.checksum import sha256_file
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import PRESCREEN
 from is4.pipeline.models import ResolvedModel, resolve_model, torch_device_and_dtype
@@ -214,10 +214,6 @@ def _floor(value: float, digits: int = 6) -> str:
     return f"{math.floor(value * 10**digits) / 10**digits:.{digits}f}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_prescreen(
     workdir: str | Path, cfg: PrescreenConfig, model: ModelRef | None, *, decided_at: datetime | None = None
 ) -> dict[str, Any]:
@@ -292,8 +288,8 @@ def run_prescreen(
         "model_revision": resolved.revision,
         "text_template": TEXT_TEMPLATE,
         "categories": class_ids,
-        "images_sha256": _sha256(manifest_path(workdir, "images")),
-        "categories_sha256": _sha256(manifest_path(workdir, "categories")),
+        "images_sha256": sha256_file(manifest_path(workdir, "images")),
+        "categories_sha256": sha256_file(manifest_path(workdir, "categories")),
     }
     prescreen_path = write_manifest(workdir, PRESCREEN, prescreen, provenance)
 

@@ -23,7 +23,6 @@ Rules (the IS4 paper's templates; DESIGN §3 `prompts` table):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from is4.config import PromptsConfig
+from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import CATEGORY_ID_RE, derive_seed, stable_rank
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CATEGORIES, PROMPTS
@@ -186,7 +186,7 @@ def run_prompts(workdir: str | Path, cfg: PromptsConfig, seed: int) -> dict[str,
         "stage": "prompts",
         "seed": seed,
         "config": cfg.model_dump(mode="json"),
-        "categories_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "categories_sha256": sha256_file(source),
     }
     path = write_manifest(workdir, PROMPTS, built.frame, provenance)
     return {

@@ -31,7 +31,6 @@ member (absolute paths, `..`, links, devices are refused) before anything is ext
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.resources
 import io
 import json
@@ -54,7 +53,8 @@ import yaml
 
 from is4 import __version__
 from is4.config import STAGES, ReleaseConfig
-from is4.manifests.atomic import atomic_path
+from is4.manifests.atomic import atomic_path, replace_directory
+from is4.manifests.checksum import sha256_file
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CLIPS
 
@@ -96,14 +96,6 @@ class ReleaseError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 # Small deterministic encoders
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -504,7 +496,7 @@ CROISSANT_CONTEXT = {
 def _croissant(root: Path, cfg: ReleaseConfig, stats: dict[str, Any], image_models: list[str]) -> dict[str, Any]:
     def file_object(id_: str, rel: str, fmt: str, description: str) -> dict[str, Any]:
         return {"@type": "cr:FileObject", "@id": id_, "name": id_, "description": description, "contentUrl": rel,
-                "encodingFormat": fmt, "sha256": _sha256_file(root / rel)}
+                "encodingFormat": fmt, "sha256": sha256_file(root / rel)}
 
     def file_set(id_: str, includes: str, fmt: str, description: str) -> dict[str, Any]:
         return {"@type": "cr:FileSet", "@id": id_, "name": id_, "description": description, "includes": includes,
@@ -618,7 +610,7 @@ def _release_files(root: Path) -> list[str]:
 
 def write_checksums(root: Path) -> Path:
     """`SHA256SUMS` of every file under root except itself, sorted by path, `sha256sum` format."""
-    lines = [f"{_sha256_file(root / rel)}  {rel}\n" for rel in _release_files(root) if rel != SUMS_NAME]
+    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in _release_files(root) if rel != SUMS_NAME]
     path = root / SUMS_NAME
     path.write_text("".join(lines), encoding="utf-8")
     return path
@@ -694,12 +686,7 @@ def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[st
         write_checksums(staging)
         with atomic_path(archive) as tmp_archive:
             write_archive(staging, tmp_archive, name)
-            old = releases / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if target.exists():
-                target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -768,7 +755,7 @@ def _populate(
         "stage": "release",
         "subset_of": "clips",
         "rows": "the clips of the released instances",
-        "source_sha256": _sha256_file(manifest_path(workdir, "clips")),
+        "source_sha256": sha256_file(manifest_path(workdir, "clips")),
     })
 
     # Statistics for the card.
@@ -874,7 +861,7 @@ def _verify_dir(root: Path, shown_root: str) -> VerifyReport:
         p = root / rel
         if not os.path.lexists(p):
             report.missing.append(rel)
-        elif p.is_symlink() or not p.is_file() or _sha256_file(p) != digest:
+        elif p.is_symlink() or not p.is_file() or sha256_file(p) != digest:
             report.changed.append(rel)
     report.extra = [rel for rel in _release_files(root) if rel != SUMS_NAME and rel not in expected]
     return report
