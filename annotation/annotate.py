@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from is4.annotation.sam import SamBackend, SamError, check_prompt, mask_iou, mask_to_box
-from is4.config import AnnotateConfig, ModelRef
+from is4.config import AnnotateConfig, BuildConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
@@ -445,3 +445,10 @@ def qa_report(workdir: str | Path) -> dict[str, Any]:
     }
     atomic_write_bytes(workdir / REPORT_PATH, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     return report
+
+
+def annotate_stage(workdir: str | Path, cfg: BuildConfig) -> dict[str, Any]:
+    """The annotate stage as the CLI and the flow run it: automatic proposals, then the QA report."""
+    summary = run_annotate(Path(workdir), cfg.annotate, cfg.models.segmenter, cfg.models.detector)
+    summary["qa"] = qa_report(Path(workdir))
+    return summary

@@ -166,11 +166,9 @@ def review_sync_task(workdir: str, config: BuildConfig, reviewer: str) -> dict[s
 @_stage_task("annotate")
 def annotate_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
     """SAM masks for both objects of every accepted image, from detector boxes."""
-    from is4.annotation.annotate import qa_report, run_annotate
+    from is4.annotation.annotate import annotate_stage
 
-    summary = run_annotate(Path(workdir), config.annotate, config.models.segmenter, config.models.detector)
-    summary["qa"] = qa_report(Path(workdir))
-    return _publish("annotate", summary)
+    return _publish("annotate", annotate_stage(workdir, config))
 
 
 @_stage_task("match")

@@ -308,12 +308,11 @@ def annotate(ctx: typer.Context, config: ConfigOption = None, workdir: WorkdirOp
     """Automatic proposals: detector boxes → SAM masks (the `annotations` manifest and reports/annotation_qa.json)."""
     if ctx.invoked_subcommand is not None:
         return
-    from is4.annotation.annotate import qa_report, run_annotate
+    from is4.annotation.annotate import annotate_stage
 
     try:
         cfg, work = _config_and_workdir(config, workdir)
-        summary = run_annotate(Path(work), cfg.annotate, cfg.models.segmenter, cfg.models.detector)
-        summary["qa"] = qa_report(Path(work))
+        summary = annotate_stage(work, cfg)
     except _fatal_errors() as exc:
         raise _fail(exc) from None
     _print_summary("annotate", summary)
