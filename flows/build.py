@@ -177,6 +177,27 @@ def match_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str,
     return _publish("match", stages.match_stage(Path(workdir), config))
 
 
+@_stage_task("caption")
+def caption_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
+    """Image caption, audio caption and sounding-object phrase per item (cached per item as well)."""
+    return _publish("caption", stages.caption_stage(Path(workdir), config))
+
+
+@flow(name="caption")
+def caption_flow(workdir: str, config: BuildConfig) -> dict[str, Any]:
+    """The LLM-guidance captions as a subflow of `build-is4` (left out when `caption` is not in `stages`)."""
+    work = Path(workdir)
+    fingerprint = stage_fingerprint(
+        "caption", workdir=workdir, captions=config.captions.model_dump(mode="json"),
+        models={role: _model_key(getattr(config.models, role))
+                for role in ("image_captioner", "audio_captioner", "object_phrase")},
+        # the sources are named after the manifests they read (clips, instances)
+        **{f"{table}_sha256": sha256_if_exists(manifest_path(work, table)) for table in config.captions.sources},
+    )
+    return _StageRunner(work)(caption_task, outputs_intact(work, "captions"), workdir, config,
+                              fingerprint=fingerprint)
+
+
 @_stage_task("release")
 def release_task(workdir: str, config: BuildConfig, fingerprint: str) -> dict[str, Any]:
     """The packaged, verified release."""
@@ -308,6 +329,8 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
                for t in ("annotations", "clips", "categories", "verification")},
         )
         results["match"] = run(match_task, outputs_intact(work, "instances"), str(work), cfg, fingerprint=fingerprint)
+    if "caption" in cfg.stages:
+        results["caption"] = caption_flow(str(work), cfg)
     if "release" in cfg.stages:
         archive = work / "releases" / f"is4-{cfg.release.version}.tar.gz"
         fingerprint = stage_fingerprint(

@@ -31,6 +31,7 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.config import ConfigError
     from is4.manifests.ids import InvalidIdError
     from is4.manifests.io import ManifestError
+    from is4.pipeline.captions import CaptionError
     from is4.pipeline.categories import CategoryError
     from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
     from is4.pipeline.generate import GenerateError
@@ -42,7 +43,7 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.pipeline.vggsound_csv import CsvError
 
     return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
-            ModelError, GenerateError, PrescreenError, MatchError, ReleaseError, OSError)
+            ModelError, GenerateError, PrescreenError, MatchError, CaptionError, ReleaseError, OSError)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -363,6 +364,12 @@ def annotate_refine(
 def match(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
     """Pair every annotated object with a VGGSound clip of its category: the `instances` manifest."""
     _run_stage("match", "match_stage", config, workdir)
+
+
+@app.command()
+def caption(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Image caption (BLIP-2), audio caption (Qwen2-Audio or GAMA) and sounding object (LLM): the `captions` manifest."""
+    _run_stage("caption", "caption_stage", config, workdir)
 
 
 release_app = typer.Typer(help="The reproducible IS4 release.", invoke_without_command=True)

@@ -230,6 +230,55 @@ class ReleaseConfig(StrictModel):
     title: str = "IS4: Interactive Semi-Synthetic Sound Source"
 
 
+class ImageCaptionConfig(StrictModel):
+    """BLIP-2 captions of a clip's centre frame (the checkpoint is models.image_captioner)."""
+
+    batch_size: int = Field(16, ge=1, le=1024, description="images per generate call (halved on out-of-memory)")
+    max_new_tokens: int = Field(30, ge=1, le=512)
+    prompt: str | None = Field(None, description="text BLIP-2 continues; null = unconditional captioning")
+
+
+class GamaConfig(StrictModel):
+    """The GAMA authors' code and environment (github.com/Sreyan88/GAMA), installed by the user."""
+
+    repo: ConfigPath = Field(description="a checkout of the GAMA repository")
+    base_model: ConfigPath = Field(description="the LLaMA-2 base model directory GAMA's checkpoint was tuned from")
+    python: ConfigPath = Field(Path("python"), description="the interpreter of GAMA's environment")
+    prompt: str = "Describe the audio in detail."
+
+
+class AudioCaptionConfig(StrictModel):
+    """Audio captions (the checkpoint is models.audio_captioner)."""
+
+    backend: Literal["transformers", "gama"] = Field(
+        "transformers", description="transformers: an audio-language model such as Qwen2-Audio; gama: GAMA's code"
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="clips per generate call (halved on out-of-memory)")
+    max_new_tokens: int = Field(48, ge=1, le=512)
+    prompt: str = Field("Generate the caption in English:", description="instruction for the transformers backend")
+    gama: GamaConfig | None = Field(None, description="required by backend: gama")
+
+
+class ObjectPhraseConfig(StrictModel):
+    """The sounding object as at most 3 words, from both captions (the checkpoint is models.object_phrase)."""
+
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: CUDA only, if installed")
+    batch_size: int = Field(16, ge=1, le=1024, description="prompts per generate call (halved on out-of-memory)")
+    max_new_tokens: int = Field(24, ge=1, le=512)
+
+
+class CaptionsConfig(StrictModel):
+    """LLM-guidance captions (ACL-SSL) for VGGSound clips and, optionally, the IS4 instances."""
+
+    sources: list[Literal["clips", "instances"]] = Field(
+        ["clips"], min_length=1, description="clips: ingested VGGSound clips; instances: the matched IS4 instances"
+    )
+    splits: list[Literal["train", "test"]] = Field(["train"], description="clip splits to caption")
+    image: ImageCaptionConfig = ImageCaptionConfig()
+    audio: AudioCaptionConfig = AudioCaptionConfig()
+    object_phrase: ObjectPhraseConfig = ObjectPhraseConfig()
+
+
 class ModelRef(StrictModel):
     """A model checkpoint: Hugging Face id, local path, or `tiny-random:<kind>` (built locally), and revision."""
 
@@ -251,13 +300,15 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
-STAGES = ("ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "release")
+STAGES = (
+    "ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "caption", "release",
+)
 
 
 class BuildConfig(StrictModel):
     profile: str = "custom"
     stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match",
-                         "release"]] = Field(
+                         "caption", "release"]] = Field(
         list(STAGES), description="the stages `build-is4` runs, in pipeline order"
     )
     seed: int = 0
@@ -270,6 +321,7 @@ class BuildConfig(StrictModel):
     review: ReviewConfig = ReviewConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     match: MatchConfig = MatchConfig()
+    captions: CaptionsConfig = CaptionsConfig()
     release: ReleaseConfig = ReleaseConfig()
     models: ModelsConfig = ModelsConfig()
 

@@ -231,19 +231,36 @@ INSTANCES = TableSpec(
     ),
 )
 
+CAPTION_SOURCES = frozenset({"clip", "instance"})
+
 CAPTIONS = TableSpec(
     name="captions",
     columns=(
-        _f("item_id", _str, False),
+        _f("item_id", _str, False),  # clip_id or instance_id
+        _f("source", _str, False),
+        _f("image_path", _str),
+        _f("audio_path", _str),
         _f("image_caption", _str),
         _f("audio_caption", _str),
-        _f("object_phrase", _str),
+        _f("object_phrase", _str),  # the LLM answer normalised to at most 3 words; null when it does not normalise
+        _f("object_phrase_raw", _str),  # the LLM answer as generated
         _f("image_caption_model", _str),
+        _f("image_caption_revision", _str),
+        _f("image_caption_backend", _str),
         _f("audio_caption_model", _str),
+        _f("audio_caption_revision", _str),
+        _f("audio_caption_backend", _str),  # which audio captioner wrote the caption (gama, qwen2-audio)
         _f("object_phrase_model", _str),
+        _f("object_phrase_revision", _str),
+        _f("object_phrase_backend", _str),
+        _f("prompt_version", _str, False),
+        _f("flags", _str),  # comma-separated <role>:<flag> (empty, garbage, unparsed)
+        _f("error", _str),  # why a role has no output for this item
     ),
     key=("item_id",),
     sort_by=("item_id",),
+    enums={"source": CAPTION_SOURCES},
+    path_columns=("image_path", "audio_path"),
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -314,6 +314,8 @@ def _card(
         "annotate": "each object of an accepted image segmented with SAM (detector box prompt), refined by clicks",
         "match": "each object paired with a real VGGSound clip of its category (seeded, each clip once while the "
                  "pool lasts; clips of training lists excluded)",
+        "caption": "training-side LLM guidance (image caption, audio caption, sounding-object phrase) for "
+                   "VGGSound clips; not part of this package",
         "release": "this package",
     }
     stage_lines = "\n".join(f"{i}. **{s}**: {stage_text[s]}" for i, s in enumerate(STAGES, start=1))

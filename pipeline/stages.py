@@ -53,6 +53,13 @@ def match_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     return run_match(workdir, cfg.match, cfg.seed)
 
 
+def caption_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""
+    from is4.pipeline.captions import run_captions
+
+    return run_captions(workdir, cfg)
+
+
 def release_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it."""
     from is4.pipeline.release import ReleaseError, build_release, verify_release

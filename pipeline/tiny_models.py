@@ -246,3 +246,157 @@ def build_tiny_owlv2(out_dir: Path, seed: int = 0) -> Path:
 
 TINY_BUILDERS["sam"] = build_tiny_sam
 TINY_BUILDERS["owlv2"] = build_tiny_owlv2
+
+
+# --- image captioner (caption stage) ------------------------------------------------------------------------------
+
+TINY_BLIP2_QUERY_TOKENS = 4
+TINY_BLIP2_CAPTION_CHARACTERS = "abcdefghijklmnopqrstuvwxyz "
+
+
+def tiny_opt_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and OPT's special tokens.
+
+    As with OPT's own tokenizer, `</s>` is both the bos token (added in front of every text) and the eos token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for char in _byte_level_characters():
+        vocab.setdefault(char, len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        add_bos_token=True, add_eos_token=False, model_max_length=512,
+    )
+
+
+def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
+    """A BLIP-2 captioner (32×32 ViT, Q-Former with 4 query tokens, OPT language model, all width 32) with its
+    processor.
+
+    `Blip2Processor` adds the `<image>` token to the tokenizer and writes it `num_query_tokens` times in front of
+    every text; the model swaps those positions for the Q-Former outputs, so the config's `image_token_index` is the
+    id the processor gave it. The image processor is the PIL one (no torchvision needed).
+    """
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessorPil,
+        OPTConfig,
+    )
+
+    torch.manual_seed(seed)
+    width = TEXT_WIDTH
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tiny_opt_tokenizer(),
+        num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
+    )
+    tokenizer = processor.tokenizer
+    vision = Blip2VisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(vocab_size=32, hidden_size=width, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=2 * width, max_position_embeddings=32, encoder_hidden_size=width,
+                                 cross_attention_frequency=1)
+    # With OPT's usual init_std of 0.02 the tiny LM repeats one token forever whatever the image; at 0.5 the
+    # hidden states follow the image and the text so far. Untied, the output head can be restricted (below)
+    # without changing the input embeddings of prompt characters. 1024 positions hold a prompt, the query tokens
+    # and the most new tokens the caption config allows (512).
+    text = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=width, ffn_dim=2 * width, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=1024, word_embed_proj_dim=width, init_std=0.5, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
+        image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
+    )
+    model = Blip2ForConditionalGeneration(config)
+    # Zero output rows (logit 0) for every token but lower-case letters and space, so greedy captions are readable
+    # letters rather than control characters and broken UTF-8 bytes.
+    caption_ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(TINY_BLIP2_CAPTION_CHARACTERS))
+    silenced = torch.ones(len(tokenizer), dtype=torch.bool)
+    silenced[caption_ids] = False
+    with torch.no_grad():
+        model.language_model.lm_head.weight[silenced] = 0
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS["blip2"] = build_tiny_blip2
+
+
+# --- audio captioner (caption stage) ------------------------------------------------------------------------------
+
+# Qwen2-Audio's special tokens, in the order (and so the relative ids) of the real tokenizer, where `<|endoftext|>`
+# is 151643 and `<|AUDIO|>` (the config's `audio_token_index`) 151646.
+QWEN2_AUDIO_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+)
+
+
+def tiny_qwen2_audio_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and Qwen2-Audio's special tokens.
+
+    Like Qwen's it adds no BOS, and `<|endoftext|>` is both its eos and pad token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for char in _byte_level_characters():
+        vocab.setdefault(char, len(vocab))
+    for token in QWEN2_AUDIO_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        extra_special_tokens=list(QWEN2_AUDIO_SPECIAL_TOKENS[1:]), model_max_length=4096,
+    )
+
+
+def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
+    """A Qwen2-Audio model (Whisper-style encoder of width 16, Qwen2 decoder of width 32) with its processor.
+
+    It keeps the real audio front end: a 128-bin Whisper feature extractor that pads every clip to 30 s (3000 frames,
+    so `max_source_positions` stays 1500) and an attention mask marking the clip's own frames, which the processor
+    turns into one `<|AUDIO|>` token per 40 ms of audio (250 for a 10-s clip). The processor keeps its default
+    (Qwen2-Audio-Instruct) chat template.
+    """
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen2_audio_tokenizer()
+    audio = Qwen2AudioEncoderConfig(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2,
+                                    encoder_ffn_dim=32, d_model=16, max_source_positions=1500)
+    text = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    config = Qwen2AudioConfig(audio_config=audio.to_dict(), text_config=text.to_dict(),
+                              audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(out_dir)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True)
+    Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS["qwen2-audio"] = build_tiny_qwen2_audio

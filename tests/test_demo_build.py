@@ -99,6 +99,20 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     assert metrics["instances"] == len(instances)
     assert metrics["ciou"] == metrics["ciou_adaptive"] == metrics["iiou"] == 100.0
 
+    # LLM-guidance captions for every ok clip and every instance, by the three tiny models.
+    captions = read_manifest(work, "captions")
+    ok_clips = clips.loc[clips["status"] == "ok", "clip_id"]
+    assert sorted(captions["item_id"]) == sorted([*ok_clips, *instances["instance_id"]])
+    assert captions["image_caption"].notna().all() and captions["audio_caption"].notna().all()
+    assert captions["object_phrase_raw"].notna().all() and captions["error"].isna().all()
+    by_item = captions.set_index("item_id")
+    for row in instances.itertuples():  # an instance is captioned from its image and its matched clip's audio
+        assert by_item.loc[row.instance_id, "audio_path"] == row.audio_path
+        assert by_item.loc[row.instance_id, "audio_caption"] == by_item.loc[row.clip_id, "audio_caption"]
+    assert set(captions["image_caption_model"]) == {"tiny-random:blip2"}
+    assert set(captions["audio_caption_backend"]) == {"qwen2-audio"}
+    captions_bytes = (work / "manifests/captions.parquet").read_bytes()
+
     # Rerun: every stage is a cache hit. A deleted image is made again, byte for byte, and nothing else is.
     victim = work / images.iloc[0]["image_path"]
     original = victim.read_bytes()
@@ -107,7 +121,8 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     second = _build(work, home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = second.stdout + second.stderr
-    assert log.count("Cached(type=COMPLETED)") == 9, "every stage but generate is a cache hit"
+    assert log.count("Cached(type=COMPLETED)") == 10, "every stage but generate is a cache hit"
+    assert (work / "manifests/captions.parquet").read_bytes() == captions_bytes
     assert victim.read_bytes() == original
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert np.asarray(Image.open(victim)).std() > 0

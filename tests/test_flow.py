@@ -85,3 +85,38 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
     markdown = json.loads(out.stdout.strip().splitlines()[-1])[0]
     assert "| ok | 1 |" in markdown
     assert "| invalid-ytid | 1 |" in markdown and "| not-found | 1 |" in markdown
+
+
+def test_caption_subflow_runs_on_training_clips_caches_and_can_be_left_out(tmp_path: Path) -> None:
+    """`stages: [ingest, caption]` makes the training captions without any IS4 stage; rerun: a cache hit."""
+    tiny = {"image_captioner": {"model_id": "tiny-random:blip2"},
+            "audio_captioner": {"model_id": "tiny-random:qwen2-audio"},
+            "object_phrase": {"model_id": "tiny-random:mistral"}}
+    ingest = {"demo_media": {"enabled": True, "labels": ["cat meowing", "dog barking"], "clips_per_label": 1,
+                             "source_seconds": 10}, "download": {"workers": 2, "retries": 0}}
+    config = tmp_path / "captions.yaml"
+    config.write_text(yaml.safe_dump({"stages": ["ingest", "caption"], "ingest": ingest,
+                                      "captions": {"splits": ["train", "test"]}, "models": tiny}))
+    work, home = tmp_path / "work", tmp_path / "prefect-home"
+
+    first = _build(config, work, home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Beginning subflow run" in first.stdout + first.stderr and "for flow 'caption'" in first.stdout + first.stderr
+    clips = read_manifest(work, "clips")
+    captions = read_manifest(work, "captions")
+    assert sorted(captions["item_id"]) == sorted(clips.loc[clips["status"] == "ok", "clip_id"])
+    assert captions["image_caption"].notna().all() and captions["audio_caption"].notna().all()
+    assert set(captions["audio_caption_backend"]) == {"qwen2-audio"}
+    written = manifest_path(work, "captions").read_bytes()
+
+    second = _build(config, work, home)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert (second.stdout + second.stderr).count("Cached(type=COMPLETED)") == 3  # ingest, export, caption
+    assert manifest_path(work, "captions").read_bytes() == written
+
+    skipped = tmp_path / "skipped.yaml"
+    skipped.write_text(yaml.safe_dump({"stages": ["ingest"], "ingest": ingest, "models": tiny}))
+    third = _build(skipped, tmp_path / "work-skipped", home)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "for flow 'caption'" not in third.stdout + third.stderr
+    assert not manifest_path(tmp_path / "work-skipped", "captions").exists()
