@@ -163,7 +163,7 @@ class Qwen2AudioCaptioner(_Captioner):
         inputs = self.processor(
             text=[self.text] * len(clips), audio=clips, sampling_rate=self.sampling_rate, padding=True,
             return_tensors="pt",
-        ).to(self.model.device)
+        ).to(self.model.device, dtype=self.model.dtype)  # casts the float features only, not the token ids
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             output = self.model.generate(
