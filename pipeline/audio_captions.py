@@ -30,7 +30,7 @@ from scipy.signal import resample_poly
 from is4.config import AudioCaptionConfig, GamaConfig, ModelRef
 from is4.pipeline.image_captions import CaptionInputError
 from is4.pipeline.llm import prepare_tokenizer_for_generation
-from is4.pipeline.models import ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
 
 ROLE = "audio_captioner"
 PROMPT_FORMAT = "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}"  # Qwen2-Audio-7B's captioning prompt
@@ -75,30 +75,7 @@ def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
     return audio
 
 
-class _Captioner:
-    """What both backends share: the resolved checkpoint, and `close` / context-manager support."""
-
-    resolved: ResolvedModel
-
-    @property
-    def model_id(self) -> str:
-        return self.resolved.model_id
-
-    @property
-    def revision(self) -> str:
-        return self.resolved.revision
-
-    def close(self) -> None:
-        """Release what the captioner holds beyond memory (nothing, unless it runs a subprocess)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-class Qwen2AudioCaptioner(_Captioner):
+class Qwen2AudioCaptioner(LoadedModel):
     """Qwen2-Audio (`Qwen2AudioForConditionalGeneration`) captions with greedy decoding in left-padded batches.
 
     The prompt is the base model's captioning format, `<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}`, with the prompt
@@ -208,7 +185,7 @@ def gama_checkpoint_revision(ref: ModelRef) -> str:
     return _file_revision(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-class GamaCaptioner(_Captioner):
+class GamaCaptioner(LoadedModel):
     """GAMA captions computed by the authors' code, in a driver process running GAMA's environment.
 
     The driver loads the model once (at `load`) and captions each `caption` call's clips one by one, as the authors'

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
 
 
 class CaptionInputError(ValueError):
@@ -28,7 +28,7 @@ def _read_rgb(path: Path):
         raise CaptionInputError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
 
 
-class Blip2Captioner:
+class Blip2Captioner(LoadedModel):
     """A BLIP-2 checkpoint with its processor, for greedy captions continuing an optional text prompt.
 
     In float32 a caption does not depend on the other images in its `caption` call. In bfloat16 the rounding differs
@@ -76,14 +76,6 @@ class Blip2Captioner:
             ) from exc
         return cls(model, processor, resolved, prompt=prompt, max_new_tokens=max_new_tokens,
                    dtype_name=ref.dtype, device_name=ref.device)
-
-    @property
-    def model_id(self) -> str:
-        return self.resolved.model_id
-
-    @property
-    def revision(self) -> str:
-        return self.resolved.revision
 
     def settings(self) -> dict:
         """Everything besides the weights that a caption depends on."""

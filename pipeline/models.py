@@ -35,6 +35,32 @@ class ResolvedModel:
     revision: str
 
 
+class LoadedModel:
+    """A loaded model that knows its checkpoint: `model_id` and `revision` come from its `ResolvedModel`.
+
+    `close` releases what it holds beyond memory (a subprocess, say; nothing by default); `with` calls it.
+    """
+
+    resolved: ResolvedModel
+
+    @property
+    def model_id(self) -> str:
+        return self.resolved.model_id
+
+    @property
+    def revision(self) -> str:
+        return self.resolved.revision
+
+    def close(self) -> None:
+        """Release what the model holds beyond memory."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def directory_revision(path: Path) -> str:
     """A content hash of a model directory (file names and bytes), as `sha256:<hex>`."""
     digest = hashlib.sha256()

@@ -14,7 +14,7 @@ from typing import Any
 
 from is4.config import ModelRef, ObjectPhraseConfig
 from is4.pipeline.llm import ChatLM
-from is4.pipeline.models import ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
 
 ROLE = "object_phrase"
 # Bump when the wording changes: the version is part of every cached answer's key and of the manifest.
@@ -32,7 +32,7 @@ def render_object_prompt(image_caption: str, audio_caption: str) -> str:
     return OBJECT_PROMPT.format(image_caption=image_caption.strip(), audio_caption=audio_caption.strip())
 
 
-class TransformersPhraser:
+class TransformersPhraser(LoadedModel):
     """Greedy answers from a transformers chat model, one left-padded `generate` call per batch."""
 
     backend = "transformers"
@@ -60,7 +60,7 @@ class TransformersPhraser:
         return self.lm.generate(messages, max_new_tokens=self.max_new_tokens, batch_size=max(1, len(messages)))
 
 
-class VllmPhraser:
+class VllmPhraser(LoadedModel):
     """Greedy answers from vLLM (CUDA), fed the token ids the transformers path would use, so prompts are identical.
 
     vLLM schedules requests itself (continuous batching); a call still holds one batch, so the caller's out-of-memory

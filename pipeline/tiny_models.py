@@ -109,23 +109,34 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
-def tiny_mistral_tokenizer():
-    """A byte-level BPE tokenizer with no merges (one token per byte) and Mistral's special tokens.
+def _byte_level_tokenizer(leading: tuple[str, ...] = (), trailing: tuple[str, ...] = (), **kwargs):
+    """A byte-level BPE tokenizer with no merges (one token per byte, so any text tokenises offline).
 
-    Like Mistral's own tokenizer it adds `<s>` when called with `add_special_tokens=True`, and its chat template
-    writes `<s>` itself, so chat-templated text must be tokenized with `add_special_tokens=False`.
+    The `leading` special tokens take the first ids, the `trailing` ones the ids after the 256 byte characters;
+    `kwargs` (special-token roles, chat template, ...) go to `PreTrainedTokenizerFast`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab: dict[str, int] = {token: i for i, token in enumerate(leading)}
     for char in _byte_level_characters():
         vocab.setdefault(char, len(vocab))
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    for token in trailing:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=kwargs.get("unk_token")))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+
+
+def tiny_mistral_tokenizer():
+    """A byte-level tokenizer with Mistral's special tokens and its Instruct chat template.
+
+    Like Mistral's own tokenizer it adds `<s>` when called with `add_special_tokens=True`, and its chat template
+    writes `<s>` itself, so chat-templated text must be tokenized with `add_special_tokens=False`.
+    """
+    return _byte_level_tokenizer(
+        ("<unk>", "<s>", "</s>"), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
         add_bos_token=True, add_eos_token=False, model_max_length=512, chat_template=MISTRAL_CHAT_TEMPLATE,
     )
 
@@ -259,17 +270,8 @@ def tiny_opt_tokenizer():
 
     As with OPT's own tokenizer, `</s>` is both the bos token (added in front of every text) and the eos token.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for char in _byte_level_characters():
-        vocab.setdefault(char, len(vocab))
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    return _byte_level_tokenizer(
+        ("<s>", "<pad>", "</s>", "<unk>"), bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         add_bos_token=True, add_eos_token=False, model_max_length=512,
     )
 
@@ -344,23 +346,12 @@ QWEN2_AUDIO_SPECIAL_TOKENS = (
 
 
 def tiny_qwen2_audio_tokenizer():
-    """A byte-level BPE tokenizer with no merges (one token per byte) and Qwen2-Audio's special tokens.
+    """A byte-level tokenizer with Qwen2-Audio's special tokens (after the byte characters, as in the real one).
 
     Like Qwen's it adds no BOS, and `<|endoftext|>` is both its eos and pad token.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for char in _byte_level_characters():
-        vocab.setdefault(char, len(vocab))
-    for token in QWEN2_AUDIO_SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+    return _byte_level_tokenizer(
+        trailing=QWEN2_AUDIO_SPECIAL_TOKENS, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         extra_special_tokens=list(QWEN2_AUDIO_SPECIAL_TOKENS[1:]), model_max_length=4096,
     )
 
