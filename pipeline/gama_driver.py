@@ -94,7 +94,7 @@ class Gama:
             base_model, device_map={"": device}, torch_dtype=self.dtype
         )
         model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
-        state_dict = torch.load(checkpoint, map_location="cpu")
+        state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors only: no pickled code
         result = model.load_state_dict(state_dict, strict=False)
         self.checkpoint_tensors, self.unexpected_keys = len(state_dict), len(result.unexpected_keys)
         if state_dict and self.unexpected_keys == self.checkpoint_tensors:
