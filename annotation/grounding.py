@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import load_pretrained
 
 ROLE = "detector"
 
@@ -58,15 +58,9 @@ class Detector:
         """Resolve the configured detector (Hub id, local directory or `tiny-random:owlv2`) and load it."""
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
-        device, dtype = torch_device_and_dtype(ref)
-        resolved = resolve_model(ref, workdir, ROLE)
-        try:
-            model = Owlv2ForObjectDetection.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
-            processor = Owlv2Processor.from_pretrained(resolved.path)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ModelError(f"cannot load an OWLv2 detector from {resolved.path}: {exc}") from exc
-        return cls(model, processor, model_id=resolved.model_id, revision=resolved.revision, device=device,
-                   dtype=dtype)
+        loaded = load_pretrained(ref, workdir, ROLE, Owlv2ForObjectDetection, Owlv2Processor)
+        return cls(loaded.model, loaded.processor, model_id=loaded.resolved.model_id,
+                   revision=loaded.resolved.revision, device=loaded.device, dtype=loaded.dtype)
 
     def scores_and_boxes(self, image, queries: Sequence[str]):
         """(scores: P×Q sigmoid scores, boxes: P×4 image-pixel boxes) over the model's P box predictions."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from is4.config import ModelRef
 from is4.manifests.atomic import atomic_path
-from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import ModelError, file_revision, load_pretrained, torch_device_and_dtype
 
 ROLE = "segmenter"
 EMBEDDING_DIR = "state/sam-embeddings"
@@ -209,15 +209,10 @@ class SamBackend(_CachedEmbeddings):
         """Resolve the configured segmenter (Hub id, local directory or `tiny-random:sam`) and load it."""
         from transformers import SamModel, SamProcessor
 
-        device, dtype = torch_device_and_dtype(ref)
-        resolved = resolve_model(ref, workdir, ROLE)
-        try:
-            model = SamModel.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
-            processor = SamProcessor.from_pretrained(resolved.path)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ModelError(f"cannot load a SAM model from {resolved.path}: {exc}") from exc
-        return cls(model, processor, model_id=resolved.model_id, revision=resolved.revision, workdir=workdir,
-                   cache_size=cache_size, device=device, dtype=dtype)
+        loaded = load_pretrained(ref, workdir, ROLE, SamModel, SamProcessor)
+        return cls(loaded.model, loaded.processor, model_id=loaded.resolved.model_id,
+                   revision=loaded.resolved.revision, workdir=workdir, cache_size=cache_size, device=loaded.device,
+                   dtype=loaded.dtype)
 
     def _compute(self, image) -> dict[str, Any]:
         import torch
@@ -306,13 +301,9 @@ class SegmentAnythingBackend(_CachedEmbeddings):
             raise ModelError(f"segment-anything checkpoint {checkpoint} is not a file")
         name = checkpoint.name.lower()
         arch = next((a for a in ("vit_h", "vit_l", "vit_b") if a in name), "vit_h")
-        digest = hashlib.sha256()
-        with open(checkpoint, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
         model = sam_pkg.sam_model_registry[arch](checkpoint=str(checkpoint)).to(device=device, dtype=dtype).eval()
         predictor = sam_pkg.SamPredictor(model)
-        return cls(predictor, model_id=ref.model_id, revision=f"sha256:{digest.hexdigest()[:32]}", workdir=workdir,
+        return cls(predictor, model_id=ref.model_id, revision=file_revision(checkpoint), workdir=workdir,
                    cache_size=cache_size, device=device, dtype=dtype)
 
     def _compute(self, image) -> dict[str, Any]:

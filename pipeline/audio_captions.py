@@ -11,8 +11,6 @@ talks to it in JSON lines (see the driver's docstring for the protocol).
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
 import os
@@ -30,7 +28,7 @@ from scipy.signal import resample_poly
 from is4.config import AudioCaptionConfig, GamaConfig, ModelRef
 from is4.pipeline.image_captions import CaptionInputError
 from is4.pipeline.llm import prepare_tokenizer_for_generation
-from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, file_revision, load_pretrained
 
 ROLE = "audio_captioner"
 PROMPT_FORMAT = "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}"  # Qwen2-Audio-7B's captioning prompt
@@ -108,11 +106,8 @@ class Qwen2AudioCaptioner(LoadedModel):
         """Resolve `ref` (Hub id at a revision, local directory or `tiny-random:qwen2-audio`) and load it."""
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        device, dtype = torch_device_and_dtype(ref)
-        resolved = resolve_model(ref, workdir, ROLE)
-        processor = AutoProcessor.from_pretrained(resolved.path)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
-        return cls(model, processor, resolved, prompt=prompt, max_new_tokens=max_new_tokens)
+        loaded = load_pretrained(ref, workdir, ROLE, Qwen2AudioForConditionalGeneration, AutoProcessor)
+        return cls(loaded.model, loaded.processor, loaded.resolved, prompt=prompt, max_new_tokens=max_new_tokens)
 
     @property
     def sampling_rate(self) -> int:
@@ -165,24 +160,12 @@ def _gama_checkpoint(ref: ModelRef) -> Path:
     return checkpoint / GAMA_CHECKPOINT_FILE if checkpoint.is_dir() else checkpoint
 
 
-@functools.lru_cache(maxsize=8)
-def _file_revision(path: str, size: int, mtime_ns: int) -> str:
-    """A content hash of one (possibly many-GB) file, read in chunks, as `sha256:<hex>`; cached per process for as
-    long as the file's size and modification time (the arguments after `path`) stay the same."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()[:32]}"
-
-
 def gama_checkpoint_revision(ref: ModelRef) -> str:
     """The revision of the GAMA checkpoint `ref.model_id` names: a hash of the file's content."""
     checkpoint = _gama_checkpoint(ref)
     if not checkpoint.is_file():
         raise ModelError(f"GAMA checkpoint (models.audio_captioner.model_id) not found: {checkpoint}")
-    stat = checkpoint.stat()
-    return _file_revision(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)
+    return file_revision(checkpoint)
 
 
 class GamaCaptioner(LoadedModel):

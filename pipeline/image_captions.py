@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, load_pretrained
 
 
 class CaptionInputError(ValueError):
@@ -65,16 +65,8 @@ class Blip2Captioner(LoadedModel):
         and load it for inference."""
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        device, dtype = torch_device_and_dtype(ref)
-        resolved = resolve_model(ref, workdir, "image_captioner")
-        try:
-            processor = Blip2Processor.from_pretrained(resolved.path)
-            model = Blip2ForConditionalGeneration.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
-        except Exception as exc:  # transformers raises many types for a checkpoint it cannot load
-            raise ModelError(
-                f"cannot load image captioner {ref.model_id}: {exc.__class__.__name__}: {exc}"
-            ) from exc
-        return cls(model, processor, resolved, prompt=prompt, max_new_tokens=max_new_tokens,
+        loaded = load_pretrained(ref, workdir, "image_captioner", Blip2ForConditionalGeneration, Blip2Processor)
+        return cls(loaded.model, loaded.processor, loaded.resolved, prompt=prompt, max_new_tokens=max_new_tokens,
                    dtype_name=ref.dtype, device_name=ref.device)
 
     def settings(self) -> dict:

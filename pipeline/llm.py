@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.models import ResolvedModel, load_pretrained
 
 OBJECT_NAME_PROMPT = (
     'Name the physical object or being that makes the sound "{label}", as it would appear in a photo. '
@@ -51,11 +51,8 @@ class ChatLM:
         """Resolve `ref` (Hub id at a revision, local directory or `tiny-random:<kind>`) and load it for inference."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device, dtype = torch_device_and_dtype(ref)
-        resolved = resolve_model(ref, workdir, role)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
-        return cls(model, tokenizer, resolved)
+        loaded = load_pretrained(ref, workdir, role, AutoModelForCausalLM, AutoTokenizer)
+        return cls(loaded.model, loaded.processor, loaded.resolved)
 
     @property
     def device(self):

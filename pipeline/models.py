@@ -9,13 +9,16 @@ Three kinds of `model_id`, one loading path:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from is4.config import ModelRef
+from is4.manifests.checksum import sha256_file
 from is4.pipeline.tiny_models import TINY_BUILDERS
 
 TINY_PREFIX = "tiny-random:"
@@ -61,12 +64,28 @@ class LoadedModel:
         self.close()
 
 
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, remembered per process while its size and mtime (the key's other parts) stay the same."""
+    return sha256_file(path)
+
+
+def _sha256_of(file: Path) -> str:
+    stat = file.stat()
+    return _file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def file_revision(path: Path) -> str:
+    """A content hash of one checkpoint file (read in blocks, however many GB), as `sha256:<hex>`."""
+    return f"sha256:{_sha256_of(Path(path))[:32]}"
+
+
 def directory_revision(path: Path) -> str:
     """A content hash of a model directory (file names and bytes), as `sha256:<hex>`."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+        digest.update(bytes.fromhex(_sha256_of(file)))
     return f"sha256:{digest.hexdigest()[:32]}"
 
 
@@ -124,3 +143,29 @@ def torch_device_and_dtype(ref: ModelRef):
     if ref.device == "cpu" and dtype is torch.float16:
         raise ModelError(f"{ref.model_id}: float16 on the CPU is not supported; use float32 or bfloat16")
     return torch.device(ref.device), dtype
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint loaded for inference: its model, its processor (or tokenizer), its files and how it runs."""
+
+    model: Any
+    processor: Any
+    resolved: ResolvedModel
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+def load_pretrained(ref: ModelRef, workdir: str | Path, role: str, model_class: Any, processor_class: Any) -> Pretrained:
+    """Resolve the model configured for `role` and load it with `from_pretrained`: the model in `ref.dtype` on
+    `ref.device` in eval mode, and its processor or tokenizer. A checkpoint that does not load raises ModelError."""
+    device, dtype = torch_device_and_dtype(ref)
+    resolved = resolve_model(ref, workdir, role)
+    try:
+        processor = processor_class.from_pretrained(resolved.path)
+        model = model_class.from_pretrained(resolved.path, dtype=dtype).to(device).eval()
+    except Exception as exc:  # transformers raises many types for a checkpoint it cannot load
+        raise ModelError(
+            f"cannot load {role.replace('_', ' ')} {ref.model_id} from {resolved.path}: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    return Pretrained(model, processor, resolved, device, dtype)
