@@ -312,3 +312,28 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
                             text=True, timeout=300, env=env)
     assert failed.returncode == 2
     assert "models.object_phrase is not configured" in failed.stderr
+
+
+def test_raw_answers_are_kept_normalised_and_flagged(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from is4.pipeline.object_phrases import TransformersPhraser
+
+    answers = {TRAIN[0]: "The answer is: Cello.", TRAIN[1]: "#$%&a@!*(",
+               TRAIN[2]: "I cannot determine the primary object from the given captions."}
+    asked: list[tuple[str, str]] = []
+
+    def fixed_answers(self, pairs):
+        asked.extend(pairs)
+        return [answers[TRAIN[len(asked) - len(pairs) + k]] for k in range(len(pairs))]
+
+    monkeypatch.setattr(TransformersPhraser, "caption", fixed_answers)
+    run_captions(work, _config(object_phrase={"batch_size": 1, "max_new_tokens": 8}))
+    frame = read_manifest(work, "captions").set_index("item_id")
+    assert asked == list(zip(frame.loc[list(TRAIN), "image_caption"],
+                                                frame.loc[list(TRAIN), "audio_caption"], strict=True))
+    assert frame.loc[list(TRAIN), "object_phrase_raw"].tolist() == [answers[c] for c in TRAIN]
+    assert frame.loc[TRAIN[0], "object_phrase"] == "cello"
+    assert "object_phrase" not in str(frame.loc[TRAIN[0], "flags"])
+    assert frame.loc[TRAIN[1], "object_phrase"] == "#$%&a@"  # normalised: trailing punctuation dropped
+    assert "object_phrase:garbage" in frame.loc[TRAIN[1], "flags"].split(",")
+    assert pd.isna(frame.loc[TRAIN[2], "object_phrase"])
+    assert "object_phrase:unparsed" in frame.loc[TRAIN[2], "flags"].split(",")
