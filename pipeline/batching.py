@@ -33,7 +33,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError | MemoryError) and "out of memory" in str(exc).lower()
 
 
-def _release_cached_memory() -> None:
+def release_device_memory() -> None:
+    """Return cached CUDA memory to the device (after an out-of-memory error, or between models)."""
     import torch
 
     if torch.cuda.is_available():
@@ -90,7 +91,7 @@ def run_in_batches(
         batch = list(range(start, min(n, start + outcome.batch_size)))
         exc = attempt(batch)
         if exc is not None and is_out_of_memory(exc) and len(batch) > 1:
-            _release_cached_memory()
+            release_device_memory()
             outcome.batch_size = max(1, outcome.batch_size // 2)
             outcome.halvings += 1
             continue  # the same inputs again, in a smaller batch

@@ -50,7 +50,7 @@ from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import CAPTIONS, CLIPS, IMAGES, INSTANCES
-from is4.pipeline.batching import run_in_batches
+from is4.pipeline.batching import release_device_memory, run_in_batches
 from is4.pipeline.llm import normalise_phrase
 from is4.pipeline.models import ModelError, resolve_model
 from is4.pipeline.object_phrases import PROMPT_VERSION, render_object_prompt
@@ -58,6 +58,7 @@ from is4.pipeline.object_phrases import PROMPT_VERSION, render_object_prompt
 JOURNAL_DIR = "state/captions"
 ROLES = ("image_caption", "audio_caption", "object_phrase")
 MODEL_ROLES = {"image_caption": "image_captioner", "audio_caption": "audio_captioner", "object_phrase": "object_phrase"}
+CONFIG_SECTIONS = {"image_caption": "image", "audio_caption": "audio", "object_phrase": "object_phrase"}
 _REPEATED_CHAR = re.compile(r"(.)\1{9,}")
 
 ProgressFn = Callable[[int, int, str], None]
@@ -137,12 +138,13 @@ def model_identity(role: str, ref: ModelRef | None, workdir: Path, cfg: Captions
     """What identifies a role's model without loading it: backend, id, resolved revision, dtype, device, settings."""
     if ref is None:
         raise ModelError(f"models.{MODEL_ROLES[role]} is not configured (the caption stage needs it)")
+    section = getattr(cfg, CONFIG_SECTIONS[role])
     if role == "image_caption":
-        backend, section = "blip2", cfg.image
+        backend = "blip2"
     elif role == "audio_caption":
-        backend, section = ("gama" if cfg.audio.backend == "gama" else "qwen2-audio"), cfg.audio
+        backend = "gama" if cfg.audio.backend == "gama" else "qwen2-audio"
     else:
-        backend, section = cfg.object_phrase.backend, cfg.object_phrase
+        backend = cfg.object_phrase.backend
     settings = section.model_dump(mode="json", exclude={"batch_size", "backend"})
     if backend == "gama":
         from is4.pipeline.audio_captions import gama_checkpoint_revision
@@ -225,7 +227,7 @@ def run_role(
             close()
         del model
         gc.collect()
-        _release_device_memory()
+        release_device_memory()
     result.batch_size, result.halvings = outcome.batch_size, outcome.halvings
     answers = dict(zip(unique, zip(outcome.outputs, outcome.errors, strict=True), strict=True))
     for item_id, key, _ in todo:
@@ -243,13 +245,6 @@ def run_role(
 
 def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
     return {"backend": identity["backend"], "model_id": identity["model_id"], "revision": identity["revision"]}
-
-
-def _release_device_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --- the stage ---------------------------------------------------------------------------------------------------
@@ -274,16 +269,14 @@ def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn 
     """Caption every item (cached where nothing changed) and write the `captions` manifest; a summary."""
     work = Path(workdir)
     ccfg = cfg.captions
-    refs = {"image_caption": cfg.models.image_captioner, "audio_caption": cfg.models.audio_captioner,
-            "object_phrase": cfg.models.object_phrase}
+    refs = {role: getattr(cfg.models, MODEL_ROLES[role]) for role in ROLES}
     identities = {role: model_identity(role, refs[role], work, ccfg) for role in ROLES}
     items = collect_items(work, ccfg)
     journals = {role: Journal(work / JOURNAL_DIR / f"{role}.jsonl", "item_id") for role in ROLES}
     hashes = InputHashes(work, _load_hash_cache(work))
     errors: dict[str, list[str]] = {item.item_id: [] for item in items}
     results: dict[str, RoleResult] = {}
-    batch_sizes = {"image_caption": ccfg.image.batch_size, "audio_caption": ccfg.audio.batch_size,
-                   "object_phrase": ccfg.object_phrase.batch_size}
+    batch_sizes = {role: getattr(ccfg, CONFIG_SECTIONS[role]).batch_size for role in ROLES}
 
     for role, column in (("image_caption", "image_path"), ("audio_caption", "audio_path")):
         work_items: dict[str, tuple[str, Any]] = {}
@@ -320,7 +313,7 @@ def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn 
 
     frame = _manifest_frame(items, results, errors)
     provenance = {"is4": is4.__version__, "prompt_version": PROMPT_VERSION, "captions": ccfg.model_dump(mode="json"),
-                  "models": {role: identities[role] for role in ROLES}}
+                  "models": identities}
     with manifest_lock(work, CAPTIONS.name):
         write_manifest(work, CAPTIONS, frame, provenance)
     return {**_summary(items, results, frame), "manifest": str(manifest_path(work, CAPTIONS.name))}
