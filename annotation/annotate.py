@@ -39,7 +39,7 @@ import pandas as pd
 from is4.annotation.sam import SamBackend, SamError, check_prompt, mask_iou, mask_to_box
 from is4.config import AnnotateConfig, BuildConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
-from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, IMAGES, VERIFICATION
 from is4.pipeline.prompts import PromptError, depictable_categories
@@ -104,15 +104,12 @@ def read_mask(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("L")) >= 128
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
 
 def _clean(value: Any) -> Any:
     """Manifest cells as plain Python values: NA/NaN → None, arrays → lists of float, numpy scalars → Python."""
     if isinstance(value, (np.ndarray, list, tuple)):
         return [float(v) for v in value]
-    if _blank(value):
+    if is_blank(value):
         return None
     if isinstance(value, np.generic):
         return value.item()

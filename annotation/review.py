@@ -69,7 +69,7 @@ import pandas as pd
 from PIL import Image
 
 from is4.config import REJECT_REASONS, AnnotateConfig, ModelRef, ReviewConfig
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import VERIFICATION
 from is4.pipeline.verification import HUMAN, merge_decisions
@@ -245,13 +245,10 @@ def _load(fo: Any, name: str) -> Any:
 # --- tags and decisions ----------------------------------------------------------------------------------------
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
 
 def _py(value: Any) -> Any:
     """A manifest cell as a plain Python value (None for NA, numpy scalars unwrapped)."""
-    if _missing(value):
+    if is_blank(value):
         return None
     if isinstance(value, np.generic):
         return value.item()

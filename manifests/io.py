@@ -29,6 +29,11 @@ class ManifestError(ValueError):
     """A manifest is missing, of another schema version, or breaks its table's contract."""
 
 
+def is_blank(value: Any) -> bool:
+    """True for an empty manifest cell: None, or a scalar pandas reads as missing (NaN, NA, NaT); lists are values."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
 def manifest_path(workdir: str | Path, table: str) -> Path:
     """`WORK/manifests/<table>.parquet`."""
     return Path(workdir) / MANIFEST_DIR / f"{table}.parquet"

@@ -46,7 +46,7 @@ import is4
 from is4.config import BuildConfig, CaptionsConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.checksum import sha256_file
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import CAPTIONS, CLIPS, IMAGES, INSTANCES
@@ -82,7 +82,7 @@ class CaptionItem:
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+    return None if is_blank(value) else str(value)
 
 
 def collect_items(workdir: Path, cfg: CaptionsConfig) -> list[CaptionItem]:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from is4.config import MatchConfig
 from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import CLIP_ID_RE, stable_rank
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, CLIPS, IMAGES, INSTANCES, VERIFICATION
 
 COLUMNS = (
@@ -40,9 +40,6 @@ _PARQUET_MAGIC = b"PAR1"
 class MatchError(ValueError):
     """The match stage cannot give every instance a clip (or an input is unusable)."""
 
-
-def _blank(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def read_exclusions(paths: list[Path] | tuple[Path, ...]) -> tuple[frozenset[str], frozenset[str]]:
@@ -136,11 +133,11 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
         if rec["image_id"] not in accepted:
             continue
         box = rec.get("bbox_xyxy")
-        if _blank(rec.get("mask_path")) or box is None or (pd.api.types.is_scalar(box) and pd.isna(box)):
+        if is_blank(rec.get("mask_path")) or is_blank(box):
             skipped_empty += 1
             continue
         image_path = image_paths.get(rec["image_id"])
-        if _blank(image_path):
+        if is_blank(image_path):
             raise MatchError(f"instance {rec['instance_id']}: image {rec['image_id']!r} has no image_path "
                              "in the images manifest")
         instances.append({
@@ -149,7 +146,7 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
         })
 
     label_to_category = {
-        r.label: r.category_id for r in categories.itertuples() if not _blank(r.category_id)
+        r.label: r.category_id for r in categories.itertuples() if not is_blank(r.category_id)
     }
     excluded_ids, excluded_ytids = read_exclusions(cfg.exclude_clip_lists)
     wanted = {inst["category"] for inst in instances}
@@ -157,10 +154,10 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
     excluded_by_category: dict[str, int] = defaultdict(int)
     splits = set(cfg.splits)
     for rec in clips.to_dict("records"):
-        if rec["status"] != "ok" or rec["split"] not in splits or _blank(rec["clip_id"]):
+        if rec["status"] != "ok" or rec["split"] not in splits or is_blank(rec["clip_id"]):
             continue
         cat = label_to_category.get(rec["label"])
-        if cat is None or _blank(rec.get("audio_path")):
+        if cat is None or is_blank(rec.get("audio_path")):
             continue
         if _is_excluded(rec["clip_id"], excluded_ids, excluded_ytids):
             excluded_by_category[cat] += 1

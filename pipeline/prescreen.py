@@ -51,7 +51,7 @@ import pandas as pd
 
 from is4.config import ModelRef, PrescreenConfig
 from is4.manifests.checksum import sha256_file
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import PRESCREEN
 from is4.pipeline.models import ResolvedModel, resolve_model, torch_device_and_dtype
 from is4.pipeline.prompts import PromptError, depictable_categories
@@ -197,14 +197,10 @@ def clip_embeddings(
 # --- the stage ------------------------------------------------------------------------------------------------
 
 
-def _missing(value: Any) -> bool:
-    """Whether a table cell is empty (None, NaN, NaT or NA); lists and other containers are values."""
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
 
 def _generation_flag(value: Any) -> str | None:
     """The flag text of a cell of the optional `flag` column, or None where there is no flag."""
-    if _missing(value) or value is False:
+    if is_blank(value) or value is False:
         return None
     text = str(value).strip()
     return text or None

@@ -55,7 +55,7 @@ from is4 import __version__
 from is4.config import STAGES, ReleaseConfig
 from is4.manifests.atomic import atomic_path, replace_directory
 from is4.manifests.checksum import sha256_file
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CLIPS
 
 RELEASES_DIR = "releases"
@@ -131,9 +131,6 @@ def scale_box(box: list[float], width: int, height: int, size: int) -> list[int]
     x2, y2 = min(max(x2, x1 + 1), size), min(max(y2, y1 + 1), size)
     return [x1, y1, x2, y2]
 
-
-def _blank(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -256,8 +253,8 @@ def _resolved_models(workdir: Path, images: pd.DataFrame, annotations: pd.DataFr
         if id_col not in frame.columns:
             return
         for model_id, rev in zip(frame[id_col], frame[rev_col] if rev_col in frame.columns else [None] * len(frame)):
-            if not _blank(model_id):
-                found.add((role, str(model_id), "" if _blank(rev) else str(rev)))
+            if not is_blank(model_id):
+                found.add((role, str(model_id), "" if is_blank(rev) else str(rev)))
 
     add("image_generator", images, "model_id", "model_revision")
     add("segmenter", annotations, "model_id", "model_revision")
@@ -715,7 +712,7 @@ def _populate(
             raise ReleaseError(f"instance id {iid!r} is not usable as a file name")
         for col in ("image_path", "mask_path", "audio_path", "bbox_xyxy"):
             value = rec.get(col)
-            if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+            if is_blank(value):
                 raise ReleaseError(f"instance {iid}: no {col} in the instances manifest (re-run match)")
         if rec["image_id"] not in frames:
             frames[rec["image_id"]] = _frame_and_size(workdir / rec["image_path"], size)
@@ -734,9 +731,9 @@ def _populate(
         img = image_rows.get(rec["image_id"], {})
         hf_rows.append({
             "instance_id": iid, "image_id": rec["image_id"], "category": rec["category"],
-            "label": None if _blank(rec.get("label")) else rec["label"], "clip_id": rec["clip_id"],
-            "style": None if _blank(img.get("style")) else img["style"],
-            "reused": None if _blank(rec.get("reused")) else bool(rec["reused"]),
+            "label": None if is_blank(rec.get("label")) else rec["label"], "clip_id": rec["clip_id"],
+            "style": None if is_blank(img.get("style")) else img["style"],
+            "reused": None if is_blank(rec.get("reused")) else bool(rec["reused"]),
             "image": frame_rel, "audio": audio_rel, "mask": mask_rel, "gt_box": box,
         })
     _write(root / "is4_bbox.json", _json_bytes(bbox_entries))
@@ -762,7 +759,7 @@ def _populate(
 
     # Statistics for the card.
     inst = instances.copy()
-    styles = {r["image_id"]: (r.get("style") if not _blank(r.get("style")) else "(none)") for r in image_rows.values()}
+    styles = {r["image_id"]: (r.get("style") if not is_blank(r.get("style")) else "(none)") for r in image_rows.values()}
     per_category = {}
     for cat, group in inst.groupby("category", sort=True):
         per_category[str(cat)] = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import VERIFICATION
 
@@ -30,12 +30,9 @@ AUTO_POLICY = "auto-policy"  # the reviewer name of the automatic policy (demo p
 Proposal = Iterable[dict[str, Any]]
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if _blank(v) else v) for k, v in row.items()}
+    return {k: (None if is_blank(v) else v) for k, v in row.items()}
 
 
 def may_replace(old: dict[str, Any], writer: str) -> bool:
