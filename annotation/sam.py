@@ -19,8 +19,6 @@ Two backends with the same interface: `SamBackend` (transformers' `SamModel`/`Sa
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from is4.config import ModelRef
 from is4.manifests.atomic import atomic_path
+from is4.manifests.checksum import json_sha256
 from is4.pipeline.models import ModelError, file_revision, load_pretrained, torch_device_and_dtype
 
 ROLE = "segmenter"
@@ -103,8 +102,7 @@ def check_prompt(box: Sequence[float] | None, points: Sequence[Sequence[float]] 
 
 def embedding_key(model_id: str, revision: str, dtype: str) -> str:
     """The directory name of a model's embedding cache: a hash of its id, exact revision and dtype."""
-    payload = json.dumps([model_id, revision, dtype])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_sha256([model_id, revision, dtype])[:16]
 
 
 # --------------------------------------------------------------------------------------------------------------------

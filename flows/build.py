@@ -9,8 +9,6 @@ so a cache miss after an interruption redoes only missing work.
 from __future__ import annotations
 
 import getpass
-import hashlib
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ from pydantic import Field
 
 import is4
 from is4.config import BuildConfig, ConfigError, IngestConfig, ModelRef, load_config
-from is4.manifests.checksum import sha256_if_exists
+from is4.manifests.checksum import json_sha256, sha256_if_exists
 from is4.manifests.io import ManifestError, manifest_path, read_manifest
 from is4.manifests.schema import TABLES
 from is4.pipeline import stages
@@ -46,8 +44,7 @@ _ARTIFACT_ROWS = 50
 
 def stage_fingerprint(stage: str, **parts: Any) -> str:
     """Cache key for a stage: its name, the is4 version and everything its output depends on."""
-    payload = json.dumps({"stage": stage, "is4": is4.__version__, **parts}, sort_keys=True, default=str)
-    return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
+    return f"{stage}-{json_sha256({'stage': stage, 'is4': is4.__version__, **parts})[:32]}"
 
 
 def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:

@@ -6,8 +6,6 @@ resolved against the current working directory of the process that runs the buil
 
 from __future__ import annotations
 
-import hashlib
-import json
 import string
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from is4.classes import vggsound_labels, vggss_labels
+from is4.manifests.checksum import json_sha256
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 
@@ -330,7 +329,7 @@ class BuildConfig(StrictModel):
         data = self.model_dump(mode="json")
         if sections:
             data = {name: data[name] for name in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return json_sha256(data)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -31,7 +31,6 @@ the prompt version, the raw LLM answer, flags and errors. Paths are relative to 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import re
@@ -45,7 +44,7 @@ import pandas as pd
 import is4
 from is4.config import BuildConfig, CaptionsConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
-from is4.manifests.checksum import sha256_file
+from is4.manifests.checksum import json_sha256, sha256_file
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
@@ -110,10 +109,6 @@ def collect_items(workdir: Path, cfg: CaptionsConfig) -> list[CaptionItem]:
 
 
 # --- keys --------------------------------------------------------------------------------------------------------
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class InputHashes:
@@ -289,7 +284,7 @@ def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn 
             except OSError as exc:
                 errors[item.item_id].append(f"{role}: cannot read {relative}: {exc.strerror or exc}")
                 continue
-            work_items[item.item_id] = (_digest({"input": digest, **identities[role]}), work / relative)
+            work_items[item.item_id] = (json_sha256({"input": digest, **identities[role]}), work / relative)
         results[role] = run_role(role, work_items, identities[role], _loader(role, refs[role], work, ccfg),
                                  batch_sizes[role], journals[role], progress=progress)
     _save_hash_cache(work, hashes.known)
@@ -302,7 +297,7 @@ def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn 
             continue  # nothing to ask about: the missing caption's error is recorded
         message = render_object_prompt(image, audio)
         phrase_items[item.item_id] = (
-            _digest({"prompt_version": PROMPT_VERSION, "message": message, **identities["object_phrase"]}),
+            json_sha256({"prompt_version": PROMPT_VERSION, "message": message, **identities["object_phrase"]}),
             (image, audio),
         )
     results["object_phrase"] = run_role(

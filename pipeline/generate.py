@@ -58,7 +58,7 @@ import pandas as pd
 import is4
 from is4.config import GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
-from is4.manifests.checksum import sha256_if_exists
+from is4.manifests.checksum import json_sha256, sha256_if_exists
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
@@ -239,8 +239,7 @@ def _settings(cfg: GenerateConfig, pipe, model_id: str, revision: str, device, d
 def group_fingerprint(settings: dict[str, Any], group: list[dict[str, Any]]) -> str:
     """sha256 of the settings and the group's members: equal fingerprints mean equal pixels."""
     members = [[r["image_id"], r["prompt"], r.get("negative_prompt"), r["seed"]] for r in group]
-    payload = json.dumps({"settings": settings, "members": members}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return json_sha256({"settings": settings, "members": members})
 
 
 def generate_group(pipe, group: list[dict[str, Any]], cfg: GenerateConfig, device) -> list[tuple[np.ndarray, bool]]:
