@@ -24,15 +24,26 @@ def _byte_level_characters() -> list[str]:
     return [chr(c) for c in printable] + [chr(256 + i) for i in range(len(extra))]
 
 
-def tiny_clip_tokenizer():
-    """A CLIP tokenizer whose vocabulary is single characters (and their end-of-word forms)."""
+_CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _character_clip_tokenizer(specials_first: bool, **kwargs):
+    """A CLIP tokenizer whose vocabulary is single characters and their end-of-word forms, no merges; the start and
+    end tokens take the first ids or the last ones."""
     from transformers import CLIPTokenizer
 
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab: dict[str, int] = {token: i for i, token in enumerate(_CLIP_SPECIAL_TOKENS)} if specials_first else {}
     for char in _byte_level_characters():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TEXT_TOKENS)
+    for token in _CLIP_SPECIAL_TOKENS:
+        vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TEXT_TOKENS, **kwargs)
+
+
+def tiny_clip_tokenizer():
+    """A CLIP tokenizer whose vocabulary is single characters (and their end-of-word forms)."""
+    return _character_clip_tokenizer(specials_first=True)
 
 
 def _text_config(vocab_size: int):
@@ -208,15 +219,7 @@ def tiny_owlv2_tokenizer():
     OWLv2 treats a query whose first token id is 0 as padding (`query_mask = input_ids[..., 0] > 0`), so the
     start token must not be id 0 (`tiny_clip_tokenizer` puts it there).
     """
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for char in _byte_level_characters():
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TEXT_TOKENS, pad_token="!")
+    return _character_clip_tokenizer(specials_first=False, pad_token="!")
 
 
 def build_tiny_owlv2(out_dir: Path, seed: int = 0) -> Path:
