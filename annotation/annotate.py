@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import pandas as pd
 from is4.annotation.sam import SamBackend, SamError, check_prompt, mask_iou, mask_to_box
 from is4.config import AnnotateConfig, BuildConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, IMAGES, VERIFICATION
@@ -52,7 +52,6 @@ FIXED_BELOW_IOU = 0.9  # a refined object whose automatic mask had a lower IoU w
 FLUSH_EVERY = 25  # images between manifest checkpoints
 PNG_COMPRESS_LEVEL = 6
 COLUMNS = list(ANNOTATIONS.column_names + ANNOTATIONS.optional_names)
-_FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -69,7 +68,7 @@ class AnnotateError(ValueError):
 def instance_id_of(image_id: str, category: str) -> str:
     """`{image_id}_{category}`, checked to be usable as a file name."""
     iid = f"{image_id}_{category}"
-    if not _FILE_ID_RE.fullmatch(iid):
+    if not FILE_ID_RE.fullmatch(iid):
         raise AnnotateError(f"instance id {iid!r} is not usable as a file name ([A-Za-z0-9_.-], no leading dot)")
     return iid
 

@@ -12,6 +12,8 @@ import re
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 CLIP_ID_RE = re.compile(r"^(?P<ytid>[A-Za-z0-9_-]{11})_(?P<start>[0-9]{6})$")
 CATEGORY_ID_RE = re.compile(r"^[a-z0-9]+$")
+# An id that names a file (image, instance): no path separators, no leading dot.
+FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 MAX_START_SEC = 999_999  # the 6-digit field of a clip id
 
 

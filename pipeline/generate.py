@@ -59,6 +59,7 @@ import is4
 from is4.config import GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.checksum import json_sha256, sha256_if_exists
+from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
@@ -71,7 +72,6 @@ JOURNAL_DIR = "state/generate"
 JOURNAL_GLOB = "shard-*-of-*.jsonl"
 PNG_COMPRESS_LEVEL = 6
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
-_IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 ProgressFn = Callable[[int, int, str], None]
@@ -137,7 +137,7 @@ def journal_path(workdir: str | Path, shard: tuple[int, int]) -> Path:
 
 def image_path(image_id: str) -> str:
     """The PNG of an image, relative to the work directory."""
-    if not isinstance(image_id, str) or not _IMAGE_ID_RE.fullmatch(image_id):
+    if not isinstance(image_id, str) or not FILE_ID_RE.fullmatch(image_id):
         raise GenerateError(f"image id {image_id!r} is not usable as a file name ([A-Za-z0-9_.-], no leading dot)")
     return f"{IMAGE_DIR}/{image_id}.png"
 

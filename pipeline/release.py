@@ -55,6 +55,7 @@ from is4 import __version__
 from is4.config import STAGES, ReleaseConfig
 from is4.manifests.atomic import atomic_path, replace_directory
 from is4.manifests.checksum import sha256_file
+from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CLIPS
 
@@ -69,7 +70,6 @@ CARD_FIGURES = ("card/box_area.png", "card/categories.png")
 COPIED_MANIFESTS = ("categories", "images", "verification", "annotations", "instances")
 CC_BY_4 = "https://creativecommons.org/licenses/by/4.0/"
 
-_FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _SUM_LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
@@ -708,7 +708,7 @@ def _populate(
     frames: dict[str, tuple[bytes, int, int]] = {}
     for rec in sorted(instances.to_dict("records"), key=lambda r: r["instance_id"]):
         iid = rec["instance_id"]
-        if not _FILE_ID_RE.fullmatch(iid):
+        if not FILE_ID_RE.fullmatch(iid):
             raise ReleaseError(f"instance id {iid!r} is not usable as a file name")
         for col in ("image_path", "mask_path", "audio_path", "bbox_xyxy"):
             value = rec.get(col)
