@@ -37,7 +37,7 @@ import pandas as pd
 
 from is4.annotation.sam import SamBackend, SamError, check_prompt, mask_iou, mask_to_box
 from is4.config import AnnotateConfig, BuildConfig, ModelRef
-from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.atomic import atomic_write_bytes, atomic_write_json
 from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
@@ -439,7 +439,7 @@ def qa_report(workdir: str | Path) -> dict[str, Any]:
         "fallback_boxes": sum(1 for r in rows if r.get("detector_score") is None),
         "empty_masks": sum(1 for r in rows if r.get("area") == 0),
     }
-    atomic_write_bytes(workdir / REPORT_PATH, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(workdir / REPORT_PATH, report)
     return report
 
 

@@ -423,7 +423,6 @@ def eval_cmd(
     output: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
 ) -> None:
     """Score heatmaps on a release: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score with --gt mask), in percent."""
-    import json
 
     from is4.pipeline.evaluate import EvaluationError, evaluate, format_table
 
@@ -435,9 +434,9 @@ def eval_cmd(
         raise _fail(exc) from None
     console.print(format_table(results))
     if output:
-        from is4.manifests.atomic import atomic_write_bytes
+        from is4.manifests.atomic import atomic_write_json
 
-        atomic_write_bytes(output, (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(output, results)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -51,6 +52,11 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `target` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_write_json(target: str | os.PathLike[str], data: object) -> None:
+    """Write `data` as indented JSON with sorted keys and a final newline, atomically (a report that diffs well)."""
+    atomic_write_bytes(target, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

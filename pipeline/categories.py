@@ -23,7 +23,6 @@ Then, per object:
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ import pandas as pd
 
 from is4.classes import vggsound_classes, vggss_labels
 from is4.config import CategoriesConfig, read_yaml
-from is4.manifests.atomic import atomic_write_bytes
+from is4.manifests.atomic import atomic_write_json
 from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import CATEGORY_ID_RE, category_id
 from is4.manifests.io import write_manifest
@@ -379,5 +378,5 @@ def run_categories(
     }
     path = write_manifest(workdir, CATEGORIES, frame, provenance)
     report = category_report(frame)
-    atomic_write_bytes(Path(workdir) / REPORT_PATH, (json.dumps(report, sort_keys=True, indent=2) + "\n").encode())
+    atomic_write_json(Path(workdir) / REPORT_PATH, report)
     return {**report, "manifest": str(path)}
