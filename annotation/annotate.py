@@ -42,7 +42,7 @@ from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, IMAGES, VERIFICATION
-from is4.pipeline.prompts import PromptError, depictable_categories
+from is4.pipeline.images.prompts import PromptError, depictable_categories
 
 MASK_DIR = "media/masks"
 AUTO_MASK_DIR = "media/masks/auto"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import load_pretrained
+from is4.pipeline.common.models import load_pretrained
 
 ROLE = "detector"
 

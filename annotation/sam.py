@@ -29,7 +29,7 @@ import numpy as np
 from is4.config import ModelRef
 from is4.manifests.atomic import atomic_path
 from is4.manifests.checksum import json_sha256
-from is4.pipeline.models import ModelError, file_revision, load_pretrained, torch_device_and_dtype
+from is4.pipeline.common.models import ModelError, file_revision, load_pretrained, torch_device_and_dtype
 
 ROLE = "segmenter"
 EMBEDDING_DIR = "state/sam-embeddings"

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from is4.pipeline import metrics
+from is4.pipeline.evaluation import metrics
 
 S = metrics.FRAME
 

@@ -28,12 +28,12 @@ from is4.manifests.checksum import json_sha256, sha256_if_exists
 from is4.manifests.io import ManifestError, manifest_path, read_manifest
 from is4.manifests.schema import TABLES
 from is4.pipeline import stages
-from is4.pipeline.export import DEFAULT_EXPORT_DIR, export_training_layout
-from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
-from is4.pipeline.ingest import run_ingest
-from is4.pipeline.sources import open_ingest_source
+from is4.pipeline.ingest.export import DEFAULT_EXPORT_DIR, export_training_layout
+from is4.pipeline.common.ffmpeg_tools import FFmpegNotFoundError
+from is4.pipeline.ingest.run import run_ingest
+from is4.pipeline.ingest.sources import open_ingest_source
 from is4.pipeline.verification import auto_verify, undecided
-from is4.pipeline.vggsound_csv import CsvError
+from is4.pipeline.ingest.vggsound_csv import CsvError
 
 PREFECT_STATE_DIR = "state/prefect"
 DEFAULT_REVIEWER = getpass.getuser()

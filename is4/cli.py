@@ -31,16 +31,16 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     from is4.config import ConfigError
     from is4.manifests.ids import InvalidIdError
     from is4.manifests.io import ManifestError
-    from is4.pipeline.captions import CaptionError
-    from is4.pipeline.categories import CategoryError
-    from is4.pipeline.ffmpeg_tools import FFmpegNotFoundError
-    from is4.pipeline.generate import GenerateError
+    from is4.pipeline.captions.run import CaptionError
+    from is4.pipeline.images.categories import CategoryError
+    from is4.pipeline.common.ffmpeg_tools import FFmpegNotFoundError
+    from is4.pipeline.images.generate import GenerateError
     from is4.pipeline.match import MatchError
-    from is4.pipeline.models import ModelError
-    from is4.pipeline.prescreen import PrescreenError
-    from is4.pipeline.prompts import PromptError
-    from is4.pipeline.release import ReleaseError
-    from is4.pipeline.vggsound_csv import CsvError
+    from is4.pipeline.common.models import ModelError
+    from is4.pipeline.images.prescreen import PrescreenError
+    from is4.pipeline.images.prompts import PromptError
+    from is4.pipeline.release.build import ReleaseError
+    from is4.pipeline.ingest.vggsound_csv import CsvError
 
     return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
             ModelError, GenerateError, PrescreenError, MatchError, CaptionError, ReleaseError, OSError)
@@ -81,8 +81,8 @@ def ingest(
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
     from is4.config import BuildConfig, load_config, parse_config
-    from is4.pipeline.export import export_training_layout
-    from is4.pipeline.ingest import run_ingest
+    from is4.pipeline.ingest.export import export_training_layout
+    from is4.pipeline.ingest.run import run_ingest
 
     try:
         cfg = load_config(config) if config else BuildConfig()
@@ -129,7 +129,7 @@ def export_cmd(
     out: Annotated[Path | None, typer.Option(help="output directory (default WORK/exports/vggsound)")] = None,
 ) -> None:
     """Write frames/{clip_id}.jpg, audio/{clip_id}.wav and ids.csv for existing localisation trainers."""
-    from is4.pipeline.export import export_training_layout
+    from is4.pipeline.ingest.export import export_training_layout
 
     try:
         path, n = export_training_layout(workdir, out)
@@ -146,7 +146,7 @@ def demo_media(
 ) -> None:
     """Make the synthetic demo videos and their vggsound-format csv (without serving them)."""
     from is4.config import load_config
-    from is4.pipeline.demo_media import make_demo_media
+    from is4.pipeline.demo.demo_media import make_demo_media
 
     try:
         cfg = load_config(config)
@@ -222,7 +222,7 @@ def generate(
     shard: Annotated[str, typer.Option(help="i/n: generate the i-th of n disjoint shards (0-based)")] = "0/1",
 ) -> None:
     """Stable Diffusion images for the prompts (PNG + the `images` manifest with full provenance)."""
-    from is4.pipeline.generate import GenerateError, parse_shard
+    from is4.pipeline.images.generate import GenerateError, parse_shard
 
     try:
         parsed = parse_shard(shard)
@@ -401,7 +401,7 @@ def release(
 @release_app.command("verify")
 def release_verify(path: Annotated[Path, typer.Argument(help="a release directory or its .tar.gz")]) -> None:
     """Recompute every checksum; list missing, extra and changed files (exit 1 when any)."""
-    from is4.pipeline.release import ReleaseError, verify_release
+    from is4.pipeline.release.build import ReleaseError, verify_release
 
     try:
         report = verify_release(path)
@@ -424,7 +424,7 @@ def eval_cmd(
 ) -> None:
     """Score heatmaps on a release: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score with --gt mask), in percent."""
 
-    from is4.pipeline.evaluate import EvaluationError, evaluate, format_table
+    from is4.pipeline.evaluation.evaluate import EvaluationError, evaluate, format_table
 
     if gt not in ("box", "mask"):
         raise _fail(ValueError(f"--gt must be box or mask, not {gt!r}"))

@@ -48,8 +48,8 @@ def read_exclusions(paths: list[Path] | tuple[Path, ...]) -> tuple[frozenset[str
     A file is Parquet if it starts with the Parquet magic bytes (whatever its name); it must have a `clip_id`
     column. Anything else is read as an id list (`subsets.read_id_list`).
     """
-    from is4.pipeline.subsets import read_id_list
-    from is4.pipeline.vggsound_csv import CsvError
+    from is4.pipeline.ingest.subsets import read_id_list
+    from is4.pipeline.ingest.vggsound_csv import CsvError
 
     clip_ids: set[str] = set()
     ytids: set[str] = set()

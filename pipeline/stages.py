@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from is4.config import BuildConfig
-from is4.pipeline.categories import run_categories
-from is4.pipeline.prompts import run_prompts
+from is4.pipeline.images.categories import run_categories
+from is4.pipeline.images.prompts import run_prompts
 
 
 def categories_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Map the VGG-SS labels to objects (rules, LLM proposals when configured, reviewed overrides)."""
     propose = None
     if cfg.categories.llm_proposals:
-        from is4.pipeline.llm import ChatLM, object_name_proposer
-        from is4.pipeline.models import ModelError
+        from is4.pipeline.common.llm import ChatLM, object_name_proposer
+        from is4.pipeline.common.models import ModelError
 
         if cfg.models.object_phrase is None:
             raise ModelError("categories.llm_proposals needs models.object_phrase")
@@ -34,14 +34,14 @@ def prompts_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
 
 def prescreen_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """CLIP scores that order the verification queue; automatic rejects where configured."""
-    from is4.pipeline.prescreen import run_prescreen
+    from is4.pipeline.images.prescreen import run_prescreen
 
     return run_prescreen(workdir, cfg.prescreen, cfg.models.prescreen)
 
 
 def generate_stage(workdir: Path, cfg: BuildConfig, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Stable Diffusion images for one shard of the prompts; the images manifest covers every finished shard."""
-    from is4.pipeline.generate import run_generate
+    from is4.pipeline.images.generate import run_generate
 
     return run_generate(workdir, cfg.generate, cfg.models.image_generator, shard=shard).as_dict()
 
@@ -55,14 +55,14 @@ def match_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
 
 def caption_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""
-    from is4.pipeline.captions import run_captions
+    from is4.pipeline.captions.run import run_captions
 
     return run_captions(workdir, cfg)
 
 
 def release_stage(workdir: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it."""
-    from is4.pipeline.release import ReleaseError, build_release, verify_release
+    from is4.pipeline.release.build import ReleaseError, build_release, verify_release
 
     path = build_release(workdir, cfg.release, cfg.model_dump(mode="json"))
     archive = path.with_name(path.name + ".tar.gz")

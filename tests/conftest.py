@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from is4.pipeline.media_server import MediaServer, RangeRequestHandler
-from is4.pipeline.synthetic_media import Segment, make_corrupt_file, make_video
+from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
+from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

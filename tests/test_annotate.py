@@ -40,7 +40,7 @@ from is4.annotation.sam import (
 from is4.config import AnnotateConfig, ModelRef
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import ANNOTATIONS
-from is4.pipeline.models import ModelError, directory_revision, resolve_model
+from is4.pipeline.common.models import ModelError, directory_revision, resolve_model
 
 SAM = ModelRef(model_id="tiny-random:sam")
 OWL = ModelRef(model_id="tiny-random:owlv2")

@@ -15,7 +15,7 @@ import torch
 from scipy.io import wavfile
 
 from is4.config import AudioCaptionConfig, GamaConfig, ModelRef
-from is4.pipeline.audio_captions import (
+from is4.pipeline.captions.audio import (
     GAMA_DRIVER,
     CaptionInputError,
     GamaCaptioner,
@@ -24,8 +24,8 @@ from is4.pipeline.audio_captions import (
     load_audio_captioner,
     read_audio,
 )
-from is4.pipeline.models import ModelError
-from is4.pipeline.tiny_models import build_tiny_qwen2_audio
+from is4.pipeline.common.models import ModelError
+from is4.pipeline.demo.tiny_models import build_tiny_qwen2_audio
 
 RATE = 16000
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from is4.pipeline.audio_features import log_mel, log_spectrogram
+from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 
 SR = 16000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from is4.pipeline.batching import describe_error, is_out_of_memory, run_in_batches
+from is4.pipeline.common.batching import describe_error, is_out_of_memory, run_in_batches
 
 
 class FakeModel:

@@ -19,9 +19,9 @@ from scipy.io import wavfile
 from is4.config import BuildConfig, parse_config
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import CLIPS, INSTANCES
-from is4.pipeline.captions import CaptionError, collect_items, run_captions, text_flag
-from is4.pipeline.llm import normalise_phrase
-from is4.pipeline.object_phrases import PROMPT_VERSION
+from is4.pipeline.captions.run import CaptionError, collect_items, run_captions, text_flag
+from is4.pipeline.common.llm import normalise_phrase
+from is4.pipeline.captions.object_phrase import PROMPT_VERSION
 
 SR = 16000
 TRAIN = ("clipA_000010", "clipB_000020", "clipC_000030")
@@ -132,9 +132,9 @@ def test_rerun_reuses_every_caption_without_loading_a_model(work: Path, monkeypa
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded although nothing changed")
 
-    monkeypatch.setattr("is4.pipeline.image_captions.Blip2Captioner.load", no_loading)
-    monkeypatch.setattr("is4.pipeline.audio_captions.load_audio_captioner", no_loading)
-    monkeypatch.setattr("is4.pipeline.object_phrases.load_phraser", no_loading)
+    monkeypatch.setattr("is4.pipeline.captions.image.Blip2Captioner.load", no_loading)
+    monkeypatch.setattr("is4.pipeline.captions.audio.load_audio_captioner", no_loading)
+    monkeypatch.setattr("is4.pipeline.captions.object_phrase.load_phraser", no_loading)
     summary = run_captions(work, _config())
     assert {role: summary[role]["cached"] for role in ("image_caption", "audio_caption", "object_phrase")} == {
         "image_caption": 3, "audio_caption": 3, "object_phrase": 3}
@@ -170,7 +170,7 @@ def test_batch_size_does_not_change_a_single_byte(work: Path, tmp_path_factory: 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_captions(work: Path, tmp_path_factory, models_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from is4.pipeline.image_captions import Blip2Captioner
+    from is4.pipeline.captions.image import Blip2Captioner
 
     reference = tmp_path_factory.mktemp("reference")
     shutil.copytree(models_dir, reference / "models")
@@ -196,7 +196,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_captions(work: Path, 
 
 def test_an_item_that_fails_twice_is_recorded_and_retried_on_the_next_run(work: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from is4.pipeline.image_captions import Blip2Captioner
+    from is4.pipeline.captions.image import Blip2Captioner
 
     real_caption = Blip2Captioner.caption
     bad = work / f"media/frames/{TRAIN[0]}.jpg"
@@ -268,7 +268,7 @@ def test_an_id_shared_by_a_clip_and_an_instance_is_an_error(work: Path) -> None:
 
 
 def test_unconfigured_models_are_named(work: Path) -> None:
-    from is4.pipeline.models import ModelError
+    from is4.pipeline.common.models import ModelError
 
     cfg = _config().model_copy(update={"models": _config().models.model_copy(update={"audio_captioner": None})})
     with pytest.raises(ModelError, match="models.audio_captioner is not configured"):
@@ -315,7 +315,7 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
 
 
 def test_raw_answers_are_kept_normalised_and_flagged(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from is4.pipeline.object_phrases import TransformersPhraser
+    from is4.pipeline.captions.object_phrase import TransformersPhraser
 
     answers = {TRAIN[0]: "The answer is: Cello.", TRAIN[1]: "#$%&a@!*(",
                TRAIN[2]: "I cannot determine the primary object from the given captions."}

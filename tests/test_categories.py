@@ -13,7 +13,7 @@ from is4.classes import vggss_labels
 from is4.config import CategoriesConfig
 from is4.manifests.ids import CATEGORY_ID_RE
 from is4.manifests.io import manifest_path, read_manifest, read_provenance
-from is4.pipeline.categories import (
+from is4.pipeline.images.categories import (
     CategoryError,
     CategoryOverride,
     category_report,

@@ -88,7 +88,7 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     verified = subprocess.run([IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
-    from is4.pipeline.evaluate import write_baseline_predictions
+    from is4.pipeline.evaluation.evaluate import write_baseline_predictions
 
     predictions = write_baseline_predictions(release, tmp_path / "predictions")
     scored = subprocess.run([IS4, "eval", "--release", str(release), "--predictions", str(predictions["oracle_box"]),

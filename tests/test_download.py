@@ -8,8 +8,8 @@ import pytest
 
 from is4.config import DownloadConfig
 from is4.manifests.ids import InvalidIdError
-from is4.pipeline.download import DownloadFailure, classify_error, download_section
-from is4.pipeline.extract import MediaError, extract_clip
+from is4.pipeline.ingest.download import DownloadFailure, classify_error, download_section
+from is4.pipeline.ingest.extract import MediaError, extract_clip
 from tests.conftest import CORRUPT_ID, GOOD_IDS, MISSING_ID, PRIVATE_ID, SLOW_ID
 
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from is4.pipeline import evaluate as ev
-from is4.pipeline import metrics
-from is4.pipeline.evaluate import EvaluationError, EvaluationWarning
+from is4.pipeline.evaluation import evaluate as ev
+from is4.pipeline.evaluation import metrics
+from is4.pipeline.evaluation.evaluate import EvaluationError, EvaluationWarning
 
 S = 224
 # Two images, two objects each: boxes (x1, y1, x2, y2) and, for the masks, ellipses inscribed in those boxes.

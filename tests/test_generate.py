@@ -21,7 +21,7 @@ from is4.config import GenerateConfig, ModelRef
 from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import IMAGES, PROMPTS
-from is4.pipeline.generate import (
+from is4.pipeline.images.generate import (
     JOURNAL_DIR,
     NSFW_REASON,
     GenerateError,
@@ -32,7 +32,7 @@ from is4.pipeline.generate import (
     run_generate,
     scheduler_class,
 )
-from is4.pipeline.models import directory_revision, resolve_model
+from is4.pipeline.common.models import directory_revision, resolve_model
 
 TINY = "tiny-random:stable-diffusion"
 PAIRS = [("cello", "dog"), ("cello", "piano"), ("dog", "piano")]

@@ -16,8 +16,8 @@ from scipy.io import wavfile
 
 from is4.config import DownloadConfig, IngestConfig
 from is4.manifests.io import manifest_path, read_manifest
-from is4.pipeline.export import export_training_layout
-from is4.pipeline.ingest import JOURNAL, run_ingest
+from is4.pipeline.ingest.export import export_training_layout
+from is4.pipeline.ingest.run import JOURNAL, run_ingest
 from tests.conftest import (
     COLOURS,
     CORRUPT_ID,
@@ -71,7 +71,7 @@ MIXED_ROWS = [
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, video_dir):
     """One ingest over every kind of row; shared by the content tests (it is the expensive part)."""
-    from is4.pipeline.media_server import MediaServer
+    from is4.pipeline.demo.media_server import MediaServer
     from tests.conftest import FaultInjectingHandler
 
     work = tmp_path_factory.mktemp("work")
@@ -162,7 +162,7 @@ def test_manifest_paths_are_relative_and_no_temporary_files_remain(mixed_run) ->
 
 
 def test_rerun_retries_only_transient_failures(mixed_run, video_dir) -> None:
-    from is4.pipeline.media_server import MediaServer
+    from is4.pipeline.demo.media_server import MediaServer
     from tests.conftest import FaultInjectingHandler
 
     work, first, _ = mixed_run

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from is4.config import ModelRef
-from is4.pipeline.llm import (
+from is4.pipeline.common.llm import (
     OBJECT_NAME_PROMPT,
     ChatLM,
     normalise_phrase,
     object_name_proposer,
     prepare_tokenizer_for_generation,
 )
-from is4.pipeline.tiny_models import build_tiny_mistral, tiny_mistral_tokenizer
+from is4.pipeline.demo.tiny_models import build_tiny_mistral, tiny_mistral_tokenizer
 
 # Four prompts of clearly different token lengths, so batches of them are padded.
 MESSAGES = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from is4.pipeline import metrics
-from is4.pipeline.metrics import (
+from is4.pipeline.evaluation import metrics
+from is4.pipeline.evaluation.metrics import (
     THRESHOLDS,
     auc,
     binarise_top_fraction,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from is4.config import ModelRef, ObjectPhraseConfig
-from is4.pipeline.llm import normalise_phrase
-from is4.pipeline.models import ModelError
-from is4.pipeline.object_phrases import (
+from is4.pipeline.common.llm import normalise_phrase
+from is4.pipeline.common.models import ModelError
+from is4.pipeline.captions.object_phrase import (
     OBJECT_PROMPT,
     PROMPT_VERSION,
     TransformersPhraser,

@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from is4.config import ModelRef, PrescreenConfig
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
-from is4.pipeline.models import directory_revision, resolve_model
-from is4.pipeline.prescreen import (
+from is4.pipeline.common.models import directory_revision, resolve_model
+from is4.pipeline.images.prescreen import (
     PrescreenError,
     both_present,
     duplicate_groups,

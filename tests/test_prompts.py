@@ -15,7 +15,7 @@ from is4.config import PromptsConfig
 from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import PROMPTS
-from is4.pipeline.prompts import PromptError, build_prompts, prompt_set, run_prompts
+from is4.pipeline.images.prompts import PromptError, build_prompts, prompt_set, run_prompts
 
 PHOTO = "a photo of a {c1} and {c2}"
 NEXT_TO = "{c1} is next to {c2}"

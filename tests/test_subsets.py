@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from is4.manifests.ids import make_clip_id
-from is4.pipeline.subsets import read_id_list, select_rows
-from is4.pipeline.vggsound_csv import CsvError, CsvRow
+from is4.pipeline.ingest.subsets import read_id_list, select_rows
+from is4.pipeline.ingest.vggsound_csv import CsvError, CsvRow
 
 LABELS = ("dog barking", "cat meowing", "playing cello")
 

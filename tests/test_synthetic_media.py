@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from is4.pipeline.ffmpeg_tools import ffmpeg_exe
-from is4.pipeline.synthetic_media import Segment, make_corrupt_file, make_video
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
+from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
 
 SEGMENTS = [
     Segment(1.0, "red", 500.0),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from is4.classes import vggsound_labels
-from is4.pipeline.vggsound_csv import CsvError, CsvRow, parse_lines, read_vggsound_csv
+from is4.pipeline.ingest.vggsound_csv import CsvError, CsvRow, parse_lines, read_vggsound_csv
 
 
 def write_csv(tmp_path: Path, text: str, *, bom: bool = False, crlf: bool = False, name: str = "vgg.csv") -> Path:

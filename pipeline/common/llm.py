@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import ResolvedModel, load_pretrained
+from is4.pipeline.common.models import ResolvedModel, load_pretrained
 
 OBJECT_NAME_PROMPT = (
     'Name the physical object or being that makes the sound "{label}", as it would appear in a photo. '

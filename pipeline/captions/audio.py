@@ -5,7 +5,7 @@ return one caption per clip, in order, from greedy decoding; the caller sizes th
 out-of-memory). Unreadable or empty audio raises `CaptionInputError` naming the file before any model runs.
 
 GAMA (github.com/Sreyan88/GAMA) ships outside transformers, with a patched transformers and peft of its own, so it runs
-in the user's GAMA environment: `GamaCaptioner` starts `pipeline/gama_driver.py` with that environment's interpreter and
+in the user's GAMA environment: `GamaCaptioner` starts `pipeline/captions/gama_driver.py` with that environment's interpreter and
 talks to it in JSON lines (see the driver's docstring for the protocol).
 """
 
@@ -26,9 +26,9 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 from is4.config import AudioCaptionConfig, GamaConfig, ModelRef
-from is4.pipeline.image_captions import CaptionInputError
-from is4.pipeline.llm import prepare_tokenizer_for_generation
-from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, file_revision, load_pretrained
+from is4.pipeline.captions.image import CaptionInputError
+from is4.pipeline.common.llm import prepare_tokenizer_for_generation
+from is4.pipeline.common.models import LoadedModel, ModelError, ResolvedModel, file_revision, load_pretrained
 
 ROLE = "audio_captioner"
 PROMPT_FORMAT = "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}"  # Qwen2-Audio-7B's captioning prompt

@@ -64,7 +64,7 @@ from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import IMAGES, PROMPTS
-from is4.pipeline.models import ModelError, resolve_model, torch_device_and_dtype
+from is4.pipeline.common.models import ModelError, resolve_model, torch_device_and_dtype
 
 ROLE = "image_generator"
 IMAGE_DIR = "media/images"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from is4.config import ModelRef, ObjectPhraseConfig
-from is4.pipeline.llm import ChatLM
-from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.common.llm import ChatLM
+from is4.pipeline.common.models import LoadedModel, ModelError, ResolvedModel, resolve_model, torch_device_and_dtype
 
 ROLE = "object_phrase"
 # Bump when the wording changes: the version is part of every cached answer's key and of the manifest.

@@ -26,11 +26,11 @@ from is4.manifests.checksum import sha256_file
 from is4.manifests.io import write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.schema import CLIPS
-from is4.pipeline.download import DownloadFailure, download_section
-from is4.pipeline.extract import MediaError, extract_clip
-from is4.pipeline.ffmpeg_tools import ffmpeg_tools_dir
-from is4.pipeline.subsets import read_id_list, select_rows
-from is4.pipeline.vggsound_csv import CsvRow, read_vggsound_csv
+from is4.pipeline.ingest.download import DownloadFailure, download_section
+from is4.pipeline.ingest.extract import MediaError, extract_clip
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
+from is4.pipeline.ingest.subsets import read_id_list, select_rows
+from is4.pipeline.ingest.vggsound_csv import CsvRow, read_vggsound_csv
 
 JOURNAL = "state/ingest.jsonl"
 MEDIA_DIRS = {"source": "media/source", "frame": "media/frames", "audio": "media/audio", "spec": "media/spec",

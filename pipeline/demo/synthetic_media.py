@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from is4.manifests.atomic import atomic_path
-from is4.pipeline.ffmpeg_tools import ffmpeg_exe
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
 
 FFMPEG_TIMEOUT_S = 600.0
 

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from is4.manifests.ids import CLIP_ID_RE, YTID_RE, stable_rank
-from is4.pipeline.vggsound_csv import CsvError, CsvRow
+from is4.pipeline.ingest.vggsound_csv import CsvError, CsvRow
 
 
 def read_id_list(path: str | Path) -> tuple[frozenset[str], frozenset[str]]:

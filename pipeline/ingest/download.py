@@ -18,7 +18,7 @@ from yt_dlp.utils import DownloadError, download_range_func
 
 from is4.config import DownloadConfig
 from is4.manifests.ids import validate_ytid
-from is4.pipeline.ffmpeg_tools import ffmpeg_tools_dir
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
 
 # (pattern in yt-dlp's message, reason kind). First match wins; anything unmatched is transient.
 _PERMANENT = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from is4.config import ModelRef
-from is4.pipeline.models import LoadedModel, ModelError, ResolvedModel, load_pretrained
+from is4.pipeline.common.models import LoadedModel, ModelError, ResolvedModel, load_pretrained
 
 
 class CaptionInputError(ValueError):
@@ -47,7 +47,7 @@ class Blip2Captioner(LoadedModel):
         self.dtype_name = dtype_name
         self.device_name = device_name
         # Every image gets the same prompt, so a batch has no padding; were there any, it must be on the left
-        # (see `is4.pipeline.llm.prepare_tokenizer_for_generation`).
+        # (see `is4.pipeline.common.llm.prepare_tokenizer_for_generation`).
         processor.tokenizer.padding_side = "left"
         image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token.content)
         if processor.num_query_tokens != model.config.num_query_tokens or image_token_id != model.config.image_token_id:

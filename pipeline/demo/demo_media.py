@@ -16,7 +16,7 @@ from pathlib import Path
 
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.ids import derive_seed
-from is4.pipeline.synthetic_media import Segment, make_video
+from is4.pipeline.demo.synthetic_media import Segment, make_video
 
 _PALETTE = ("#d62728", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _SEGMENT_S = 5.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from is4.config import ModelRef
 from is4.manifests.checksum import sha256_file
-from is4.pipeline.tiny_models import TINY_BUILDERS
+from is4.pipeline.demo.tiny_models import TINY_BUILDERS
 
 TINY_PREFIX = "tiny-random:"
 MODELS_DIR = "models"

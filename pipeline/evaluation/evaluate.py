@@ -4,7 +4,7 @@ Release layout read here (paths relative to the release directory):
 
 - `is4_bbox.json`: a JSON list, one entry per instance, `{"image": "visual_frames/<instance_id>.jpg",
   "audio": "audio_wav/<instance_id>.wav", "gt_box": [x1, y1, x2, y2]}`, the box in pixels of the 224×224 image
-  (x2 / y2 exclusive pixel edges, see `is4.pipeline.metrics.box_mask`);
+  (x2 / y2 exclusive pixel edges, see `is4.pipeline.evaluation.metrics.box_mask`);
 - `is4_seg.json`: the same, with `"gt_box": "gt_masks/<instance_id>.jpg"`, a 224×224 JPEG mask (object where the
   grey value is > 127);
 - `manifests/instances.parquet`: one row per instance with at least `instance_id` and `image_id` (the image an
@@ -25,7 +25,7 @@ Predictions are one NumPy `.npz` archive (`np.savez` or `np.savez_compressed`) h
 - every instance of the evaluated split needs a map; keys for other instances are ignored with an
   `EvaluationWarning` (so one file can serve both the box and the mask ground truth).
 
-The maps are scored as documented in `is4.pipeline.metrics`: cIoU and AUC on the top 50 % of each map's pixels,
+The maps are scored as documented in `is4.pipeline.evaluation.metrics`: cIoU and AUC on the top 50 % of each map's pixels,
 the adaptive variants on the top K pixels (K = ground-truth area), IIoU / IAUC per image (an image succeeds only
 when all its instances do), and with mask ground truth also mIoU and F-score (β² = 0.3). All numbers are
 percentages.
@@ -33,7 +33,7 @@ percentages.
 ```python
 import numpy as np
 np.savez_compressed("my_model.npz", **{instance_id: heatmap for instance_id, heatmap in my_maps.items()})
-# is4.pipeline.evaluate.evaluate("IS4/", "my_model.npz", gt="box")
+# is4.pipeline.evaluation.evaluate.evaluate("IS4/", "my_model.npz", gt="box")
 ```
 
 Reference baselines (`baseline_scores`, `write_baseline_predictions`): `random` (uniform noise on a 14×14 grid,
@@ -61,7 +61,7 @@ from PIL import Image
 from scipy import ndimage
 
 from is4.manifests.ids import derive_seed
-from is4.pipeline import metrics
+from is4.pipeline.evaluation import metrics
 
 GT_FILES = {"box": "is4_bbox.json", "mask": "is4_seg.json"}
 INSTANCES_MANIFEST = Path("manifests") / "instances.parquet"

@@ -53,8 +53,8 @@ from is4.config import ModelRef, PrescreenConfig
 from is4.manifests.checksum import sha256_file
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import PRESCREEN
-from is4.pipeline.models import ResolvedModel, resolve_model, torch_device_and_dtype
-from is4.pipeline.prompts import PromptError, depictable_categories
+from is4.pipeline.common.models import ResolvedModel, resolve_model, torch_device_and_dtype
+from is4.pipeline.images.prompts import PromptError, depictable_categories
 from is4.pipeline.verification import update_verification
 
 TEXT_TEMPLATE = "a photo of a {object}"

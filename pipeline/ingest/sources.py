@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from is4.config import BuildConfig, ConfigError
-from is4.pipeline.demo_media import make_demo_media
-from is4.pipeline.media_server import MediaServer
+from is4.pipeline.demo.demo_media import make_demo_media
+from is4.pipeline.demo.media_server import MediaServer
 
 DEMO_DIR = "demo"
 

@@ -49,10 +49,10 @@ from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manif
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import CAPTIONS, CLIPS, IMAGES, INSTANCES
-from is4.pipeline.batching import release_device_memory, run_in_batches
-from is4.pipeline.llm import normalise_phrase
-from is4.pipeline.models import ModelError, resolve_model
-from is4.pipeline.object_phrases import PROMPT_VERSION, render_object_prompt
+from is4.pipeline.common.batching import release_device_memory, run_in_batches
+from is4.pipeline.common.llm import normalise_phrase
+from is4.pipeline.common.models import ModelError, resolve_model
+from is4.pipeline.captions.object_phrase import PROMPT_VERSION, render_object_prompt
 
 JOURNAL_DIR = "state/captions"
 ROLES = ("image_caption", "audio_caption", "object_phrase")
@@ -142,7 +142,7 @@ def model_identity(role: str, ref: ModelRef | None, workdir: Path, cfg: Captions
         backend = cfg.object_phrase.backend
     settings = section.model_dump(mode="json", exclude={"batch_size", "backend"})
     if backend == "gama":
-        from is4.pipeline.audio_captions import gama_checkpoint_revision
+        from is4.pipeline.captions.audio import gama_checkpoint_revision
 
         revision = gama_checkpoint_revision(ref)
     else:
@@ -247,15 +247,15 @@ def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
 
 def _loader(role: str, ref: ModelRef, workdir: Path, cfg: CaptionsConfig) -> Callable[[], Any]:
     if role == "image_caption":
-        from is4.pipeline.image_captions import Blip2Captioner
+        from is4.pipeline.captions.image import Blip2Captioner
 
         return lambda: Blip2Captioner.load(ref, workdir, prompt=cfg.image.prompt,
                                            max_new_tokens=cfg.image.max_new_tokens)
     if role == "audio_caption":
-        from is4.pipeline.audio_captions import load_audio_captioner
+        from is4.pipeline.captions.audio import load_audio_captioner
 
         return lambda: load_audio_captioner(ref, workdir, cfg.audio)
-    from is4.pipeline.object_phrases import load_phraser
+    from is4.pipeline.captions.object_phrase import load_phraser
 
     return lambda: load_phraser(ref, workdir, cfg.object_phrase)
 

@@ -325,7 +325,7 @@ def _card(
         baselines = ("Not computed: the evaluation harness scores 224×224 frames and this release has "
                      f"{s}×{s} frames.")
     else:
-        baselines = ("Scores (%) of reference baselines on this release (`is4.pipeline.evaluate.baseline_scores`; "
+        baselines = ("Scores (%) of reference baselines on this release (`is4.pipeline.evaluation.evaluate.baseline_scores`; "
                      "random: seeded noise, centre: a centred Gaussian, oracle: the ground truth itself):\n\n"
                      + _baseline_table(scores))
     return f"""# {cfg.title} — release {v}
@@ -358,12 +358,12 @@ The release uses the file layout of the official IS4 release, so existing evalua
   work directory, not to the release.
 - `croissant.json` (Croissant 1.1 metadata), `build-config.yaml` (the build configuration), `SHA256SUMS`.
 
-Check a copy with `sha256sum -c SHA256SUMS` (or `is4.pipeline.release.verify_release`).
+Check a copy with `sha256sum -c SHA256SUMS` (or `is4.pipeline.release.build.verify_release`).
 
 ### Loading with Hugging Face `datasets`
 
 ```python
-from is4.pipeline.release import load_as_hf_dataset
+from is4.pipeline.release.build import load_as_hf_dataset
 ds = load_as_hf_dataset("is4-{v}")   # image/mask: Image(), audio: Audio(sampling_rate=16000)
 ```
 
@@ -785,8 +785,8 @@ def _populate(
     _write(root / CARD_FIGURES[0], box_area_figure(areas))
     _write(root / CARD_FIGURES[1], categories_figure({c: n["instances"] for c, n in per_category.items()}))
 
-    from is4.pipeline import metrics
-    from is4.pipeline.evaluate import baseline_scores
+    from is4.pipeline.evaluation import metrics
+    from is4.pipeline.evaluation.evaluate import baseline_scores
 
     # The evaluation harness scores the official 224×224 frame; other frame sizes get no baseline table.
     scores = baseline_scores(root) if size == metrics.FRAME else None

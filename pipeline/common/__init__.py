@@ -1,0 +1,1 @@
+"""Shared pieces of the model stages: model resolution and loading, the chat LLM, batching, ffmpeg."""

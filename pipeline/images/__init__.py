@@ -1,0 +1,1 @@
+"""The image family: categories, prompts, Stable Diffusion generation, the CLIP pre-screen."""

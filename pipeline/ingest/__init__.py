@@ -1,0 +1,1 @@
+"""The ingest family: VGGSound csv → validated rows → subset → section downloads → one-pass extraction."""

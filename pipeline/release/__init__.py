@@ -1,0 +1,1 @@
+"""The reproducible IS4 release: official layout, card, Croissant, checksums, archive, verification."""
