@@ -24,7 +24,7 @@ import is4
 from is4.config import MatchConfig, ReleaseConfig, parse_config
 from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.match import run_match
-from is4.pipeline.release.build import (
+from is4.pipeline.release import (
     ReleaseError,
     box_area_figure,
     build_release,
@@ -378,7 +378,7 @@ def test_figures_are_byte_identical_across_processes(tmp_path: Path) -> None:
     areas = [0.05, 0.1, 0.12, 0.3, 0.31, 0.5]
     here = box_area_figure(areas)
     code = (
-        "import sys; from is4.pipeline.release.build import box_area_figure; "
+        "import sys; from is4.pipeline.release import box_area_figure; "
         f"sys.stdout.buffer.write(box_area_figure({areas!r}))"
     )
     there = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout

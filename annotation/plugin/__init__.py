@@ -1,7 +1,7 @@
 """`@is4/review`: FiftyOne operators for IS4 review sessions (`is4.annotation.review.use_plugin` installs it).
 
 `refine_masks` re-segments the instances that reviewers marked: for the selected samples, or else the current
-view's samples tagged `needs-fix`, every category with clicks (`clicks` keypoints, see `is4.annotation.review`)
+view's samples tagged `needs-fix`, every category with clicks (`clicks` keypoints, see `is4.annotation.review.clicks`)
 goes through `is4.annotation.annotate.refine_instance`, and the samples' `sam` masks are reloaded from the
 annotations manifest. The logic lives in `is4.annotation.review.refine_samples`; this stays a thin adapter.
 """

@@ -1,0 +1,15 @@
+"""What the release modules share: the error they raise and the fixed names of the released layout."""
+
+from __future__ import annotations
+
+from is4.manifests.errors import FatalError
+
+SAMPLE_RATE = 16_000
+HF_PARQUET = "hf/instances.parquet"
+# The manifests shipped byte for byte; `clips` is shipped as the subset the instances use.
+COPIED_MANIFESTS = ("categories", "images", "verification", "annotations", "instances")
+CC_BY_4 = "https://creativecommons.org/licenses/by/4.0/"
+
+
+class ReleaseError(FatalError, ValueError):
+    """A release cannot be built from this work directory, or a release/archive is unsafe or malformed."""
