@@ -28,7 +28,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,13 @@ import pandas as pd
 from is4.annotation.sam import SamBackend, SamError, check_prompt, mask_iou, mask_to_box
 from is4.config import AnnotateConfig, BuildConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes, atomic_write_json
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, IMAGES, VERIFICATION
 from is4.pipeline.images.prompts import PromptError, depictable_categories
+from is4.pipeline.stage import ProgressFn
 
 MASK_DIR = "media/masks"
 AUTO_MASK_DIR = "media/masks/auto"
@@ -53,10 +55,9 @@ FLUSH_EVERY = 25  # images between manifest checkpoints
 PNG_COMPRESS_LEVEL = 6
 COLUMNS = list(ANNOTATIONS.column_names + ANNOTATIONS.optional_names)
 
-ProgressFn = Callable[[int, int, str], None]
 
 
-class AnnotateError(ValueError):
+class AnnotateError(FatalError, ValueError):
     """The annotate stage cannot run on this work directory or instance."""
 
 
@@ -201,6 +202,7 @@ def run_annotate(
     detector: ModelRef | None,
     *,
     progress: ProgressFn | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Annotate every object of every accepted image that is not annotated yet (see the module docstring).
 
@@ -239,12 +241,9 @@ def run_annotate(
         if detector is not None:
             det = Detector.load(detector, workdir)
     provenance = {
-        "stage": "annotate",
-        "segmenter": segmenter.model_dump(mode="json"),
+        **(provenance or {}),
         "segmenter_revision": sam.revision if sam else None,
-        "detector": detector.model_dump(mode="json") if detector else None,
         "detector_revision": det.revision if det else None,
-        "config": cfg.model_dump(mode="json"),
         "query_template": QUERY_TEMPLATE,
     }
     if not todo and existing and not dropped:
@@ -443,8 +442,9 @@ def qa_report(workdir: str | Path) -> dict[str, Any]:
     return report
 
 
-def annotate_stage(workdir: str | Path, cfg: BuildConfig) -> dict[str, Any]:
+def annotate_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
     """The annotate stage as the CLI and the flow run it: automatic proposals, then the QA report."""
-    summary = run_annotate(Path(workdir), cfg.annotate, cfg.models.segmenter, cfg.models.detector)
-    summary["qa"] = qa_report(Path(workdir))
+    summary = run_annotate(work, cfg.annotate, cfg.models.segmenter, cfg.models.detector, progress=progress,
+                           provenance=provenance)
+    summary["qa"] = qa_report(work)
     return summary

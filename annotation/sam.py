@@ -29,6 +29,7 @@ import numpy as np
 from is4.config import ModelRef
 from is4.manifests.atomic import atomic_path
 from is4.manifests.checksum import json_sha256
+from is4.manifests.errors import FatalError
 from is4.pipeline.common.models import ModelError, file_revision, load_pretrained, torch_device_and_dtype
 
 ROLE = "segmenter"
@@ -37,7 +38,7 @@ EMBEDDING_DIR = "state/sam-embeddings"
 Point = tuple[float, float, int]  # (x, y, label): label 1 = positive (object), 0 = negative (not the object)
 
 
-class SamError(ValueError):
+class SamError(FatalError, ValueError):
     """A prompt or an embedding that SAM cannot use."""
 
 

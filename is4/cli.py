@@ -7,15 +7,20 @@ directory, no ffmpeg).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from is4.manifests.errors import Is4Error
 
 # Prefect reads these when it is imported (only by `build` and `serve`): no telemetry, the network is closed.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -25,25 +30,7 @@ app = typer.Typer(help="Build the IS4 benchmark and its VGGSound training data."
                   pretty_exceptions_enable=False)
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _fatal_errors() -> tuple[type[BaseException], ...]:
-    from is4.config import ConfigError
-    from is4.manifests.ids import InvalidIdError
-    from is4.manifests.io import ManifestError
-    from is4.pipeline.captions.run import CaptionError
-    from is4.pipeline.images.categories import CategoryError
-    from is4.pipeline.common.ffmpeg_tools import FFmpegNotFoundError
-    from is4.pipeline.images.generate import GenerateError
-    from is4.pipeline.match import MatchError
-    from is4.pipeline.common.models import ModelError
-    from is4.pipeline.images.prescreen import PrescreenError
-    from is4.pipeline.images.prompts import PromptError
-    from is4.pipeline.release.build import ReleaseError
-    from is4.pipeline.ingest.vggsound_csv import CsvError
-
-    return (ConfigError, CsvError, FFmpegNotFoundError, ManifestError, InvalidIdError, CategoryError, PromptError,
-            ModelError, GenerateError, PrescreenError, MatchError, CaptionError, ReleaseError, OSError)
+P = ParamSpec("P")
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -52,6 +39,19 @@ def _fail(exc: BaseException) -> typer.Exit:
         message = f"{exc.filename}: {exc.strerror}"
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code=2)
+
+
+def cli_errors(command: Callable[P, None]) -> Callable[P, None]:
+    """Turn the project's errors (and OS errors: unreadable, unwritable) into one line on stderr and exit 2."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except (Is4Error, OSError) as exc:
+            raise _fail(exc) from None
+
+    return run
 
 
 def _print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -65,7 +65,69 @@ def _print_summary(title: str, summary: dict[str, Any]) -> None:
     console.print(table)
 
 
+ConfigOption = Annotated[Path | None, typer.Option(help="build config (YAML); default: built-in defaults")]
+WorkdirOption = Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")]
+ReviewerOption = Annotated[str, typer.Option(help="who is reviewing (recorded with every decision)")]
+
+
+def _config_and_workdir(config: Path | None, workdir: Path | None):
+    from is4.config import BuildConfig, load_config
+
+    cfg = load_config(config) if config else BuildConfig()
+    return cfg, Path(workdir or cfg.workdir)
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[int, int, str], None]]:
+    with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=err_console, transient=True) as bar:
+        job = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.update(job, completed=done, total=total, description=message)
+
+        yield progress
+
+
+def _run_stage(name: str, cfg, work: Path, files: dict[str, Path | None] | None = None,
+               **options: Any) -> dict[str, Any]:
+    """Run a declared stage as the flow does (same provenance), with a progress bar; print and return its summary."""
+    from is4.pipeline.registry import stage
+
+    declared = stage(name)
+    provenance = declared.provenance(cfg, work, files=files)
+    with _progress(name) as progress:
+        summary = declared.load()(work, cfg, provenance, progress=progress, **options)
+    _print_summary(name, summary)
+    return summary
+
+
+def _uniform_command(name: str, summary: str) -> Callable[..., None]:
+    def command(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+        _run_stage(name, *_config_and_workdir(config, workdir))
+
+    command.__doc__ = summary
+    return cli_errors(command)
+
+
+def _register_uniform_commands() -> None:
+    """One `is4 <stage>` command per declared stage of the common shape (the others are written out below)."""
+    from is4.pipeline.registry import REGISTRY
+
+    for declared in REGISTRY:
+        if declared.name not in WRITTEN_OUT:
+            reads = ", ".join(declared.reads) or "-"
+            writes = ", ".join(declared.writes) or "-"
+            app.command(declared.name, help=f"{declared.summary}. Reads: {reads}. Writes: {writes}.")(
+                _uniform_command(declared.name, declared.summary))
+
+
+# Stages whose commands take options of their own, written out below (verify's is `is4 review`).
+WRITTEN_OUT = ("ingest", "generate", "verify", "annotate", "release")
+
+
 @app.command()
+@cli_errors
 def ingest(
     csv: Annotated[Path, typer.Option(help="VGGSound-format csv (ytid, start, label, split; no header)")],
     workdir: Annotated[Path, typer.Option(help="work directory of the build")],
@@ -81,49 +143,35 @@ def ingest(
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
     from is4.config import BuildConfig, load_config, parse_config
-    from is4.pipeline.ingest.export import export_training_layout
-    from is4.pipeline.ingest.run import run_ingest
 
-    try:
-        cfg = load_config(config) if config else BuildConfig()
-        data = cfg.model_dump(mode="json")
-        section = data["ingest"]
-        overrides = {
-            ("download", "url_template"): url_template,
-            ("download", "workers"): workers,
-            ("subset", "splits"): split,
-            ("subset", "per_class_cap"): per_class_cap,
-            ("subset", "id_list"): str(id_list) if id_list else None,
-        }
-        for (group, key), value in overrides.items():
-            if value is not None:
-                section[group][key] = value
-        if labels is not None:
-            section["subset"]["labels"] = labels if labels in ("all", "vggss") else [
-                line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()
-            ]
-        if export is not None:
-            section["export_training_layout"] = export
-        if seed is not None:
-            data["seed"] = seed
-        cfg = parse_config(data, "command line")
-        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}"), console=err_console) as bar:
-            job = bar.add_task("", total=None)
-
-            def progress(done: int, total: int, message: str) -> None:
-                bar.update(job, completed=done, total=total, description=message)
-
-            summary = run_ingest(csv, workdir, cfg.ingest, seed=cfg.seed, progress=progress).as_dict()
-        if cfg.ingest.export_training_layout:
-            out, _ = export_training_layout(workdir)
-            summary["training_layout"] = str(out)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
-    _print_summary("ingest", summary)
+    data = (load_config(config) if config else BuildConfig()).model_dump(mode="json")
+    section = data["ingest"]
+    overrides = {
+        ("download", "url_template"): url_template,
+        ("download", "workers"): workers,
+        ("subset", "splits"): split,
+        ("subset", "per_class_cap"): per_class_cap,
+        ("subset", "id_list"): str(id_list) if id_list else None,
+    }
+    for (group, key), value in overrides.items():
+        if value is not None:
+            section[group][key] = value
+    if labels is not None:
+        section["subset"]["labels"] = labels if labels in ("all", "vggss") else [
+            line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    if export is not None:
+        section["export_training_layout"] = export
+    if seed is not None:
+        data["seed"] = seed
+    cfg = parse_config(data, "command line")
+    _run_stage("ingest", cfg, workdir, files={"csv": csv}, csv_path=csv)
+    if cfg.ingest.export_training_layout:
+        _run_stage("export", cfg, workdir)
 
 
 @app.command("export")
+@cli_errors
 def export_cmd(
     workdir: Annotated[Path, typer.Option(help="work directory with a clips manifest")],
     out: Annotated[Path | None, typer.Option(help="output directory (default WORK/exports/vggsound)")] = None,
@@ -131,14 +179,12 @@ def export_cmd(
     """Write frames/{clip_id}.jpg, audio/{clip_id}.wav and ids.csv for existing localisation trainers."""
     from is4.pipeline.ingest.export import export_training_layout
 
-    try:
-        path, n = export_training_layout(workdir, out)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    path, n = export_training_layout(workdir, out)
     console.print(f"exported {n} clips to {path}")
 
 
 @app.command("demo-media")
+@cli_errors
 def demo_media(
     out: Annotated[Path, typer.Option(help="directory for the videos and the csv")],
     config: Annotated[Path, typer.Option(help="config whose ingest.demo_media section to use")] = Path(
@@ -148,14 +194,10 @@ def demo_media(
     from is4.config import load_config
     from is4.pipeline.demo.demo_media import make_demo_media
 
-    try:
-        cfg = load_config(config)
-        demo = cfg.ingest.demo_media
-        media = make_demo_media(out, demo.labels, clips_per_label=demo.clips_per_label,
-                                source_seconds=demo.source_seconds, seed=cfg.seed,
-                                include_faults=demo.include_faults)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    cfg = load_config(config)
+    demo = cfg.ingest.demo_media
+    media = make_demo_media(out, demo.labels, clips_per_label=demo.clips_per_label,
+                            source_seconds=demo.source_seconds, seed=cfg.seed, include_faults=demo.include_faults)
     console.print(f"{media.clips} demo clips: csv {media.csv_path}, videos in {media.video_dir}")
 
 
@@ -173,7 +215,7 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
         try:
             frame = read_manifest(workdir, name)
             table.add_row(name, str(len(frame)), "valid")
-        except _fatal_errors() as exc:
+        except (Is4Error, OSError) as exc:
             failed = True
             table.add_row(name, "-", f"[red]{exc}[/]")
     console.print(table)
@@ -181,75 +223,55 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
         raise typer.Exit(code=2)
 
 
-ConfigOption = Annotated[Path | None, typer.Option(help="build config (YAML); default: built-in defaults")]
-WorkdirOption = Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")]
+@app.command()
+@cli_errors
+def stages(config: ConfigOption = None) -> None:
+    """The stages of `build-is4` in order: what each reads and writes, its config, models and other input files."""
+    from is4.pipeline.registry import EXPORT, REGISTRY
+    from is4.pipeline.stage import ALL_SECTIONS
 
-
-def _config_and_workdir(config: Path | None, workdir: Path | None):
-    from is4.config import BuildConfig, load_config
-
-    cfg = load_config(config) if config else BuildConfig()
-    return cfg, (workdir or cfg.workdir)
-
-
-def _run_stage(title: str, stage_name: str, config: Path | None, workdir: Path | None, **kwargs: Any) -> None:
-    from is4.pipeline import stages
-
-    try:
-        cfg, work = _config_and_workdir(config, workdir)
-        summary = getattr(stages, stage_name)(work, cfg, **kwargs)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
-    _print_summary(title, summary)
+    cfg, _ = _config_and_workdir(config, None)
+    rows = [(f"{i}.", s) for i, s in enumerate(REGISTRY, start=1)]
+    rows.insert(1, ("  +", EXPORT))  # a step of ingest, when ingest.export_training_layout is on
+    for number, s in rows:
+        skipped = "" if s.name in (*cfg.stages, EXPORT.name) else "  [dim](not in this config's stages)[/]"
+        console.print(f"[bold]{number} {s.name}[/]  {s.summary}{skipped}", highlight=False)
+        config = "the whole build config" if s.config == ALL_SECTIONS else ", ".join(s.config)
+        details = [("reads", ", ".join(s.reads)), ("files", ", ".join(s.files(cfg))),
+                   ("writes", ", ".join(s.writes) or "files only"), ("config", config),
+                   ("models", ", ".join(s.model_roles(cfg))), ("seed", "yes" if s.seed else "")]
+        for label, value in details:
+            if value:
+                console.print(f"      {label:<7}{value}", highlight=False)
 
 
 @app.command()
-def categories(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Map the 221 VGG-SS labels to sounding objects: the `categories` manifest and reports/categories.json."""
-    _run_stage("categories", "categories_stage", config, workdir)
-
-
-@app.command()
-def prompts(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Category pairs × templates × styles with per-image seeds: the `prompts` manifest."""
-    _run_stage("prompts", "prompts_stage", config, workdir)
-
-
-@app.command()
+@cli_errors
 def generate(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     shard: Annotated[str, typer.Option(help="i/n: generate the i-th of n disjoint shards (0-based)")] = "0/1",
 ) -> None:
     """Stable Diffusion images for the prompts (PNG + the `images` manifest with full provenance)."""
-    from is4.pipeline.images.generate import GenerateError, parse_shard
+    from is4.pipeline.images.generate import parse_shard
 
-    try:
-        parsed = parse_shard(shard)
-    except GenerateError as exc:
-        raise _fail(exc) from None
-    _run_stage("generate", "generate_stage", config, workdir, shard=parsed)
-
-
-@app.command()
-def prescreen(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Score every generated image with CLIP: the `prescreen` manifest (and automatic `verification` rows)."""
-    _run_stage("prescreen", "prescreen_stage", config, workdir)
+    parsed = parse_shard(shard)
+    _run_stage("generate", *_config_and_workdir(config, workdir), shard=parsed)
 
 
 review_app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
-ReviewerOption = Annotated[str, typer.Option(help="who is reviewing (recorded with every decision)")]
 
 
 def _review_config(config: Path | None, workdir: Path | None, address: str | None = None, port: int | None = None):
     cfg, work = _config_and_workdir(config, workdir)
     overrides = {k: v for k, v in (("address", address), ("port", port)) if v is not None}
-    return cfg.review.model_copy(update=overrides), Path(work), cfg
+    return cfg.review.model_copy(update=overrides), work, cfg
 
 
 @review_app.command("verify")
+@cli_errors
 def review_verify(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
@@ -262,37 +284,32 @@ def review_verify(
     """Open the FiftyOne App on a saved view of this build (tag samples `accept` / `reject:<reason>`)."""
     from is4.annotation import review
 
-    try:
-        rcfg, work, cfg = _review_config(config, workdir, address, port)
-        review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
-        console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
-        review.launch(work, rcfg, view, wait=True)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    rcfg, work, cfg = _review_config(config, workdir, address, port)
+    review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
+    console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
+    review.launch(work, rcfg, view, wait=True)
 
 
 @review_app.command("sync")
+@cli_errors
 def review_sync(config: ConfigOption = None, workdir: WorkdirOption = None,
                 reviewer: ReviewerOption = getpass.getuser()) -> None:
     """Write reviewers' decisions (FiftyOne tags) into the `verification` manifest."""
     from is4.annotation import review
 
-    try:
-        rcfg, work, _ = _review_config(config, workdir)
-        summary = review.sync(work, rcfg, reviewer)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
-    _print_summary("review sync", summary)
+    rcfg, work, _ = _review_config(config, workdir)
+    _print_summary("review sync", review.sync(work, rcfg, reviewer))
 
 
 @review_app.command("done")
+@cli_errors
 def review_done(
     reviewer: ReviewerOption = getpass.getuser(),
     note: Annotated[str, typer.Option(help="a note for the build's record")] = "",
     flow_run: Annotated[str | None, typer.Option(help="resume only this flow run id")] = None,
 ) -> None:
     """Resume `build-is4` runs paused for reviewers (on the Prefect server in PREFECT_API_URL)."""
-    from is4.flows.build import resume_paused_builds
+    from is4.flows.review import resume_paused_builds
 
     resumed = resume_paused_builds(reviewer, note, flow_run)
     console.print(f"resumed {len(resumed)} paused build(s): {', '.join(resumed) or '-'}")
@@ -305,18 +322,11 @@ app.add_typer(annotate_app, name="annotate")
 
 
 @annotate_app.callback()
+@cli_errors
 def annotate(ctx: typer.Context, config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
     """Automatic proposals: detector boxes → SAM masks (the `annotations` manifest and reports/annotation_qa.json)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from is4.annotation.annotate import annotate_stage
-
-    try:
-        cfg, work = _config_and_workdir(config, workdir)
-        summary = annotate_stage(work, cfg)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
-    _print_summary("annotate", summary)
+    if ctx.invoked_subcommand is None:
+        _run_stage("annotate", *_config_and_workdir(config, workdir))
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -330,7 +340,18 @@ def _parse_point(text: str) -> tuple[float, float, int]:
     return point
 
 
+def _parse_box(text: str) -> list[float]:
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise typer.BadParameter(f"{text!r}: expected x1,y1,x2,y2 in image pixels")
+    return box
+
+
 @annotate_app.command("refine")
+@cli_errors
 def annotate_refine(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
@@ -343,33 +364,16 @@ def annotate_refine(
     from is4.annotation import review
     from is4.annotation.annotate import refine_instance
 
-    try:
-        cfg, work = _config_and_workdir(config, workdir)
-        work = Path(work)
-        if instance:
-            parsed_box = [float(v) for v in box.split(",")] if box else None
-            jobs = [(instance, [_parse_point(p) for p in point or []], parsed_box)]
-        else:
-            jobs = review.pending_refinements(work, cfg.review)
-        for instance_id, points, job_box in jobs:
-            refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
-        if not instance:
-            review.refresh(work, cfg.review, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    cfg, work = _config_and_workdir(config, workdir)
+    if instance:
+        jobs = [(instance, [_parse_point(p) for p in point or []], _parse_box(box) if box else None)]
+    else:
+        jobs = review.pending_refinements(work, cfg.review)
+    for instance_id, points, job_box in jobs:
+        refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
+    if not instance:
+        review.refresh(work, cfg.review, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
     console.print(f"refined {len(jobs)} instance(s)")
-
-
-@app.command()
-def match(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Pair every annotated object with a VGGSound clip of its category: the `instances` manifest."""
-    _run_stage("match", "match_stage", config, workdir)
-
-
-@app.command()
-def caption(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Image caption (BLIP-2), audio caption (Qwen2-Audio or GAMA) and sounding object (LLM): the `captions` manifest."""
-    _run_stage("caption", "caption_stage", config, workdir)
 
 
 release_app = typer.Typer(help="The reproducible IS4 release.", invoke_without_command=True)
@@ -377,6 +381,7 @@ app.add_typer(release_app, name="release")
 
 
 @release_app.callback()
+@cli_errors
 def release(
     ctx: typer.Context,
     config: ConfigOption = None,
@@ -386,27 +391,19 @@ def release(
     """Build WORK/releases/is4-<version>/ and its archive, then verify it."""
     if ctx.invoked_subcommand is not None:
         return
-    from is4.pipeline import stages
-
-    try:
-        cfg, work = _config_and_workdir(config, workdir)
-        if version:
-            cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"version": version})})
-        summary = stages.release_stage(Path(work), cfg)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
-    _print_summary("release", summary)
+    cfg, work = _config_and_workdir(config, workdir)
+    if version:
+        cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"version": version})})
+    _run_stage("release", cfg, work)
 
 
 @release_app.command("verify")
+@cli_errors
 def release_verify(path: Annotated[Path, typer.Argument(help="a release directory or its .tar.gz")]) -> None:
     """Recompute every checksum; list missing, extra and changed files (exit 1 when any)."""
-    from is4.pipeline.release.build import ReleaseError, verify_release
+    from is4.pipeline.release import verify_release
 
-    try:
-        report = verify_release(path)
-    except (ReleaseError, OSError) as exc:
-        raise _fail(exc) from None
+    report = verify_release(path)
     for kind in ("missing", "extra", "changed"):
         for name in getattr(report, kind):
             console.print(f"{kind}: {name}")
@@ -416,6 +413,7 @@ def release_verify(path: Annotated[Path, typer.Argument(help="a release director
 
 
 @app.command("eval")
+@cli_errors
 def eval_cmd(
     release_dir: Annotated[Path, typer.Option("--release", help="a release directory")],
     predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
@@ -423,15 +421,11 @@ def eval_cmd(
     output: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
 ) -> None:
     """Score heatmaps on a release: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score with --gt mask), in percent."""
-
     from is4.pipeline.evaluation.evaluate import EvaluationError, evaluate, format_table
 
     if gt not in ("box", "mask"):
-        raise _fail(ValueError(f"--gt must be box or mask, not {gt!r}"))
-    try:
-        results = evaluate(release_dir, predictions, gt=gt)
-    except (EvaluationError, OSError) as exc:
-        raise _fail(exc) from None
+        raise EvaluationError(f"--gt must be box or mask, not {gt!r}")
+    results = evaluate(release_dir, predictions, gt=gt)
     console.print(format_table(results))
     if output:
         from is4.manifests.atomic import atomic_write_json
@@ -440,6 +434,7 @@ def eval_cmd(
 
 
 @app.command()
+@cli_errors
 def build(
     config: Annotated[Path, typer.Option(help="build config (YAML), e.g. configs/demo.yaml")],
     workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
@@ -447,16 +442,10 @@ def build(
     """Run the whole `build-is4` flow in-process (Prefect's local API; nothing to start by hand)."""
     from is4.config import load_config
 
-    try:
-        load_config(config)  # fail fast, before Prefect starts its local API
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    load_config(config)  # fail fast, before Prefect starts its local API
     from is4.flows.build import build_is4
 
-    try:
-        results = build_is4(config_path=str(config.resolve()), workdir=str(workdir) if workdir else None)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    results = build_is4(config_path=str(config.resolve()), workdir=str(workdir) if workdir else None)
     console.rule("build-is4 finished")
     console.print(f"work directory: {results['workdir']}")
     for stage, summary in results.items():
@@ -465,6 +454,7 @@ def build(
 
 
 @app.command()
+@cli_errors
 def serve(
     config: Annotated[Path, typer.Option(help="build config the deployment runs with")],
     name: Annotated[str, typer.Option(help="deployment name: run it as 'build-is4/<name>'")] = "default",
@@ -473,15 +463,14 @@ def serve(
     """Serve a deployment of `build-is4` to the Prefect API in PREFECT_API_URL (runs until stopped)."""
     from is4.config import load_config
 
-    try:
-        load_config(config)
-    except _fatal_errors() as exc:
-        raise _fail(exc) from None
+    load_config(config)
     from is4.flows.build import build_is4
 
     params = {"config_path": str(config.resolve()), "workdir": str(workdir.resolve()) if workdir else None}
     build_is4.serve(name=name, parameters=params)
 
+
+_register_uniform_commands()
 
 if __name__ == "__main__":
     app()

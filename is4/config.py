@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from is4.classes import vggsound_labels, vggss_labels
 from is4.manifests.checksum import json_sha256
+from is4.manifests.errors import FatalError
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 
 
-class ConfigError(ValueError):
+class ConfigError(FatalError, ValueError):
     """The config file is unreadable or does not validate."""
 
 
@@ -299,17 +300,16 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
-STAGES = (
+# The build's stages in pipeline order; `is4.pipeline.stages.REGISTRY` declares each of them (a test keeps the two equal).
+StageName = Literal[
     "ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "caption", "release",
-)
+]
+STAGES: tuple[str, ...] = get_args(StageName)
 
 
 class BuildConfig(StrictModel):
     profile: str = "custom"
-    stages: list[Literal["ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match",
-                         "caption", "release"]] = Field(
-        list(STAGES), description="the stages `build-is4` runs, in pipeline order"
-    )
+    stages: list[StageName] = Field(list(STAGES), description="the stages `build-is4` runs, in pipeline order")
     seed: int = 0
     workdir: ConfigPath = Path("work")
     ingest: IngestConfig = IngestConfig()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from is4.manifests.errors import FatalError
+
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 CLIP_ID_RE = re.compile(r"^(?P<ytid>[A-Za-z0-9_-]{11})_(?P<start>[0-9]{6})$")
 CATEGORY_ID_RE = re.compile(r"^[a-z0-9]+$")
@@ -17,7 +19,7 @@ FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 MAX_START_SEC = 999_999  # the 6-digit field of a clip id
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(FatalError, ValueError):
     """An id or id part does not follow the rules."""
 
 

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from is4.manifests.atomic import atomic_path
+from is4.manifests.errors import FatalError
 from is4.manifests.schema import SCHEMA_VERSION, TABLES, TableSpec
 
 MANIFEST_DIR = "manifests"
@@ -25,7 +26,7 @@ _NULLABLE_DTYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
 
-class ManifestError(ValueError):
+class ManifestError(FatalError, ValueError):
     """A manifest is missing, of another schema version, or breaks its table's contract."""
 
 

@@ -17,6 +17,7 @@ Instances whose mask is empty (no box) are left out and counted: there is nothin
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from is4.config import MatchConfig
-from is4.manifests.checksum import sha256_file
+from is4.config import BuildConfig, MatchConfig
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import CLIP_ID_RE, stable_rank
-from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
+from is4.manifests.io import is_blank, read_manifest, write_manifest
 from is4.manifests.schema import ANNOTATIONS, CATEGORIES, CLIPS, IMAGES, INSTANCES, VERIFICATION
+from is4.pipeline.stage import ProgressFn
 
 COLUMNS = (
     "instance_id", "image_id", "category", "clip_id", "audio_path", "label", "reused", "image_path", "mask_path",
@@ -37,7 +39,7 @@ COLUMNS = (
 _PARQUET_MAGIC = b"PAR1"
 
 
-class MatchError(ValueError):
+class MatchError(FatalError, ValueError):
     """The match stage cannot give every instance a clip (or an input is unusable)."""
 
 
@@ -115,7 +117,9 @@ def assign_clips(
     return sorted(rows, key=lambda r: r["instance_id"])
 
 
-def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any]:
+def run_match(
+    workdir: str | Path, cfg: MatchConfig, seed: int, *, provenance: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the instances manifest for the accepted, annotated images; return counts."""
     workdir = Path(workdir)
     annotations = read_manifest(workdir, ANNOTATIONS)
@@ -175,17 +179,7 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
 
     rows = assign_clips(instances, {cat: pools[cat] for cat in wanted}, seed)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    provenance = {
-        "stage": "match",
-        "seed": seed,
-        "config": cfg.model_dump(mode="json"),
-        "inputs_sha256": {
-            name: sha256_file(manifest_path(workdir, name))
-            for name in ("annotations", "verification", "images", "clips", "categories")
-        },
-        "exclude_lists_sha256": [sha256_file(Path(p)) for p in cfg.exclude_clip_lists],
-    }
-    path = write_manifest(workdir, INSTANCES, frame, provenance)
+    path = write_manifest(workdir, INSTANCES, frame, dict(provenance or {}))
     used = {r["clip_id"] for r in rows}
     return {
         "instances": len(rows),
@@ -197,3 +191,9 @@ def run_match(workdir: str | Path, cfg: MatchConfig, seed: int) -> dict[str, Any
         "skipped_empty_masks": skipped_empty,
         "manifest": str(path),
     }
+
+
+def match_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                progress: ProgressFn | None = None) -> dict[str, Any]:
+    """A VGGSound clip of its category for every annotated object, seeded, with the leakage guard."""
+    return run_match(work, cfg.match, cfg.seed, provenance=provenance)

@@ -12,16 +12,19 @@ Every writer (the pre-screen, the automatic policy that stands in for reviewers,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from is4.config import BuildConfig
+from is4.manifests.errors import FatalError
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import VERIFICATION
+from is4.pipeline.stage import ProgressFn
 
 HUMAN = "human"
 AUTO = "auto"
@@ -30,6 +33,10 @@ AUTO_POLICY = "auto-policy"  # the reviewer name of the automatic policy (demo p
 Proposal = Iterable[dict[str, Any]]
 
 
+
+
+class VerificationError(FatalError, ValueError):
+    """A verification step that cannot run as configured."""
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if is_blank(v) else v) for k, v in row.items()}
@@ -93,7 +100,7 @@ def update_verification(
     return path, frame, kept
 
 
-def auto_verify(workdir: str | Path, *, now: datetime) -> dict[str, Any]:
+def auto_verify(workdir: str | Path, *, now: datetime, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The automatic policy that stands in for reviewers: every image still pending is accepted (`source=auto`).
 
     Rejects by the pre-screen or by a human are kept; images with no row yet count as pending.
@@ -109,7 +116,8 @@ def auto_verify(workdir: str | Path, *, now: datetime) -> dict[str, Any]:
                 yield {"image_id": image_id, "decision": "accept", "reason": "automatic policy: pending accepted",
                        "reviewer": AUTO_POLICY, "source": AUTO, "decided_at": now}
 
-    path, frame, _ = update_verification(workdir, proposals, AUTO_POLICY, {"stage": "verify", "policy": AUTO_POLICY})
+    path, frame, _ = update_verification(workdir, proposals, AUTO_POLICY,
+                                         {**(provenance or {"stage": "verify"}), "policy": AUTO_POLICY})
     counts = frame["decision"].value_counts()
     return {"accepted": int(counts.get("accept", 0)), "rejected": int(counts.get("reject", 0)),
             "pending": int(counts.get("pending", 0)), "manifest": str(path)}
@@ -121,3 +129,11 @@ def undecided(workdir: str | Path) -> list[str]:
     ledger = read_verification(workdir)
     decided = set() if ledger is None else set(ledger.loc[ledger["decision"] != "pending", "image_id"])
     return sorted(set(images) - decided)
+
+
+def verify_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The automatic policy as a stage (`review.mode: auto`); human review is the flow's pause (`flows/review.py`)."""
+    if cfg.review.mode != "auto":
+        raise VerificationError("review.mode is human: reviewers decide in FiftyOne (`is4 review verify`, then sync)")
+    return auto_verify(work, now=datetime.now(UTC), provenance=provenance)

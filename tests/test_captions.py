@@ -19,9 +19,9 @@ from scipy.io import wavfile
 from is4.config import BuildConfig, parse_config
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import CLIPS, INSTANCES
+from is4.pipeline.captions.object_phrase import PROMPT_VERSION
 from is4.pipeline.captions.run import CaptionError, collect_items, run_captions, text_flag
 from is4.pipeline.common.llm import normalise_phrase
-from is4.pipeline.captions.object_phrase import PROMPT_VERSION
 
 SR = 16000
 TRAIN = ("clipA_000010", "clipB_000020", "clipC_000030")
@@ -122,7 +122,7 @@ def test_manifest_has_every_train_clip_with_captions_phrase_and_provenance(work:
     assert summary["image_caption"]["captioned"] == summary["audio_caption"]["captioned"] == 3
     provenance = read_provenance(work, "captions")
     assert provenance["prompt_version"] == PROMPT_VERSION
-    assert provenance["models"]["audio_caption"]["backend"] == "qwen2-audio"
+    assert provenance["model_identities"]["audio_caption"]["backend"] == "qwen2-audio"
 
 
 def test_rerun_reuses_every_caption_without_loading_a_model(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:

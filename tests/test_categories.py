@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from is4.classes import vggss_labels
-from is4.config import CategoriesConfig
+from is4.config import BuildConfig, CategoriesConfig
 from is4.manifests.ids import CATEGORY_ID_RE
 from is4.manifests.io import manifest_path, read_manifest, read_provenance
 from is4.pipeline.images.categories import (
@@ -22,6 +22,7 @@ from is4.pipeline.images.categories import (
     rule_object,
     run_categories,
 )
+from is4.pipeline.registry import stage
 
 SHIPPED = Path(__file__).resolve().parents[1] / "configs" / "category_overrides.yaml"
 CFG = CategoriesConfig(overrides=SHIPPED)
@@ -100,14 +101,12 @@ def test_dog_labels_merge_and_the_report_says_so(built) -> None:
     assert report["manifest"] == str(manifest_path(workdir, "categories"))
 
 
-def test_provenance(built) -> None:
-    workdir, _, _ = built
-    assert read_provenance(workdir, "categories") == {
-        "stage": "categories",
-        "overrides_sha256": hashlib.sha256(SHIPPED.read_bytes()).hexdigest(),
-        "labels": 221,
-        "llm_proposals": False,
-    }
+def test_provenance_is_the_declared_key_plus_what_the_run_found(tmp_path: Path) -> None:
+    declared = stage("categories").provenance(BuildConfig(categories=CFG), tmp_path)
+    assert declared["files_sha256"] == {"overrides": hashlib.sha256(SHIPPED.read_bytes()).hexdigest()}
+    assert declared["config"] == {"categories": CFG.model_dump(mode="json")} and declared["models"] == {}
+    run_categories(tmp_path, CFG, provenance=declared)
+    assert read_provenance(tmp_path, "categories") == {**declared, "labels": 221, "llm_proposals": False}
 
 
 def test_ambient_sounds_are_dropped(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from is4.config import GenerateConfig, ModelRef
 from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import IMAGES, PROMPTS
+from is4.pipeline.common.models import directory_revision, resolve_model
 from is4.pipeline.images.generate import (
     JOURNAL_DIR,
     NSFW_REASON,
@@ -32,7 +33,6 @@ from is4.pipeline.images.generate import (
     run_generate,
     scheduler_class,
 )
-from is4.pipeline.common.models import directory_revision, resolve_model
 
 TINY = "tiny-random:stable-diffusion"
 PAIRS = [("cello", "dog"), ("cello", "piano"), ("dog", "piano")]
@@ -243,8 +243,7 @@ def test_manifest_has_every_provenance_column(reference: Path) -> None:
         assert (row.prompt, row.seed) == (prompts.loc[row.image_id, "prompt"], prompts.loc[row.image_id, "seed"])
     assert pd.isna(frame.set_index("image_id").loc["dog_piano_1", "negative_prompt"])
     provenance = read_provenance(reference, "images")
-    assert provenance["stage"] == "generate" and provenance["revision"] == revision
-    assert provenance["model"]["model_id"] == TINY and provenance["config"]["steps"] == 2
+    assert provenance == {"revision": revision}  # run without a declared key: only what the run found
 
 
 def test_pipeline_uses_sdpa_and_the_named_scheduler(tmp_path: Path) -> None:

@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from is4.config import PromptsConfig
+from is4.config import BuildConfig, PromptsConfig
 from is4.manifests.ids import derive_seed
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import PROMPTS
 from is4.pipeline.images.prompts import PromptError, build_prompts, prompt_set, run_prompts
+from is4.pipeline.registry import stage
 
 PHOTO = "a photo of a {c1} and {c2}"
 NEXT_TO = "{c1} is next to {c2}"
@@ -187,7 +188,8 @@ def test_run_prompts_writes_a_byte_identical_manifest(tmp_path: Path) -> None:
     for name in ("one", "two"):
         workdir = tmp_path / name
         write_manifest(workdir, "categories", categories_frame(), {"stage": "categories"})
-        summary = run_prompts(workdir, PromptsConfig(categories=["cello", "dog", "female"]), seed=5)
+        cfg = BuildConfig(seed=5, prompts=PromptsConfig(categories=["cello", "dog", "female"]))
+        summary = run_prompts(workdir, cfg.prompts, seed=5, provenance=stage("prompts").provenance(cfg, workdir))
         outputs.append(manifest_path(workdir, "prompts").read_bytes())
     assert outputs[0] == outputs[1]
     assert summary == {
@@ -198,9 +200,9 @@ def test_run_prompts_writes_a_byte_identical_manifest(tmp_path: Path) -> None:
     }
     provenance = read_provenance(workdir, "prompts")
     assert provenance["stage"] == "prompts" and provenance["seed"] == 5
-    assert provenance["config"]["categories"] == ["cello", "dog", "female"]
+    assert provenance["config"]["prompts"]["categories"] == ["cello", "dog", "female"]
     categories_bytes = manifest_path(workdir, "categories").read_bytes()
-    assert provenance["categories_sha256"] == hashlib.sha256(categories_bytes).hexdigest()
+    assert provenance["inputs_sha256"] == {"categories": hashlib.sha256(categories_bytes).hexdigest()}
     written = read_manifest(workdir, "prompts")
     expected = build_prompts(categories_frame(), PromptsConfig(categories=["cello", "dog", "female"]), seed=5)
     assert list(written["image_id"]) == list(expected["image_id"])

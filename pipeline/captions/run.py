@@ -34,25 +34,26 @@ import gc
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-import is4
 from is4.config import BuildConfig, CaptionsConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.checksum import json_sha256, sha256_file
+from is4.manifests.errors import FatalError
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import CAPTIONS, CLIPS, IMAGES, INSTANCES
+from is4.pipeline.captions.object_phrase import PROMPT_VERSION, render_object_prompt
 from is4.pipeline.common.batching import release_device_memory, run_in_batches
 from is4.pipeline.common.llm import normalise_phrase
 from is4.pipeline.common.models import ModelError, resolve_model
-from is4.pipeline.captions.object_phrase import PROMPT_VERSION, render_object_prompt
+from is4.pipeline.stage import ProgressFn
 
 JOURNAL_DIR = "state/captions"
 ROLES = ("image_caption", "audio_caption", "object_phrase")
@@ -60,10 +61,9 @@ MODEL_ROLES = {"image_caption": "image_captioner", "audio_caption": "audio_capti
 CONFIG_SECTIONS = {"image_caption": "image", "audio_caption": "audio", "object_phrase": "object_phrase"}
 _REPEATED_CHAR = re.compile(r"(.)\1{9,}")
 
-ProgressFn = Callable[[int, int, str], None]
 
 
-class CaptionError(ValueError):
+class CaptionError(FatalError, ValueError):
     """The caption stage cannot run (no items source, ids that collide, an unusable manifest)."""
 
 
@@ -260,7 +260,13 @@ def _loader(role: str, ref: ModelRef, workdir: Path, cfg: CaptionsConfig) -> Cal
     return lambda: load_phraser(ref, workdir, cfg.object_phrase)
 
 
-def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn | None = None) -> dict[str, Any]:
+def run_captions(
+    workdir: str | Path,
+    cfg: BuildConfig,
+    *,
+    progress: ProgressFn | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Caption every item (cached where nothing changed) and write the `captions` manifest; a summary."""
     work = Path(workdir)
     ccfg = cfg.captions
@@ -307,10 +313,9 @@ def run_captions(workdir: str | Path, cfg: BuildConfig, *, progress: ProgressFn 
     )
 
     frame = _manifest_frame(items, results, errors)
-    provenance = {"is4": is4.__version__, "prompt_version": PROMPT_VERSION, "captions": ccfg.model_dump(mode="json"),
-                  "models": identities}
+    facts = {"prompt_version": PROMPT_VERSION, "model_identities": identities}
     with manifest_lock(work, CAPTIONS.name):
-        write_manifest(work, CAPTIONS, frame, provenance)
+        write_manifest(work, CAPTIONS, frame, {**(provenance or {}), **facts})
     return {**_summary(items, results, frame), "manifest": str(manifest_path(work, CAPTIONS.name))}
 
 
@@ -377,3 +382,8 @@ def _save_hash_cache(work: Path, known: dict[str, dict[str, Any]]) -> None:
     path = work / JOURNAL_DIR / _HASH_CACHE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(known, sort_keys=True).encode())
+
+
+def caption_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""
+    return run_captions(work, cfg, progress=progress, provenance=provenance)

@@ -14,8 +14,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from is4.manifests.errors import FatalError
 
-class FFmpegNotFoundError(RuntimeError):
+
+class FFmpegNotFoundError(FatalError, RuntimeError):
     """No usable ffmpeg binary: the run cannot proceed."""
 
 

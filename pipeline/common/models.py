@@ -19,13 +19,14 @@ from typing import Any
 
 from is4.config import ModelRef
 from is4.manifests.checksum import sha256_file
+from is4.manifests.errors import FatalError
 from is4.pipeline.demo.tiny_models import TINY_BUILDERS
 
 TINY_PREFIX = "tiny-random:"
 MODELS_DIR = "models"
 
 
-class ModelError(RuntimeError):
+class ModelError(FatalError, RuntimeError):
     """A configured model cannot be resolved or loaded."""
 
 

@@ -60,6 +60,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import derive_seed
 from is4.pipeline.evaluation import metrics
 
@@ -73,7 +74,7 @@ ORACLE_SIGMA_PX = 2.0
 SHOW = 5  # offending instances named in an error message
 
 
-class EvaluationError(ValueError):
+class EvaluationError(FatalError, ValueError):
     """Ground truth or predictions cannot be scored; `instances` names the offending instances (if any)."""
 
     def __init__(self, message: str, instances: Sequence[str] = ()):

@@ -34,12 +34,13 @@ from typing import Any
 import pandas as pd
 
 from is4.classes import vggsound_classes, vggss_labels
-from is4.config import CategoriesConfig, read_yaml
+from is4.config import BuildConfig, CategoriesConfig, read_yaml
 from is4.manifests.atomic import atomic_write_json
-from is4.manifests.checksum import sha256_file
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import CATEGORY_ID_RE, category_id
 from is4.manifests.io import write_manifest
 from is4.manifests.schema import CATEGORIES
+from is4.pipeline.stage import ProgressFn
 
 REPORT_PATH = Path("reports") / "categories.json"
 COLUMNS = ("label", "object", "category_id", "instrument", "depictable", "source", "note")
@@ -49,7 +50,7 @@ PHRASE_RE = re.compile(r"[a-z]+(?: [a-z]+){0,2}")
 Proposer = Callable[[list[str]], Mapping[str, str]]
 
 
-class CategoryError(ValueError):
+class CategoryError(FatalError, ValueError):
     """An overrides file, a label list or the derived categories break the rules of this stage."""
 
 
@@ -357,6 +358,7 @@ def run_categories(
     *,
     labels: Sequence[str] | None = None,
     propose: Proposer | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the categories manifest and `reports/categories.json`; return the report and the manifest path.
 
@@ -365,18 +367,24 @@ def run_categories(
     """
     if cfg.llm_proposals and propose is None:
         raise CategoryError("categories.llm_proposals is on but no object proposer (models.object_phrase) was given")
-    overrides, digest = {}, None
-    if cfg.overrides is not None:
-        overrides = load_overrides(cfg.overrides)
-        digest = sha256_file(cfg.overrides)
+    overrides = load_overrides(cfg.overrides) if cfg.overrides is not None else {}
     frame = derive_categories(vggss_labels() if labels is None else labels, overrides, propose)
-    provenance = {
-        "stage": "categories",
-        "overrides_sha256": digest,
-        "labels": len(frame),
-        "llm_proposals": propose is not None,
-    }
-    path = write_manifest(workdir, CATEGORIES, frame, provenance)
+    facts = {"labels": len(frame), "llm_proposals": propose is not None}
+    path = write_manifest(workdir, CATEGORIES, frame, {**(provenance or {}), **facts})
     report = category_report(frame)
     atomic_write_json(Path(workdir) / REPORT_PATH, report)
     return {**report, "manifest": str(path)}
+
+
+def categories_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                     progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Map the VGG-SS labels to objects (rules, LLM proposals when configured, reviewed overrides)."""
+    propose = None
+    if cfg.categories.llm_proposals:
+        from is4.pipeline.common.llm import ChatLM, object_name_proposer
+        from is4.pipeline.common.models import ModelError
+
+        if cfg.models.object_phrase is None:
+            raise ModelError("categories.llm_proposals needs models.object_phrase")
+        propose = object_name_proposer(ChatLM.load(cfg.models.object_phrase, work))
+    return run_categories(work, cfg.categories, propose=propose, provenance=provenance)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
@@ -56,15 +56,17 @@ import numpy as np
 import pandas as pd
 
 import is4
-from is4.config import GenerateConfig, ModelRef
+from is4.config import BuildConfig, GenerateConfig, ModelRef
 from is4.manifests.atomic import atomic_write_bytes
 from is4.manifests.checksum import json_sha256, sha256_if_exists
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import FILE_ID_RE
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import read_manifest, write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import IMAGES, PROMPTS
 from is4.pipeline.common.models import ModelError, resolve_model, torch_device_and_dtype
+from is4.pipeline.stage import ProgressFn
 
 ROLE = "image_generator"
 IMAGE_DIR = "media/images"
@@ -74,11 +76,10 @@ PNG_COMPRESS_LEVEL = 6
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
-ProgressFn = Callable[[int, int, str], None]
 
 
 
-class GenerateError(ValueError):
+class GenerateError(FatalError, ValueError):
     """The generate stage cannot run with this config, shard or prompt set."""
 
 
@@ -352,6 +353,7 @@ def run_generate(
     *,
     shard: tuple[int, int] = (0, 1),
     progress: ProgressFn | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> GenerateSummary:
     """Generate this shard's batch groups of the `prompts` manifest, then rebuild the `images` manifest.
 
@@ -424,18 +426,12 @@ def run_generate(
         if progress:
             progress(done, total, f"group {g}: generated")
 
-    provenance = {
-        "stage": "generate",
-        "model": model.model_dump(mode="json"),
-        "revision": resolved.revision,
-        # batch_size and the sharding-independent settings; the shard itself never enters the manifest.
-        "config": cfg.model_dump(mode="json"),
-        "prompts_sha256": sha256_if_exists(manifest_path(workdir, PROMPTS.name)),
-    }
+    # The shard never enters the manifest: every shard writes the same provenance.
+    facts = {"revision": resolved.revision}
     # Serialise the rebuilds of concurrently finishing shards, so the last to finish sees every journal.
     with manifest_lock(workdir, "images"):
         frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
-        manifest = write_manifest(workdir, IMAGES, frame, provenance)
+        manifest = write_manifest(workdir, IMAGES, frame, {**(provenance or {}), **facts})
     return GenerateSummary(
         shard=f"{i}/{n}",
         groups=len(mine),
@@ -448,3 +444,12 @@ def run_generate(
         manifest=str(manifest),
         model_revision=resolved.revision,
     )
+
+
+def generate_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, shard: tuple[int, int] = (0, 1),
+                   progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Images for one shard of the prompts; the images manifest covers every finished shard."""
+    if cfg.models.image_generator is None:
+        raise ModelError("models.image_generator is not configured (the generate stage needs it)")
+    return run_generate(work, cfg.generate, cfg.models.image_generator, shard=shard, progress=progress,
+                        provenance=provenance).as_dict()

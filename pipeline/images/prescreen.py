@@ -41,7 +41,7 @@ an unflagged one is an error, as is a path whose file is missing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from is4.config import ModelRef, PrescreenConfig
-from is4.manifests.checksum import sha256_file
+from is4.config import BuildConfig, ModelRef, PrescreenConfig
+from is4.manifests.errors import FatalError
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import PRESCREEN
 from is4.pipeline.common.models import ResolvedModel, resolve_model, torch_device_and_dtype
 from is4.pipeline.images.prompts import PromptError, depictable_categories
+from is4.pipeline.stage import ProgressFn
 from is4.pipeline.verification import update_verification
 
 TEXT_TEMPLATE = "a photo of a {object}"
@@ -65,7 +66,7 @@ FLAG_REASON_COLUMN = "flag_reason"
 _COSINE_TOLERANCE = 1e-9
 
 
-class PrescreenError(ValueError):
+class PrescreenError(FatalError, ValueError):
     """The images, categories or model do not make a pre-screen."""
 
 
@@ -211,7 +212,12 @@ def _floor(value: float, digits: int = 6) -> str:
 
 
 def run_prescreen(
-    workdir: str | Path, cfg: PrescreenConfig, model: ModelRef | None, *, decided_at: datetime | None = None
+    workdir: str | Path,
+    cfg: PrescreenConfig,
+    model: ModelRef | None,
+    *,
+    decided_at: datetime | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the images manifest with CLIP, write the prescreen manifest and (see module doc) merge verification."""
     workdir = Path(workdir)
@@ -277,17 +283,8 @@ def run_prescreen(
         },
         columns=list(PRESCREEN.column_names),
     )
-    provenance = {
-        "stage": "prescreen",
-        "config": cfg.model_dump(mode="json"),
-        "model": model.model_dump(mode="json"),
-        "model_revision": resolved.revision,
-        "text_template": TEXT_TEMPLATE,
-        "categories": class_ids,
-        "images_sha256": sha256_file(manifest_path(workdir, "images")),
-        "categories_sha256": sha256_file(manifest_path(workdir, "categories")),
-    }
-    prescreen_path = write_manifest(workdir, PRESCREEN, prescreen, provenance)
+    facts = {"model_revision": resolved.revision, "text_template": TEXT_TEMPLATE, "categories": class_ids}
+    prescreen_path = write_manifest(workdir, PRESCREEN, prescreen, {**(provenance or {}), **facts})
 
     summary: dict[str, Any] = {
         "images": len(images),
@@ -322,7 +319,7 @@ def run_prescreen(
             **base, "decision": "reject", "reason": reason, "reviewer": REVIEWER, "decided_at": decided_at,
         }
     verification_path, verification, kept = update_verification(
-        workdir, auto_rows.values(), REVIEWER, {"stage": "prescreen"}
+        workdir, auto_rows.values(), REVIEWER, {**(provenance or {"stage": "prescreen"}), **facts}
     )
     kept_ids = set(kept)
     applied = [row["decision"] for image_id, row in auto_rows.items() if image_id not in kept_ids]
@@ -334,3 +331,9 @@ def run_prescreen(
         verification_manifest=str(verification_path),
     )
     return summary
+
+
+def prescreen_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                    progress: ProgressFn | None = None) -> dict[str, Any]:
+    """CLIP scores that order the verification queue; automatic rejects where configured."""
+    return run_prescreen(work, cfg.prescreen, cfg.models.prescreen, provenance=provenance)

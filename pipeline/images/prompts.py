@@ -23,6 +23,7 @@ Rules (the IS4 paper's templates; DESIGN §3 `prompts` table):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -30,14 +31,15 @@ from typing import Any
 
 import pandas as pd
 
-from is4.config import PromptsConfig
-from is4.manifests.checksum import sha256_file
+from is4.config import BuildConfig, PromptsConfig
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import CATEGORY_ID_RE, derive_seed, stable_rank
-from is4.manifests.io import manifest_path, read_manifest, write_manifest
+from is4.manifests.io import read_manifest, write_manifest
 from is4.manifests.schema import CATEGORIES, PROMPTS
+from is4.pipeline.stage import ProgressFn
 
 
-class PromptError(ValueError):
+class PromptError(FatalError, ValueError):
     """The categories and the prompts config do not make a prompt set."""
 
 
@@ -177,21 +179,22 @@ def build_prompts(categories: pd.DataFrame, cfg: PromptsConfig, seed: int) -> pd
     return prompt_set(categories, cfg, seed).frame
 
 
-def run_prompts(workdir: str | Path, cfg: PromptsConfig, seed: int) -> dict[str, Any]:
+def run_prompts(
+    workdir: str | Path, cfg: PromptsConfig, seed: int, *, provenance: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Read the categories manifest, write the prompts manifest and return a summary of what was built."""
-    source = manifest_path(workdir, "categories")
-    categories = read_manifest(workdir, "categories")
+    categories = read_manifest(workdir, CATEGORIES)
     built = prompt_set(categories, cfg, seed)
-    provenance = {
-        "stage": "prompts",
-        "seed": seed,
-        "config": cfg.model_dump(mode="json"),
-        "categories_sha256": sha256_file(source),
-    }
-    path = write_manifest(workdir, PROMPTS, built.frame, provenance)
+    path = write_manifest(workdir, PROMPTS, built.frame, dict(provenance or {}))
     return {
         "pairs": len(built.pairs),
         "prompts": len(built.frame),
         "skipped_instrument_pairs": built.skipped_instrument_pairs,
         "manifest": str(path),
     }
+
+
+def prompts_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                  progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The category-pair prompt set with per-image seeds."""
+    return run_prompts(work, cfg.prompts, cfg.seed, provenance=provenance)

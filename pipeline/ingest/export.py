@@ -11,9 +11,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from is4.config import BuildConfig
 from is4.manifests.atomic import replace_directory
 from is4.manifests.io import read_manifest
+from is4.pipeline.stage import ProgressFn
 
 DEFAULT_EXPORT_DIR = "exports/vggsound"
 
@@ -46,3 +49,10 @@ def export_training_layout(workdir: str | Path, out_dir: str | Path | None = Non
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out, len(ok)
+
+
+def export_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The training layout of the ingested clips (`WORK/exports/vggsound`); it writes no manifest."""
+    out, n = export_training_layout(work)
+    return {"clips": n, "directory": str(out)}

@@ -23,8 +23,8 @@ from PIL import Image
 from scipy.io import wavfile
 
 from is4.manifests.atomic import atomic_path
-from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
+from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 
 FFMPEG_TIMEOUT_S = 120.0
 # A frame stamped up to this much after the midpoint still counts as on screen at it (absorbs time-base rounding).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,22 +20,20 @@ from typing import Any
 import pandas as pd
 import yt_dlp
 
-import is4
-from is4.config import IngestConfig
-from is4.manifests.checksum import sha256_file
+from is4.config import BuildConfig, IngestConfig
 from is4.manifests.io import write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.schema import CLIPS
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
 from is4.pipeline.ingest.download import DownloadFailure, download_section
 from is4.pipeline.ingest.extract import MediaError, extract_clip
-from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
 from is4.pipeline.ingest.subsets import read_id_list, select_rows
 from is4.pipeline.ingest.vggsound_csv import CsvRow, read_vggsound_csv
+from is4.pipeline.stage import ProgressFn
 
 JOURNAL = "state/ingest.jsonl"
 MEDIA_DIRS = {"source": "media/source", "frame": "media/frames", "audio": "media/audio", "spec": "media/spec",
               "mel": "media/mel"}
-ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -143,6 +141,7 @@ def run_ingest(
     *,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> IngestSummary:
     """Ingest the clips of a VGGSound-format csv into `workdir`; resumes from the journal of earlier runs.
 
@@ -181,20 +180,8 @@ def run_ingest(
             if progress:
                 progress(done, len(selected), f"{record['clip_id']}: {record['status']}")
     frame = _manifest_rows(rows, selected, records)
-    provenance = {
-        "stage": "ingest",
-        "is4_version": is4.__version__,
-        "yt_dlp_version": yt_dlp.version.__version__,
-        "csv_name": csv_path.name,
-        "csv_sha256": sha256_file(csv_path),
-        "seed": seed,
-        # Settings that cannot change the output (where the server is, how many workers) are left out, so the
-        # manifest's bytes depend only on what it describes.
-        "config": cfg.model_dump(
-            mode="json", exclude={"download": {"url_template", "workers", "retry_backoff_s"}, "demo_media": True}
-        ),
-    }
-    manifest = write_manifest(workdir, CLIPS, frame, provenance)
+    facts = {"yt_dlp_version": yt_dlp.version.__version__, "csv_name": csv_path.name}
+    manifest = write_manifest(workdir, CLIPS, frame, {**(provenance or {}), **facts})
     statuses = Counter(frame["status"])
     failures = Counter(reason_kind(r) for r in frame.loc[frame["status"] != "ok", "reason"])
     return IngestSummary(
@@ -208,3 +195,12 @@ def run_ingest(
         processed=len(todo),
         failures_by_reason=dict(sorted(failures.items())),
     )
+
+
+def ingest_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, csv_path: Path,
+                 url_template: str | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Ingest `csv_path` (the source the flow or the CLI opened); `url_template` replaces the configured one."""
+    ingest = cfg.ingest
+    if url_template is not None:
+        ingest = ingest.model_copy(update={"download": ingest.download.model_copy(update={"url_template": url_template})})
+    return run_ingest(csv_path, work, ingest, seed=cfg.seed, progress=progress, provenance=provenance).as_dict()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from is4.classes import vggsound_labels
+from is4.manifests.errors import FatalError
 from is4.manifests.ids import MAX_START_SEC, YTID_RE, make_clip_id
 
 SPLITS = ("train", "test")
@@ -25,7 +26,7 @@ _HEADER_HINTS = ("youtube", "ytid", "video_id", "#")
 _START_RE = re.compile(r"^[0-9]+(\.0*)?$")
 
 
-class CsvError(RuntimeError):
+class CsvError(FatalError, RuntimeError):
     """The csv as a whole cannot be read: the run cannot proceed."""
 
 

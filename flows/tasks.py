@@ -1,0 +1,98 @@
+"""One Prefect task for every stage: cached on the stage's declared key, retried on transient errors, summarised.
+
+Results and cache records live in the work directory (`WORK/state/prefect`), so a cache hit always refers to
+outputs of that work directory; a stage whose outputs are not intact runs again whatever its cache says (its own
+journals then redo only what is missing).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from is4.config import BuildConfig
+from is4.manifests.errors import FatalError
+from is4.pipeline.registry import stage as declared
+from is4.pipeline.stage import Stage, cache_key
+
+PREFECT_STATE_DIR = "state/prefect"
+# Errors that say the run itself cannot proceed: retrying would only repeat them.
+NOT_RETRIED = (FatalError, PermissionError)
+_ARTIFACT_ROWS = 50
+
+
+def summary_markdown(title: str, summary: dict[str, Any]) -> str:
+    """A stage summary as markdown: scalars in one table, each mapping (e.g. rejects by reason) in its own."""
+    lines = [f"# {title}", "", "| what | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict)]
+    for name, mapping in summary.items():
+        if isinstance(mapping, dict) and mapping:
+            lines += ["", f"## {name}", "", "| key | value |", "| --- | --- |"]
+            items = list(mapping.items())
+            lines += [f"| {k} | {v} |" for k, v in items[:_ARTIFACT_ROWS]]
+            if len(items) > _ARTIFACT_ROWS:
+                lines.append(f"| … | {len(items) - _ARTIFACT_ROWS} more |")
+    return "\n".join(lines)
+
+
+def publish(key: str, title: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Attach a summary to the run as a markdown artifact (`<key>-summary`) and return it."""
+    create_markdown_artifact(key=f"{key}-summary", markdown=summary_markdown(title, summary))
+    return summary
+
+
+def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["fingerprint"]
+
+
+def _retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), NOT_RETRIED)
+
+
+@task(cache_key_fn=_cache_key, persist_result=True, retries=2,
+      retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient)
+def stage_task(name: str, workdir: str, config: BuildConfig, provenance: dict[str, Any], fingerprint: str,
+               label: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Run one declared stage (or one shard of it, `label` e.g. `generate 0/2`) and publish its summary."""
+    logger = get_run_logger()
+
+    def progress(done: int, total: int, message: str) -> None:
+        logger.info("%s %d/%d %s", label, done, total, message)
+
+    summary = declared(name).load()(Path(workdir), config, provenance, progress=progress, **options)
+    return publish(re.sub(r"[^a-z0-9]+", "-", label.lower()), label, summary)
+
+
+class StageRunner:
+    """Runs stage tasks with this build's result storage, refreshing any whose outputs are not intact."""
+
+    def __init__(self, work: Path, cfg: BuildConfig) -> None:
+        self.work, self.cfg = work, cfg
+        self.storage = work / PREFECT_STATE_DIR
+
+    def _task(self, stage: Stage):
+        # A cache hit must never stand in for outputs that were deleted.
+        return stage_task.with_options(name=stage.name, result_storage=self.storage,
+                                       refresh_cache=not stage.outputs_intact(self.work, self.cfg))
+
+    def __call__(self, stage: Stage, provenance: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """Run `stage` once; `provenance` replaces the declared one (ingest's csv is known only at run time)."""
+        provenance = provenance or stage.provenance(self.cfg, self.work)
+        return self._task(stage)(stage.name, str(self.work), self.cfg, provenance,
+                                 cache_key(provenance, self.work), stage.name, options)
+
+    def shards(self, stage: Stage, n: int) -> list[dict[str, Any]]:
+        """One task run per shard `(i, n)`, concurrently (Prefect `.map`), each with its own key; results in order."""
+        provenance = stage.provenance(self.cfg, self.work)
+        futures = self._task(stage).map(
+            unmapped(stage.name), unmapped(str(self.work)), unmapped(self.cfg), unmapped(provenance),
+            [cache_key(provenance, self.work, shard=f"{i}/{n}") for i in range(n)],
+            [f"{stage.name} {i}/{n}" for i in range(n)],
+            [{"shard": (i, n)} for i in range(n)],
+        )
+        return [future.result() for future in futures]
