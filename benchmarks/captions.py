@@ -36,11 +36,11 @@ from scipy.io import wavfile  # noqa: E402
 
 from is4.config import ModelRef  # noqa: E402
 from is4.pipeline.captions.audio import Qwen2AudioCaptioner  # noqa: E402
-from is4.pipeline.common.batching import run_in_batches  # noqa: E402
 from is4.pipeline.captions.image import Blip2Captioner  # noqa: E402
+from is4.pipeline.captions.object_phrase import TransformersPhraser  # noqa: E402
+from is4.pipeline.common.batching import run_in_batches  # noqa: E402
 from is4.pipeline.common.llm import ChatLM  # noqa: E402
 from is4.pipeline.common.models import ResolvedModel, resolve_model  # noqa: E402
-from is4.pipeline.captions.object_phrase import TransformersPhraser  # noqa: E402
 
 SR = 16000
 CAPTION_PAIRS = (

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from is4.config import DownloadConfig, ExtractConfig, IngestConfig
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
+from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
+from is4.pipeline.demo.synthetic_media import Segment, make_video
 from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 from is4.pipeline.ingest.download import download_section
 from is4.pipeline.ingest.extract import FRAME_TIME_TOLERANCE_S, INT16_FULL_SCALE, extract_clip
-from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
 from is4.pipeline.ingest.run import run_ingest
-from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
-from is4.pipeline.demo.synthetic_media import Segment, make_video
 
 SIZE = (640, 360)  # a typical 360p source
 LABELS = ("dog barking", "playing cello", "cat meowing", "playing acoustic guitar")

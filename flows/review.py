@@ -14,8 +14,8 @@ from prefect.settings import get_current_settings
 from pydantic import Field
 
 from is4.config import BuildConfig
-from is4.manifests.errors import FatalError
 from is4.flows.tasks import publish
+from is4.manifests.errors import FatalError
 from is4.pipeline.verification import undecided
 
 DEFAULT_REVIEWER = getpass.getuser()

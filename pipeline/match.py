@@ -43,7 +43,6 @@ class MatchError(FatalError, ValueError):
     """The match stage cannot give every instance a clip (or an input is unusable)."""
 
 
-
 def read_exclusions(paths: list[Path] | tuple[Path, ...]) -> tuple[frozenset[str], frozenset[str]]:
     """(clip ids, YouTube ids) listed in the exclusion files; an unreadable file raises MatchError naming it.
 

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from scipy.io import wavfile
 
-from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
-from is4.pipeline.ingest.extract import ExtractedClip, MediaError, extract_clip
 from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
 from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
+from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
+from is4.pipeline.ingest.extract import ExtractedClip, MediaError, extract_clip
 
 SR = 16000
 # Tones on exact spectrogram bins (16000 / 512 = 31.25 Hz spacing).

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from is4.config import ModelRef, ObjectPhraseConfig
-from is4.pipeline.common.llm import normalise_phrase
-from is4.pipeline.common.models import ModelError
 from is4.pipeline.captions.object_phrase import (
     OBJECT_PROMPT,
     PROMPT_VERSION,
@@ -17,6 +15,8 @@ from is4.pipeline.captions.object_phrase import (
     load_phraser,
     render_object_prompt,
 )
+from is4.pipeline.common.llm import normalise_phrase
+from is4.pipeline.common.models import ModelError
 
 PAPER_INSTRUCTION = (
     "Identify the primary object in the 'image caption' most likely producing the sound like given 'audio caption', "

@@ -1,0 +1,77 @@
+"""Every `is4` command given a bad input exits 2 with one line on stderr and no traceback (README's promise).
+
+A config that does not validate says so in that line and lists each bad key on an indented line below it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from is4.cli import app
+
+IS4 = str(Path(sys.executable).parent / "is4")
+MISSING = "does-not-exist"
+
+
+def _commands(tmp: Path) -> dict[str, list[str]]:
+    """Each command with a bad input: missing files, a config that does not validate, an empty work directory."""
+    bad_config = tmp / "bad.yaml"
+    w = ["--workdir", str(tmp / "empty-work")]
+    return {
+        "ingest": ["ingest", "--csv", str(tmp / f"{MISSING}.csv"), *w],
+        "export": ["export", *w],
+        "demo-media": ["demo-media", "--out", str(tmp / "m"), "--config", str(tmp / f"{MISSING}.yaml")],
+        "categories": ["categories", "--config", str(bad_config), *w],
+        "prompts": ["prompts", *w],
+        "generate": ["generate", *w, "--shard", "3/2"],
+        "prescreen": ["prescreen", *w],
+        "review verify": ["review", "verify", "--config", str(bad_config), *w],
+        "review sync": ["review", "sync", "--config", str(tmp / f"{MISSING}.yaml"), *w],
+        "review done": ["review", "done", "--flow-run", "not-a-run-id"],
+        "annotate": ["annotate", *w],
+        "annotate refine": ["annotate", "refine", *w, "--instance", "a_b_0_a"],
+        "match": ["match", *w],
+        "caption": ["caption", *w],
+        "release": ["release", *w],
+        "release verify": ["release", "verify", str(tmp / f"{MISSING}.tar.gz")],
+        "stages": ["stages", "--config", str(bad_config)],
+        "eval": ["eval", "--release", str(tmp / MISSING), "--predictions", str(tmp / f"{MISSING}.npz")],
+        "build": ["build", "--config", str(bad_config)],
+        "serve": ["serve", "--config", str(tmp / f"{MISSING}.yaml")],
+    }
+
+
+def _all_command_names() -> set[str]:
+    import typer.main
+
+    group = typer.main.get_group(app)
+    names = set()
+    for name, command in group.commands.items():
+        subs = getattr(command, "commands", {})
+        if not subs or getattr(command, "invoke_without_command", False):
+            names.add(name)
+        names |= {f"{name} {sub}" for sub in subs}
+    return names
+
+
+def test_every_command_is_covered(tmp_path: Path) -> None:
+    covered = set(_commands(tmp_path)) | {"manifests"}  # prints a table of every manifest: tested in test_cli
+    assert _all_command_names() <= covered
+
+
+@pytest.mark.parametrize("name", sorted(_commands(Path("/tmp"))))
+def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path) -> None:
+    (tmp_path / "empty-work").mkdir()
+    (tmp_path / "bad.yaml").write_text("seed: yes\n")
+    result = subprocess.run([IS4, *_commands(tmp_path)[name]], capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"COLUMNS": "400"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    first, *keys = result.stderr.strip().splitlines()
+    assert first.startswith("error: "), result.stderr
+    assert all(line.startswith("  ") for line in keys) and (not keys or first.endswith("invalid config"))
+    assert "Traceback" not in result.stderr
