@@ -1,4 +1,4 @@
-"""The match stage: give every annotated object of an accepted image a real VGGSound clip of its category.
+"""The match stage: give both objects of every complete accepted image a real VGGSound clip of its category.
 
 For each category the pool is its usable clips (status ok, split in `match.splits`, label mapping to the category,
 not listed in any `match.exclude_clip_lists` file) sorted by `stable_rank(seed, "match", category, clip_id)`. The
@@ -11,7 +11,13 @@ list with one clip id or YouTube id per line; a YouTube id excludes every clip o
 category that has instances but no usable clip fails the stage with `MatchError` naming it and saying how many of
 its clips the exclusion removed, rather than releasing an object that cannot sound.
 
-Instances whose mask is empty (no box) are left out and counted: there is nothing to localise.
+IS4's unit is the image with both sounding objects (IIoU scores every object of an image), so an accepted image enters
+`instances` only when both of its categories (`category_a`, `category_b` of the images manifest) have an annotation
+with a non-empty mask (a box); otherwise the whole image is left out with its reasons (`empty-mask: <category>`,
+`missing-annotation: <category>`). Each image's reasons, the counts by reason and the sha256 of the instances
+manifest they describe go to `WORK/reports/match.json` (`REPORT_PATH`), which the release card reads. The two
+instances of an image take their clips from the pools of two different categories, so they never share a clip;
+`check_assignment` asserts that and that every clip's label maps to its instance's category.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from is4.config import BuildConfig, MatchConfig
+from is4.manifests.atomic import atomic_write_json
+from is4.manifests.checksum import sha256_file
 from is4.manifests.errors import FatalError
 from is4.manifests.ids import CLIP_ID_RE, stable_rank
 from is4.manifests.io import is_blank, read_manifest, write_manifest
@@ -37,6 +45,8 @@ COLUMNS = (
     "bbox_xyxy",
 )
 _PARQUET_MAGIC = b"PAR1"
+REPORT_PATH = "reports/match.json"
+EMPTY_MASK, MISSING_ANNOTATION = "empty-mask", "missing-annotation"
 
 
 class MatchError(FatalError, ValueError):
@@ -116,10 +126,90 @@ def assign_clips(
     return sorted(rows, key=lambda r: r["instance_id"])
 
 
+def complete_images(
+    annotations: pd.DataFrame, images: pd.DataFrame, accepted: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """(the instances of the accepted images whose two objects both have a mask, {image_id: reasons} of the rest).
+
+    Reasons are `empty-mask: <category>` (no mask or no box) and `missing-annotation: <category>`, by category. An
+    annotation of an accepted image must be one of the image's two categories and be called `{image_id}_{category}`,
+    and an image that enters must have an image file; anything else raises MatchError naming it.
+    """
+    image_rows = {r["image_id"]: r for r in images.to_dict("records")}
+    by_image: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for rec in annotations.to_dict("records"):
+        if rec["image_id"] not in accepted:
+            continue
+        if rec["image_id"] not in image_rows:
+            raise MatchError(f"instance {rec['instance_id']}: image {rec['image_id']!r} is not in the images manifest")
+        if rec["instance_id"] != f"{rec['image_id']}_{rec['category']}":
+            raise MatchError(f"annotation {rec['instance_id']!r}: the id is not {{image_id}}_{{category}} "
+                             f"({rec['image_id']}_{rec['category']})")
+        by_image[rec["image_id"]][rec["category"]] = rec
+
+    instances: list[dict[str, Any]] = []
+    excluded: dict[str, list[str]] = {}
+    for image_id in sorted(accepted & image_rows.keys()):
+        image = image_rows[image_id]
+        pair = (image["category_a"], image["category_b"])
+        if pair[0] == pair[1]:
+            raise MatchError(f"image {image_id}: category_a and category_b are both {pair[0]!r} in the images manifest")
+        found = by_image.get(image_id, {})
+        stray = sorted(set(found) - set(pair))
+        if stray:
+            raise MatchError(f"image {image_id}: annotation of {', '.join(map(repr, stray))}, which is not one of the "
+                             f"image's categories {pair[0]!r}, {pair[1]!r}")
+        reasons = []
+        for category in sorted(pair):
+            rec = found.get(category)
+            if rec is None:
+                reasons.append(f"{MISSING_ANNOTATION}: {category}")
+            elif is_blank(rec.get("mask_path")) or is_blank(rec.get("bbox_xyxy")):
+                reasons.append(f"{EMPTY_MASK}: {category}")
+        if reasons:
+            excluded[image_id] = reasons
+            continue
+        if is_blank(image.get("image_path")):
+            raise MatchError(f"image {image_id}: no image_path in the images manifest")
+        for category in sorted(pair):
+            rec = found[category]
+            instances.append({
+                "instance_id": rec["instance_id"], "image_id": image_id, "category": category,
+                "image_path": image["image_path"], "mask_path": rec["mask_path"],
+                "bbox_xyxy": [float(v) for v in rec["bbox_xyxy"]],
+            })
+    return instances, excluded
+
+
+def check_assignment(rows: list[dict[str, Any]], label_to_category: Mapping[str, str]) -> None:
+    """Raise MatchError (a bug, never bad input) unless every image has two instances of two categories with two
+    different clips, each clip's label mapping to its instance's category."""
+    by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if label_to_category.get(row["label"]) != row["category"]:
+            raise MatchError(f"bug: instance {row['instance_id']} got clip {row['clip_id']} labelled {row['label']!r}, "
+                             f"which is not category {row['category']!r}")
+        by_image[row["image_id"]].append(row)
+    for image_id, pair in sorted(by_image.items()):
+        if len(pair) != 2 or pair[0]["category"] == pair[1]["category"] or pair[0]["clip_id"] == pair[1]["clip_id"]:
+            raise MatchError(f"bug: image {image_id} has instances "
+                             + ", ".join(f"{r['instance_id']} → {r['clip_id']}" for r in pair)
+                             + " (two objects of two categories with two different clips expected)")
+
+
+def _reason_counts(excluded: Mapping[str, list[str]]) -> dict[str, int]:
+    """Images left out per kind of reason (an image with two kinds counts under both)."""
+    counts: dict[str, int] = defaultdict(int)
+    for reasons in excluded.values():
+        for kind in sorted({r.split(":", 1)[0] for r in reasons}):
+            counts[kind] += 1
+    return dict(sorted(counts.items()))
+
+
 def run_match(
     workdir: str | Path, cfg: MatchConfig, seed: int, *, provenance: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write the instances manifest for the accepted, annotated images; return counts."""
+    """Write the instances manifest for the complete accepted images and `reports/match.json`; return counts."""
     workdir = Path(workdir)
     annotations = read_manifest(workdir, ANNOTATIONS)
     verification = read_manifest(workdir, VERIFICATION)
@@ -128,25 +218,7 @@ def run_match(
     categories = read_manifest(workdir, CATEGORIES)
 
     accepted = set(verification.loc[verification["decision"] == "accept", "image_id"])
-    image_paths = {r.image_id: r.image_path for r in images.itertuples()}
-
-    instances: list[dict[str, Any]] = []
-    skipped_empty = 0
-    for rec in annotations.to_dict("records"):
-        if rec["image_id"] not in accepted:
-            continue
-        box = rec.get("bbox_xyxy")
-        if is_blank(rec.get("mask_path")) or is_blank(box):
-            skipped_empty += 1
-            continue
-        image_path = image_paths.get(rec["image_id"])
-        if is_blank(image_path):
-            raise MatchError(f"instance {rec['instance_id']}: image {rec['image_id']!r} has no image_path "
-                             "in the images manifest")
-        instances.append({
-            "instance_id": rec["instance_id"], "image_id": rec["image_id"], "category": rec["category"],
-            "image_path": image_path, "mask_path": rec["mask_path"], "bbox_xyxy": [float(v) for v in box],
-        })
+    instances, excluded = complete_images(annotations, images, accepted)
 
     label_to_category = {
         r.label: r.category_id for r in categories.itertuples() if not is_blank(r.category_id)
@@ -177,22 +249,36 @@ def run_match(
         raise MatchError(f"cannot match every instance: {details}")
 
     rows = assign_clips(instances, {cat: pools[cat] for cat in wanted}, seed)
+    check_assignment(rows, label_to_category)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     path = write_manifest(workdir, INSTANCES, frame, dict(provenance or {}))
+    by_reason = _reason_counts(excluded)
+    released = len({r["image_id"] for r in rows})
+    atomic_write_json(workdir / REPORT_PATH, {
+        "instances_manifest": path.relative_to(workdir).as_posix(),
+        "instances_sha256": sha256_file(path),
+        "images_released": released,
+        "images_excluded": len(excluded),
+        "images_excluded_by_reason": by_reason,
+        "excluded": dict(sorted(excluded.items())),
+    })
     used = {r["clip_id"] for r in rows}
     return {
         "instances": len(rows),
+        "images_released": released,
+        "images_excluded": len(excluded),
+        "images_excluded_by_reason": by_reason,
         "categories": len(wanted),
         "clips_used": len(used),
         "reused": sum(1 for r in rows if r["reused"]),
         "excluded": sum(excluded_by_category.values()),
         "excluded_by_category": dict(sorted(excluded_by_category.items())),
-        "skipped_empty_masks": skipped_empty,
         "manifest": str(path),
+        "report": str(workdir / REPORT_PATH),
     }
 
 
 def match_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
                 progress: ProgressFn | None = None) -> dict[str, Any]:
-    """A VGGSound clip of its category for every annotated object, seeded, with the leakage guard."""
+    """A VGGSound clip of its category for both objects of every complete image, seeded, with the leakage guard."""
     return run_match(work, cfg.match, cfg.seed, provenance=provenance)

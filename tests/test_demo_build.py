@@ -83,6 +83,23 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     release = work / "releases/is4-0.1.0"
     instances = read_manifest(work, "instances")
     assert set(instances["image_id"]) <= set(accepted["image_id"]) and len(instances)
+    # Only complete IS4 items: both objects of an image, each with its own category's clip, two different clips.
+    assert len(instances) == 2 * instances["image_id"].nunique()
+    labels = categories.set_index("label")["category_id"]
+    for image_id, group in instances.groupby("image_id"):
+        assert sorted(group["category"]) == sorted(by_image.loc[image_id, ["category_a", "category_b"]]), image_id
+        assert group["clip_id"].is_unique and (labels[group["label"]].to_numpy() == group["category"]).all()
+    # The tiny random SAM leaves some masks empty: exactly those images are left out, with their reasons.
+    empty: dict[str, list[str]] = {}
+    for row in annotations.sort_values("instance_id").itertuples():
+        if not np.asarray(Image.open(work / row.mask_path)).any():
+            empty.setdefault(row.image_id, []).append(f"empty-mask: {row.category}")
+    report = json.loads((work / "reports/match.json").read_text())
+    assert report["excluded"] == empty and len(empty), "the demo exercises the exclusion"
+    assert set(instances["image_id"]) == set(accepted["image_id"]) - set(empty)
+    assert report["images_released"] == instances["image_id"].nunique()
+    card = (release / "README.md").read_text()
+    assert f"| accepted images left out (not complete items) | {len(empty)} |" in card
     entries = json.loads((release / "is4_bbox.json").read_text())
     assert sorted(Path(e["image"]).stem for e in entries) == sorted(instances["instance_id"])
     verified = subprocess.run([IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,120 @@ def test_bad_exclusion_files_are_named(workdir: Path, tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": pa.array(["x"])}), no_column)
     with pytest.raises(MatchError, match="no clip_id column"):
         run_match(workdir, MatchConfig(exclude_clip_lists=[no_column]), SEED)
+
+
+# --- complete IS4 items only ----------------------------------------------------------------------------------------
+
+
+def _empty_mask(work: Path, instance_id: str) -> None:
+    """Make one annotation an empty SAM mask, as annotate writes it: an all-zero PNG and no box."""
+    frame = read_manifest(work, "annotations")
+    row = frame.index[frame["instance_id"] == instance_id][0]
+    Image.fromarray(np.zeros((IMAGE_H, IMAGE_W), np.uint8)).save(work / frame.at[row, "mask_path"])
+    frame.at[row, "bbox_xyxy"] = None
+    write_manifest(work, "annotations", frame)
+
+
+def _drop_annotation(work: Path, instance_id: str) -> None:
+    frame = read_manifest(work, "annotations")
+    write_manifest(work, "annotations", frame[frame["instance_id"] != instance_id])
+
+
+def _report(work: Path) -> dict:
+    return json.loads((work / match_mod.REPORT_PATH).read_text())
+
+
+def test_an_image_with_an_empty_mask_is_left_out_whole(workdir: Path) -> None:
+    _empty_mask(workdir, "cello_dog_1_dog")
+    _drop_annotation(workdir, "cello_dog_2_cello")
+    _empty_mask(workdir, "cello_dog_3_dog")  # a rejected image: neither released nor counted
+    summary = run_match(workdir, MatchConfig(), SEED)
+    frame = read_manifest(workdir, "instances")
+    # Not even the good object of an incomplete image is released.
+    assert sorted(frame["instance_id"]) == ["cello_dog_0_cello", "cello_dog_0_dog"]
+    report = _report(workdir)
+    assert report["excluded"] == {"cello_dog_1": ["empty-mask: dog"], "cello_dog_2": ["missing-annotation: cello"]}
+    assert report["images_released"] == summary["images_released"] == 1
+    assert report["images_excluded"] == summary["images_excluded"] == 2
+    expected_counts = {"empty-mask": 1, "missing-annotation": 1}
+    assert report["images_excluded_by_reason"] == summary["images_excluded_by_reason"] == expected_counts
+    path = manifest_path(workdir, "instances")
+    assert report["instances_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert summary["instances"] == 2 and summary["reused"] == 0  # the two dog clips now suffice
+
+    # Both masks of one image empty: one image, two reasons, counted once under its kind.
+    _empty_mask(workdir, "cello_dog_0_cello")
+    _empty_mask(workdir, "cello_dog_0_dog")
+    _drop_annotation(workdir, "cello_dog_1_cello")
+    summary = run_match(workdir, MatchConfig(), SEED)
+    report = _report(workdir)
+    assert report["excluded"] == {
+        "cello_dog_0": ["empty-mask: cello", "empty-mask: dog"],
+        "cello_dog_1": ["missing-annotation: cello", "empty-mask: dog"],
+        "cello_dog_2": ["missing-annotation: cello"],
+    }
+    assert report["images_excluded_by_reason"] == {"empty-mask": 2, "missing-annotation": 2}
+    assert summary["instances"] == report["images_released"] == 0 and read_manifest(workdir, "instances").empty
+
+
+def test_instances_of_an_image_have_two_clips_of_their_own_categories(workdir: Path) -> None:
+    run_match(workdir, MatchConfig(splits=["train", "test"]), SEED)
+    frame = read_manifest(workdir, "instances")
+    category_of_label = {label: cid for label, _obj, cid in CATEGORIES}
+    for image_id, group in frame.groupby("image_id"):
+        assert sorted(group["category"]) == ["cello", "dog"], image_id
+        assert group["clip_id"].is_unique, image_id
+        for rec in group.to_dict("records"):
+            assert category_of_label[rec["label"]] == rec["category"]
+            assert rec["instance_id"] == f"{image_id}_{rec['category']}"
+
+
+def test_an_assignment_that_breaks_the_invariants_is_a_bug(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_assign = match_mod.assign_clips
+
+    def shared_clip(instances, pools, seed):
+        rows = real_assign(instances, pools, seed)
+        cello = next(r for r in rows if r["instance_id"] == "cello_dog_0_cello")
+        dog = next(r for r in rows if r["instance_id"] == "cello_dog_0_dog")
+        dog.update(clip_id=cello["clip_id"], label=cello["label"])
+        return rows
+
+    monkeypatch.setattr(match_mod, "assign_clips", shared_clip)
+    with pytest.raises(MatchError, match=r"bug: instance cello_dog_0_dog .*'playing cello'.*'dog'"):
+        run_match(workdir, MatchConfig(), SEED)
+    assert not manifest_path(workdir, "instances").exists()
+
+    rows = [{"instance_id": f"x_y_0_{c}", "image_id": "x_y_0", "category": c, "clip_id": "same", "label": c}
+            for c in ("x", "y")]
+    with pytest.raises(MatchError, match=r"bug: image x_y_0 .*x_y_0_x → same, x_y_0_y → same"):
+        match_mod.check_assignment(rows, {"x": "x", "y": "y"})
+    with pytest.raises(MatchError, match=r"bug: image x_y_0 .*two objects"):
+        match_mod.check_assignment(rows[:1], {"x": "x", "y": "y"})
+    match_mod.check_assignment([rows[0], {**rows[1], "clip_id": "other"}], {"x": "x", "y": "y"})
+
+
+def test_exclusions_are_seeded_and_independent_of_row_order(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _empty_mask(workdir, "cello_dog_2_cello")
+    run_match(workdir, MatchConfig(), SEED)
+    manifest, report = manifest_path(workdir, "instances"), workdir / match_mod.REPORT_PATH
+    reference = (manifest.read_bytes(), report.read_bytes())
+    real_read = match_mod.read_manifest
+    monkeypatch.setattr(match_mod, "read_manifest", lambda work, table: real_read(work, table).sample(
+        frac=1.0, random_state=11).reset_index(drop=True))
+    run_match(workdir, MatchConfig(), SEED)
+    assert (manifest.read_bytes(), report.read_bytes()) == reference
+    assert _report(workdir)["excluded"] == {"cello_dog_2": ["empty-mask: cello"]}
+
+
+def test_annotations_that_are_not_the_image_s_objects_are_refused(workdir: Path) -> None:
+    frame = read_manifest(workdir, "annotations")
+    stray = frame[frame["instance_id"] == "cello_dog_0_dog"].assign(instance_id="cello_dog_0_cat", category="cat")
+    write_manifest(workdir, "annotations", pd.concat([frame, stray], ignore_index=True))
+    with pytest.raises(MatchError, match=r"image cello_dog_0: annotation of 'cat'.*'cello', 'dog'"):
+        run_match(workdir, MatchConfig(), SEED)
+
+    misnamed = frame.copy()
+    misnamed.loc[misnamed["instance_id"] == "cello_dog_1_dog", "instance_id"] = "cello_dog_1_puppy"
+    write_manifest(workdir, "annotations", misnamed)
+    with pytest.raises(MatchError, match=r"'cello_dog_1_puppy'.*cello_dog_1_dog"):
+        run_match(workdir, MatchConfig(), SEED)

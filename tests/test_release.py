@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from is4.pipeline.release import (
     verify_release,
     write_archive,
 )
+from is4.pipeline.release.media import mask_jpeg, scale_box
 from tests.test_match import (
     ACCEPTED,
     IMAGE_H,
@@ -394,3 +396,174 @@ def test_release_refuses_a_wrong_sample_rate(tmp_path: Path) -> None:
         build_release(work, CFG, BUILD_CONFIG)
     assert not (work / "releases" / NAME).exists()
     assert [p for p in (work / "releases").iterdir()] == []  # the staging directory is gone
+
+
+# --- complete IS4 items: verify checks the invariants, the card counts what match left out --------------------------
+
+
+def _copy(rel: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / NAME
+    shutil.copytree(rel, copy)
+    return copy
+
+
+def _edit_json(copy: Path, name: str, edit) -> None:
+    path = copy / name
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _set_box(copy: Path, iid: str, box: list[int]) -> None:
+    def edit(entries):
+        for e in entries:
+            if Path(e["image"]).stem == iid:
+                e["gt_box"] = box
+        return entries
+
+    _edit_json(copy, "is4_bbox.json", edit)
+
+
+def _mask_extent(path: Path) -> list[int]:
+    """Independently: the extent of a released mask (> 127), pixel edges."""
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def test_a_built_release_is_complete_items_only(built: tuple[Path, Path]) -> None:
+    _, rel = built
+    report = verify_release(rel)
+    assert report.ok and report.invalid == []
+    stems = [Path(e["image"]).stem for e in json.loads((rel / "is4_bbox.json").read_text())]
+    images = {s.rsplit("_", 1)[0] for s in stems}
+    assert sorted(stems) == sorted(f"{i}_{c}" for i in images for c in ("cello", "dog"))
+
+
+def test_verify_reports_an_image_with_one_instance(built: tuple[Path, Path], tmp_path: Path) -> None:
+    from is4.pipeline.release.archive import write_checksums
+
+    _, rel = built
+    copy = _copy(rel, tmp_path)
+    gone = "cello_dog_1_dog"
+    for rel_path in (f"visual_frames/{gone}.jpg", f"audio_wav/{gone}.wav", f"gt_masks/{gone}.jpg"):
+        (copy / rel_path).unlink()
+    for name in ("is4_bbox.json", "is4_seg.json"):
+        _edit_json(copy, name, lambda entries: [e for e in entries if Path(e["image"]).stem != gone])
+    write_checksums(copy)  # every checksum agrees: only the invariant is broken
+    report = verify_release(copy)
+    assert (report.missing, report.extra, report.changed) == ([], [], [])
+    assert not report.ok
+    assert report.invalid == [
+        "image cello_dog_1: instances cello_dog_1_cello; an IS4 item has exactly two, cello_dog_1_cello and "
+        "cello_dog_1_dog"
+    ]
+    assert "cello_dog_1" in report.summary()
+
+    # Inside an archive, through the command line: listed as invalid, exit 1.
+    archive = tmp_path / "single.tar.gz"
+    write_archive(copy, archive, NAME)
+    assert verify_release(archive).invalid == report.invalid
+    result = subprocess.run([str(Path(sys.executable).parent / "is4"), "release", "verify", str(archive)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "invalid: image cello_dog_1: instances cello_dog_1_cello;" in result.stdout
+    assert result.stdout.strip().endswith("FAILED")
+
+
+def test_verify_reports_a_box_outside_the_frame(built: tuple[Path, Path], tmp_path: Path) -> None:
+    _, rel = built
+    copy = _copy(rel, tmp_path)
+    iid = "cello_dog_0_dog"
+    x1, y1, x2, y2 = _mask_extent(copy / f"gt_masks/{iid}.jpg")
+    _set_box(copy, iid, [x1, y1, 230, y2])
+    report = verify_release(copy)  # the checksum of is4_bbox.json no longer matches, and the box is reported too
+    assert report.changed == ["is4_bbox.json"]
+    (problem,) = report.invalid
+    assert problem.startswith("is4_bbox.json[") and iid in problem and "not inside the 224×224 frame" in problem
+    _set_box(copy, iid, [-1, y1, x2, y2])
+    assert "not inside the 224×224 frame" in verify_release(copy).invalid[0]
+    _set_box(copy, iid, [x1, y1, x1, y2])  # empty
+    assert "not inside the 224×224 frame" in verify_release(copy).invalid[0]
+
+
+def test_verify_reports_a_box_that_is_not_its_mask_s_extent(built: tuple[Path, Path], tmp_path: Path) -> None:
+    from is4.pipeline.release.archive import write_checksums
+
+    _, rel = built
+    copy = _copy(rel, tmp_path)
+    iid = "cello_dog_2_cello"
+    x1, y1, x2, y2 = _mask_extent(copy / f"gt_masks/{iid}.jpg")
+    _set_box(copy, iid, [x1 + 1, y1 - 1, x2 + 1, y2])  # within rounding
+    write_checksums(copy)
+    assert verify_release(copy).ok
+    _set_box(copy, iid, [x1, y1, x2 + 2, y2])  # two pixels too wide
+    write_checksums(copy)
+    report = verify_release(copy)
+    assert report.invalid == [
+        f"is4_bbox.json[4] {iid}: gt_box {[x1, y1, x2 + 2, y2]} is not its mask's extent {[x1, y1, x2, y2]} (±1 px)"
+    ]
+    # An empty mask, and the frame size the shipped build config declares.
+    Image.new("L", (224, 224), 0).save(copy / f"gt_masks/{iid}.jpg")
+    write_checksums(copy)
+    assert verify_release(copy).invalid == [f"is4_bbox.json[4] {iid}: mask {iid}.jpg is empty"]
+    config = yaml.safe_load((copy / "build-config.yaml").read_text())
+    config["release"]["image_size"] = 256
+    (copy / "build-config.yaml").write_text(yaml.safe_dump(config))
+    invalid = verify_release(copy).invalid
+    assert len(invalid) == 2 * len(json.loads((copy / "is4_bbox.json").read_text()))  # frame and mask of each
+    assert all("not 256×256" in p for p in invalid)
+
+
+def test_the_card_counts_the_images_match_left_out(tmp_path: Path) -> None:
+    from tests.test_match import _drop_annotation, _empty_mask
+
+    work = make_workdir(tmp_path / "work")
+    _empty_mask(work, "cello_dog_1_dog")
+    _drop_annotation(work, "cello_dog_2_cello")
+    run_match(work, MatchConfig(), SEED)
+    rel = build_release(work, CFG, BUILD_CONFIG)
+    card = (rel / "README.md").read_text()
+    assert "| accepted images left out (not complete items) | 2 |" in card
+    assert "2 accepted images were left out" in card
+    assert "| `empty-mask: dog` | 1 |" in card and "| `missing-annotation: cello` | 1 |" in card
+    assert "| images | 1 |" in card and "| instances (image + one object's audio) | 2 |" in card
+    assert verify_release(rel).ok
+
+    complete = (tmp_path / "complete").resolve()
+    shutil.copytree(work, complete, ignore=shutil.ignore_patterns("releases"))
+    # A report that is not the instances manifest's (match re-run elsewhere, or lost) is refused.
+    report = json.loads((complete / "reports/match.json").read_text())
+    (complete / "reports/match.json").write_text(json.dumps({**report, "instances_sha256": "0" * 64}))
+    with pytest.raises(ReleaseError, match=r"match.json is not the report of .*instances.parquet.*re-run match"):
+        build_release(complete, CFG, BUILD_CONFIG)
+    (complete / "reports/match.json").unlink()
+    with pytest.raises(ReleaseError, match=r"match.json: missing.*re-run match"):
+        build_release(complete, CFG, BUILD_CONFIG)
+
+
+def test_card_says_when_nothing_was_left_out(built: tuple[Path, Path]) -> None:
+    _, rel = built
+    card = (rel / "README.md").read_text()
+    assert "| accepted images left out (not complete items) | 0 |" in card
+    assert "No accepted image was left out." in card
+
+
+@pytest.mark.parametrize("protrusion", [False, True], ids=["blob", "thin-protrusion"])
+def test_shrunk_masks_keep_thin_parts_and_their_box(tmp_path: Path, protrusion: bool) -> None:
+    """512 → 224: nearest neighbour would drop a 1-px-thin part and leave the box wider than the shipped mask."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        mask = np.zeros((512, 512), np.uint8)
+        x1, y1 = rng.integers(20, 200, size=2)
+        x2, y2 = x1 + rng.integers(40, 200), y1 + rng.integers(40, 200)
+        mask[y1:y2, x1:x2] = 255
+        if protrusion:  # a one-pixel-wide arm leaving the blob to the right
+            row, reach = rng.integers(y1, y2), rng.integers(x2 + 10, 500)
+            mask[row, x2:reach] = 255
+        path = tmp_path / f"mask{trial}.png"
+        Image.fromarray(mask).save(path)
+        ys, xs = np.nonzero(mask)
+        box = scale_box([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], 512, 512, 224)
+        shipped = np.asarray(Image.open(io.BytesIO(mask_jpeg(path, 512, 512, 224, f"i{trial}"))).convert("L")) > 127
+        sy, sx = np.nonzero(shipped)
+        extent = [sx.min(), sy.min(), sx.max() + 1, sy.max() + 1]
+        assert np.abs(np.subtract(extent, box)).max() <= 1, (trial, extent, box)

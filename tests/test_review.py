@@ -583,3 +583,64 @@ def test_refine_masks_operator_refines_and_reloads(build: Build, monkeypatch: py
     cello = [(kp["click"], kp.points) for kp in s.clicks.keypoints if kp.label == "cello"]
     assert cello[0][0] == "positive" and cello[0][1] == [pytest.approx([0.25, 0.5]), pytest.approx([0.1, 0.2])]
     assert cello[1][0] == "negative" and cello[1][1] == [pytest.approx([0.75, 0.5])]
+
+
+# --- images match leaves out: an empty mask shows in needs-fix -------------------------------------------------
+
+
+def _annotation_row(root: Path, image_id: str, category: str, rows: slice | None) -> dict:
+    """An annotations row with its mask PNG: a block of rows × columns 5..14, or an empty mask (rows None)."""
+    mask = np.zeros((H, W), np.uint8)
+    if rows is not None:
+        mask[rows, 5:15] = 255
+    rel = f"media/masks/{image_id}_{category}.png"
+    Image.fromarray(mask).save(root / rel)
+    box = None if rows is None else [5.0, float(rows.start), 15.0, float(rows.stop)]
+    return {"instance_id": f"{image_id}_{category}", "image_id": image_id, "category": category, "mask_path": rel,
+            "bbox_xyxy": box, "method": "auto", "model_id": "tiny-random:sam"}
+
+
+def _add_annotations(root: Path, rows: list[dict]) -> None:
+    frame = read_manifest(root, "annotations")
+    frame = frame[~frame["instance_id"].isin([r["instance_id"] for r in rows])]
+    write_manifest(root, "annotations", pd.concat([frame, pd.DataFrame(rows)], ignore_index=True))
+
+
+def test_needs_fix_shows_accepted_images_with_an_empty_mask(tmp_path: Path, fiftyone_db: Path, fo_module) -> None:
+    from is4.annotation import review
+
+    workdir = tmp_path / tmp_path.name
+    ids = make_workdir(workdir)
+    frame = read_manifest(workdir, "verification")
+    chosen = frame["image_id"].isin(ids[1:4])
+    frame.loc[chosen, ["decision", "reviewer", "source"]] = ["accept", "alice", "human"]
+    frame.loc[chosen, "decided_at"] = T1
+    write_manifest(workdir, "verification", frame)
+    # ids[1]: its cello (from make_workdir) and an empty dog mask; ids[2]: two masks; ids[3]: not annotated yet;
+    # ids[4] (pending, not accepted): an empty mask that match would never release anyway.
+    _add_annotations(workdir, [
+        _annotation_row(workdir, ids[1], "dog", None),
+        _annotation_row(workdir, ids[2], "cello", slice(2, 9)), _annotation_row(workdir, ids[2], "dog", slice(20, 30)),
+        _annotation_row(workdir, ids[4], "cello", slice(2, 9)), _annotation_row(workdir, ids[4], "dog", None),
+    ])
+    cfg = ReviewConfig(database_dir=fiftyone_db)
+    review.build_dataset(workdir, cfg)
+    b = Build(workdir, cfg, ids, fo_module)
+    assert (b.sample(ids[1]).annotated_objects, len(b.sample(ids[1]).sam.detections)) == (2, 1)
+    assert b.view_ids("needs-fix") == [ids[1]]
+    assert sorted(b.view_ids("annotated")) == [ids[1], ids[2]] and b.view_ids("to-annotate") == [ids[3]]
+
+    b.app_tag([ids[5]], {"needs-fix": True})  # a reviewer's tag still puts any image there
+    assert sorted(b.view_ids("needs-fix")) == [ids[1], ids[5]]
+
+    # A refinement gives the dog a mask; the mask reload that follows it takes the image out of the view.
+    _add_annotations(workdir, [_annotation_row(workdir, ids[1], "dog", slice(30, 40))])
+    review.reload_masks(workdir, cfg, [ids[1]])
+    assert b.view_ids("needs-fix") == [ids[5]]
+
+    # Annotations that arrive later (annotate after the review): refresh counts them, and an empty one shows.
+    _add_annotations(workdir, [_annotation_row(workdir, ids[3], "cello", None),
+                               _annotation_row(workdir, ids[3], "dog", slice(20, 30))])
+    assert review.refresh(workdir, cfg, "alice")["action"].startswith("masks reloaded")
+    assert b.sample(ids[3]).annotated_objects == 2
+    assert sorted(b.view_ids("needs-fix")) == [ids[3], ids[5]]

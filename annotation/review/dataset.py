@@ -2,9 +2,11 @@
 
 One persistent dataset per build: a sample per generated image (`filepath` = the PNG's absolute path) with its
 prompt fields, pre-screen scores, current decision (`decision`, `decision_reason`, `decision_source`, `reviewer`,
-`decided_at`, also shown as tags), masks and the clicks of refined masks. Saved views: `to-verify` (no decision
-tag and decision pending, by `queue_rank`), `accepted`, `rejected`, `conflicts` (both tags), `to-annotate`
-(accepted, no masks yet), `annotated`, `needs-fix`.
+`decided_at`, also shown as tags), masks, the clicks of refined masks and `annotated_objects` (its rows in the
+annotations manifest). Saved views: `to-verify` (no decision tag and decision pending, by `queue_rank`), `accepted`,
+`rejected`, `conflicts` (both tags), `to-annotate` (accepted, no masks yet), `annotated`, `needs-fix` (tagged
+`needs-fix`, or accepted with fewer masks than annotations: an empty SAM mask, which match leaves out of the release
+with its whole image; it leaves the view once a refinement gives it a mask).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _STRING_FIELDS = (
     "image_id", "prompt", "category_a", "category_b", "style", "template", "model_id", "model_revision",
     "duplicate_group", "decision", "decision_reason", "decision_source", "reviewer",
 )
-_INT_FIELDS = ("seed", "queue_rank")
+_INT_FIELDS = ("seed", "queue_rank", "annotated_objects")
 _FLOAT_FIELDS = ("score_a", "score_b", "both_present")
 _IMAGE_COLUMNS = ("prompt", "category_a", "category_b", "style", "template", "seed", "model_id", "model_revision")
 _PRESCREEN_COLUMNS = ("score_a", "score_b", "both_present", "duplicate_group", "queue_rank")
@@ -55,6 +57,9 @@ def _save_views(fo: Any, dataset: Any) -> None:
     has_accept = F("tags").contains(ACCEPT_TAG)
     has_reject = F("tags").filter(F().re_match(f"^{REJECT_TAG}(:|$)")).length() > 0
     has_masks = F(f"{MASKS_FIELD}.detections").length() > 0
+    # An annotation whose mask is empty has no detection (`clicks._mask_detection`), so fewer masks than annotations
+    # means an object match will leave out; the mask reload after a refinement takes the image out again.
+    empty_mask = F("annotated_objects") > F(f"{MASKS_FIELD}.detections").length()
     accepted = dataset.match(has_accept & ~has_reject)
     views = {
         "to-verify": (
@@ -66,7 +71,10 @@ def _save_views(fo: Any, dataset: Any) -> None:
         "conflicts": (dataset.match(has_accept & has_reject), "tagged both accept and reject: fix the tags"),
         "to-annotate": (accepted.match(~has_masks), "accepted, no masks yet"),
         "annotated": (accepted.match(has_masks), "accepted, with masks"),
-        "needs-fix": (dataset.match_tags(NEEDS_FIX_TAG), "masks to refine from the clicks"),
+        "needs-fix": (
+            dataset.match(F("tags").contains(NEEDS_FIX_TAG) | (has_accept & ~has_reject & empty_mask)),
+            "masks to refine from the clicks, and accepted images with an empty mask (left out of the release)",
+        ),
     }
     for name, (view, description) in views.items():
         dataset.save_view(name, view, description=description, overwrite=True)
@@ -150,6 +158,7 @@ def build_dataset(
             decision_source=verdict.get("source"),
             reviewer=verdict.get("reviewer"),
             decided_at=_utc(verdict.get("decided_at")),
+            annotated_objects=len(rows),
         )
         sample[MASKS_FIELD] = fo.Detections(detections=detections)
         clicks = _clicks_from_points(fo, rows, width, height)
@@ -172,6 +181,14 @@ def build_dataset(
     _save_views(fo, dataset)
     logger.info("review dataset %s: %d samples", name, len(samples))
     return name
+
+
+def _annotation_counts(workdir: Path) -> dict[str, int]:
+    """Rows of each image in the annotations manifest (none when it does not exist yet)."""
+    counts: dict[str, int] = {}
+    for row in _rows_by(_manifest_or_none(workdir, "annotations"), "instance_id").values():
+        counts[row["image_id"]] = counts.get(row["image_id"], 0) + 1
+    return counts
 
 
 def ensure_dataset(workdir: str | Path, cfg: ReviewConfig, **kwargs: Any) -> str:
@@ -213,6 +230,10 @@ def refresh(
     wanted = set(images.loc[images["image_path"].notna(), "image_id"])
     if set(dataset.distinct("image_id")) == wanted:
         summary["action"] = f"masks reloaded on {reload_masks(workdir, cfg)} samples"
+        counts = _annotation_counts(workdir)
+        sample_ids, image_ids = dataset.values(["id", "image_id"])
+        dataset.set_values("annotated_objects", {s: counts.get(i, 0) for s, i in zip(sample_ids, image_ids)},
+                           key_field="id")
     elif _unsynced(dataset):
         summary["action"] = "kept: fix the conflicting or invalid tags, then sync"
     else:

@@ -1,21 +1,32 @@
-"""Checksums, the byte-reproducible archive, safe extraction and `verify_release`."""
+"""Checksums, the byte-reproducible archive, safe extraction and `verify_release` (checksums and item invariants)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import yaml
 
 from is4.manifests.checksum import sha256_file
+from is4.pipeline.release.card import MASK_THRESHOLD
 from is4.pipeline.release.layout import ReleaseError
 
 SUMS_NAME = "SHA256SUMS"
+DEFAULT_FRAME = 224  # the frame size when a release ships no build-config.yaml
+BOX_TOLERANCE = 1  # px: a box may differ from its released mask's extent by rounding
+# `{image_id}_{category}` with `image_id = {c1}_{c2}_{n}` and category ids `[a-z0-9]+`
+ITEM_ID_RE = re.compile(r"^(?P<image>(?P<a>[a-z0-9]+)_(?P<b>[a-z0-9]+)_[0-9]+)_(?P<category>[a-z0-9]+)$")
 
 _SUM_LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
@@ -76,16 +87,18 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # broken item invariants, "<file or instance>: <what>"
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.changed)
+        return not (self.missing or self.extra or self.changed or self.invalid)
 
     def summary(self) -> str:
         if self.ok:
-            return f"{self.root}: {self.checked} files, all checksums match"
+            return f"{self.root}: {self.checked} files, all checksums match, every image a complete IS4 item"
         parts = [f"{label}: {', '.join(paths)}" for label, paths in
-                 (("missing", self.missing), ("extra", self.extra), ("changed", self.changed)) if paths]
+                 (("missing", self.missing), ("extra", self.extra), ("changed", self.changed),
+                  ("invalid", self.invalid)) if paths]
         return f"{self.root}: " + "; ".join(parts)
 
 
@@ -118,7 +131,148 @@ def _verify_dir(root: Path, shown_root: str) -> VerifyReport:
         elif p.is_symlink() or not p.is_file() or sha256_file(p) != digest:
             report.changed.append(rel)
     report.extra = [rel for rel in _release_files(root) if rel != SUMS_NAME and rel not in expected]
+    report.invalid = check_items(root)
     return report
+
+
+def _frame_size(root: Path, problems: list[str]) -> int:
+    """`release.image_size` of the shipped build-config.yaml; DEFAULT_FRAME when there is none."""
+    path = root / "build-config.yaml"
+    if not path.is_file():
+        return DEFAULT_FRAME
+    try:
+        size = yaml.safe_load(path.read_text(encoding="utf-8"))["release"]["image_size"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as exc:
+        problems.append(f"build-config.yaml: no readable release.image_size ({type(exc).__name__}: {exc})")
+        return DEFAULT_FRAME
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        problems.append(f"build-config.yaml: release.image_size {size!r} is not a positive integer")
+        return DEFAULT_FRAME
+    return size
+
+
+def _entries(root: Path, name: str, problems: list[str]) -> list[Any]:
+    try:
+        entries = json.loads((root / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{name}: not readable ({type(exc).__name__}: {exc})")
+        return []
+    if not isinstance(entries, list):
+        problems.append(f"{name}: not a JSON list of entries")
+        return []
+    return entries
+
+
+def _file(root: Path, rel: Any, where: str, what: str, problems: list[str]) -> Path | None:
+    """root/rel when `rel` is a plain relative path to a file; else a problem and None."""
+    try:
+        path = root / check_rel(rel, where) if isinstance(rel, str) else None
+    except ReleaseError:
+        path = None
+    if path is None or not path.is_file():
+        problems.append(f"{where}: {what} {rel!r} is not a file of the release")
+        return None
+    return path
+
+
+def _box_problem(box: Any, size: int) -> str | None:
+    """Why `box` is not `[x1, y1, x2, y2]` with 0 ≤ x1 < x2 ≤ size and 0 ≤ y1 < y2 ≤ size (None when it is)."""
+    numbers = isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+    if not numbers:
+        return f"gt_box {box!r} is not four numbers"
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= size and 0 <= y1 < y2 <= size):
+        return f"gt_box {box} is not inside the {size}×{size} frame"
+    return None
+
+
+def _mask_problem(path: Path, box: list[float] | None, size: int) -> str | None:
+    """Why the mask at `path` is not a non-empty size×size mask whose extent is `box` within BOX_TOLERANCE."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L")) > MASK_THRESHOLD
+    except (OSError, Image.UnidentifiedImageError) as exc:
+        return f"mask {path.name} is not readable ({exc})"
+    if mask.shape != (size, size):
+        return f"mask {path.name} is {mask.shape[1]}×{mask.shape[0]}, not {size}×{size}"
+    cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if not len(cols):
+        return f"mask {path.name} is empty"
+    extent = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    if box is not None and max(abs(a - b) for a, b in zip(box, extent)) > BOX_TOLERANCE:
+        return f"gt_box {box} is not its mask's extent {extent} (±{BOX_TOLERANCE} px)"
+    return None
+
+
+def check_items(root: Path) -> list[str]:
+    """Where a release directory breaks IS4's item invariants, each naming the file or instance.
+
+    Every entry of `is4_bbox.json` is an instance `{image_id}_{category}` (`image_id = {c1}_{c2}_{n}`, category c1
+    or c2) with its frame and audio file; its box lies inside the frame (`release.image_size` of
+    `build-config.yaml`, else 224) and equals the extent of its non-empty mask `gt_masks/<instance_id>.jpg` (object >
+    127) within ±1 px; every image has exactly two instances, one per category; `is4_seg.json` lists the same
+    instances.
+    """
+    from PIL import Image
+
+    problems: list[str] = []
+    size = _frame_size(root, problems)
+    by_image: dict[str, list[str]] = defaultdict(list)
+    pairs: dict[str, tuple[str, str]] = {}
+    seen: set[str] = set()
+    for i, entry in enumerate(_entries(root, "is4_bbox.json", problems)):
+        where = f"is4_bbox.json[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            problems.append(f"{where}: not an entry with an image path")
+            continue
+        iid = PurePosixPath(entry["image"]).stem
+        where = f"{where} {iid}"
+        if iid in seen:
+            problems.append(f"{where}: the instance appears twice")
+            continue
+        seen.add(iid)
+        m = ITEM_ID_RE.fullmatch(iid)
+        if not m:
+            problems.append(f"{where}: the instance id is not {{c1}}_{{c2}}_{{n}}_{{category}}")
+            continue
+        if m["a"] == m["b"] or m["category"] not in (m["a"], m["b"]):
+            problems.append(f"{where}: category {m['category']!r} is not one of the image's two "
+                            f"({m['a']!r}, {m['b']!r})")
+        by_image[m["image"]].append(m["category"])
+        pairs[m["image"]] = (m["a"], m["b"])
+        frame = _file(root, entry["image"], where, "image", problems)
+        _file(root, entry.get("audio"), where, "audio", problems)
+        if frame is not None:
+            try:
+                with Image.open(frame) as im:
+                    frame_size = im.size
+            except (OSError, Image.UnidentifiedImageError) as exc:
+                problems.append(f"{where}: frame {entry['image']} is not readable ({exc})")
+            else:
+                if frame_size != (size, size):
+                    problems.append(f"{where}: frame is {frame_size[0]}×{frame_size[1]}, not {size}×{size}")
+        box_problem = _box_problem(entry.get("gt_box"), size)
+        if box_problem:
+            problems.append(f"{where}: {box_problem}")
+        mask = _file(root, f"gt_masks/{iid}.jpg", where, "mask", problems)
+        if mask is not None:
+            mask_problem = _mask_problem(mask, None if box_problem else entry["gt_box"], size)
+            if mask_problem:
+                problems.append(f"{where}: {mask_problem}")
+    for image_id, categories in sorted(by_image.items()):
+        expected = sorted(set(pairs[image_id]))
+        if sorted(categories) != expected or len(expected) != 2:
+            problems.append(f"image {image_id}: instances {', '.join(f'{image_id}_{c}' for c in sorted(categories))}; "
+                            f"an IS4 item has exactly two, {' and '.join(f'{image_id}_{c}' for c in expected)}")
+    seg = {PurePosixPath(e["image"]).stem for e in _entries(root, "is4_seg.json", problems)
+           if isinstance(e, dict) and isinstance(e.get("image"), str)}
+    if seg != seen:
+        problems.append("is4_seg.json: not the instances of is4_bbox.json (only in seg: "
+                        f"{', '.join(sorted(seg - seen)) or '–'}; only in bbox: {', '.join(sorted(seen - seg)) or '–'})")
+    return problems
 
 
 def _member_kind(m: tarfile.TarInfo) -> str:
@@ -181,7 +335,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 
 def verify_release(path: str | Path) -> VerifyReport:
-    """Recompute every checksum of a release directory or .tar.gz; report missing, extra and changed files."""
+    """Recompute every checksum of a release directory or .tar.gz and check its items (`check_items`); report
+    missing, extra and changed files and broken invariants."""
     path = Path(path)
     if path.is_dir():
         return _verify_dir(path, path.name)

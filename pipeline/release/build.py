@@ -20,6 +20,7 @@ from is4.manifests.checksum import sha256_file
 from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CLIPS
+from is4.pipeline.match import REPORT_PATH as MATCH_REPORT
 from is4.pipeline.release.archive import write_archive, write_checksums
 from is4.pipeline.release.card import render_card, resolved_models
 from is4.pipeline.release.croissant import croissant_metadata, validate_croissant
@@ -43,6 +44,24 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
+def match_report(workdir: Path) -> dict[str, Any]:
+    """The match stage's report (`reports/match.json`): the images it left out and why; it must describe the
+    instances manifest being released (its recorded sha256), else ReleaseError."""
+    path = workdir / MATCH_REPORT
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReleaseError(f"{path}: missing (it records the images match left out): re-run match") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReleaseError(f"{path}: not readable: {exc}") from exc
+    instances = manifest_path(workdir, "instances")
+    if not isinstance(report, dict) or report.get("instances_sha256") != sha256_file(instances):
+        raise ReleaseError(f"{path} is not the report of {instances} (another sha256): re-run match")
+    if not isinstance(report.get("excluded"), dict):
+        raise ReleaseError(f"{path}: no 'excluded' mapping of image ids to reasons")
+    return report
+
+
 def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[str, Any]) -> Path:
     """Build `WORK/releases/is4-<version>/` and `WORK/releases/is4-<version>.tar.gz`; return the directory.
 
@@ -60,6 +79,7 @@ def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[st
     clips = read_manifest(workdir, "clips")
     for table in COPIED_MANIFESTS:
         read_manifest(workdir, table)  # every shipped manifest validates
+    excluded = match_report(workdir)["excluded"]
     build_config = _plain(build_config)
 
     releases = workdir / RELEASES_DIR
@@ -70,7 +90,7 @@ def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[st
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=releases))
     try:
         staging.chmod(0o755)
-        stats = _populate(workdir, staging, cfg, build_config, instances, images, annotations, clips)
+        stats = _populate(workdir, staging, cfg, build_config, instances, images, annotations, clips, excluded)
         validate_croissant(staging / "croissant.json", expected_records=stats["instances"])
         write_checksums(staging)
         with atomic_path(archive) as tmp_archive:
@@ -91,6 +111,7 @@ def _populate(
     images: pd.DataFrame,
     annotations: pd.DataFrame,
     clips: pd.DataFrame,
+    excluded: dict[str, list[str]],
 ) -> dict[str, Any]:
     size = cfg.image_size
     image_rows = {r["image_id"]: r for r in images.to_dict("records")}
@@ -161,6 +182,10 @@ def _populate(
     for style, group in inst.groupby(style_of, sort=True):
         per_style[str(style)] = {"images": group["image_id"].nunique(), "instances": len(group)}
     area_arr = np.asarray(areas, dtype=float)
+    by_reason: dict[str, int] = {}
+    for reasons in excluded.values():
+        for reason in reasons:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
     stats = {
         "instances": len(inst),
         "images": int(inst["image_id"].nunique()),
@@ -169,6 +194,8 @@ def _populate(
         "reused": int(inst["reused"].fillna(False).astype(bool).sum()) if "reused" in inst else 0,
         "per_category": per_category,
         "per_style": per_style,
+        "images_excluded": len(excluded),
+        "excluded_by_reason": dict(sorted(by_reason.items())),
         "area_summary": {"min": float(area_arr.min()), "median": float(np.median(area_arr)),
                          "mean": float(area_arr.mean()), "max": float(area_arr.max())},
     }

@@ -94,6 +94,13 @@ def render_card(
     cat_rows = [[c, n["instances"], n["images"], n["clips"], n["reused"]]
                 for c, n in sorted(stats["per_category"].items())]
     style_rows = [[s, n["images"], n["instances"]] for s, n in sorted(stats["per_style"].items())]
+    left_out = stats["images_excluded"]
+    exclusions = (
+        "No accepted image was left out." if not left_out else
+        f"{left_out} accepted image{'s were' if left_out != 1 else ' was'} left out; reasons (an image with two "
+        "reasons counts under each; the image ids are in the build's `reports/match.json`):\n\n"
+        + _md_table(["reason", "images"], [[f"`{r}`", n] for r, n in stats["excluded_by_reason"].items()])
+    )
     area = stats["area_summary"]
     s = cfg.image_size
     if scores is None:
@@ -121,6 +128,8 @@ def render_card(
         categories=stats["categories"],
         clips=stats["clips"],
         reused=stats["reused"],
+        images_excluded=left_out,
+        exclusions=exclusions,
         stages="\n".join(stage_lines),
         model_table=model_table,
         category_table=_md_table(["category", "instances", "images", "distinct clips", "reused clips"], cat_rows),

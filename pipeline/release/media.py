@@ -44,7 +44,11 @@ def frame_and_size(path: Path, size: int) -> tuple[bytes, int, int]:
 
 
 def mask_jpeg(path: Path, width: int, height: int, size: int, instance_id: str) -> bytes:
-    """The W×H mask at `path`, binarised and resized to size×size (nearest neighbour), as JPEG bytes."""
+    """The W×H mask at `path`, binarised and resized to size×size, as JPEG bytes.
+
+    Enlarging is nearest neighbour (its edges are where `scale_box` puts them); shrinking keeps a pixel wherever any
+    of its footprint is object (nearest neighbour would drop 1-px-thin parts and move the extent off the box).
+    """
     from PIL import Image
 
     try:
@@ -54,8 +58,16 @@ def mask_jpeg(path: Path, width: int, height: int, size: int, instance_id: str) 
         raise ReleaseError(f"{instance_id}: cannot read mask {path}: {exc}") from exc
     if arr.shape != (height, width):
         raise ReleaseError(f"{instance_id}: mask {path} is {arr.shape[1]}x{arr.shape[0]}, the image {width}x{height}")
-    binary = Image.fromarray(np.where(arr >= 128, 255, 0).astype(np.uint8))
-    return jpeg_bytes(binary.resize((size, size), Image.Resampling.NEAREST))
+    binary = arr >= 128
+    if size < width or size < height:
+        # Shrinking: a pixel is object when any part of its footprint is, so thin parts survive and the mask's
+        # extent stays within a pixel of the box scaled from the full-resolution mask (`scale_box`).
+        coverage = np.asarray(Image.fromarray(binary.astype(np.float32)).resize((size, size), Image.Resampling.BOX))
+        resized = Image.fromarray(np.where(coverage > 0, 255, 0).astype(np.uint8))
+    else:
+        resized = Image.fromarray(np.where(binary, 255, 0).astype(np.uint8)).resize((size, size),
+                                                                                     Image.Resampling.NEAREST)
+    return jpeg_bytes(resized)
 
 
 def check_wav(path: Path, instance_id: str) -> None:
