@@ -6,8 +6,13 @@
 2. Whole ingest (section download from a loopback `MediaServer` + extraction, via `run_ingest`) with
    `workers=1` against `workers=2`.
 3. Bytes fetched for one 10-s section from the middle of one long source, against the source's size.
+4. With `--throttle` (instead of 1-3): ingest from a server that throttles like YouTube (more than `limit` watch
+   pages in a window and it answers 429 for a cool-down), with the governor's cap just under what the server
+   allows, against the same ingest with no cap, side by side: clips/hour achieved against the cap, throttling
+   episodes, and failures (permanent ones caused by throttling should be 0: the server has no bad video).
 
 Run by hand:  python benchmarks/ingest.py [--clips N] [--long-seconds S] [--repeats R]
+              python benchmarks/ingest.py --throttle [--throttle-clips N] [--cap-per-hour C]
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from is4.config import DownloadConfig, ExtractConfig, IngestConfig
+from is4.manifests.journal import Journal
 from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe
-from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
+from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler, Throttle
 from is4.pipeline.demo.synthetic_media import Segment, make_video
 from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 from is4.pipeline.ingest.download import download_section
 from is4.pipeline.ingest.extract import FRAME_TIME_TOLERANCE_S, INT16_FULL_SCALE, extract_clip
-from is4.pipeline.ingest.run import run_ingest
+from is4.pipeline.ingest.run import JOURNAL, IngestSummary, run_ingest
 
 SIZE = (640, 360)  # a typical 360p source
 LABELS = ("dog barking", "playing cello", "cat meowing", "playing acoustic guitar")
@@ -371,6 +377,94 @@ def bench_bytes(root: Path, long_seconds: float, repeats: int) -> BytesResult:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# 4. Throttling: the governor's cap against no cap, on a server that throttles like YouTube
+# --------------------------------------------------------------------------------------------------------------
+
+# YouTube: about 300 videos an hour, then "rate-limited for up to an hour"; scaled down, an hour is 10 s here.
+THROTTLE_WINDOW_S = 10.0  # the server's window
+THROTTLE_COOLDOWN_S = 10.0  # how long it refuses once over its limit
+
+
+@dataclass
+class ThrottleRun:
+    label: str
+    cap_per_hour: float | None
+    summary: IngestSummary
+    seconds: float
+    episodes: int  # cool-downs the server started
+    max_pages_in_window: int
+    permanent_failures: int  # failed clips recorded as never to be retried
+
+    @property
+    def clips_per_hour(self) -> float:
+        return self.summary.ok * 3600.0 / self.seconds
+
+
+@dataclass
+class ThrottleResult:
+    clips: int
+    limit: int  # watch pages the server allows per window
+    runs: list[ThrottleRun]
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    ordered = sorted(times)
+    return max((sum(1 for u in ordered if t <= u < t + window) for t in ordered), default=0)
+
+
+def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleResult:
+    """One ingest with the cap, one without, each from a fresh throttling server; the server allows the cap + 1."""
+    log(f"making {n_clips} synthetic {INGEST_SOURCE_S:g}-s sources at 160x120")
+    video_dir = root / "videos"
+    video_dir.mkdir(parents=True)
+    rows = []
+    for i in range(n_clips):
+        segments = [Segment(5.0, COLOURS[(i + s) % len(COLOURS)], 300.0 + 100 * s) for s in range(6)]
+        make_video(video_dir / f"{ytid_for(i)}.mp4", segments, size=(160, 120))
+        rows.append((ytid_for(i), i % 21, LABELS[i % len(LABELS)], "train"))
+    csv_path = write_csv(root / "throttle.csv", rows)
+    # A bucket of one token starts at most W * cap / 3600 + 1 videos in any window of W seconds: allow one more.
+    limit = int(THROTTLE_WINDOW_S * cap_per_hour / 3600) + 2
+    runs = []
+    for label, cap in (("governor cap", cap_per_hour), ("no cap (today's default)", None)):
+        with MediaServer(video_dir, throttle=Throttle(limit, THROTTLE_WINDOW_S, THROTTLE_COOLDOWN_S)) as server:
+            cfg = IngestConfig(download=DownloadConfig(
+                url_template=server.page_template("throttled"), workers=4, retries=0, max_videos_per_hour=cap,
+                # the defaults' proportions (15 min, at most an hour, of YouTube's hour)
+                cooldown_s=THROTTLE_COOLDOWN_S / 4, cooldown_max_s=THROTTLE_COOLDOWN_S, give_up_after_s=600.0))
+            log(f"throttle: {label}, {n_clips} clips, server allows {limit} pages per {THROTTLE_WINDOW_S:g} s")
+            start = time.perf_counter()
+            work = root / f"work_{len(runs)}"
+            summary = run_ingest(csv_path, work, cfg, seed=0)
+            seconds = time.perf_counter() - start
+            pages = [e.t for e in server.log if e.path.startswith("/throttled/")]
+            records = Journal(work / JOURNAL, key_field="clip_id").load().values()
+            permanent = sum(r["status"] == "failed" and not r["retryable"] for r in records)
+            runs.append(ThrottleRun(label, cap, summary, seconds, server.throttle_episodes,
+                                    _max_in_window(pages, THROTTLE_WINDOW_S), permanent))
+    return ThrottleResult(n_clips, limit, runs)
+
+
+def report_throttle(res: ThrottleResult) -> None:
+    print(f"\n== 4. Ingest from a throttling server: {res.clips} clips; the server allows {res.limit} watch pages per "
+          f"{THROTTLE_WINDOW_S:g} s, then answers 429 for {THROTTLE_COOLDOWN_S:g} s ==")
+    rows = []
+    for run in res.runs:
+        s = run.summary
+        cap = f"{run.cap_per_hour:g}" if run.cap_per_hour else "-"
+        ratio = f"{run.clips_per_hour / run.cap_per_hour:.2f}x" if run.cap_per_hour else "-"
+        rows.append([run.label, cap, f"{run.clips_per_hour:.0f}", ratio, f"{s.ok}/{s.selected}",
+                     str(run.episodes), str(s.pauses), f"{s.paused_s:.1f} s", str(s.failed),
+                     str(run.permanent_failures), f"{run.max_pages_in_window}/{res.limit}"])
+    print_table(["run", "cap/h", "clips/h", "of cap", "ok", "throttled", "pauses", "paused", "failed",
+                 "permanent", "max pages/window"], rows)
+    governed = res.runs[0]
+    print(f"governor: {governed.clips_per_hour:.0f} clips/h against a cap of {governed.cap_per_hour:g}/h "
+          f"({governed.clips_per_hour / governed.cap_per_hour:.2f}x, goal >= 0.9x); permanent failures caused by "
+          f"throttling: {sum(r.permanent_failures for r in res.runs)} (goal 0)")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------
 
@@ -463,9 +557,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long-seconds", type=float, default=300.0,
                         help="length of the long source for the bytes measurement (default 300)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement, median kept (default 3)")
+    parser.add_argument("--throttle", action="store_true",
+                        help="measure ingest from a throttling server (the governor's cap against no cap) instead")
+    parser.add_argument("--throttle-clips", type=int, default=40, help="clips for --throttle (default 40)")
+    parser.add_argument("--cap-per-hour", type=float, default=3600.0,
+                        help="the governor's max_videos_per_hour for --throttle (default 3600: one a second)")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.repeats < 1 or args.long_seconds < 20:
         parser.error("need --clips >= 1, --repeats >= 1 and --long-seconds >= 20")
+    if args.throttle_clips < 2 or args.cap_per_hour <= 0:
+        parser.error("need --throttle-clips >= 2 and --cap-per-hour > 0")
     return args
 
 
@@ -473,8 +574,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print("IS4 ingest benchmarks")
     print("\n".join(machine_facts()))
-    print(f"settings       : --clips {args.clips} --long-seconds {args.long_seconds:g} --repeats {args.repeats}")
     started = time.perf_counter()
+    if args.throttle:
+        print(f"settings       : --throttle --throttle-clips {args.throttle_clips} --cap-per-hour {args.cap_per_hour:g}")
+        with tempfile.TemporaryDirectory(prefix="is4-bench-") as tmp:
+            report_throttle(bench_throttle(Path(tmp), args.throttle_clips, args.cap_per_hour))
+        print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")
+        return 0
+    print(f"settings       : --clips {args.clips} --long-seconds {args.long_seconds:g} --repeats {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="is4-bench-") as tmp:
         root = Path(tmp)
         (root / "extract").mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from is4.classes import vggsound_labels, vggss_labels
 from is4.manifests.checksum import json_sha256
@@ -62,6 +62,13 @@ class SubsetConfig(StrictModel):
 
 
 class DownloadConfig(StrictModel):
+    """How clips are fetched: yt-dlp's format and retries, pacing shared by every worker, and the session.
+
+    Pacing and session settings cannot change what a clip's files contain: they stay out of provenance (the
+    registry's `exclude`). The three that can hold secrets (`cookies_file`, `proxy`, `extractor_args`: PO tokens)
+    are not even in the config's dump, so no manifest, log line or release ever shows them.
+    """
+
     url_template: str = DEFAULT_URL_TEMPLATE
     # Size-capped: at most 480p and (where the size is known) at most 300 MB for the whole source.
     format: str = "b[height<=?480][filesize<?300M]/bv*[height<=?480][filesize<?300M]+ba/w"
@@ -70,6 +77,24 @@ class DownloadConfig(StrictModel):
     retry_backoff_s: float = Field(2.0, ge=0)
     socket_timeout_s: float = Field(20.0, gt=0)
     force_keyframes_at_cuts: bool = True
+    # Pacing: one token bucket and one throttling pause for every worker of every process on this work directory.
+    max_videos_per_hour: float | None = Field(
+        None, gt=0, description="cap on video downloads started per hour (YouTube: about 300 per session); null: none")
+    sleep_interval_s: float | list[float] = Field(
+        0.0, description="seconds between two video starts of the session, or [min, max] for a jittered pause")
+    sleep_requests_s: float = Field(0.0, ge=0, description="yt-dlp's sleep_interval_requests (--sleep-requests)")
+    cooldown_s: float = Field(900.0, gt=0, description="first pause of the whole session on throttling; doubles")
+    cooldown_max_s: float = Field(3600.0, gt=0, description="longest pause")
+    give_up_after_s: float | None = Field(
+        6 * 3600.0, gt=0, description="end the run cleanly after this long throttled with no success; null: never")
+    # Session, passed to yt-dlp (the option each maps to is in the README).
+    cookies_file: ConfigPath | None = Field(None, exclude=True, description="Netscape cookies.txt (--cookies)")
+    proxy: str | list[str] | None = Field(
+        None, exclude=True, description="--proxy; a list: one per worker, the next one on throttling")
+    extractor_args: dict[str, dict[str, list[str]]] = Field(
+        {}, exclude=True, description="--extractor-args, e.g. {youtube: {player_client: [web_safari]}}")
+    user_agent: str | None = Field(None, description="--user-agent")
+    source_address: str | None = Field(None, description="--source-address (the local IP to bind)")
 
     @field_validator("url_template")
     @classmethod
@@ -78,6 +103,38 @@ class DownloadConfig(StrictModel):
         if not fields or any(f != ("ytid", "", None) for f in fields):
             raise ValueError("must contain the plain placeholder {ytid} and no other placeholder")
         return value
+
+    @field_validator("sleep_interval_s")
+    @classmethod
+    def _sleep_range(cls, value: float | list[float]) -> float | list[float]:
+        bounds = value if isinstance(value, list) else [value, value]
+        if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]:
+            raise ValueError("must be seconds >= 0, or [min, max] with 0 <= min <= max")
+        return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxies(cls, value: str | list[str] | None) -> str | list[str] | None:
+        listed = [value] if isinstance(value, str) else value
+        if listed is not None and (not listed or not all(p.strip() for p in listed)):
+            raise ValueError("must be a proxy url, or a non-empty list of them")
+        return value
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> DownloadConfig:
+        if self.cooldown_max_s < self.cooldown_s:
+            raise ValueError(f"cooldown_max_s ({self.cooldown_max_s:g}) is shorter than cooldown_s "
+                             f"({self.cooldown_s:g})")
+        return self
+
+    def sleep_range(self) -> tuple[float, float]:
+        """(min, max) seconds between two video starts."""
+        bounds = self.sleep_interval_s if isinstance(self.sleep_interval_s, list) else [self.sleep_interval_s] * 2
+        return float(bounds[0]), float(bounds[1])
+
+    def proxies(self) -> list[str]:
+        """The configured proxies, as a list (empty: none)."""
+        return [self.proxy] if isinstance(self.proxy, str) else list(self.proxy or [])
 
 
 class ExtractConfig(StrictModel):

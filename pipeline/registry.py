@@ -39,8 +39,13 @@ INGEST = Stage(
               "spectrograms extracted",
     "is4.pipeline.ingest.run:ingest_stage",
     config=("ingest",), seed=True, writes=("clips",),
-    # where the videos come from (the demo server's port changes every run) and how fast: not what is made
-    exclude={"ingest": {"download": {"url_template", "workers", "retry_backoff_s"}}},
+    # where the videos come from (the demo server's port changes every run), how fast, and the session (cookies,
+    # proxies, PO tokens: secrets; the first three are not even in the config's dump): not what is made
+    exclude={"ingest": {"download": {
+        "url_template", "workers", "retry_backoff_s",
+        "max_videos_per_hour", "sleep_interval_s", "sleep_requests_s", "cooldown_s", "cooldown_max_s",
+        "give_up_after_s", "cookies_file", "proxy", "extractor_args", "user_agent", "source_address",
+    }}},
     files=lambda cfg: {"csv": cfg.ingest.csv},
     unlisted_paths=("source_path",),  # downloaded sections may be deleted to save disk
 )

@@ -18,6 +18,7 @@ from is4.config import DownloadConfig, IngestConfig
 from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.ingest.export import export_training_layout
 from is4.pipeline.ingest.run import JOURNAL, run_ingest
+from is4.pipeline.ingest.status import ingest_status
 from tests.conftest import (
     COLOURS,
     CORRUPT_ID,
@@ -99,6 +100,16 @@ def test_every_row_gets_a_status_and_a_reason(mixed_run) -> None:
     # Retry policy recorded for reruns: only transient failures are retried.
     assert clips.loc[[4, 6, 7], "retryable"].tolist() == [False, False, False]
     assert bool(clips.loc[5, "retryable"]) is True
+
+
+def test_status_says_what_a_rerun_retries(mixed_run) -> None:
+    work, _, _ = mixed_run
+    (run,) = ingest_status(work)
+    assert run.selected == 8 and run.csv == str((work.parent / "mixed.csv").resolve())
+    assert dict(run.by_status) == {"ok": 4, "failed": 4}
+    assert dict(run.by_reason) == {"ffmpeg-error": 1, "not-found": 1, "private": 1, "silent audio": 1}
+    assert run.retryable == 1  # the ffmpeg error; the others are permanent
+    assert run.command.startswith("is4 ingest --csv ") and "CONFIG" in run.command  # no command was recorded
 
 
 def pd_isna(value) -> bool:

@@ -1,8 +1,15 @@
 """Download the 10-s section of one clip with the yt-dlp Python API.
 
-Only the section is fetched (yt-dlp hands it to ffmpeg, which seeks with HTTP range requests). Errors are sorted
-into permanent ones (removed, private, not found: recorded and never retried) and transient ones (timeouts,
-server errors: retried with exponential backoff here, and again on a later run).
+Only the section is fetched (yt-dlp hands it to ffmpeg, which seeks with HTTP range requests). Errors are sorted by
+`errors.classify_error`: permanent ones (removed, private, not found: recorded, never retried), transient ones
+(timeouts, server errors: retried with exponential backoff here, and again on a later run) and throttling (rate
+limit, bot check, 429, 403 on the media, an empty file): the session pauses (`Session` / `governor`) and the same
+clip is tried again, as often as it takes; those attempts are not counted, so a clip's record does not depend on
+when YouTube throttled.
+
+ffmpeg, which fetches the section, writes its reasons to the terminal, not to yt-dlp: when it fails, one range
+request for the first byte of the media url (through the same yt-dlp session) tells a 403 or 429 apart from a
+broken file.
 """
 
 from __future__ import annotations
@@ -12,30 +19,21 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yt_dlp
+from yt_dlp.networking import Request
+from yt_dlp.networking.exceptions import HTTPError
+from yt_dlp.postprocessor.common import PostProcessor
 from yt_dlp.utils import DownloadError, download_range_func
 
 from is4.config import DownloadConfig
 from is4.manifests.ids import validate_ytid
 from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
+from is4.pipeline.ingest.errors import classify_error, is_throttling
+from is4.pipeline.ingest.session import Session
 
-# (pattern in yt-dlp's message, reason kind). First match wins; anything unmatched is transient.
-_PERMANENT = (
-    (re.compile(r"private video|video is private", re.I), "private"),
-    (re.compile(r"removed|terminated|no longer available|copyright", re.I), "removed"),
-    (re.compile(r"HTTP Error 4(04|10)|not found", re.I), "not-found"),
-    (re.compile(r"unsupported url|requested format is not available|no video formats", re.I), "no-format"),
-    (re.compile(r"sign in to confirm your age|age-restricted|members-only|join this channel", re.I), "restricted"),
-    (re.compile(r"video unavailable|not available|unavailable", re.I), "unavailable"),
-    (re.compile(r"Invalid data found|moov atom not found|could not find codec|error opening input", re.I), "corrupt-source"),
-)
-_SERVER_ERROR = re.compile(r"HTTP Error (5\d\d|429)\b")
-_TRANSIENT = (
-    (re.compile(r"timed out|timeout", re.I), "timeout"),
-    # ffmpeg gives up on a broken source and on a broken connection alike: retry, then record.
-    (re.compile(r"ffmpeg exited with code", re.I), "ffmpeg-error"),
-)
+_FFMPEG_FAILED = re.compile(r"ffmpeg exited with code", re.I)
 
 
 @dataclass
@@ -50,19 +48,10 @@ class DownloadFailure(Exception):
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
 
-
-def classify_error(message: str) -> tuple[str, bool]:
-    """(reason kind, permanent) for a yt-dlp error message."""
-    # A server error is transient whatever its reason phrase says ("503 Service Unavailable").
-    if _SERVER_ERROR.search(message):
-        return "server-error", False
-    for pattern, kind in _PERMANENT:
-        if pattern.search(message):
-            return kind, True
-    for pattern, kind in _TRANSIENT:
-        if pattern.search(message):
-            return kind, False
-    return "network", False
+    @property
+    def throttling(self) -> bool:
+        """True when the failure says the session is throttled, not that the clip is bad."""
+        return is_throttling(self.kind)
 
 
 class _CollectingLogger:
@@ -90,7 +79,36 @@ def _clean_message(message: str) -> str:
     return message.splitlines()[0][:300] if message else "unknown error"
 
 
-def _ydl_options(cfg: DownloadConfig, start: float, end: float, out_dir: Path, name: str) -> dict:
+class _MediaUrls(PostProcessor):
+    """Remembers the media urls (and their headers) yt-dlp is about to hand to the downloader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formats: list[dict[str, Any]] = []
+
+    def run(self, information: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        self.formats = list(information.get("requested_formats") or [information])
+        return [], information
+
+
+def _probe_media(ydl: yt_dlp.YoutubeDL, formats: list[dict[str, Any]]) -> str:
+    """`; media fetch: HTTP Error …` when a media url refuses its first byte, else empty."""
+    for fmt in formats:
+        url = fmt.get("url")
+        if not url or not re.match(r"https?://", url):
+            continue
+        headers = {**(fmt.get("http_headers") or {}), "Range": "bytes=0-0"}
+        try:
+            ydl.urlopen(Request(url, headers=headers)).close()
+        except HTTPError as exc:
+            return f"; media fetch: {exc}"
+        except Exception:  # noqa: BLE001 - the probe only adds detail; the ffmpeg failure stands as it is
+            return ""
+    return ""
+
+
+def _ydl_options(cfg: DownloadConfig, session: Session, start: float, end: float, out_dir: Path,
+                 name: str) -> dict:
     rw_timeout_us = str(int(cfg.socket_timeout_s * 1_000_000))
     return {
         "outtmpl": {"default": str(out_dir / f"{name}.%(ext)s")},
@@ -111,23 +129,31 @@ def _ydl_options(cfg: DownloadConfig, start: float, end: float, out_dir: Path, n
         "no_warnings": True,
         "noprogress": True,
         "color": {"stdout": "no_color", "stderr": "no_color"},
+        **session.ydl_options(),
     }
 
 
-def _download_once(url: str, cfg: DownloadConfig, start: float, end: float, work_dir: Path, name: str) -> Path:
+def _download_once(url: str, cfg: DownloadConfig, session: Session, start: float, end: float, work_dir: Path,
+                   name: str) -> Path:
     logger = _CollectingLogger()
-    opts = _ydl_options(cfg, start, end, work_dir, name) | {"logger": logger}
-    try:
-        with yt_dlp.YoutubeDL(opts) as ydl:
+    media = _MediaUrls()
+    opts = _ydl_options(cfg, session, start, end, work_dir, name) | {"logger": logger}
+    with yt_dlp.YoutubeDL(opts) as ydl:
+        session.install_cookies(ydl.cookiejar)
+        ydl.add_post_processor(media, when="before_dl")
+        try:
             info = ydl.extract_info(url, download=True)
-    except DownloadError as exc:
-        message = _clean_message(logger.errors[-1] if logger.errors else str(exc))
-        kind, permanent = classify_error(message)
-        raise DownloadFailure(kind, message, permanent) from None
+        except DownloadError as exc:
+            message = _clean_message(logger.errors[-1] if logger.errors else str(exc))
+            if media.formats and _FFMPEG_FAILED.search(message):
+                message += _probe_media(ydl, media.formats)
+            message = session.redact(message)
+            kind, permanent = classify_error(message)
+            raise DownloadFailure(kind, message, permanent) from None
     downloads = (info or {}).get("requested_downloads") or []
     path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
     if path is None or not path.is_file() or path.stat().st_size == 0:
-        raise DownloadFailure("empty-download", "yt-dlp reported success but wrote no file", permanent=False)
+        raise DownloadFailure("empty-file", "The downloaded file is empty (yt-dlp reported success)", False)
     return path
 
 
@@ -138,31 +164,41 @@ def download_section(
     dest_stem: Path,
     cfg: DownloadConfig,
     *,
+    session: Session | None = None,
     sleep=time.sleep,
 ) -> tuple[Path, int]:
     """Download `[start, start + duration)` of the video `ytid` to `dest_stem.<ext>`; returns (path, attempts).
 
     The file appears at its final name only when complete. Transient errors are retried `cfg.retries` times with
-    exponential backoff; a permanent error or the last transient one raises DownloadFailure.
+    exponential backoff; a permanent error or the last transient one raises DownloadFailure. With a `session` that
+    has a governor (which paces every attempt), a throttling error pauses the session and the clip is tried again
+    without counting an attempt, until the governor gives up (`governor.GiveUp`); without one it is transient.
     """
     url = cfg.url_template.format(ytid=validate_ytid(ytid))
+    session = session or Session(cfg)
     work_dir = dest_stem.parent / f".{dest_stem.name}.partial"
     attempts = 0
     try:
         while True:
-            attempts += 1
+            ticket = session.acquire()
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
             try:
-                got = _download_once(url, cfg, start_sec, start_sec + duration_sec, work_dir, dest_stem.name)
+                got = _download_once(url, cfg, session, start_sec, start_sec + duration_sec, work_dir,
+                                     dest_stem.name)
             except DownloadFailure as failure:
+                if failure.throttling and session.governor is not None:
+                    session.throttled_by(ticket, failure.kind)
+                    continue
+                attempts += 1
                 failure.attempts = attempts
                 if failure.permanent or attempts > cfg.retries:
                     raise
                 sleep(cfg.retry_backoff_s * 2 ** (attempts - 1))
                 continue
+            session.succeeded(ticket)
             final = dest_stem.with_suffix(got.suffix)
             got.replace(final)
-            return final, attempts
+            return final, attempts + 1
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -3,13 +3,15 @@
 Work directory layout written here (paths in the manifest are relative to WORK):
 `media/source/{clip_id}.<ext>` (downloaded section), `media/frames/{clip_id}.jpg`, `media/audio/{clip_id}.wav`,
 `media/spec/{clip_id}.npy` (257-bin log spectrogram), `media/mel/{clip_id}.npy` (128-bin log-mel),
-`state/ingest.jsonl` (the resume journal) and `manifests/clips.parquet`.
+`state/ingest.jsonl` (the resume journal), `state/ingest-runs/` (what each run selected, for `--status`),
+`state/ingest-governor.json` (the rate governor's shared bucket and pause) and `manifests/clips.parquet`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,26 +23,36 @@ import pandas as pd
 import yt_dlp
 
 from is4.config import BuildConfig, IngestConfig
+from is4.manifests.errors import FatalError
 from is4.manifests.io import write_manifest
 from is4.manifests.journal import Journal
 from is4.manifests.schema import CLIPS
 from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
 from is4.pipeline.ingest.download import DownloadFailure, download_section
+from is4.pipeline.ingest.errors import UNKNOWN, message_key, reason_kind
 from is4.pipeline.ingest.extract import MediaError, extract_clip
+from is4.pipeline.ingest.governor import STATE_FILE, GiveUp, Governor, Pause, format_duration
+from is4.pipeline.ingest.progress import RunMeter
+from is4.pipeline.ingest.session import Session
+from is4.pipeline.ingest.status import JOURNAL, write_run_record
 from is4.pipeline.ingest.subsets import read_id_list, select_rows
 from is4.pipeline.ingest.vggsound_csv import CsvRow, read_vggsound_csv
 from is4.pipeline.stage import ProgressFn
 
-JOURNAL = "state/ingest.jsonl"
 MEDIA_DIRS = {"source": "media/source", "frame": "media/frames", "audio": "media/audio", "spec": "media/spec",
               "mel": "media/mel"}
+log = logging.getLogger(__name__)
+
+
+class IngestIncomplete(FatalError, RuntimeError):
+    """The run stopped while throttled; its remaining clips are pending and a rerun continues."""
 
 
 @dataclass
 class IngestSummary:
-    """What one ingest run produced."""
+    """What one ingest run produced, and how fast (the rate figures are of this run; the manifest has none)."""
 
-    manifest: str
+    manifest: str | None  # None while clips are pending: the manifest is written once every clip has a record
     rows: int
     selected: int
     ok: int
@@ -48,15 +60,21 @@ class IngestSummary:
     invalid: int
     reused: int
     processed: int
+    pending: int = 0
+    complete: bool = True
+    stopped: str | None = None  # why the run ended before its last clip
+    throttled: int = 0  # throttling failures (each retried)
+    pauses: int = 0
+    paused_s: float = 0.0
+    clips_per_hour: float = 0.0  # downloads finished per hour of this run
+    cap_per_hour: float | None = None
+    elapsed_s: float = 0.0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
+    throttled_by_kind: dict[str, int] = field(default_factory=dict)
+    unknown_errors: dict[str, int] = field(default_factory=dict)  # messages no rule knows, by text
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def reason_kind(reason: str) -> str:
-    """The class of a failure reason (`timeout: …` → `timeout`), for counting failures by reason."""
-    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
 
 
 def _finished(record: dict[str, Any] | None, workdir: Path, extract_fp: str) -> bool:
@@ -75,14 +93,16 @@ def _existing_source(workdir: Path, clip_id: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def _process_clip(row: CsvRow, workdir: Path, cfg: IngestConfig, extract_fp: str) -> dict[str, Any]:
+def _process_clip(row: CsvRow, workdir: Path, cfg: IngestConfig, extract_fp: str,
+                  session: Session) -> dict[str, Any]:
+    """The clip's journal record; raises `GiveUp` when the run stops before its section could be fetched."""
     record: dict[str, Any] = {"clip_id": row.clip_id, "retryable": False, "attempts": 0}
     source = _existing_source(workdir, row.clip_id)
     if source is None:
         try:
             source, record["attempts"] = download_section(
                 row.ytid, row.start_sec, cfg.extract.clip_seconds,
-                workdir / MEDIA_DIRS["source"] / row.clip_id, cfg.download,
+                workdir / MEDIA_DIRS["source"] / row.clip_id, cfg.download, session=session,
             )
         except DownloadFailure as failure:
             return record | {"status": "failed", "reason": str(failure), "retryable": not failure.permanent,
@@ -134,6 +154,46 @@ def _manifest_rows(rows: list[CsvRow], selected: list[CsvRow], records: dict[str
     return pd.DataFrame(out, columns=list(CLIPS.column_names))
 
 
+class _Run:
+    """The moving parts of one run: governor, session, meter, and the one log line per pause or stop."""
+
+    def __init__(self, workdir: Path, cfg: IngestConfig, total: int, done: int, progress: ProgressFn | None) -> None:
+        download = cfg.download
+        self.governor = Governor(workdir / STATE_FILE, download)
+        self.session = Session(download, self.governor, on_pause=self.paused)
+        self.meter = RunMeter(total, done, download.max_videos_per_hour)
+        self.progress = progress
+        self.stopped: str | None = None
+        self._lock = threading.Lock()
+
+    def say(self, line: str) -> None:
+        log.warning(line)
+        if self.progress:
+            self.progress(self.meter.done, self.meter.total, line)
+
+    def paused(self, pause: Pause) -> None:
+        left = self.meter.total - self.meter.done
+        self.say(f"{pause.kind}: pausing {format_duration(pause.seconds)}, {left} clips left")
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            first, self.stopped = self.stopped is None, self.stopped or reason
+        self.governor.stop()
+        if first:
+            self.say(f"stopping: {reason}; the clips left stay pending, a rerun continues")
+
+    def finished(self, record: dict[str, Any]) -> None:
+        self.meter.finished(record["status"], downloaded=record.get("attempts", 0) > 0)
+        if self.progress:
+            self.progress(self.meter.done, self.meter.total, self.meter.line(self.session.throttled))
+
+
+def _unknown_errors(records: list[dict[str, Any]], ytids: dict[str, str]) -> dict[str, int]:
+    counts = Counter(message_key(r["reason"].split(":", 1)[1], ytids[r["clip_id"]]) for r in records
+                     if r["status"] == "failed" and reason_kind(r["reason"] or "") == UNKNOWN)
+    return dict(counts.most_common())
+
+
 def run_ingest(
     csv_path: str | Path,
     workdir: str | Path,
@@ -142,11 +202,14 @@ def run_ingest(
     seed: int = 0,
     progress: ProgressFn | None = None,
     provenance: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> IngestSummary:
     """Ingest the clips of a VGGSound-format csv into `workdir`; resumes from the journal of earlier runs.
 
     Rows that are invalid or fail are recorded with their reason; only problems with the run itself (unreadable
-    csv, unwritable work dir, no ffmpeg) raise.
+    csv, unwritable work dir, no ffmpeg, a bad cookies file) raise. A run that stays throttled past
+    `give_up_after_s` returns with `complete=False`: its remaining clips have no record (pending), the manifest is
+    not written, and a rerun (`command`, kept for `is4 ingest --status`) continues.
     """
     workdir = Path(workdir)
     csv_path = Path(csv_path)
@@ -167,40 +230,73 @@ def run_ingest(
     extract_fp = hashlib.sha256(cfg.extract.model_dump_json().encode()).hexdigest()[:16]
     todo = [r for r in selected if not _finished(records.get(r.clip_id), workdir, extract_fp)]
     reused = len(selected) - len(todo)
-    done = reused
+    run = _Run(workdir, cfg, len(selected), reused, progress)  # validates the cookies file before any download
+    write_run_record(workdir, csv_path, [r.clip_id for r in selected], command)
     if progress:
-        progress(done, len(selected), "resumed" if reused else "start")
+        progress(reused, len(selected), "resumed" if reused else "start")
+    got: set[str] = set()
     with ThreadPoolExecutor(max_workers=cfg.download.workers, thread_name_prefix="is4-ingest") as pool:
-        futures = {pool.submit(_process_clip, r, workdir, cfg, extract_fp): r for r in todo}
+        futures = {pool.submit(_process_clip, r, workdir, cfg, extract_fp, run.session): r for r in todo}
         for future in as_completed(futures):
-            record = future.result()
+            try:
+                record = future.result()
+            except GiveUp as exc:  # throttled past give_up_after_s: this worker's clip and every later one wait
+                run.stop(str(exc))
+                continue
             journal.append(record)
             records[record["clip_id"]] = record
-            done += 1
-            if progress:
-                progress(done, len(selected), f"{record['clip_id']}: {record['status']}")
-    frame = _manifest_rows(rows, selected, records)
-    facts = {"yt_dlp_version": yt_dlp.version.__version__, "csv_name": csv_path.name}
-    manifest = write_manifest(workdir, CLIPS, frame, {**(provenance or {}), **facts})
-    statuses = Counter(frame["status"])
-    failures = Counter(reason_kind(r) for r in frame.loc[frame["status"] != "ok", "reason"])
+            got.add(record["clip_id"])
+            run.finished(record)
+    pending = [r for r in todo if r.clip_id not in got]
+    manifest = None
+    if not pending:
+        frame = _manifest_rows(rows, selected, records)
+        facts = {"yt_dlp_version": yt_dlp.version.__version__, "csv_name": csv_path.name}
+        manifest = str(write_manifest(workdir, CLIPS, frame, {**(provenance or {}), **facts}))
+    final = [records[r.clip_id] for r in selected if r.clip_id in records]
+    statuses = Counter(rec["status"] for rec in final) + Counter(invalid=sum(not r.valid for r in rows))
+    failures = Counter(reason_kind(rec["reason"]) for rec in final if rec["status"] != "ok")
+    failures += Counter(reason_kind(r.error or "") for r in rows if not r.valid)
+    pauses = run.session.pauses
     return IngestSummary(
-        manifest=str(manifest),
+        manifest=manifest,
         rows=len(rows),
         selected=len(selected),
         ok=statuses.get("ok", 0),
         failed=statuses.get("failed", 0),
         invalid=statuses.get("invalid", 0),
         reused=reused,
-        processed=len(todo),
+        processed=len(got),
+        pending=len(pending),
+        complete=not pending,
+        stopped=run.stopped,
+        throttled=run.session.throttled,
+        pauses=len(pauses),
+        paused_s=round(sum(p.seconds for p in pauses), 3),
+        clips_per_hour=round(run.meter.overall_per_hour(), 1),
+        cap_per_hour=cfg.download.max_videos_per_hour,
+        elapsed_s=round(run.meter.elapsed_s, 3),
         failures_by_reason=dict(sorted(failures.items())),
+        throttled_by_kind=dict(sorted(Counter(p.kind for p in pauses).items())),
+        unknown_errors=_unknown_errors(final, {r.clip_id: r.ytid for r in selected}),
     )
 
 
 def ingest_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, csv_path: Path,
-                 url_template: str | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Ingest `csv_path` (the source the flow or the CLI opened); `url_template` replaces the configured one."""
+                 url_template: str | None = None, progress: ProgressFn | None = None, command: str | None = None,
+                 allow_incomplete: bool = False) -> dict[str, Any]:
+    """Ingest `csv_path` (the source the flow or the CLI opened); `url_template` replaces the configured one.
+
+    A run that stopped while throttled raises `IngestIncomplete` (the flow must not go on without the clips
+    manifest) unless `allow_incomplete` (the `is4 ingest` command, which says how to continue and exits 0).
+    """
     ingest = cfg.ingest
     if url_template is not None:
         ingest = ingest.model_copy(update={"download": ingest.download.model_copy(update={"url_template": url_template})})
-    return run_ingest(csv_path, work, ingest, seed=cfg.seed, progress=progress, provenance=provenance).as_dict()
+    summary = run_ingest(csv_path, work, ingest, seed=cfg.seed, progress=progress, provenance=provenance,
+                         command=command)
+    if not summary.complete and not allow_incomplete:
+        raise IngestIncomplete(f"ingest stopped with {summary.pending} of {summary.selected} clips pending "
+                               f"({summary.stopped}); run the build again later to continue (finished clips are "
+                               f"kept; `is4 ingest --status --workdir {work}` shows where it stands)")
+    return summary.as_dict()
