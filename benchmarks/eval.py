@@ -1,10 +1,25 @@
-"""Scoring speed: the vectorised `metrics.score` against a straightforward per-sample loop, in one run.
+"""Scoring speed: `metrics.score` and the whole `is4 eval` command against the reference per-sample loop, in one run.
 
-Both score the same random batch the size of IS4 (by default 3,240 images × 2 instances = 6,480 heatmaps of
-224×224, float32 uniform noise, against random boxes) with every metric (cIoU, AUC, IIoU, IAUC, mIoU, F-score,
-and the adaptive variants). The loop scores one sample at a time the textbook way (sort the map, threshold it,
-count the overlap), then aggregates in Python; it is checked to give exactly the same numbers. Figures are the
-best of `--repeats` runs. Data generation is not timed.
+Data (not timed): an IS4-sized batch, by default 3,240 images × 2 instances = 6,480 float32 224×224 maps of
+uniform noise, against IS4-like boxes (two objects per image, sides of 20–224 px, about 5 % of them full-frame),
+with instance ids `{a}_{b}_{n}_{a|b}` as in IS4; the boxes are written as an `is4_bbox.json`, the maps as an
+uncompressed `.npz` (`np.savez`), in a temporary directory.
+
+Timed, best of `--repeats`:
+
+- **reference loop**: the reference evaluation's semantics one sample at a time, as its test loop does it: the
+  ground-truth box as `gt[int(y1):int(y2), int(x1):int(x2)] = 1`, `np.sort` of the map twice (the top-50 % cut
+  `pred > s[int(H*W/2)]` and the adaptive `pred > s[H*W - area]`), IoU = sum(bin·gt) / (sum(gt) + sum(bin·(gt==0))),
+  then in Python the success rates, the trapezoid AUC over `[0.05*i for i in range(21)]` and the per-image minimum;
+- `metrics.score` on the maps in memory (the default protocol), on 1 thread and on `--threads`;
+- the whole command in a fresh process, `is4 eval --release DIR --predictions maps.npz --output scores.json`:
+  start-up, reading and checking the 6,480 maps from the `.npz` (streamed), scoring, writing; with
+  `--no-baselines`, as it runs by default on a folder without `baselines.json` (scoring the random, centre and
+  oracle baselines too: the authors' release), and on one with it (a release this builder made).
+
+All must give the same numbers (in memory to 1e-9 percentage points, the command's JSON to its 4 decimals); the
+command's peak resident memory is printed beside the size of all maps in float64. Goals (issue 11): scoring ≥ 10×
+and the whole command ≥ 5× faster than the reference loop.
 
 Run by hand:  python benchmarks/eval.py [--images 3240] [--repeats 1] [--seed 0] [--threads N]
 """
@@ -12,72 +27,72 @@ Run by hand:  python benchmarks/eval.py [--images 3240] [--repeats 1] [--seed 0]
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from is4.pipeline.evaluation import metrics
 
 S = metrics.FRAME
+IS4 = str(Path(sys.executable).parent / "is4")
+KEYS = metrics.METRIC_KEYS
 
 
 def log(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def make_batch(n_images: int, seed: int):
+def make_data(n_images: int, seed: int):
+    """(maps (2n, 224, 224) float32, boxes (2n, 4) int, instance ids)."""
     rng = np.random.default_rng(seed)
     n = 2 * n_images
     maps = rng.random((n, S, S), dtype=np.float32)
-    corner = rng.integers(0, S - 16, (n, 2))
-    size = rng.integers(16, 160, (n, 2))
-    gt = metrics.box_mask(np.c_[corner, np.minimum(corner + size, S)])
-    image_ids = np.repeat(np.arange(n_images), 2)
-    return maps, gt, image_ids
+    size = rng.integers(20, S + 1, (n, 2))
+    corner = (rng.random((n, 2)) * (S - size + 1)).astype(int)
+    boxes = np.c_[corner, corner + size]
+    boxes[rng.random(n) < 0.05] = [0, 0, S, S]
+    ids = [f"c{i // 2 % 50}_d{i // 2 % 37}_{i // 2}_{'c' if i % 2 == 0 else 'd'}{i // 2 % 50}" for i in range(n)]
+    return maps, boxes, ids
 
 
-def loop_score(maps, gt_masks, image_ids) -> dict:
-    """One sample at a time: sort, threshold, overlap; then Python aggregation (same conventions as metrics)."""
+def reference_loop(maps, boxes, ids) -> dict:
+    """The reference semantics, one sample at a time (see the module docstring); percent, full precision."""
     n_px = S * S
-    thresholds = [i / 20 for i in range(21)]
-    ious = {"": [], "_adaptive": []}
-    fs = {"": [], "_adaptive": []}
-    for m, g in zip(maps, gt_masks):
-        flat, gt = m.ravel(), g.ravel()
-        ordered = np.sort(flat)
-        area = int(gt.sum())
-        for suffix, k in (("", n_px // 2), ("_adaptive", area)):
-            pred = flat > (ordered[n_px - k - 1] if k < n_px else -np.inf)
-            inter = int(np.count_nonzero(pred & gt))
-            n_pred = int(np.count_nonzero(pred))
-            union = n_pred + area - inter
-            ious[suffix].append(inter / union if union else 0.0)
-            p = inter / n_pred if n_pred else 0.0
-            r = inter / area if area else 0.0
-            fs[suffix].append(1.3 * p * r / (0.3 * p + r) if 0.3 * p + r > 0 else 0.0)
+    ious: dict[str, list[float]] = {"": [], "_adaptive": []}
+    for pred, (x1, y1, x2, y2) in zip(maps, boxes.tolist()):
+        gt = np.zeros((S, S))
+        gt[int(y1):int(y2), int(x1):int(x2)] = 1
+        gt_nums = int((gt != 0).sum())
+        for suffix, index in (("", int(n_px / 2)), ("_adaptive", n_px - gt_nums)):
+            thr = np.sort(pred.flatten())[index]
+            infer = np.zeros((S, S))
+            infer[pred > thr] = 1
+            ious[suffix].append(np.sum(infer * gt) / (np.sum(gt) + np.sum(infer * (gt == 0))))
+    x = [0.05 * i for i in range(21)]
 
-    def rate(values, t):
-        return sum(v >= t for v in values) / len(values)
-
-    def area_under(values):
-        curve = [rate(values, t) for t in thresholds]
-        return sum((thresholds[i] - thresholds[i - 1]) * (curve[i] + curve[i - 1]) / 2 for i in range(1, 21))
+    def area(values):
+        y = [sum(v >= t for v in values) / len(values) for t in x]
+        return sum((x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2 for i in range(1, len(x)))
 
     out = {}
-    for suffix in ("", "_adaptive"):
-        worst: dict = {}
-        for image, value in zip(image_ids.tolist(), ious[suffix]):
-            worst[image] = min(worst.get(image, 1.0), value)
+    for suffix, values in ious.items():
+        worst: dict[str, float] = {}
+        for iid, value in zip(ids, values):
+            image = "_".join(iid.split("_")[:-1])
+            worst[image] = min(worst.get(image, np.inf), value)
         per_image = list(worst.values())
-        out["ciou" + suffix] = round(100 * rate(ious[suffix], 0.5), 4)
-        out["auc" + suffix] = round(100 * area_under(ious[suffix]), 4)
-        out["iiou" + suffix] = round(100 * rate(per_image, 0.5), 4)
-        out["iauc" + suffix] = round(100 * area_under(per_image), 4)
-        out["miou" + suffix] = round(100 * sum(ious[suffix]) / len(ious[suffix]), 4)
-        out["fscore" + suffix] = round(100 * sum(fs[suffix]) / len(fs[suffix]), 4)
+        out["ciou" + suffix] = 100 * sum(v >= 0.5 for v in values) / len(values)
+        out["auc" + suffix] = 100 * area(values)
+        out["iiou" + suffix] = 100 * sum(v >= 0.5 for v in per_image) / len(per_image)
+        out["iauc" + suffix] = 100 * area(per_image)
     return out
 
 
@@ -90,6 +105,80 @@ def timed(fn, repeats: int):
     return best, result
 
 
+def _peak_kib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, KiB; Linux), 0 where it cannot be read."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def run_command(args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak resident KiB after exec, sampled every 10 ms) of one `is4` process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([IS4, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _peak_kib(proc.pid))
+        time.sleep(0.01)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"is4 {' '.join(args)} failed: {proc.stderr.read().decode()}")
+    return seconds, peak
+
+
+def in_memory(maps, boxes, ids, threads: int, repeats: int) -> tuple[dict, list[tuple[str, float, str]], bool]:
+    """(reference numbers, timing rows, same) for the reference loop and `metrics.score` on maps in memory."""
+    gt = metrics.box_mask(boxes)
+    images = [iid.rsplit("_", 1)[0] for iid in ids]
+    log("reference per-sample loop")
+    t_ref, ref = timed(functools.partial(reference_loop, maps, boxes, ids), repeats)
+    rows, same = [("reference loop (np.sort ×2 per map)", t_ref, "")], True
+    for workers in sorted({1, threads}):
+        log(f"metrics.score, {workers} thread(s)")
+        run = functools.partial(metrics.score, maps, gt, images, workers=workers, decimals=None)
+        t, got = timed(run, repeats)
+        diff = max(abs(got[k] - ref[k]) for k in KEYS)
+        same &= diff <= 1e-9
+        rows.append((f"metrics.score, {workers} thread{'s' if workers > 1 else ''}", t, f"max |Δ| {diff:.1e} pp"))
+    return ref, rows, same
+
+
+def whole_command(tmp: Path, maps, boxes, ids, repeats: int, ref: dict) -> tuple[list, bool, int, float]:
+    """(timing rows, same, peak KiB, .npz MiB) for `is4 eval` on the maps written as an .npz in `tmp`."""
+    release, npz = tmp / "IS4", tmp / "maps.npz"
+    release.mkdir()
+    entries = [{"image": f"visual_frames/{iid}.jpg", "audio": f"audio_wav/{iid}.wav", "gt_box": box}
+               for iid, box in zip(ids, boxes.tolist())]
+    (release / "is4_bbox.json").write_text(json.dumps(entries))
+    log(f"writing {npz.name} ({len(ids)} maps)")
+    np.savez(npz, **dict(zip(ids, maps)))
+    rows, same, peak = [], True, 0
+    for label, extra in (("is4 eval, whole command, --no-baselines", ["--no-baselines"]),
+                         ("is4 eval, whole command, with baselines", []),
+                         ("is4 eval, whole command, with the release's baselines.json", [])):
+        if "baselines.json" in label:  # as a built release ships them (scored once, at build time; not timed)
+            from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
+            from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL
+
+            (release / BASELINES_FILE).write_text(json.dumps({"protocol": DEFAULT_PROTOCOL,
+                                                              "scores": baseline_scores(release)}))
+        log(label)
+        out = tmp / "scores.json"
+        command = ["eval", "--release", str(release), "--predictions", str(npz), "--output", str(out), *extra]
+        best, label_peak = float("inf"), 0
+        for _ in range(repeats):
+            seconds, rss = run_command(command)
+            best, label_peak = min(best, seconds), max(label_peak, rss)
+        written = json.loads(out.read_text())
+        ok = all(written[k] == round(ref[k], 4) for k in KEYS)
+        same &= ok
+        peak = max(peak, label_peak)
+        rows.append((label, best, f"JSON {'equal' if ok else 'DIFFERENT'}, peak {label_peak / 1024:.0f} MiB"))
+    return rows, same, peak, npz.stat().st_size / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3240, help="images (two instances each); default 3240")
@@ -97,33 +186,30 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="threads of the vectorised score (0: CPU count, ≤ 8)")
     args = parser.parse_args()
-
-    log(f"making {2 * args.images} random 224×224 maps and boxes")
-    maps, gt, image_ids = make_batch(args.images, args.seed)
     threads = args.threads or min(8, os.cpu_count() or 1)
-    log("per-sample loop")
-    t_loop, loop = timed(lambda: loop_score(maps, gt, image_ids), args.repeats)
-    log("vectorised score, 1 thread")
-    t_vec1, vec1 = timed(lambda: metrics.score(maps, gt, image_ids, with_mask_metrics=True, workers=1),
-                         args.repeats)
-    log(f"vectorised score, {threads} threads")
-    t_vec, vec = timed(lambda: metrics.score(maps, gt, image_ids, with_mask_metrics=True, workers=threads),
-                       args.repeats)
-    loop = {key: loop[key] for key in vec}
-    same = vec == loop and vec1 == loop
 
+    log(f"making {2 * args.images} random 224×224 maps and IS4-like boxes")
+    maps, boxes, ids = make_data(args.images, args.seed)
     n = len(maps)
-    print(f"IS4 scoring: {n} instances ({args.images} images × 2), 224×224 float32 maps, all 12 metrics")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
-          f"best of {args.repeats}")
+    ref, rows, same = in_memory(maps, boxes, ids, threads, args.repeats)
+    with tempfile.TemporaryDirectory(prefix="is4-eval-bench-") as tmp:
+        command_rows, command_same, peak, npz_mb = whole_command(Path(tmp), maps, boxes, ids, args.repeats, ref)
+    rows += command_rows
+    same &= command_same
+    t_ref = rows[0][1]
+
+    print(f"IS4 scoring: {n} instances ({args.images} images × 2), 224×224 float32 noise maps, IS4-like boxes, "
+          "the 8 box metrics, reference protocol")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, best of {args.repeats}")
     print()
-    rows = [("per-sample loop", t_loop), ("vectorised, 1 thread", t_vec1), (f"vectorised, {threads} threads", t_vec)]
-    print(f"{'method':<26}{'seconds':>10}{'instances/s':>14}{'speed-up':>10}")
-    for name, seconds in rows:
-        print(f"{name:<26}{seconds:>10.2f}{n / seconds:>14.0f}{t_loop / seconds:>9.2f}×")
+    print(f"{'method':<44}{'seconds':>9}{'instances/s':>13}{'× reference loop':>18}  check")
+    for name, seconds, note in rows:
+        print(f"{name:<44}{seconds:>9.2f}{n / seconds:>13.0f}{t_ref / seconds:>17.1f}×  {note}")
     print()
+    print(f"maps: {npz_mb:.0f} MiB in the .npz (float32), {n * S * S * 8 / 2**20:.0f} MiB if all held in float64; "
+          f"command peak memory {peak / 1024:.0f} MiB")
     print(f"same numbers: {'yes' if same else 'NO'}")
-    print("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in vec.items()))
+    print("reference: " + ", ".join(f"{k} {ref[k]:.4f}" for k in KEYS))
     if not same:
         sys.exit(1)
 

@@ -129,8 +129,8 @@ WRITTEN_OUT = ("ingest", "generate", "verify", "annotate", "release")
 @app.command()
 @cli_errors
 def ingest(
-    csv: Annotated[Path, typer.Option(help="VGGSound-format csv (ytid, start, label, split; no header)")],
     workdir: Annotated[Path, typer.Option(help="work directory of the build")],
+    csv: Annotated[Path | None, typer.Option(help="VGGSound-format csv (ytid, start, label, split; no header)")] = None,
     config: Annotated[Path | None, typer.Option(help="config file whose `ingest` section to use")] = None,
     url_template: Annotated[str | None, typer.Option(help="download url with a {ytid} placeholder")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="concurrent downloads")] = None,
@@ -140,11 +140,22 @@ def ingest(
     id_list: Annotated[Path | None, typer.Option(help="file of clip ids / YouTube ids to keep")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for subset sampling")] = None,
     export: Annotated[bool | None, typer.Option(help="also write the training layout to WORK/exports/vggsound")] = None,
+    status: Annotated[bool, typer.Option("--status", help="print where the work directory's ingest stands (counts "
+                                                          "by status and reason, what is retryable, the command "
+                                                          "that continues it) and exit")] = False,
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
-    from is4.config import BuildConfig, load_config, parse_config
+    import shlex
 
-    data = (load_config(config) if config else BuildConfig()).model_dump(mode="json")
+    from is4.config import BuildConfig, ConfigError, load_config, parse_config
+
+    if status:
+        _print_ingest_status(workdir)
+        return
+    if csv is None:
+        raise ConfigError("--csv is required (or --status, to see where an ingest stands)")
+    base = load_config(config) if config else BuildConfig()
+    data = base.model_dump(mode="json")
     section = data["ingest"]
     overrides = {
         ("download", "url_template"): url_template,
@@ -165,9 +176,45 @@ def ingest(
     if seed is not None:
         data["seed"] = seed
     cfg = parse_config(data, "command line")
-    _run_stage("ingest", cfg, workdir, files={"csv": csv}, csv_path=csv)
+    # The session's secrets are not in the dump (they never leave the config object): carry them over.
+    secrets = {k: getattr(base.ingest.download, k) for k in ("cookies_file", "proxy", "extractor_args")}
+    cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={
+        "download": cfg.ingest.download.model_copy(update=secrets)})})
+    # The command that continues this run, for `--status` and the stop message (absolute paths, no secrets).
+    argv = ["is4", "ingest", "--csv", str(csv.resolve()), "--workdir", str(workdir.resolve())]
+    options = {"--config": config and config.resolve(), "--url-template": url_template, "--workers": workers,
+               "--labels": labels and (labels if labels in ("all", "vggss") else Path(labels).resolve()),
+               "--per-class-cap": per_class_cap, "--id-list": id_list and id_list.resolve(), "--seed": seed}
+    argv += [str(v) for k, val in options.items() if val is not None for v in (k, val)]
+    argv += [v for s in split or [] for v in ("--split", s)]
+    argv += [] if export is None else ["--export" if export else "--no-export"]
+    command = shlex.join(argv)
+    summary = _run_stage("ingest", cfg, workdir, files={"csv": csv}, csv_path=csv, command=command,
+                         allow_incomplete=True)
+    if not summary["complete"]:
+        console.print(f"[bold yellow]{summary['pending']} clips pending[/] ({summary['stopped']}). Nothing is lost: "
+                      f"continue later with\n  {command}", highlight=False)
+        return
     if cfg.ingest.export_training_layout:
         _run_stage("export", cfg, workdir)
+
+
+def _print_ingest_status(workdir: Path) -> None:
+    from is4.pipeline.ingest.status import ingest_status
+
+    for run in ingest_status(workdir):
+        table = Table(title=f"ingest of {run.csv}", show_header=False)
+        table.add_row("selected", str(run.selected))
+        for name in ("ok", "failed", "pending"):
+            table.add_row(name, str(run.by_status.get(name, 0)))
+        for reason, n in sorted(run.by_reason.items()):
+            table.add_row(f"  failed: {reason}", str(n))
+        table.add_row("retryable", f"{run.retryable} (transient failures and pending clips: a rerun tries them)")
+        console.print(table)
+        if run.retryable:
+            console.print(f"continue with:\n  {run.command}", highlight=False, soft_wrap=True)
+        else:
+            console.print("nothing left to retry", highlight=False)
 
 
 @app.command("export")
@@ -400,11 +447,12 @@ def release(
 @release_app.command("verify")
 @cli_errors
 def release_verify(path: Annotated[Path, typer.Argument(help="a release directory or its .tar.gz")]) -> None:
-    """Recompute every checksum; list missing, extra and changed files (exit 1 when any)."""
+    """Recompute every checksum and check every item; list missing, extra, changed files and broken invariants
+    (invalid: an image without its two instances, a box outside the frame or off its mask) — exit 1 when any."""
     from is4.pipeline.release import verify_release
 
     report = verify_release(path)
-    for kind in ("missing", "extra", "changed"):
+    for kind in ("missing", "extra", "changed", "invalid"):
         for name in getattr(report, kind):
             console.print(f"{kind}: {name}")
     console.print(f"{path}: {'OK' if report.ok else 'FAILED'}")
@@ -415,22 +463,47 @@ def release_verify(path: Annotated[Path, typer.Argument(help="a release director
 @app.command("eval")
 @cli_errors
 def eval_cmd(
-    release_dir: Annotated[Path, typer.Option("--release", help="a release directory")],
+    release_dir: Annotated[Path, typer.Option("--release", help="a release directory, the authors' IS4 folder, or "
+                                              "a benchmark's ground-truth file or folder")],
     predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
-    gt: Annotated[str, typer.Option(help="ground truth: box (the paper's tables) or mask")] = "box",
-    output: Annotated[Path | None, typer.Option(help="write the metrics as JSON here")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="is4, vggss, flickr, avsbench-s4, avsbench-ms3, vpo-ss or "
+                                                  "vpo-ms (default: what the file names say)")] = None,
+    gt: Annotated[str | None, typer.Option(help="ground truth: box (the papers' tables) or mask (default: box, "
+                                           "or what the file holds)")] = None,
+    protocol: Annotated[str, typer.Option(help="reference (the papers' evaluation code, the default) or exact-k "
+                                          "(cuts keep exactly K pixels, tie-safe)")] = "reference",
+    output: Annotated[Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here")] = None,
+    per_instance: Annotated[Path | None, typer.Option("--per-instance", help="write per-instance IoUs as Parquet "
+                                                      "here")] = None,
+    baselines: Annotated[bool, typer.Option(help="score the random, centre and oracle baselines beside the "
+                                            "model")] = True,
 ) -> None:
-    """Score heatmaps on a release: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score with --gt mask), in percent."""
-    from is4.pipeline.evaluation.evaluate import EvaluationError, evaluate, format_table
+    """Score heatmaps on a benchmark: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score for masks) in percent, beside baselines."""
+    from is4.pipeline.evaluation import evaluate as ev
+    from is4.pipeline.evaluation import metrics
+    from is4.pipeline.evaluation.formats import load_ground_truth
 
-    if gt not in ("box", "mask"):
-        raise EvaluationError(f"--gt must be box or mask, not {gt!r}")
-    results = evaluate(release_dir, predictions, gt=gt)
-    console.print(format_table(results))
+    try:
+        rules = metrics.get_protocol(protocol)
+    except ValueError as exc:
+        raise ev.EvaluationError(f"--protocol: {exc}") from None
+    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules)
+    scored = ev.score_file(truth, predictions, rules)
+    reference = {}
+    if baselines:
+        reference = ev.shipped_baselines(truth, rules) or {
+            kind: base.summary for kind, base in ev.score_baselines(truth, rules).items()}
+    rows = {"model": scored.summary, **reference}
+    console.print(f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}",
+                  soft_wrap=True, highlight=False, markup=False)
+    console.print(ev.format_table(rows), soft_wrap=True, highlight=False, markup=False)
     if output:
         from is4.manifests.atomic import atomic_write_json
 
-        atomic_write_json(output, results)
+        baseline_rows = {"baselines": reference} if reference else {}
+        atomic_write_json(output, {**scored.summary, **baseline_rows})
+    if per_instance:
+        ev.write_per_instance(per_instance, scored)
 
 
 @app.command()

@@ -567,3 +567,16 @@ def test_shrunk_masks_keep_thin_parts_and_their_box(tmp_path: Path, protrusion: 
         sy, sx = np.nonzero(shipped)
         extent = [sx.min(), sy.min(), sx.max() + 1, sy.max() + 1]
         assert np.abs(np.subtract(extent, box)).max() <= 1, (trial, extent, box)
+
+
+def test_shipped_baselines_are_the_scores_eval_would_compute(built: tuple[Path, Path]) -> None:
+    """`baselines.json` lets `is4 eval` show the baselines without scoring them again: it must equal a fresh score."""
+    from is4.pipeline.evaluation.evaluate import score_baselines, shipped_baselines
+    from is4.pipeline.evaluation.formats import load_ground_truth
+
+    _, rel = built
+    for gt in ("box", "mask"):
+        truth = load_ground_truth(rel, gt, benchmark="is4")
+        fresh = {kind: scored.summary for kind, scored in score_baselines(truth).items()}
+        assert shipped_baselines(truth, "reference") == json.loads(json.dumps(fresh))
+        assert shipped_baselines(truth, "exact-k") is None  # scored with another protocol: computed afresh

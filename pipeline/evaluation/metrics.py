@@ -1,109 +1,306 @@
-"""IS4 localisation metrics, vectorised over a batch of N instances (arrays of shape (N, 224, 224)).
+"""IS4 localisation metrics on batches of heatmaps, under two protocols: `reference` (the default) and `exact-k`.
 
-A model gives one heatmap per (image, audio) instance; it is scored against the instance's ground-truth region
-(a filled box or a segmentation mask) in the 224×224 image frame. Every function here works on whole batches:
-there is no per-sample Python loop in the hot path (`per_instance` walks over fixed-size chunks of instances, on
-a few threads, only to bound memory and use the cores; the results do not depend on either). The cost is
-dominated by one sort of each map's 50,176 values, which serves both the top-50 % and the top-K cut.
+A model gives one heatmap per (image, audio) instance, scored against the instance's ground-truth region (a box, a
+union or consensus of boxes, or a segmentation mask) in the 224×224 frame. All reported numbers are percentages.
 
-Conventions (all reported numbers are percentages, rounded to 4 decimals):
+**`reference`** reproduces the evaluation code the IS4 papers report (the authors' `Evaluator_iiou` + `test.py` loop
+for boxes, their AVSBench-style mask evaluator for masks), so that numbers can sit next to published ones:
 
-- **Binarisation, top K with ties.** Let `s` be a map's N_px pixel values sorted ascending. The top-K mask keeps
-  the pixels whose value is *strictly greater* than the (K+1)-th largest value, `s[N_px - K - 1]` (all pixels when
-  K = N_px). So exactly K pixels are kept whenever the K-th and (K+1)-th largest values differ, and never more than
-  K; when they are tied, the whole tied group is dropped (a map's tie group is never split by pixel position, so
-  the rule does not depend on where pixels are). A constant map keeps nothing (the harness rejects constant
-  maps). This is the `heatmap > np.sort(flat)[i]` convention of the common VGG-SS / Flickr-SoundNet evaluation code
-  (e.g. LVS, i = int(N_px / 2)), with i = N_px - K - 1 so that K pixels, not K - 1, are kept when there are no
-  ties.
-- **cIoU**: top 50 % binarisation (K = N_px / 2 = 25,088 at 224×224); a sample succeeds when its IoU with the
-  ground-truth region is >= 0.5; cIoU is the success rate. **Adaptive cIoU**: the same with K = the ground-truth
-  area in pixels.
-- **AUC**: area under the success-rate curve over the IoU thresholds 0, 0.05, …, 1.0 (`np.arange(21) / 20`,
-  exactly representable ratios, so an IoU of 3/20 passes the 0.15 threshold), trapezoid rule over the 21 points,
-  divided by the threshold range (1.0), so it lies in [0, 1]. Success at a threshold is `IoU >= threshold`.
-- **IIoU / IAUC**: an *image* succeeds only when every one of its instances succeeds, i.e. when its smallest
-  instance IoU passes the threshold; IIoU is the image success rate at 0.5, IAUC the AUC of the image success
-  curve. Both have adaptive variants from the adaptive IoUs.
-- **mIoU / F-score** (mask ground truth, AVSBench-style): mIoU is the mean over instances of the IoU between the
-  binarised prediction and the mask; the F-score is the mean over instances of
-  (1 + β²)·P·R / (β²·P + R) with β² = 0.3, P = |pred ∩ gt| / |pred|, R = |pred ∩ gt| / |gt|. AVSBench's maximum
-  over 255 thresholds is *not* used: the prediction is binarised with the same top-50 % (`miou`, `fscore`) and
-  top-K (`miou_adaptive`, `fscore_adaptive`) rules as cIoU. An empty prediction has P = 0; P = R = 0 gives F = 0.
-- **IoU of two empty regions** is 0 (an empty region cannot be localised; the harness rejects empty ground truth).
-- **Resizing**: `resize_bilinear` is bilinear interpolation with half-pixel centres and edge clamping, no
-  anti-aliasing, i.e. `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`.
-- **Boxes**: `box_mask` fills pixel (row r, column c) when x1 <= c + 0.5 < x2 and y1 <= r + 0.5 < y2 (pixel
-  centres): for integer coordinates that is columns x1 … x2 - 1 and rows y1 … y2 - 1 (x2 / y2 are exclusive pixel
-  edges), and anything outside the frame is clipped.
+- cIoU binarises `pred > np.sort(pred.flat)[int(H*W/2)]`; adaptive cIoU `pred > np.sort(pred.flat)[H*W - A]`
+  (A = ground-truth area, the number of non-zero ground-truth pixels);
+- IoU = `sum(bin*gt) / (sum(gt) + sum(bin*(gt==0)))` (for a 0/1 region the usual IoU; for a consensus map with
+  values 0, 0.5 and 1 a weighted one); a sample succeeds when IoU `>= 0.5`; cIoU is the success rate;
+- AUC: `sklearn.metrics.auc` of the success rate over the thresholds `[0.05*i for i in range(21)]` (the floats
+  Python makes: 0.15000000000000002, …), success at a threshold being `IoU >= threshold`. sklearn is not a
+  dependency: `auc` is the trapezoid rule the way `sklearn.metrics.auc` computes it (`np.trapezoid(y, x)`, after
+  checking that x is monotonic);
+- IIoU / IAUC: an image succeeds only when every one of its instances does, i.e. on each image's smallest
+  instance IoU (images group by the instance id minus its last `_category` part; see `evaluate`);
+- mask metrics, on the same two binarisations: mIoU = mean over instances of `inter / (union + 1e-7)`; the
+  F-score (β² = 0.3) of the binarised map at the 255 thresholds `linspace(0, 1 - 1e-10, 255)` (`>=`: at 0 the
+  prediction is the whole frame, at every other threshold the binarised map), averaged over instances per
+  threshold, then the maximum over thresholds; P = inter / |pred| (0 when nothing is predicted), R = inter / A,
+  F = (1 + β²)·P·R / (β²·P + R), 0 when P = R = 0;
+- the ground-truth box is `gt[int(y1):int(y2), int(x1):int(x2)] = 1` (numpy slicing of each `int()`-truncated
+  coordinate: a negative one counts from the far edge, as in the reference); a map that is not 224×224 is resized
+  bilinearly with `align_corners=True`, as the reference test code resizes model outputs.
+
+**`exact-k`** is this project's tie-safe variant: a cut keeps exactly K pixels (those strictly above the (K+1)-th
+largest value; a tied group at the cut is dropped whole, so ties never depend on pixel position), with K = half
+the pixels or K = A. It is what a reader of the papers' definitions ("the top 50 % of pixels", "the top K = A
+pixels") would compute. Side by side:
+
+| | `reference` (default) | `exact-k` |
+| --- | --- | --- |
+| top-50 % cut | `pred > s[int(H·W/2)]`, s = the sorted map: keeps H·W/2 − 1 = 25,087 distinct pixels | `pred > s[H·W − K − 1]`, K = 25,088: exactly K |
+| adaptive cut | `pred > s[H·W − A]`: A − 1 pixels (an oracle has IoU (A−1)/A, so it fails the 1.0 AUC threshold) | `pred > s[H·W − A − 1]`: exactly A pixels |
+| full-frame region, top-50 % | IoU (H·W/2 − 1)/(H·W) < 0.5: no map can succeed | IoU 0.5: succeeds |
+| AUC thresholds | `[0.05*i for i in range(21)]` (binary floats: an IoU of exactly 0.15 fails 0.15000000000000002) | `arange(21) / 20` (exact ratios) |
+| AUC | trapezoid over the thresholds (sklearn.metrics.auc) | the same trapezoid |
+| box → region | `gt[int(y1):int(y2), int(x1):int(x2)] = 1` | pixels whose centre lies in [x1, x2) × [y1, y2), clipped to the frame |
+| resizing | bilinear, `align_corners=True` | bilinear, half-pixel centres (`align_corners=False`) |
+| mIoU | mean of inter / (union + 1e-7) | mean IoU |
+| F-score | max over 255 thresholds of the mean F (threshold 0: the whole frame) | mean F of the binarised map |
+
+Both protocols share the IoU, the success rule (`>= 0.5`), the grouping into images and the minimum per image. On
+integer boxes inside the frame the two box rules agree; with distinct map values the cuts differ by one pixel.
+
+Vectorised over chunks of instances: a per-map histogram locates the two cut values (`rank_values`), so no map is
+sorted; `per_instance` walks over fixed-size chunks on a few threads only to bound memory and use the cores (the
+results do not depend on either). Arithmetic is float64 on the maps' own values (float32 maps are compared as
+float32, as the reference compares its float32 model outputs).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 FRAME = 224
-THRESHOLDS = np.arange(21) / 20  # 0, 0.05, …, 1.0
 SUCCESS_IOU = 0.5
 BETA2 = 0.3
-CHUNK = 16  # instances per chunk in `per_instance`: a 3 MB sorted chunk per thread stays in cache
+CHUNK = 16  # instances per chunk in `per_instance`: a 3 MB chunk per thread stays in cache
+BINS = 4096  # histogram bins per map in `rank_values`
+LARGE_BIN = 512  # a bin with more values is partitioned on its own
 
 METRIC_KEYS = ("ciou", "ciou_adaptive", "auc", "auc_adaptive", "iiou", "iiou_adaptive", "iauc", "iauc_adaptive")
 MASK_METRIC_KEYS = ("miou", "fscore", "miou_adaptive", "fscore_adaptive")
+PER_INSTANCE_KEYS = ("iou", "iou_adaptive", "miou", "miou_adaptive", "fscore", "fscore_adaptive", "fscore_frame")
+
+FSCORE_THRESHOLDS = np.linspace(0, 1 - 1e-10, 255)  # the reference F-measure's thresholds on a binarised map
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One set of scoring rules (see the module docstring for the two that exist)."""
+
+    name: str
+    thresholds: tuple[float, ...]  # AUC thresholds
+    align_corners: bool  # bilinear resizing of maps that are not FRAME × FRAME
+    box_rule: str  # "slice" (reference) or "centre" (exact-k), see `box_mask`
+    keep_k: bool  # True: a cut keeps exactly K pixels; False: `pred > s[int(N/2)]` / `s[N - A]`
+    miou_eps: float  # inter / (union + eps)
+    fscore_max: bool  # True: max over FSCORE_THRESHOLDS of the mean F; False: mean F of the binarised map
+
+    def top_half_index(self, n_px: int) -> int:
+        """Ascending rank of the top-50 % cut value: the map keeps `pred > sorted[index]`."""
+        return n_px - int(round(n_px / 2)) - 1 if self.keep_k else int(n_px / 2)
+
+    def adaptive_index(self, n_px: int, area: np.ndarray) -> np.ndarray:
+        """Ascending rank of the adaptive cut value for ground-truth areas `area` (-1: keep every pixel)."""
+        return n_px - np.asarray(area, dtype=np.int64) - (1 if self.keep_k else 0)
+
+
+REFERENCE = Protocol("reference", tuple(0.05 * i for i in range(21)), align_corners=True, box_rule="slice",
+                     keep_k=False, miou_eps=1e-7, fscore_max=True)
+EXACT_K = Protocol("exact-k", tuple((np.arange(21) / 20).tolist()), align_corners=False, box_rule="centre",
+                   keep_k=True, miou_eps=0.0, fscore_max=False)
+PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K)}
+DEFAULT_PROTOCOL = REFERENCE.name
+
+
+def get_protocol(protocol: str | Protocol) -> Protocol:
+    """The Protocol named `protocol` (or `protocol` itself); ValueError naming the known ones otherwise."""
+    if isinstance(protocol, Protocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    return PROTOCOLS[protocol]
 
 
 # --- geometry -----------------------------------------------------------------------------------------------
 
 
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear weights, half-pixel centres, clamped at the edges (align_corners=False)."""
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i0, i1, lam): output position o samples (1 - lam) · in[i0] + lam · in[i1] along one axis."""
+    out = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        src = np.maximum((out + 0.5) * (n_in / n_out) - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
-    weights = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, i0), 1.0 - lam)
-    np.add.at(weights, (rows, i1), lam)
-    return weights
+    return i0, i1, src - i0
 
 
-def resize_bilinear(maps: np.ndarray, size: int | tuple[int, int] = FRAME) -> np.ndarray:
-    """Resize (H, W) or (N, H, W) maps to `size` (int or (height, width)), bilinear as documented above.
+def resize_bilinear(maps: np.ndarray, size: int | tuple[int, int] = FRAME, *, align_corners: bool = True
+                    ) -> np.ndarray:
+    """Resize (H, W) or (N, H, W) maps to `size` (int or (height, width)) by bilinear interpolation, no
+    anti-aliasing, as `torch.nn.functional.interpolate(mode="bilinear", align_corners=...)`.
 
-    Computed in float64 as two matrix products (rows, then columns); returns float32. A map already at the target
-    size is returned unchanged (as float32).
+    Separable, along the width then the height, in float64 (torch computes float32 maps in float32, so the two
+    agree to about 1e-6 of the value range). Returns float64 for float64 input, float32 otherwise; a map already at
+    `size` is returned unchanged in that dtype.
     """
     maps = np.asarray(maps)
     out_h, out_w = (size, size) if isinstance(size, int) else size
     in_h, in_w = maps.shape[-2:]
+    dtype = np.float64 if maps.dtype == np.float64 else np.float32
     if (in_h, in_w) == (out_h, out_w):
-        return maps.astype(np.float32, copy=False)
-    wy = _interp_matrix(in_h, out_h)
-    wx = _interp_matrix(in_w, out_w)
-    out = wy @ maps.astype(np.float64) @ wx.T
-    return out.astype(np.float32)
+        return maps.astype(dtype, copy=False)
+    x0, x1, lx = _axis_weights(in_w, out_w, align_corners)
+    y0, y1, ly = _axis_weights(in_h, out_h, align_corners)
+    src = maps.astype(np.float64, copy=False)
+    rows = src[..., x0] * (1.0 - lx) + src[..., x1] * lx  # (..., in_h, out_w)
+    shape = (*maps.shape[:-2], out_h, out_w)
+    top = np.take(rows, y0, axis=-2, out=scratch("resize_top", shape, np.float64))
+    top *= (1.0 - ly)[:, None]
+    bottom = np.take(rows, y1, axis=-2, out=scratch("resize_bottom", shape, np.float64))
+    bottom *= ly[:, None]
+    top += bottom  # (1 - ly) · upper row + ly · lower row, as torch orders it
+    return top.astype(dtype)
 
 
-def box_mask(boxes_xyxy, size: int = FRAME) -> np.ndarray:
+def _slice_bounds(values: np.ndarray, size: int) -> np.ndarray:
+    """Python slice bounds of `int()`-truncated coordinates on an axis of `size`: negative counts from the end."""
+    v = np.trunc(np.clip(values, -4 * size, 4 * size)).astype(np.int64)
+    v = np.where(v < 0, v + size, v)
+    return np.clip(v, 0, size)
+
+
+def box_extent(boxes_xyxy, size: int = FRAME, rule: str = "slice") -> tuple[np.ndarray, np.ndarray]:
+    """(in_y, in_x): (N, size) bool rows and columns covered by boxes (N, 4) `[x1, y1, x2, y2]` (see `box_mask`)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    pixels = np.arange(size)
+    if rule == "slice":
+        x1, y1, x2, y2 = (_slice_bounds(boxes[:, i : i + 1], size) for i in range(4))
+        return (pixels >= y1) & (pixels < y2), (pixels >= x1) & (pixels < x2)
+    if rule == "centre":
+        centres = pixels + 0.5
+        x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))
+        return (centres >= y1) & (centres < y2), (centres >= x1) & (centres < x2)
+    raise ValueError(f"box rule must be 'slice' or 'centre', not {rule!r}")
+
+
+def box_mask(boxes_xyxy, size: int = FRAME, rule: str = "slice") -> np.ndarray:
     """Filled (N, size, size) bool masks for boxes (N, 4) `[x1, y1, x2, y2]` in pixels of the size×size frame.
 
-    Pixel (r, c) is inside when x1 <= c + 0.5 < x2 and y1 <= r + 0.5 < y2 (x2, y2 exclusive pixel edges).
+    `rule="slice"` (reference): `gt[int(y1):int(y2), int(x1):int(x2)] = 1` with numpy's slicing rules.
+    `rule="centre"` (exact-k): pixel (r, c) is inside when x1 <= c + 0.5 < x2 and y1 <= r + 0.5 < y2 (x2, y2
+    exclusive pixel edges; anything outside the frame is clipped).
     """
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    centres = np.arange(size) + 0.5
-    x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))
-    in_x = (centres >= x1) & (centres < x2)  # (N, size)
-    in_y = (centres >= y1) & (centres < y2)
+    in_y, in_x = box_extent(boxes_xyxy, size, rule)
     return in_y[:, :, None] & in_x[:, None, :]
 
 
-# --- binarisation -------------------------------------------------------------------------------------------
+# --- cut values ---------------------------------------------------------------------------------------------
+
+_SCRATCH = threading.local()
+SCRATCH_MAX = 32 * 2**20  # bytes: larger temporaries are allocated afresh, not kept
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable per-thread buffer for a chunk-sized temporary (uninitialised). Reusing it instead of allocating
+    a few MB per chunk avoids the allocator mapping fresh pages for every chunk (measured: 2× faster overall)."""
+    buffers = _SCRATCH.__dict__
+    size = int(np.prod(shape))
+    if size * np.dtype(dtype).itemsize > SCRATCH_MAX:
+        return np.empty(shape, dtype=dtype)
+    buf = buffers.get((name, np.dtype(dtype)))
+    if buf is None or buf.size < size:
+        buf = buffers[(name, np.dtype(dtype))] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+
+def rank_values(flat: np.ndarray, ranks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """For each (n,) array of ascending ranks, the (n,) values `np.sort(row)[rank]` of the rows of `flat` (n, P).
+
+    No row is sorted: each row's values are counted into BINS bins between its minimum and maximum by a monotone
+    bin function (so a bin holds a contiguous run of the sorted row); the cumulative counts name the bin holding
+    each rank, and only that bin's values are sorted. Exact for any values; NaN / inf raise ValueError.
+    """
+    flat = np.asarray(flat)
+    n, n_px = flat.shape
+    x = flat if flat.dtype.kind == "f" else flat.astype(np.float64)  # integers: exact up to 2**53
+    out = [np.empty(n, dtype=x.dtype) for _ in ranks]
+    ranks = [np.broadcast_to(np.asarray(r, dtype=np.int64), (n,)) for r in ranks]
+    if any(r.size and (r.min() < 0 or r.max() >= n_px) for r in ranks):
+        raise ValueError(f"ranks must lie in [0, {n_px - 1}]")
+    if n == 0:
+        return out
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise ValueError("maps hold NaN or infinite values")  # min / max propagate NaN
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        span = hi - lo
+        scale = np.asarray(BINS - 2, dtype=x.dtype) / span
+    binned = (span > 0) & np.isfinite(span) & np.isfinite(scale)
+    for o in out:
+        o[span == 0] = lo[span == 0]  # a constant row: every rank holds its one value
+    for row in np.flatnonzero(~binned & (span != 0)):  # a range too wide or too narrow for float bins: rare
+        order = np.partition(x[row], sorted({int(r[row]) for r in ranks}))
+        for r, o in zip(ranks, out):
+            o[row] = order[r[row]]
+    rows = np.flatnonzero(binned)
+    if rows.size == 0:
+        return out
+    xs = x if rows.size == n else x[rows]
+    m = rows.size
+    scaled = np.subtract(xs, lo[rows, None], out=scratch("scaled", xs.shape, xs.dtype))
+    scaled *= scale[rows, None]  # in [0, BINS - 2 + rounding]: monotone in the value
+    bins = scratch("bins", xs.shape, np.int32)
+    np.copyto(bins, scaled, casting="unsafe")  # truncation = floor (the values are >= 0)
+    bins += (np.arange(m, dtype=np.int32) * BINS)[:, None]  # one histogram per row
+    counts = np.bincount(bins.ravel(), minlength=m * BINS).reshape(m, BINS)
+    cum = np.cumsum(counts, axis=1)
+    local = np.arange(m)
+    for r, o in zip(ranks, out):
+        rank = r[rows]
+        j = np.count_nonzero(cum <= rank[:, None], axis=1)  # the bin holding the rank
+        k = rank - np.where(j > 0, cum[local, j - 1], 0)  # its rank among that bin's values
+        in_bin = np.equal(bins, (local * BINS + j).astype(np.int32)[:, None], out=scratch("in_bin", xs.shape, bool))
+        sizes = counts[local, j]
+        for i in np.flatnonzero(sizes > LARGE_BIN):  # a crowded bin (ties, outliers): partition it alone
+            values = xs[i][in_bin[i]]
+            low = values.min()
+            o[rows[i]] = low if low == values.max() else np.partition(values, k[i])[k[i]]
+            in_bin[i], sizes[i] = False, 0
+        small = sizes > 0
+        values = xs[in_bin]  # the other rows' bins, row after row
+        values = values[np.lexsort((values, np.repeat(local, sizes)))]  # sorted within each row's bin
+        o[rows[small]] = values[(np.cumsum(sizes) - sizes + k)[small]]
+    return out
+
+
+def binarise(maps: np.ndarray, index) -> np.ndarray:
+    """(N, H, W) bool: per map, `map > np.sort(map.flat)[index]` (index an int or (N,) array; -1 keeps all)."""
+    maps = _as_batch(maps)
+    n, h, w = maps.shape
+    flat = maps.reshape(n, h * w)
+    index = np.broadcast_to(np.asarray(index, dtype=np.int64), (n,))
+    if n and (index.min() < -1 or index.max() >= h * w):
+        raise ValueError(f"index must lie in [-1, {h * w - 1}]")
+    (thr,) = rank_values(flat, [np.maximum(index, 0)])
+    pred = flat > thr[:, None]
+    pred[index < 0] = True
+    return pred.reshape(n, h, w)
+
+
+def binarise_top_half(maps: np.ndarray, protocol: str | Protocol = DEFAULT_PROTOCOL) -> np.ndarray:
+    """(N, H, W) bool: the top-50 % binarisation of each map under `protocol` (cIoU's)."""
+    maps = _as_batch(maps)
+    return binarise(maps, get_protocol(protocol).top_half_index(maps.shape[1] * maps.shape[2]))
+
+
+def binarise_adaptive(maps: np.ndarray, areas, protocol: str | Protocol = DEFAULT_PROTOCOL) -> np.ndarray:
+    """(N, H, W) bool: the adaptive binarisation of each map for ground-truth areas `areas` (N,) under `protocol`."""
+    maps = _as_batch(maps)
+    areas = np.asarray(areas, dtype=np.int64)
+    n_px = maps.shape[1] * maps.shape[2]
+    if areas.size and (areas.min() < 1 or areas.max() > n_px):
+        raise ValueError(f"areas must lie in [1, {n_px}]")
+    return binarise(maps, get_protocol(protocol).adaptive_index(n_px, areas))
+
+
+# --- per-instance scores ------------------------------------------------------------------------------------
 
 
 def _as_batch(maps: np.ndarray) -> np.ndarray:
@@ -113,73 +310,16 @@ def _as_batch(maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def _check_k(k, n: int, n_px: int) -> np.ndarray:
-    k = np.asarray(k)
-    if k.dtype.kind not in "iu" and not (k.dtype.kind == "f" and np.all(k == np.round(k))):
-        raise ValueError("k must hold whole numbers of pixels")
-    k = np.broadcast_to(k.astype(np.int64), (n,))
-    if k.size and (k.min() < 0 or k.max() > n_px):
-        raise ValueError(f"k must lie in [0, {n_px}] (pixels per map)")
-    return k
-
-
-def _top_k_rows(flat: np.ndarray, ordered: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """(n, P) bool: per row of `flat`, the values strictly above the (k+1)-th largest (`ordered`: rows sorted)."""
-    n, n_px = flat.shape
-    idx = n_px - k - 1  # ascending rank of the (k+1)-th largest value
-    thr = ordered[np.arange(n), np.maximum(idx, 0)]  # in the maps' dtype: no up-casting of the comparison
-    pred = flat > thr[:, None]
-    pred[idx < 0] = True  # k = all pixels
-    return pred
-
-
-def binarise_top_k(maps: np.ndarray, k) -> np.ndarray:
-    """(N, H, W) bool: per map, the pixels whose value is strictly greater than its (k+1)-th largest value.
-
-    `k` is an int or an (N,) array of pixel counts in [0, H*W]. Exactly k pixels are kept unless the k-th and
-    (k+1)-th largest values are tied, in which case that whole tied group is dropped (see the module docstring).
-    """
-    maps = _as_batch(maps)
-    n, h, w = maps.shape
-    flat = maps.reshape(n, h * w)
-    k = _check_k(k, n, h * w)
-    return _top_k_rows(flat, np.sort(flat, axis=1), k).reshape(n, h, w)
-
-
-def binarise_top_fraction(maps: np.ndarray, fraction: float = 0.5) -> np.ndarray:
-    """(N, H, W) bool: the top `fraction` of each map's pixels, K = round(fraction · H · W), ties as in top-K."""
-    maps = _as_batch(maps)
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-    n_px = maps.shape[1] * maps.shape[2]
-    return binarise_top_k(maps, int(round(fraction * n_px)))
-
-
-# --- per-instance scores ------------------------------------------------------------------------------------
-
-
 def _row_count(mask: np.ndarray) -> np.ndarray:
     """(n,) int64 number of True values per row of an (n, P) bool array (a byte sum: faster than count_nonzero)."""
-    n_px = mask.shape[1]
-    acc = np.uint16 if n_px < 2**16 else np.int64
+    acc = np.uint16 if mask.shape[1] < 2**16 else np.int64
     return mask.view(np.uint8).sum(axis=1, dtype=acc).astype(np.int64)
 
 
-def _counts(pred: np.ndarray, gt: np.ndarray):
-    n = pred.shape[0]
-    pred, gt = pred.reshape(n, -1), gt.reshape(n, -1)
-    return _row_count(pred & gt), _row_count(pred), _row_count(gt)
-
-
-def _iou_from_counts(inter, n_pred, n_gt) -> np.ndarray:
-    union = n_pred + n_gt - inter
-    return np.divide(inter, union, out=np.zeros(inter.shape, dtype=np.float64), where=union > 0)
-
-
-def _fscore_from_counts(inter, n_pred, n_gt, beta2: float) -> np.ndarray:
-    zeros = np.zeros(inter.shape, dtype=np.float64)
-    precision = np.divide(inter, n_pred, out=zeros.copy(), where=n_pred > 0)
-    recall = np.divide(inter, n_gt, out=zeros.copy(), where=n_gt > 0)
+def _fscore_from_counts(inter, n_pred, n_gt, beta2: float = BETA2) -> np.ndarray:
+    zeros = np.zeros(np.shape(inter), dtype=np.float64)
+    precision = np.divide(inter, n_pred, out=zeros.copy(), where=np.asarray(n_pred) > 0)
+    recall = np.divide(inter, n_gt, out=zeros.copy(), where=np.asarray(n_gt) > 0)
     denom = beta2 * precision + recall
     return np.divide((1.0 + beta2) * precision * recall, denom, out=zeros, where=denom > 0)
 
@@ -189,7 +329,11 @@ def iou(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
     pred, gt = np.asarray(pred_masks, dtype=bool), np.asarray(gt_masks, dtype=bool)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction masks {pred.shape} and ground truth {gt.shape} differ in shape")
-    return _iou_from_counts(*_counts(pred, gt))
+    n = pred.shape[0]
+    pred, gt = pred.reshape(n, -1), gt.reshape(n, -1)
+    inter = _row_count(pred & gt)
+    union = _row_count(pred | gt)
+    return np.divide(inter, union, out=np.zeros(n), where=union > 0)
 
 
 def fscore(pred: np.ndarray, gt: np.ndarray, beta2: float = BETA2) -> np.ndarray:
@@ -197,84 +341,134 @@ def fscore(pred: np.ndarray, gt: np.ndarray, beta2: float = BETA2) -> np.ndarray
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction masks {pred.shape} and ground truth {gt.shape} differ in shape")
-    return _fscore_from_counts(*_counts(pred, gt), beta2)
+    n = pred.shape[0]
+    pred, gt = pred.reshape(n, -1), gt.reshape(n, -1)
+    return _fscore_from_counts(_row_count(pred & gt), _row_count(pred), _row_count(gt), beta2)
 
 
-def _score_chunk(flat: np.ndarray, gt: np.ndarray, beta2: float) -> dict[str, np.ndarray]:
-    """Per-instance scores of one chunk of (n, P) maps and bool masks: one sort serves both binarisations."""
+def split_regions(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(full, half) bool masks of a ground-truth array: bool / 0-1 regions, or consensus maps of 0, 0.5 and 1."""
+    gt = np.asarray(gt)
+    if gt.dtype == bool:
+        return gt, None
+    values = np.unique(gt)
+    if not np.isin(values, (0.0, 0.5, 1.0)).all():
+        raise ValueError(f"ground truth must be bool or hold only 0, 0.5 and 1, found {values[:5].tolist()}")
+    half = gt == 0.5
+    return gt == 1, (half if half.any() else None)
+
+
+def score_rows(flat: np.ndarray, full: np.ndarray, half: np.ndarray | None, protocol: str | Protocol,
+               beta2: float = BETA2, select=rank_values) -> dict[str, np.ndarray]:
+    """Per-instance scores of (n, P) maps against their regions: `full` (n, P) bool where the ground truth is 1 and
+    `half` (n, P) bool where it is 0.5 (a consensus map) or None. `select(flat, ranks)` gives the cut values
+    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent).
+
+    Keys: `gt_area` (non-zero ground-truth pixels), and for the top-50 % and the adaptive (`_adaptive`) cut:
+    `iou` (the weighted IoU of the module docstring), `miou` (inter / (union + eps) of the region), `fscore` (F of
+    the binarised map); `fscore_frame`: F of the whole frame as the prediction (the reference F's threshold 0).
+    """
+    protocol = get_protocol(protocol)
     n, n_px = flat.shape
-    ordered = np.sort(flat, axis=1)
-    if flat.dtype.kind == "f" and not (np.isfinite(ordered[:, 0]).all() and np.isfinite(ordered[:, -1]).all()):
-        raise ValueError("maps hold NaN or infinite values")  # sorting puts NaN / inf at the ends
-    area = _row_count(gt)
-    out = {"gt_area": area}
-    for suffix, k in (("", np.full(n, int(round(0.5 * n_px)))), ("_adaptive", area)):
-        pred = _top_k_rows(flat, ordered, k)
+    region = full if half is None else full | half
+    area = _row_count(region)
+    if n and area.min() == 0:
+        raise ValueError(f"{int(np.count_nonzero(area == 0))} instances have an empty ground-truth region")
+    n_full = area if half is None else _row_count(full)
+    gt_sum = n_full + (0.0 if half is None else 0.5 * (area - n_full))
+    cuts = {"": np.full(n, protocol.top_half_index(n_px)), "_adaptive": protocol.adaptive_index(n_px, area)}
+    values = select(flat, [np.maximum(index, 0) for index in cuts.values()])
+    out: dict[str, np.ndarray] = {"gt_area": area}
+    for (suffix, index), thr in zip(cuts.items(), values):
+        pred = np.greater(flat, thr[:, None], out=scratch("pred", flat.shape, bool))
+        pred[index < 0] = True
         n_pred = _row_count(pred)
-        inter = _row_count(np.logical_and(pred, gt, out=pred))
-        out["iou" + suffix] = _iou_from_counts(inter, n_pred, area)
+        if half is None:
+            inter = _row_count(np.logical_and(pred, full, out=pred))
+            weighted = inter.astype(np.float64)
+        else:
+            inter_half = _row_count(pred & half)
+            inter_full = _row_count(np.logical_and(pred, full, out=pred))
+            inter, weighted = inter_full + inter_half, inter_full + 0.5 * inter_half
+        # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64.
+        out["iou" + suffix] = weighted / (gt_sum + (n_pred - inter))
+        out["miou" + suffix] = inter / ((n_pred + area - inter) + protocol.miou_eps)
         out["fscore" + suffix] = _fscore_from_counts(inter, n_pred, area, beta2)
+    out["fscore_frame"] = _fscore_from_counts(area, np.full(n, n_px), area, beta2)
     return out
 
 
-def per_instance(maps: np.ndarray, gt_masks: np.ndarray, *, beta2: float = BETA2, chunk: int = CHUNK,
-                 workers: int | None = None) -> dict[str, np.ndarray]:
-    """Per-instance IoU and F-score (N,) for the top-50 % and the adaptive top-K binarisations.
+def per_instance(maps: np.ndarray, gt: np.ndarray, *, protocol: str | Protocol = DEFAULT_PROTOCOL,
+                 beta2: float = BETA2, chunk: int = CHUNK, workers: int | None = None) -> dict[str, np.ndarray]:
+    """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1).
 
-    Keys: `iou`, `iou_adaptive`, `fscore`, `fscore_adaptive`, `gt_area`. The batch is scored in chunks of
-    `chunk` instances (bounding memory) on `workers` threads (default: the CPU count, at most 8; NumPy releases
-    the GIL while sorting and counting). Results do not depend on `chunk` or `workers`.
+    Keys as `score_rows`. The batch is scored in chunks of `chunk` instances (bounding memory) on `workers`
+    threads (default: the CPU count, at most 8; NumPy releases the GIL in the heavy loops). Results do not depend
+    on `chunk` or `workers`.
     """
     maps = _as_batch(maps)
-    gt_masks = np.asarray(gt_masks, dtype=bool)
-    if maps.shape != gt_masks.shape:
-        raise ValueError(f"maps {maps.shape} and ground-truth masks {gt_masks.shape} differ in shape")
+    gt = np.asarray(gt)
+    if maps.shape != gt.shape:
+        raise ValueError(f"maps {maps.shape} and ground-truth masks {gt.shape} differ in shape")
     if maps.dtype.kind not in "biuf":
         raise ValueError(f"maps must be real numbers, got dtype {maps.dtype}")
+    protocol = get_protocol(protocol)
     n, h, w = maps.shape
-    flat_maps, flat_gt = maps.reshape(n, h * w), gt_masks.reshape(n, h * w)
-    keys = ("iou", "iou_adaptive", "fscore", "fscore_adaptive")
-    out = {key: np.zeros(n) for key in keys}
+    flat_maps, flat_gt = maps.reshape(n, h * w), gt.reshape(n, h * w)
+    out = {key: np.zeros(n) for key in PER_INSTANCE_KEYS}
     out["gt_area"] = np.zeros(n, dtype=np.int64)
 
     def run(start: int) -> None:
         stop = min(start + chunk, n)
-        for key, values in _score_chunk(flat_maps[start:stop], flat_gt[start:stop], beta2).items():
+        full, half = split_regions(flat_gt[start:stop])
+        for key, values in score_rows(flat_maps[start:stop], full, half, protocol, beta2).items():
             out[key][start:stop] = values
 
+    map_chunks(run, n, chunk, workers)
+    return out
+
+
+def map_chunks(run, n: int, chunk: int, workers: int | None) -> None:
+    """Call `run(start)` for each chunk start in range(0, n, chunk), on `workers` threads (default: CPUs, ≤ 8)."""
     starts = range(0, n, chunk)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if workers <= 1 or len(starts) <= 1:
         for start in starts:
             run(start)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, starts))  # list(): re-raise the first error
-    return out
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(run, starts))  # list(): re-raise the first error
 
 
 # --- aggregation --------------------------------------------------------------------------------------------
 
 
-def success_curve(ious, thresholds=THRESHOLDS) -> np.ndarray:
-    """(T,) fraction of IoUs >= each threshold (0 for an empty list)."""
-    ious = np.asarray(ious, dtype=np.float64).reshape(-1)
+def success_curve(values, thresholds) -> np.ndarray:
+    """(T,) fraction of `values` >= each threshold (count / n, as the reference; 0 for an empty list)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if ious.size == 0:
+    if values.size == 0:
         return np.zeros(thresholds.shape)
-    return (ious[:, None] >= thresholds[None, :]).mean(axis=0)
+    return np.count_nonzero(values[:, None] >= thresholds[None, :], axis=0) / values.size
 
 
-def auc(curve, thresholds=THRESHOLDS) -> float:
-    """Trapezoid area under `curve` over `thresholds`, divided by the threshold range (so in [0, 1])."""
+def auc(curve, thresholds) -> float:
+    """Area under `curve` over `thresholds` by the trapezoid rule, as `sklearn.metrics.auc(thresholds, curve)`.
+
+    Like sklearn: x must be monotonic (a decreasing x gives the area with its sign flipped back) and have at least
+    two points; the area is `np.trapezoid(curve, thresholds)`, not normalised (the thresholds span 0 … 1 here).
+    """
     curve = np.asarray(curve, dtype=np.float64).reshape(-1)
-    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if curve.shape != thresholds.shape or curve.size < 2:
+    x = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if curve.shape != x.shape or x.size < 2:
         raise ValueError("curve and thresholds need the same length, at least 2")
-    span = thresholds[-1] - thresholds[0]
-    if span <= 0:
-        raise ValueError("thresholds must increase")
-    return float(np.trapezoid(curve, thresholds) / span)
+    dx = np.diff(x)
+    direction = 1.0
+    if np.any(dx < 0):
+        if not np.all(dx <= 0):
+            raise ValueError(f"thresholds are neither increasing nor decreasing: {x.tolist()}")
+        direction = -1.0
+    return float(direction * np.trapezoid(curve, x))
 
 
 def image_min_iou(ious, image_index) -> tuple[np.ndarray, np.ndarray]:
@@ -295,40 +489,51 @@ def image_success(ious, image_index, threshold: float = SUCCESS_IOU) -> np.ndarr
     return minima >= threshold
 
 
-def _pct(value: float) -> float:
-    return round(float(value) * 100.0, 4)
+def _mean_fscore(scores: dict, suffix: str, protocol: Protocol) -> float:
+    binarised = float(np.mean(scores["fscore" + suffix]))
+    if not protocol.fscore_max:
+        return binarised
+    # A binarised map thresholded at t >= 0: the whole frame at t = 0, the binarised map itself for 0 < t <= 1.
+    curve = np.where(FSCORE_THRESHOLDS > 0, binarised, float(np.mean(scores["fscore_frame"])))
+    return float(curve.max())
 
 
-def summarise(instance_scores: dict, image_ids: Sequence, *, with_mask_metrics: bool = False,
-              thresholds=THRESHOLDS) -> dict[str, float]:
-    """The metric dict (percent, 4 decimals) from `per_instance` output and the instances' image ids."""
+def summarise(instance_scores: dict, image_ids: Sequence | None, *, protocol: str | Protocol = DEFAULT_PROTOCOL,
+              with_mask_metrics: bool = False, decimals: int | None = 4) -> dict[str, float]:
+    """The metric dict in percent from `per_instance` output; `image_ids` (N,) groups instances into images for
+    IIoU / IAUC (None: no image-level metrics). `decimals=None` keeps full precision."""
+    protocol = get_protocol(protocol)
+    thresholds = protocol.thresholds
     result: dict[str, float] = {}
     for suffix in ("", "_adaptive"):
-        ious = instance_scores["iou" + suffix]
-        _, image_ious = image_min_iou(ious, image_ids)
-        result["ciou" + suffix] = _pct(np.mean(ious >= SUCCESS_IOU))
-        result["auc" + suffix] = _pct(auc(success_curve(ious, thresholds), thresholds))
-        result["iiou" + suffix] = _pct(np.mean(image_ious >= SUCCESS_IOU))
-        result["iauc" + suffix] = _pct(auc(success_curve(image_ious, thresholds), thresholds))
+        ious = np.asarray(instance_scores["iou" + suffix], dtype=np.float64)
+        result["ciou" + suffix] = np.count_nonzero(ious >= SUCCESS_IOU) / ious.size
+        result["auc" + suffix] = auc(success_curve(ious, thresholds), thresholds)
+        if image_ids is not None:
+            _, image_ious = image_min_iou(ious, image_ids)
+            result["iiou" + suffix] = np.count_nonzero(image_ious >= SUCCESS_IOU) / image_ious.size
+            result["iauc" + suffix] = auc(success_curve(image_ious, thresholds), thresholds)
         if with_mask_metrics:
-            result["miou" + suffix] = _pct(np.mean(ious))
-            result["fscore" + suffix] = _pct(np.mean(instance_scores["fscore" + suffix]))
+            result["miou" + suffix] = float(np.mean(instance_scores["miou" + suffix]))
+            result["fscore" + suffix] = _mean_fscore(instance_scores, suffix, protocol)
     order = METRIC_KEYS + (MASK_METRIC_KEYS if with_mask_metrics else ())
-    return {key: result[key] for key in order}
+    percent = {key: float(result[key]) * 100.0 for key in order if key in result}
+    return percent if decimals is None else {key: round(value, decimals) for key, value in percent.items()}
 
 
-def score(maps: np.ndarray, gt_masks: np.ndarray, image_ids: Sequence, *, with_mask_metrics: bool = False,
-          thresholds=THRESHOLDS, workers: int | None = None) -> dict[str, float]:
-    """All IS4 metrics for (N, H, W) heatmaps against (N, H, W) bool ground truth, in percent (4 decimals).
+def score(maps: np.ndarray, gt: np.ndarray, image_ids: Sequence | None, *, with_mask_metrics: bool = False,
+          protocol: str | Protocol = DEFAULT_PROTOCOL, workers: int | None = None,
+          decimals: int | None = 4) -> dict[str, float]:
+    """All metrics for (N, H, W) heatmaps against (N, H, W) ground truth, in percent (`decimals`, None: all).
 
-    Keys: ciou, ciou_adaptive, auc, auc_adaptive, iiou, iiou_adaptive, iauc, iauc_adaptive, and with
-    `with_mask_metrics` also miou, fscore, miou_adaptive, fscore_adaptive. `image_ids` (N,) groups instances into
-    images for IIoU / IAUC. `workers`: threads for `per_instance` (default: the CPU count, at most 8).
+    Keys: ciou, ciou_adaptive, auc, auc_adaptive, then (with `image_ids`, which group instances into images)
+    iiou, iiou_adaptive, iauc, iauc_adaptive, and with `with_mask_metrics` miou, fscore, miou_adaptive,
+    fscore_adaptive. `workers`: threads for `per_instance` (default: the CPU count, at most 8).
     """
     maps = _as_batch(maps)
-    if len(image_ids) != maps.shape[0]:
+    if image_ids is not None and len(image_ids) != maps.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps but {len(image_ids)} image ids")
     if maps.shape[0] == 0:
         raise ValueError("nothing to score: no instances")
-    scores = per_instance(maps, gt_masks, workers=workers)
-    return summarise(scores, image_ids, with_mask_metrics=with_mask_metrics, thresholds=thresholds)
+    scores = per_instance(maps, gt, protocol=protocol, workers=workers)
+    return summarise(scores, image_ids, protocol=protocol, with_mask_metrics=with_mask_metrics, decimals=decimals)

@@ -203,10 +203,12 @@ def _populate(
     _write(root / CARD_FIGURES[1], categories_figure({c: n["instances"] for c, n in per_category.items()}))
 
     from is4.pipeline.evaluation import metrics
-    from is4.pipeline.evaluation.evaluate import baseline_scores
+    from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
 
     # The evaluation harness scores the official 224×224 frame; other frame sizes get no baseline table.
     scores = baseline_scores(root) if size == metrics.FRAME else None
+    if scores is not None:  # `is4 eval` shows them beside a model's scores without scoring them again
+        _write(root / BASELINES_FILE, json_bytes({"protocol": metrics.DEFAULT_PROTOCOL, "scores": scores}))
     models = resolved_models(workdir, images, annotations)
     _write(root / "README.md", render_card(cfg, build_config, stats, models, scores).encode("utf-8"))
 

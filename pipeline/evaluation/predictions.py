@@ -1,0 +1,170 @@
+"""Prediction maps: an `.npz` read member by member (never all maps at once), and each map checked and resized.
+
+Format: one NumPy `.npz` archive (`np.savez` or `np.savez_compressed`), key = instance id (the file stem of the
+ground truth's `image`, the VGG-SS `file`, the Flickr annotation's stem), value = a 2-D array (height, width) of
+real numbers (float, integer or bool), higher meaning "more likely the sounding object", covering the whole image;
+any resolution (resized bilinearly to 224×224 as the protocol says); every value finite; no pickled objects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from is4.pipeline.evaluation import metrics
+from is4.pipeline.evaluation.errors import EvaluationError
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+
+
+class MapProblem(ValueError):
+    """One map cannot be scored: `kind` is the class of problem (for grouping in messages), `detail` says more."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+_HEADERS: dict[bytes, tuple] = {}  # parsed .npy headers by their bytes (np.savez writes the same one for each map)
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """(shape, fortran order, dtype, data offset) of the `.npy` bytes starting `data`; None for a version or
+    header this fast path does not read (np.lib.format.read_array does)."""
+    if len(data) < 10 or data[:6] != NPY_MAGIC or data[6:8] not in (b"\x01\x00", b"\x02\x00"):
+        return None
+    size, start = (struct.unpack("<H", data[8:10])[0], 10) if data[6] == 1 else (struct.unpack("<I", data[8:12])[0], 12)
+    key = data[: start + size]
+    if len(key) < start + size:
+        return None
+    if key not in _HEADERS:
+        buf = io.BytesIO(key)
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _HEADERS[key] = (*read(buf), start + size)
+    return _HEADERS[key]
+
+
+def _npy_from_bytes(data: bytes) -> np.ndarray:
+    """The array in the bytes of one `.npy` file (a read-only view of `data`); no pickled objects."""
+    header = _npy_header(data)
+    if header is None:
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    shape, fortran, dtype, offset = header
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(f"holds {len(data) - offset} data bytes, not the {count * dtype.itemsize} of {shape} {dtype}")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+class NpzMaps:
+    """The maps of an `.npz`, read one member at a time, safely from several threads.
+
+    Uncompressed members (`np.savez`) are read straight from their offset with `os.pread` and checked against their
+    CRC-32; compressed ones (`np.savez_compressed`) go through `zipfile` under a lock.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as fh:
+                if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                    raise EvaluationError(f"{path}: expected an .npz archive of one 2-D map per instance, got a "
+                                          "single array (.npy)")
+            self._zip = zipfile.ZipFile(self.path)
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            if isinstance(exc, EvaluationError):
+                raise
+            raise EvaluationError(f"{path}: cannot read predictions: {getattr(exc, 'strerror', None) or exc}") from None
+        self._members = {info.filename[:-4]: info for info in self._zip.infolist() if info.filename.endswith(".npy")}
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._lock = threading.Lock()
+
+    def keys(self):
+        """The instance ids the archive holds maps for."""
+        return self._members.keys()
+
+    def _stored(self, key: str) -> tuple[zipfile.ZipInfo, int] | None:
+        """(member, offset of its bytes in the file) for an uncompressed member, else None."""
+        info = self._members[key]
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+        header = os.pread(self._fd, ZIP_LOCAL_HEADER, info.header_offset)
+        if len(header) != ZIP_LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename}: bad zip local header")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        return info, info.header_offset + ZIP_LOCAL_HEADER + name_len + extra_len
+
+    def read(self, key: str) -> np.ndarray:
+        """The array stored under `key`; ValueError for a corrupt member or a pickled object."""
+        stored = self._stored(key)
+        if stored is None:
+            with self._lock, self._zip.open(self._members[key]) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)
+        info, offset = stored
+        data = os.pread(self._fd, info.file_size, offset)
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise ValueError(f"member {info.filename} is truncated or corrupt (CRC-32 mismatch)")
+        return _npy_from_bytes(data)
+
+    def read_into(self, key: str, out: np.ndarray) -> bool:
+        """Read the map under `key` straight into the C-contiguous row `out` (224·224 values) when it is stored
+        uncompressed as a 224×224 C-order array of `out`'s dtype (no copy); False (nothing read) otherwise."""
+        stored = self._stored(key)
+        if stored is None:
+            return False
+        info, offset = stored
+        head = os.pread(self._fd, min(info.file_size, 4096), offset)
+        header = _npy_header(head)
+        if header is None:
+            return False
+        shape, fortran, dtype, start = header
+        if fortran or dtype != out.dtype or tuple(shape) != (metrics.FRAME, metrics.FRAME):
+            return False
+        if info.file_size != start + out.nbytes:
+            raise ValueError(f"member {info.filename} holds {info.file_size - start} data bytes, not {out.nbytes}")
+        view = memoryview(out).cast("B")
+        if os.preadv(self._fd, [view], offset + start) != out.nbytes or zlib.crc32(view, zlib.crc32(
+                head[:start])) != info.CRC:
+            raise ValueError(f"member {info.filename} is truncated or corrupt (CRC-32 mismatch)")
+        return True
+
+    def close(self) -> None:
+        """Close the archive."""
+        self._zip.close()
+        os.close(self._fd)
+
+    def __enter__(self) -> NpzMaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prepare_map(arr: np.ndarray, *, align_corners: bool) -> np.ndarray:
+    """A map ready to score: (224, 224), float32 or float64 (integers and bools exactly as float64), resized
+    bilinearly (`align_corners` as the protocol says) when it has another shape. MapProblem when it cannot be."""
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise MapProblem("not 2-D", f"shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise MapProblem("not real numbers", f"dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise MapProblem("NaN/inf values", f"{int(np.count_nonzero(~np.isfinite(arr)))} pixels")
+    size = metrics.FRAME
+    if arr.shape != (size, size):
+        return metrics.resize_bilinear(arr, size, align_corners=align_corners)
+    if arr.dtype in (np.float32, np.float64):
+        return arr
+    return arr.astype(np.float64)
