@@ -31,7 +31,9 @@ def _export_intact(work: Path, _cfg: BuildConfig) -> bool:
 
 
 def _release_intact(work: Path, cfg: BuildConfig) -> bool:
-    return (work / "releases" / f"is4-{cfg.release.version}.tar.gz").is_file()
+    from is4.pipeline.release.layout import release_paths
+
+    return release_paths(work, cfg.release.version)[1].is_file()
 
 
 INGEST = Stage(
@@ -136,7 +138,7 @@ def _with_keys(stages: list[Stage]) -> tuple[Stage, ...]:
 REGISTRY: tuple[Stage, ...] = _with_keys(
     [INGEST, CATEGORIES, PROMPTS, GENERATE, PRESCREEN, VERIFY, ANNOTATE, MATCH, CAPTION, RELEASE]
 )
-BY_NAME: dict[str, Stage] = {s.name: s for s in REGISTRY} | {"export": replace(EXPORT, keyed_inputs=EXPORT.reads)}
+BY_NAME: dict[str, Stage] = {s.name: s for s in (*REGISTRY, EXPORT)}  # EXPORT is keyed on what it reads
 
 
 def stage(name: str) -> Stage:

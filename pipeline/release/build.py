@@ -27,10 +27,9 @@ from is4.pipeline.release.croissant import croissant_metadata, validate_croissan
 from is4.pipeline.release.encoders import json_bytes
 from is4.pipeline.release.figures import box_area_figure, categories_figure
 from is4.pipeline.release.hf import HF_SCHEMA
-from is4.pipeline.release.layout import COPIED_MANIFESTS, HF_PARQUET, ReleaseError
+from is4.pipeline.release.layout import COPIED_MANIFESTS, HF_PARQUET, ReleaseError, release_paths
 from is4.pipeline.release.media import check_wav, frame_and_size, mask_jpeg, scale_box
 
-RELEASES_DIR = "releases"
 CARD_FIGURES = ("card/box_area.png", "card/categories.png")
 
 
@@ -82,11 +81,9 @@ def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[st
     excluded = match_report(workdir)["excluded"]
     build_config = _plain(build_config)
 
-    releases = workdir / RELEASES_DIR
+    target, archive = release_paths(workdir, cfg.version)
+    releases, name = target.parent, target.name
     releases.mkdir(parents=True, exist_ok=True)
-    name = f"is4-{cfg.version}"
-    target = releases / name
-    archive = releases / f"{name}.tar.gz"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=releases))
     try:
         staging.chmod(0o755)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from is4.manifests.errors import FatalError
 
 SAMPLE_RATE = 16_000
@@ -9,6 +11,13 @@ HF_PARQUET = "hf/instances.parquet"
 # The manifests shipped byte for byte; `clips` is shipped as the subset the instances use.
 COPIED_MANIFESTS = ("categories", "images", "verification", "annotations", "instances")
 CC_BY_4 = "https://creativecommons.org/licenses/by/4.0/"
+RELEASES_DIR = "releases"
+
+
+def release_paths(workdir: Path, version: str) -> tuple[Path, Path]:
+    """`WORK/releases/is4-<version>` and its archive `WORK/releases/is4-<version>.tar.gz`."""
+    target = Path(workdir) / RELEASES_DIR / f"is4-{version}"
+    return target, target.with_name(f"{target.name}.tar.gz")
 
 
 class ReleaseError(FatalError, ValueError):
