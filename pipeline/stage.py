@@ -11,6 +11,8 @@ declare, or declares one it never reads.
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,17 @@ from typing import Any, Protocol
 
 import is4
 from is4.config import BuildConfig
-from is4.manifests.checksum import json_sha256, sha256_if_exists
+from is4.manifests.atomic import atomic_write_json
+from is4.manifests.checksum import HashCache, json_sha256, sha256_file, sha256_if_exists
 from is4.manifests.io import ManifestError, manifest_path, read_manifest
 from is4.manifests.schema import TABLES
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 ALL_SECTIONS = ("*",)  # `config=ALL_SECTIONS`: the whole build config is an input (the release ships it)
+OUTPUTS_DIR = "state/outputs"  # per stage: the sha256 of each file its manifests list, as it finished
+# Path columns whose file's sha256 the manifest records itself (table → path column → checksum column).
+CHECKSUM_COLUMNS: dict[str, dict[str, str]] = {"images": {"image_path": "sha256"}}
+logger = logging.getLogger(__name__)
 
 
 class StageEntry(Protocol):
@@ -94,11 +101,28 @@ class Stage:
             key["seed"] = cfg.seed
         return key
 
+    def run(self, work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
+            progress: ProgressFn | None = None, **options: Any) -> dict[str, Any]:
+        """Run the entry, then record the sha256 of every file its manifests list (what `outputs_intact` checks).
+
+        A shard writes no manifest (the stage's merge does, and the flow records after it): nothing to record.
+        """
+        summary = self.load()(work, cfg, provenance, progress=progress, **options)
+        if options.get("shard") is None:
+            record_outputs(work, self)
+        return summary
+
     def outputs_intact(self, work: Path, cfg: BuildConfig) -> bool:
-        """True when what the stage produced is all there, so a cache hit may stand in for running it."""
+        """True when what the stage produced is all there and unchanged, so a cache hit may stand in for running it.
+
+        A listed file whose content is not what was recorded is removed (see `manifest_intact`), so the stage's own
+        resume logic makes it again.
+        """
         if self.intact is not None:
             return self.intact(work, cfg)
-        return all(manifest_intact(work, table, skip=self.unlisted_paths) for table in self.writes)
+        record = _read_record(work, self.name)
+        return all([manifest_intact(work, table, skip=self.unlisted_paths, record=record.get(table))
+                    for table in self.writes])  # a list: every table is checked (and its damage removed)
 
 
 def cache_key(provenance: Mapping[str, Any], work: Path, **extra: Any) -> str:
@@ -106,14 +130,78 @@ def cache_key(provenance: Mapping[str, Any], work: Path, **extra: Any) -> str:
     return f"{provenance['stage']}-{json_sha256({**provenance, 'workdir': str(work), **extra})[:32]}"
 
 
-def manifest_intact(work: Path, table: str, skip: tuple[str, ...] = ()) -> bool:
-    """True when a manifest exists, validates, and every file it lists (but in `skip` columns) is present."""
+def _listed_files(frame: Any, table: str, skip: tuple[str, ...]) -> dict[str, str | None]:
+    """Every file the manifest lists (but in `skip` columns) with the sha256 it records for it, if any."""
+    files: dict[str, str | None] = {}
+    for column in TABLES[table].path_columns:
+        if column in skip or column not in frame.columns:
+            continue
+        sums = frame[CHECKSUM_COLUMNS[table][column]] if column in CHECKSUM_COLUMNS.get(table, {}) else None
+        for i, rel in frame[column].items():
+            if isinstance(rel, str):
+                files[rel] = sums[i] if sums is not None and isinstance(sums[i], str) else None
+    return files
+
+
+def record_outputs(work: Path, stage: Stage) -> None:
+    """Remember the sha256 of every file listed by the manifests `stage` writes (`WORK/state/outputs/<stage>.json`),
+    with the sha256 of the manifest they belong to. A stage that writes no manifest checks its own outputs."""
+    if not stage.writes:
+        return
+    tables: dict[str, Any] = {}
+    for table in stage.writes:
+        try:
+            frame = read_manifest(work, table)
+        except ManifestError:
+            continue
+        files = _listed_files(frame, table, stage.unlisted_paths)
+        cache = HashCache(work, table)
+        tables[table] = {"manifest_sha256": sha256_file(manifest_path(work, table)),
+                         "files": {rel: cache.sha256(rel) for rel in sorted(files)}}
+        cache.save()
+    atomic_write_json(work / OUTPUTS_DIR / f"{stage.name}.json", tables)
+
+
+def _read_record(work: Path, name: str) -> dict[str, Any]:
+    try:
+        record = json.loads((work / OUTPUTS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def manifest_intact(work: Path, table: str, skip: tuple[str, ...] = (), record: Mapping[str, Any] | None = None,
+                    ) -> bool:
+    """True when a manifest exists, validates, and every file it lists (but in `skip` columns) is there with the
+    content the manifest records (its checksum column) or, else, `record` holds (`record_outputs`, when it
+    describes this very manifest). Sizes and mtimes come first; a file is hashed only when its stat changed.
+
+    A file whose content differs is removed (and logged), so the stage redoes it instead of building on it.
+    """
     try:
         frame = read_manifest(work, table)
     except ManifestError:
         return False
-    columns = [c for c in TABLES[table].path_columns if c not in skip and c in frame.columns]
-    return all((work / p).is_file() for c in columns for p in frame[c].dropna())
+    files = _listed_files(frame, table, skip)
+    if record and record.get("manifest_sha256") == sha256_if_exists(manifest_path(work, table)):
+        recorded = record.get("files") or {}
+        files = {rel: expected or recorded.get(rel) for rel, expected in files.items()}
+    cache = HashCache(work, table)
+    intact = True
+    for rel, expected in files.items():
+        if expected is None:  # nothing recorded (a work directory older than the records): presence only
+            intact = intact and (work / rel).is_file()
+            continue
+        actual = cache.sha256(rel)
+        if actual is None:
+            intact = False
+        elif actual != expected:
+            logger.warning("%s: its content is not what %s recorded (sha256 %s, expected %s): removed, to be redone",
+                           work / rel, table, actual[:12], expected[:12])
+            (work / rel).unlink(missing_ok=True)
+            intact = False
+    cache.save()
+    return intact
 
 
 def _model_key(ref: Any) -> dict[str, Any] | None:

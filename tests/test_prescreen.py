@@ -24,6 +24,7 @@ from is4.pipeline.images.prescreen import (
     queue_order,
     run_prescreen,
 )
+from is4.pipeline.verification import HUMAN, update_verification
 
 TINY = ModelRef(model_id="tiny-random:clip")
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -270,18 +271,15 @@ def test_auto_reject_keeps_human_decisions_and_rejects_flagged_images(tmp_path: 
 
     # Humans have decided one low-scoring image and one image this run does not know; an old prescreen reject
     # of a high-scoring image is stale.
-    edited = read_manifest(work, "verification")
-    edited = edited[edited["image_id"] != human_id]
-    human = pd.DataFrame([
+    # (Decisions are written through the ledger: the manifest is the projection of its decision log.)
+    update_verification(work, [
         {"image_id": human_id, "decision": "accept", "reason": "both visible", "reviewer": "ann", "source": "human",
          "decided_at": pd.Timestamp("2024-06-01T10:00:00Z")},
         {"image_id": "zz_other_9", "decision": "reject", "reason": None, "reviewer": "bob", "source": "human",
          "decided_at": pd.Timestamp("2024-06-02T10:00:00Z")},
-    ])
-    edited = pd.concat([edited, human], ignore_index=True)
-    edited.loc[edited["image_id"] == above[0], ["decision", "reason", "reviewer", "decided_at"]] = [
-        "reject", "old", "prescreen", pd.Timestamp(T0)]
-    write_manifest(work, "verification", edited)
+    ], HUMAN)
+    update_verification(work, [{"image_id": above[0], "decision": "reject", "reason": "old", "reviewer": "prescreen",
+                                "source": "auto", "decided_at": pd.Timestamp(T0)}], "prescreen")
     before = read_manifest(work, "verification").set_index("image_id")
 
     t1 = T0 + timedelta(days=1)

@@ -68,7 +68,7 @@ def _write_images(work: Path, ids: list[str]) -> None:
 def test_auto_policy_accepts_pending_and_keeps_rejects(tmp_path: Path) -> None:
     _write_images(tmp_path, ["a", "b", "c", "d"])
     update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None),
-                                   row("c", "reject", HUMAN, "alice")], HUMAN, {})
+                                   row("c", "reject", HUMAN, "alice")], HUMAN)
     summary = auto_verify(tmp_path, now=T1)
     ver = read_manifest(tmp_path, "verification").set_index("image_id")
     assert ver["decision"].to_dict() == {"a": "reject", "b": "accept", "c": "reject", "d": "accept"}
@@ -78,7 +78,7 @@ def test_auto_policy_accepts_pending_and_keeps_rejects(tmp_path: Path) -> None:
 
 def _decide(work: str, image_ids: list[str], reviewer: str) -> None:
     for image_id in image_ids:
-        update_verification(work, [row(image_id, "accept", HUMAN, reviewer, T1)], HUMAN, {})
+        update_verification(work, [row(image_id, "accept", HUMAN, reviewer, T1)], HUMAN)
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
@@ -96,8 +96,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writer", [AUTO_POLICY, "prescreen"])
 def test_automatic_writers_report_what_they_could_not_replace(tmp_path: Path, writer: str) -> None:
-    update_verification(tmp_path, [row("a", "accept", HUMAN, "alice")], HUMAN, {})
-    _, _, kept = update_verification(tmp_path, [row("a", "reject", AUTO, writer, T1)], writer, {})
+    update_verification(tmp_path, [row("a", "accept", HUMAN, "alice")], HUMAN)
+    _, _, kept = update_verification(tmp_path, [row("a", "reject", AUTO, writer, T1)], writer)
     assert kept == ["a"]
 
 
@@ -107,5 +107,5 @@ def test_undecided_lists_images_without_accept_or_reject(tmp_path: Path) -> None
     _write_images(tmp_path, ["a", "b", "c"])
     assert undecided(tmp_path) == ["a", "b", "c"]
     update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None)],
-                        "prescreen", {})
+                        "prescreen")
     assert undecided(tmp_path) == ["b", "c"]

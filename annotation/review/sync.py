@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from is4.config import REJECT_REASONS, ReviewConfig
-from is4.manifests.io import write_manifest
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import VERIFICATION
-from is4.pipeline.verification import HUMAN, merge_decisions
+from is4.pipeline.verification import HUMAN, commit_decisions, read_verification
 
 from .connect import ReviewError, _load, connect, dataset_name
-from .tags import CONFLICT, INVALID, NEEDS_FIX_TAG, _manifest_or_none, _rows_by, _utc, decision_tags, tag_decision
+from .tags import CONFLICT, INVALID, NEEDS_FIX_TAG, _rows_by, _utc, decision_tags, tag_decision
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
     invalid_ids: list[str] = []
     with verification_lock(workdir):
         dataset = _load(fo, dataset_name(workdir, cfg))
-        existing = _manifest_or_none(workdir, "verification")
+        existing = read_verification(workdir)  # the decision log's projection
         rows = _rows_by(existing, "image_id")
         changed: list[str] = []  # image ids whose human row this sync writes
         field_updates: dict[str, dict[str, Any]] = {f: {} for f in _DECISION_FIELDS}
@@ -137,8 +136,7 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                 old, new = decision_tags(*base), decision_tags(fields[0], fields[1])
                 retag[sample_id] = ([t for t in old if t not in new], [t for t in new if t not in old])
         if changed:
-            frame, _ = merge_decisions(existing, [rows[i] for i in changed], HUMAN)
-            write_manifest(workdir, VERIFICATION, frame, {"stage": "review"})
+            commit_decisions(workdir, existing, [rows[i] for i in changed], HUMAN)
         # The samples' decision fields record what the manifest now holds (the base of the next sync); written
         # under the lock, after the manifest, so a concurrent sync never sees fields ahead of the manifest.
         for field, values in field_updates.items():

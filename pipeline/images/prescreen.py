@@ -26,8 +26,9 @@ verification manifest already exists (so that the pre-screen's own earlier rows 
   ` (<flag_reason>)` where there is one, whatever their score;
 - images whose both_present is under `auto_reject_below` (strictly) are rejected with reason
   `both_present <score> < <threshold>`, the score rounded down so that the printed comparison is true;
-- rejects are `source=auto, reviewer="prescreen"` at `decided_at`; every other image gets a `pending` row with
-  `source=auto` and no reason, reviewer or decided_at (nothing has been decided).
+- rejects are `source=auto, reviewer="prescreen"`, with no wall clock (`decided_at` is null unless a caller passes
+  one), so two builds write the same bytes; every other image gets a `pending` row with `source=auto` and no
+  reason, reviewer or decided_at (nothing has been decided).
 
 The manifest is merged, never replaced: a row written by a human (`source=human`, any decision) is kept as it is,
 whatever this stage would decide, as are rows of other automatic reviewers and rows of images not in this run. The
@@ -50,13 +51,14 @@ import numpy as np
 import pandas as pd
 
 from is4.config import BuildConfig, ModelRef, PrescreenConfig
+from is4.manifests.decisions import log_path
 from is4.manifests.errors import FatalError
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import PRESCREEN
 from is4.pipeline.common.models import ResolvedModel, resolve_model, torch_device_and_dtype
 from is4.pipeline.images.prompts import PromptError, depictable_categories
-from is4.pipeline.stage import ProgressFn
-from is4.pipeline.verification import update_verification
+from is4.pipeline.stage import ProgressFn, manifest_intact
+from is4.pipeline.verification import ledger_intact, read_verification, update_verification
 
 TEXT_TEMPLATE = "a photo of a {object}"
 REVIEWER = "prescreen"
@@ -221,11 +223,10 @@ def run_prescreen(
 ) -> dict[str, Any]:
     """Score the images manifest with CLIP, write the prescreen manifest and (see module doc) merge verification."""
     workdir = Path(workdir)
-    if decided_at is None:
-        decided_at = datetime.now(UTC)
-    if decided_at.tzinfo is None or decided_at.utcoffset() is None:
-        raise PrescreenError(f"decided_at must be timezone-aware (it is stored in UTC), got {decided_at!r}")
-    decided_at = decided_at.astimezone(UTC)
+    if decided_at is not None:
+        if decided_at.tzinfo is None or decided_at.utcoffset() is None:
+            raise PrescreenError(f"decided_at must be timezone-aware (it is stored in UTC), got {decided_at!r}")
+        decided_at = decided_at.astimezone(UTC)
     images = read_manifest(workdir, "images").sort_values("image_id", ignore_index=True)
     categories = read_manifest(workdir, "categories")
     try:
@@ -299,8 +300,7 @@ def run_prescreen(
         "verification_manifest": None,
     }
     threshold = cfg.auto_reject_below
-    verification_file = manifest_path(workdir, "verification")
-    if threshold is None and not any(flags) and not verification_file.is_file():
+    if not _writes_ledger(workdir, threshold, flags):
         return summary
 
     score_of = dict(zip(ids, both))
@@ -318,9 +318,7 @@ def run_prescreen(
         auto_rows[image_id] = {
             **base, "decision": "reject", "reason": reason, "reviewer": REVIEWER, "decided_at": decided_at,
         }
-    verification_path, verification, kept = update_verification(
-        workdir, auto_rows.values(), REVIEWER, {**(provenance or {"stage": "prescreen"}), **facts}
-    )
+    verification_path, verification, kept = update_verification(workdir, auto_rows.values(), REVIEWER)
     kept_ids = set(kept)
     applied = [row["decision"] for image_id, row in auto_rows.items() if image_id not in kept_ids]
     sources = dict(zip(verification["image_id"], verification["source"]))
@@ -331,6 +329,27 @@ def run_prescreen(
         verification_manifest=str(verification_path),
     )
     return summary
+
+
+def _writes_ledger(workdir: Path, threshold: float | None, flags: Sequence[str | None]) -> bool:
+    """Whether the pre-screen writes verification rows: rejects configured, flagged images, or a ledger exists."""
+    return (threshold is not None or any(flags) or log_path(workdir).is_file()
+            or manifest_path(workdir, "verification").is_file())
+
+
+def prescreen_intact(work: Path, cfg: BuildConfig) -> bool:
+    """Its manifest is intact and, where it writes verification rows, every image has its row in an intact ledger."""
+    if not manifest_intact(work, "prescreen"):
+        return False
+    try:
+        images = read_manifest(work, "images")
+        flags = [_generation_flag(v) for v in images[FLAG_COLUMN]] if FLAG_COLUMN in images.columns else []
+        if not _writes_ledger(work, cfg.prescreen.auto_reject_below, flags):
+            return True
+        ledger = read_verification(work)
+    except FatalError:  # the stage itself says what is wrong (e.g. how to restore the decision log)
+        return False
+    return ledger is not None and ledger_intact(work) and set(images["image_id"]) <= set(ledger["image_id"])
 
 
 def prescreen_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,

@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from is4.config import BuildConfig
 from is4.manifests.atomic import replace_directory
-from is4.manifests.io import read_manifest
+from is4.manifests.checksum import HashCache, sha256_file
+from is4.manifests.io import ManifestError, read_manifest
 from is4.pipeline.stage import ProgressFn
 
 DEFAULT_EXPORT_DIR = "exports/vggsound"
@@ -43,12 +46,42 @@ def export_training_layout(workdir: str | Path, out_dir: str | Path | None = Non
         for clip in ok.itertuples():
             _link_or_copy(workdir / clip.frame_path, staging / "frames" / f"{clip.clip_id}.jpg")
             _link_or_copy(workdir / clip.audio_path, staging / "audio" / f"{clip.clip_id}.wav")
-        ok[["clip_id", "label", "split"]].to_csv(staging / "ids.csv", index=False, lineterminator="\n")
+        (staging / "ids.csv").write_text(_ids_csv(ok), encoding="utf-8")
         replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out, len(ok)
+
+
+def _ids_csv(ok: pd.DataFrame) -> str:
+    return ok[["clip_id", "label", "split"]].to_csv(index=False, lineterminator="\n")
+
+
+def export_intact(workdir: str | Path, out_dir: str | Path | None = None) -> bool:
+    """True when the export lists exactly the manifest's ok clips and each file is that clip's current file (the
+    same hard link, or a copy with the same content): a frame redone since the export makes it stale."""
+    workdir = Path(workdir)
+    out = Path(out_dir) if out_dir is not None else workdir / DEFAULT_EXPORT_DIR
+    try:
+        ok = read_manifest(workdir, "clips").query("status == 'ok'").sort_values("clip_id")
+        if (out / "ids.csv").read_text(encoding="utf-8") != _ids_csv(ok):
+            return False
+    except (ManifestError, OSError, UnicodeDecodeError):
+        return False
+    cache = HashCache(workdir, "clips")
+    for clip in ok.itertuples():
+        for src, dst in ((clip.frame_path, out / "frames" / f"{clip.clip_id}.jpg"),
+                         (clip.audio_path, out / "audio" / f"{clip.clip_id}.wav")):
+            try:
+                if os.path.samefile(workdir / src, dst):
+                    continue
+            except OSError:
+                return False
+            if not dst.is_file() or cache.sha256(src) != sha256_file(dst):
+                return False
+    cache.save()
+    return True
 
 
 def export_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,

@@ -32,7 +32,7 @@ _SUM_LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
 
-def _release_files(root: Path) -> list[str]:
+def release_files(root: Path) -> list[str]:
     """Relative POSIX paths of every file under root (symlinks included, never followed), sorted."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -44,7 +44,7 @@ def _release_files(root: Path) -> list[str]:
 
 def write_checksums(root: Path) -> Path:
     """`SHA256SUMS` of every file under root except itself, sorted by path, `sha256sum` format."""
-    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in _release_files(root) if rel != SUMS_NAME]
+    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in release_files(root) if rel != SUMS_NAME]
     path = root / SUMS_NAME
     path.write_text("".join(lines), encoding="utf-8")
     return path
@@ -130,7 +130,7 @@ def _verify_dir(root: Path, shown_root: str) -> VerifyReport:
             report.missing.append(rel)
         elif p.is_symlink() or not p.is_file() or sha256_file(p) != digest:
             report.changed.append(rel)
-    report.extra = [rel for rel in _release_files(root) if rel != SUMS_NAME and rel not in expected]
+    report.extra = [rel for rel in release_files(root) if rel != SUMS_NAME and rel not in expected]
     report.invalid = check_items(root)
     return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,6 +62,21 @@ def match_report(workdir: Path) -> dict[str, Any]:
     return report
 
 
+def remove_stale_siblings(releases: Path, name: str) -> list[str]:
+    """Remove what a killed build of release `name` left beside it: its staging directory (`.name.XXXXXXXX`), the
+    old tree being swapped out (`.name.old`) and a half-written archive (`.name.tar.gz.tmp-*`); their names."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.([a-z0-9_]{{8}}|old|tar\.gz\.tmp-.*)")
+    removed = []
+    for stale in sorted(releases.iterdir()):
+        if pattern.fullmatch(stale.name):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed.append(stale.name)
+    return removed
+
+
 def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[str, Any]) -> Path:
     """Build `WORK/releases/is4-<version>/` and `WORK/releases/is4-<version>.tar.gz`; return the directory.
 
@@ -84,6 +100,7 @@ def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[st
     target, archive = release_paths(workdir, cfg.version)
     releases, name = target.parent, target.name
     releases.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(releases, name)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=releases))
     try:
         staging.chmod(0o755)
