@@ -23,6 +23,9 @@ from is4.pipeline.evaluation.errors import EvaluationError
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+HEADER_PEEK = 4096  # bytes read to parse a member's .npy header (np.save pads headers to a multiple of 64)
+MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
+MAX_MAP_VALUES = 1 << 28  # the largest map scored: 16384 × 16384 values (a 1 GiB float32)
 
 
 class MapProblem(ValueError):
@@ -68,6 +71,25 @@ def _npy_from_bytes(data: bytes) -> np.ndarray:
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
+def _check_sizes(info: zipfile.ZipInfo, head: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """The `.npy` header at the start of member `info` (bytes `head`), checked against the member's size and the
+    largest map scored: a header claiming more than the member holds is refused before anything is allocated."""
+    try:
+        header = _npy_header(head)
+    except ValueError as exc:
+        raise ValueError(f"member {info.filename}: bad .npy header: {exc}") from None
+    if header is None:
+        raise ValueError(f"member {info.filename} is not a .npy array of version 1 or 2")
+    shape, _fortran, dtype, offset = header
+    count = int(np.prod(shape, dtype=np.float64))  # float: a hostile shape cannot overflow the product
+    if count > MAX_MAP_VALUES:
+        raise ValueError(f"member {info.filename} claims shape {shape}, more than {MAX_MAP_VALUES} values")
+    if info.file_size - offset != count * dtype.itemsize:
+        raise ValueError(f"member {info.filename} holds {info.file_size - offset} data bytes, not the "
+                         f"{count * dtype.itemsize} of {shape} {dtype}")
+    return header
+
+
 class NpzMaps:
     """The maps of an `.npz`, read one member at a time, safely from several threads.
 
@@ -89,6 +111,7 @@ class NpzMaps:
             raise EvaluationError(f"{path}: cannot read predictions: {getattr(exc, 'strerror', None) or exc}") from None
         self._members = {info.filename[:-4]: info for info in self._zip.infolist() if info.filename.endswith(".npy")}
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._size = os.fstat(self._fd).st_size
         self._lock = threading.Lock()
 
     def keys(self):
@@ -107,15 +130,31 @@ class NpzMaps:
         return info, info.header_offset + ZIP_LOCAL_HEADER + name_len + extra_len
 
     def read(self, key: str) -> np.ndarray:
-        """The array stored under `key`; ValueError for a corrupt member or a pickled object."""
+        """The array stored under `key`; ValueError for a corrupt member, a pickled object, or sizes that do not
+        add up (checked from the `.npy` header before anything of the claimed size is allocated)."""
         stored = self._stored(key)
         if stored is None:
             with self._lock, self._zip.open(self._members[key]) as member:
-                return np.lib.format.read_array(member, allow_pickle=False)
+                return self._read_compressed(self._members[key], member)
         info, offset = stored
+        if offset + info.file_size > self._size:
+            raise ValueError(f"member {info.filename} claims {info.file_size} bytes past the end of the archive")
+        _check_sizes(info, os.pread(self._fd, min(info.file_size, HEADER_PEEK), offset))
         data = os.pread(self._fd, info.file_size, offset)
         if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
             raise ValueError(f"member {info.filename} is truncated or corrupt (CRC-32 mismatch)")
+        return _npy_from_bytes(data)
+
+    @staticmethod
+    def _read_compressed(info: zipfile.ZipInfo, member) -> np.ndarray:
+        if info.file_size > info.compress_size * MAX_DEFLATE_RATIO + HEADER_PEEK:
+            raise ValueError(f"member {info.filename} claims {info.file_size} bytes from {info.compress_size} "
+                             "compressed: more than deflate can produce")
+        head = member.read(min(info.file_size, HEADER_PEEK))
+        _check_sizes(info, head)
+        data = head + member.read(info.file_size - len(head))
+        if len(data) != info.file_size:
+            raise ValueError(f"member {info.filename} is truncated")
         return _npy_from_bytes(data)
 
     def read_into(self, key: str, out: np.ndarray) -> bool:

@@ -1,0 +1,162 @@
+"""The Prefect API a run reports to: the one in PREFECT_API_URL, else a temporary local server that dies with us.
+
+Prefect's own temporary server (`SubprocessASGIServer`, started on demand by whatever needs the API first) is stopped
+by an `atexit` hook, which a killed process never runs: after `kill -9` of `is4 build` it kept running with no
+parent. `prefect_api()` starts the same server (uvicorn on Prefect's app factory, on 127.0.0.1, without the UI) but
+through a launcher that asks the kernel to send it SIGTERM when its parent dies (Linux `PR_SET_PDEATHSIG`, which
+survives the exec into uvicorn); the URL goes into the run's settings and the environment, so everything the run
+starts, Dask workers included, reports to this one server. Elsewhere than Linux the launcher cannot ask, and the
+server outlives a killed parent as Prefect's did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from is4.manifests.errors import FatalError
+
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+# argv: launcher, parent pid, command...: die with the parent (PR_SET_PDEATHSIG = 1), unless it is already gone.
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class ServerError(FatalError):
+    """The temporary Prefect server did not start."""
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_env() -> dict[str, str]:
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings().to_environment_variables(exclude_unset=True)
+    return {
+        **os.environ,
+        **settings,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    """Start Prefect's API server on 127.0.0.1:`port` in a process that receives SIGTERM when this one dies."""
+    import prefect
+
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(prefect.__module_path__.parent),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command], env=_server_env(), stdout=subprocess.DEVNULL
+    )
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], api_url: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServerError(f"the temporary Prefect server exited with status {process.returncode}")
+            try:
+                if client.get(f"{api_url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    raise ServerError(f"the temporary Prefect server did not answer on {api_url} within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def _start_healthy(attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
+    """A started, healthy server and its API URL; another free port when one was taken before uvicorn bound it."""
+    for attempt in range(attempts):
+        port = _free_port()
+        process, api_url = start_server(port), f"http://127.0.0.1:{port}/api"
+        try:
+            _wait_healthy(process, api_url)
+            return process, api_url
+        except ServerError:
+            stop_server(process)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server (SIGTERM, then SIGKILL after a few seconds) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """The API URL for this run: PREFECT_API_URL when set, else that of a temporary server for the whole run
+    (stopped on exit, and killed by the kernel with this process). Enter it from the main thread: the kernel's
+    parent-death signal follows the thread that started the server."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    existing = get_current_settings().api.url
+    if existing:
+        yield existing
+        return
+    process, api_url = _start_healthy()
+    try:
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = api_url  # for the processes the run starts
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                yield api_url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+    finally:
+        _drain_prefect_workers()  # logs and events still queued for the API go out before it stops
+        stop_server(process)
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=STOP_TIMEOUT_S, at_exit=False)
