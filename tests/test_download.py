@@ -61,10 +61,13 @@ def test_stalled_server_times_out_and_is_retried_with_backoff(media_server, tmp_
     assert not list(tmp_path.iterdir()), "nothing is left behind by failed attempts"
 
 
-def test_corrupt_source_fails_with_a_reason(media_server, tmp_path: Path) -> None:
+def test_corrupt_source_is_permanent_and_never_retried(media_server, tmp_path: Path) -> None:
+    # A junk file served as a video: ffmpeg only says "exited with code 1"; the probe finds that it is no media.
     with pytest.raises(DownloadFailure) as info:
-        download_section(CORRUPT_ID, 0, 10, tmp_path / "clip", _cfg(media_server, retries=0))
-    assert info.value.kind == "ffmpeg-error"
+        download_section(CORRUPT_ID, 0, 10, tmp_path / "clip", _cfg(media_server, retries=2))
+    assert (info.value.kind, info.value.permanent, info.value.attempts) == ("corrupt-source", True, 1)
+    assert "ffmpeg exited with code" in str(info.value) and "media probe: " in str(info.value)
+    assert "http://" not in str(info.value), "the media url is not in the reason"
     assert not (tmp_path / "clip.mp4").exists()
 
 

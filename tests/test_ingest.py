@@ -90,16 +90,15 @@ def test_every_row_gets_a_status_and_a_reason(mixed_run) -> None:
     assert clips["status"].to_dict() == expect
     reasons = clips["reason"].to_dict()
     assert reasons[4].startswith("silent audio")
-    assert reasons[5].startswith("ffmpeg-error")
+    assert reasons[5].startswith("corrupt-source")
     assert reasons[6].startswith("not-found")
     assert reasons[7].startswith("private")
     assert reasons[9].startswith("invalid-ytid") and pd_isna(clips.loc[9, "clip_id"])
     assert reasons[10].startswith("unknown-label")
-    assert summary.failures_by_reason == {"ffmpeg-error": 1, "invalid-ytid": 1, "not-found": 1, "private": 1,
+    assert summary.failures_by_reason == {"corrupt-source": 1, "invalid-ytid": 1, "not-found": 1, "private": 1,
                                           "silent audio": 1, "unknown-label": 1}
-    # Retry policy recorded for reruns: only transient failures are retried.
-    assert clips.loc[[4, 6, 7], "retryable"].tolist() == [False, False, False]
-    assert bool(clips.loc[5, "retryable"]) is True
+    # Retry policy recorded for reruns: none of these can get better (a junk file is no video on any rerun).
+    assert clips.loc[[4, 5, 6, 7], "retryable"].tolist() == [False, False, False, False]
 
 
 def test_status_says_what_a_rerun_retries(mixed_run) -> None:
@@ -107,8 +106,8 @@ def test_status_says_what_a_rerun_retries(mixed_run) -> None:
     (run,) = ingest_status(work)
     assert run.selected == 8 and run.csv == str((work.parent / "mixed.csv").resolve())
     assert dict(run.by_status) == {"ok": 4, "failed": 4}
-    assert dict(run.by_reason) == {"ffmpeg-error": 1, "not-found": 1, "private": 1, "silent audio": 1}
-    assert run.retryable == 1  # the ffmpeg error; the others are permanent
+    assert dict(run.by_reason) == {"corrupt-source": 1, "not-found": 1, "private": 1, "silent audio": 1}
+    assert run.retryable == 0  # every failure is permanent
     assert run.command.startswith("is4 ingest --csv ") and "CONFIG" in run.command  # no command was recorded
 
 
@@ -181,8 +180,8 @@ def test_rerun_retries_only_transient_failures(mixed_run, video_dir) -> None:
     with MediaServer(video_dir, handler=FaultInjectingHandler) as server:
         again = run_ingest(work.parent / "mixed.csv", work, _cfg(server), seed=0)
         requests = server.requests
-    assert again.processed == 1 and again.reused == 7  # only the corrupt source's ffmpeg error is retried
-    assert requests >= 1
+    assert again.processed == 0 and again.reused == 8  # every failure is permanent: nothing is fetched again
+    assert requests == 0
     assert {p.name: p.stat().st_mtime_ns for p in (work / "media/frames").iterdir()} == frames
     assert (again.ok, again.failed, again.invalid) == (first.ok, first.failed, first.invalid)
 
@@ -220,12 +219,16 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     journal = work / JOURNAL
+
+    def final_records() -> int:  # `downloaded` lines are not a clip's record
+        return sum('"status": "downloaded"' not in line for line in journal.read_text().splitlines())
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
+    while time.monotonic() < deadline and (not journal.exists() or final_records() < 3):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = journal.read_text().count("\n")
+    done_before = final_records()
     assert 3 <= done_before < len(rows), "the run was killed part-way"
     assert not manifest_path(work, "clips").exists(), "a killed run never wrote a manifest"
     finished = {p.name: p.stat().st_mtime_ns for p in (work / "media/frames").iterdir()}

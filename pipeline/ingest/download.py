@@ -9,19 +9,27 @@ when YouTube throttled.
 
 ffmpeg, which fetches the section, writes its reasons to the terminal, not to yt-dlp: when it fails, one range
 request for the first byte of the media url (through the same yt-dlp session) tells a 403 or 429 apart from a
-broken file.
+broken file, and when the url serves its bytes, ffmpeg opening it once more tells a file that is no media at all
+(`corrupt-source`, permanent: retrying cannot help) apart from a failure of the connection (`ffmpeg-error`).
+
+Each YoutubeDL gets the default extractor classes from a list computed once per process (yt-dlp recomputes it for
+every instance, which is most of the CPU time of a clip that fails fast).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yt_dlp
+from yt_dlp.extractor import gen_extractor_classes
 from yt_dlp.networking import Request
 from yt_dlp.networking.exceptions import HTTPError
 from yt_dlp.postprocessor.common import PostProcessor
@@ -29,11 +37,13 @@ from yt_dlp.utils import DownloadError, download_range_func
 
 from is4.config import DownloadConfig
 from is4.manifests.ids import validate_ytid
-from is4.pipeline.common.ffmpeg_tools import ffmpeg_tools_dir
+from is4.pipeline.common.ffmpeg_tools import ffmpeg_exe, ffmpeg_tools_dir
 from is4.pipeline.ingest.errors import classify_error, is_throttling
 from is4.pipeline.ingest.session import Session
 
 _FFMPEG_FAILED = re.compile(r"ffmpeg exited with code", re.I)
+# What ffmpeg says when the bytes it was given are no media it can read (the `corrupt-source` rule of `errors`).
+_NOT_MEDIA = re.compile(r"Invalid data found when processing input|moov atom not found", re.I)
 
 
 @dataclass
@@ -107,6 +117,52 @@ def _probe_media(ydl: yt_dlp.YoutubeDL, formats: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _media_probe_args(fmt: dict[str, Any], cfg: DownloadConfig, session: Session) -> list[str] | None:
+    """ffmpeg opening the media url of `fmt` (its headers, the worker's http proxy), or None if it cannot."""
+    url, proxy = fmt.get("url"), session.proxy()
+    if not url or not re.match(r"https?://", url) or (proxy and not re.match(r"https?://", proxy)):
+        return None
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-rw_timeout", str(int(cfg.socket_timeout_s * 1_000_000))]
+    headers = "".join(f"{k}: {v}\r\n" for k, v in (fmt.get("http_headers") or {}).items())
+    if headers:
+        args += ["-headers", headers]
+    if proxy:
+        args += ["-http_proxy", proxy]
+    return [*args, "-i", url, "-t", "0.1", "-f", "null", "-"]
+
+
+def _probe_content(formats: list[dict[str, Any]], cfg: DownloadConfig, session: Session) -> str:
+    """`; media probe: Invalid data found when processing input` when a media url serves bytes that are no media."""
+    for fmt in formats:
+        args = _media_probe_args(fmt, cfg, session)
+        if args is None:
+            continue
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, errors="replace",
+                                  timeout=cfg.socket_timeout_s + 10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""  # the probe only adds detail; the ffmpeg failure stands as it is
+        found = _NOT_MEDIA.search(proc.stderr) if proc.returncode else None
+        if found:  # only the matched words: the url (and its tokens) never reach a message
+            return f"; media probe: {found.group(0)}"
+    return ""
+
+
+@lru_cache(maxsize=1)
+def _default_extractors() -> tuple[type, ...]:
+    """The extractor classes a YoutubeDL loads by default, in yt-dlp's order."""
+    return tuple(ie for ie in gen_extractor_classes() if ie._ENABLED)
+
+
+def _youtube_dl(opts: dict[str, Any]) -> yt_dlp.YoutubeDL:
+    """A YoutubeDL with the default extractors, without recomputing their list."""
+    ydl = yt_dlp.YoutubeDL(opts, auto_init=False)
+    for ie in _default_extractors():
+        ydl.add_info_extractor(ie)
+    return ydl
+
+
 def _ydl_options(cfg: DownloadConfig, session: Session, start: float, end: float, out_dir: Path,
                  name: str) -> dict:
     rw_timeout_us = str(int(cfg.socket_timeout_s * 1_000_000))
@@ -138,7 +194,7 @@ def _download_once(url: str, cfg: DownloadConfig, session: Session, start: float
     logger = _CollectingLogger()
     media = _MediaUrls()
     opts = _ydl_options(cfg, session, start, end, work_dir, name) | {"logger": logger}
-    with yt_dlp.YoutubeDL(opts) as ydl:
+    with _youtube_dl(opts) as ydl:
         session.install_cookies(ydl.cookiejar)
         ydl.add_post_processor(media, when="before_dl")
         try:
@@ -146,7 +202,7 @@ def _download_once(url: str, cfg: DownloadConfig, session: Session, start: float
         except DownloadError as exc:
             message = _clean_message(logger.errors[-1] if logger.errors else str(exc))
             if media.formats and _FFMPEG_FAILED.search(message):
-                message += _probe_media(ydl, media.formats)
+                message += _probe_media(ydl, media.formats) or _probe_content(media.formats, cfg, session)
             message = session.redact(message)
             kind, permanent = classify_error(message)
             raise DownloadFailure(kind, message, permanent) from None
@@ -166,6 +222,7 @@ def download_section(
     *,
     session: Session | None = None,
     sleep=time.sleep,
+    before_final: Callable[[int], None] | None = None,
 ) -> tuple[Path, int]:
     """Download `[start, start + duration)` of the video `ytid` to `dest_stem.<ext>`; returns (path, attempts).
 
@@ -173,6 +230,7 @@ def download_section(
     exponential backoff; a permanent error or the last transient one raises DownloadFailure. With a `session` that
     has a governor (which paces every attempt), a throttling error pauses the session and the clip is tried again
     without counting an attempt, until the governor gives up (`governor.GiveUp`); without one it is transient.
+    `before_final(attempts)` is called just before the file takes its final name (to journal the attempts).
     """
     url = cfg.url_template.format(ytid=validate_ytid(ytid))
     session = session or Session(cfg)
@@ -198,6 +256,8 @@ def download_section(
                 continue
             session.succeeded(ticket)
             final = dest_stem.with_suffix(got.suffix)
+            if before_final is not None:
+                before_final(attempts + 1)
             got.replace(final)
             return final, attempts + 1
     finally:

@@ -77,6 +77,9 @@ RULES: tuple[Rule, ...] = (
     _rule(r"only available for registered users|login details are needed|login required", "login-required", True),
     # extractor/common.py report_drm / YoutubeDL.py raise_no_formats: "This video is DRM protected".
     _rule(r"DRM protected", "drm", True),
+    # ffmpeg's words for bytes that are no media (`download.py` adds them from a probe when the media url serves
+    # a file ffmpeg cannot read): before `not-found`, which "moov atom not found" would otherwise match.
+    _rule(r"Invalid data found|moov atom not found|could not find codec|error opening input", "corrupt-source", True),
     # HTTP 404/410 (networking/exceptions.py) and YouTube's "This video does not exist." (_video.py test cases).
     _rule(r"HTTP Error 4(04|10)\b|not found|does not exist", "not-found", True),
     # YoutubeDL.py: "Requested format is not available…", "No video formats found!"; "Unsupported URL".
@@ -88,7 +91,6 @@ RULES: tuple[Rule, ...] = (
     # specific reason above.
     _rule(r"video unavailable|not available|unavailable", "unavailable", True),
     # --- the network and the tools: transient ----------------------------------------------------------------
-    _rule(r"Invalid data found|moov atom not found|could not find codec|error opening input", "corrupt-source", True),
     # networking/exceptions.py HTTPError 5xx; a server error whatever its reason phrase ("503 Service Unavailable").
     _rule(r"HTTP Error 5\d\d\b", "server-error", False),
     _rule(r"timed out|timeout", "timeout", False),

@@ -1,7 +1,8 @@
 """Where an ingest stands, from its work directory alone: `is4 ingest --status`.
 
 Each run writes a run record (`state/ingest-runs/<csv>-<hash>.json`: the csv, the clips it selected and the
-command that continues it) before it downloads anything; the status joins those with the journal. Several runs
+command that continues it) before it downloads anything; the status joins those with every journal
+(`journals.load_records`: the whole selection's and the shards'). Several runs
 over parts of one csv (see the README) each have their own record.
 """
 
@@ -17,10 +18,10 @@ from typing import Any
 
 from is4.manifests.atomic import atomic_write_json
 from is4.manifests.errors import FatalError
-from is4.manifests.journal import Journal
 from is4.pipeline.ingest.errors import reason_kind
+from is4.pipeline.ingest.journals import FINAL, JOURNAL, load_records
 
-JOURNAL = "state/ingest.jsonl"  # the per-clip resume journal (written by `run.py`)
+__all__ = ["JOURNAL", "RUNS_DIR", "RunStatus", "StatusError", "ingest_status", "write_run_record"]
 RUNS_DIR = "state/ingest-runs"
 
 
@@ -70,7 +71,8 @@ def ingest_status(workdir: str | Path) -> list[RunStatus]:
     paths = sorted((workdir / RUNS_DIR).glob("*.json"))
     if not paths:
         raise StatusError(f"{workdir}: no ingest has run in this work directory ({RUNS_DIR}/ is empty)")
-    records = Journal(workdir / JOURNAL, key_field="clip_id").load()
+    records = load_records(workdir)  # every journal: the whole selection's and the shards'
+
     out = []
     for path in paths:
         try:
@@ -81,7 +83,7 @@ def ingest_status(workdir: str | Path) -> list[RunStatus]:
         status = RunStatus(csv, run.get("command") or continue_command(workdir, csv), len(clip_ids))
         for clip_id in clip_ids:
             record = records.get(clip_id)
-            if record is None:
+            if record is None or record["status"] not in FINAL:  # none yet, or downloaded but not extracted
                 status.by_status["pending"] += 1
                 status.retryable += 1
                 continue

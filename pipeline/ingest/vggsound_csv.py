@@ -6,13 +6,15 @@ else that is wrong makes the row invalid with a reason; an invalid row never get
 yt-dlp or a file path.
 
 Each physical line is parsed on its own (no VGGSound label spans lines), so an unbalanced quote spoils only its own
-line and every row keeps its true line number.
+line and every row keeps its true line number. A reject reason quotes at most `QUOTE_CHARS` of the offending value
+(the value itself is kept once, in its own column), so a hostile 10,000-character field is not stored twice.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +26,14 @@ from is4.manifests.ids import MAX_START_SEC, YTID_RE, make_clip_id
 SPLITS = ("train", "test")
 _HEADER_HINTS = ("youtube", "ytid", "video_id", "#")
 _START_RE = re.compile(r"^[0-9]+(\.0*)?$")
+QUOTE_CHARS = 60
 
 
 class CsvError(FatalError, RuntimeError):
     """The csv as a whole cannot be read: the run cannot proceed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CsvRow:
     """One data line of the csv, valid (`clip_id` set) or not (`error` set)."""
 
@@ -46,6 +49,13 @@ class CsvRow:
     @property
     def valid(self) -> bool:
         return self.error is None
+
+
+def _quote(value: str) -> str:
+    """`value` quoted for a reject reason, cut to `QUOTE_CHARS` characters (saying how long it was)."""
+    if len(value) <= QUOTE_CHARS:
+        return repr(value)
+    return f"{value[:QUOTE_CHARS]!r}… ({len(value)} characters)"
 
 
 def _normalise_label(raw: str) -> str:
@@ -99,17 +109,18 @@ def parse_lines(lines: Iterable[str], known_labels: Iterable[str] | None = None)
             )
             continue
         ytid, start_raw, label_raw, split_raw = (f.strip() for f in fields)
-        label, split = _normalise_label(label_raw), split_raw.lower()
+        # Interned: a csv of 200,000 rows has ~300 labels, and every row keeps its own (memory per row).
+        label, split = sys.intern(_normalise_label(label_raw)), sys.intern(split_raw.lower())
         start = _parse_start(start_raw)
         error = None
         if not YTID_RE.fullmatch(ytid):
-            error = f"invalid-ytid: {ytid!r} is not 11 characters of [A-Za-z0-9_-]"
+            error = f"invalid-ytid: {_quote(ytid)} is not 11 characters of [A-Za-z0-9_-]"
         elif start is None:
-            error = f"invalid-start: {start_raw!r} is not a whole number of seconds in [0, {MAX_START_SEC}]"
+            error = f"invalid-start: {_quote(start_raw)} is not a whole number of seconds in [0, {MAX_START_SEC}]"
         elif label not in labels:
-            error = f"unknown-label: {label_raw!r} is not a VGGSound class"
+            error = f"unknown-label: {_quote(label_raw)} is not a VGGSound class"
         elif split not in SPLITS:
-            error = f"invalid-split: {split_raw!r} is not train or test"
+            error = f"invalid-split: {_quote(split_raw)} is not train or test"
         if error:
             rows.append(CsvRow(line_no, ytid, start_raw, label_raw, split_raw, error=error))
             continue
