@@ -14,12 +14,16 @@ Batches follow `captions.<role>.batch_size`; out-of-memory halves them and an it
 with its error (`batching.run_in_batches`). Empty or garbage captions and answers that do not normalise are
 flagged, not dropped.
 
-**Caching.** Each role keeps a journal (`state/captions/<role>.jsonl`) of one record per item with a *key*: the
+**Shards and caching.** Shard i of n takes the i-th contiguous range of the items sorted by id (all of them by
+default) and writes only its own files; `merge_captions` (the one writer) then builds the manifest. Each role keeps
+a journal per shard (`state/captions/<role>/shard-i-of-n.jsonl`; the old `<role>.jsonl` is read too) of one record
+per item with a *key*: the
 sha256 of what the output depends on — the input file's sha256 (or, for the object phrase, the prompt with both
 captions), the backend, model id and resolved revision, dtype, device and the role's settings except its batch
 size. A rerun reuses every record whose key still matches and asks the model only for the rest (none: the model is
-not even loaded). Failed items are retried on every run. Input hashes are remembered with the file's size and
-mtime, so a rerun over unchanged files does not read them again.
+not even loaded); a record of any shard layout counts. Failed items are retried on every run. Input hashes are
+remembered with the file's size and mtime (`state/captions/input-hashes/shard-i-of-n.json`), so a rerun over
+unchanged files does not read them again.
 
 Greedy outputs in float32 do not depend on the batch size (tested on the tiny models), so it is not part of the key;
 in bfloat16/float16 rounding can differ between batch shapes and flip a near-tied token.
@@ -190,15 +194,18 @@ def run_role(
     batch_size: int,
     journal: Journal,
     *,
+    known: dict[str, list[dict[str, Any]]] | None = None,
     progress: ProgressFn | None = None,
 ) -> RoleResult:
-    """Caption `work_items` (item_id -> (key, model input)) with the model `load` returns, reusing cached records."""
-    cached = journal.load()
+    """Caption `work_items` (item_id -> (key, model input)) with the model `load` returns, reusing cached records
+    (`known`: every journal's records per item, else `journal`'s own); new records go to `journal`."""
+    if known is None:
+        known = {item_id: [record] for item_id, record in journal.load().items()}
     result = RoleResult(records={})
     todo: list[tuple[str, str, Any]] = []
     for item_id, (key, model_input) in work_items.items():
-        record = cached.get(item_id)
-        if record is not None and record.get("key") == key and record.get("error") is None:
+        record = pick_record(known.get(item_id, ()), key)
+        if record is not None and record.get("error") is None:
             result.records[item_id] = record
             result.cached += 1
         else:
@@ -238,6 +245,35 @@ def run_role(
     return result
 
 
+def pick_record(candidates: Any, key: str) -> dict[str, Any] | None:
+    """Of an item's records (from any journal), one with this key: a caption before an error, else None."""
+    matching = [r for r in candidates if r.get("key") == key]
+    return next((r for r in matching if r.get("error") is None), matching[-1] if matching else None)
+
+
+def role_journals(work: Path, role: str) -> list[Path]:
+    """Every journal of a role: the single-file layout (`<role>.jsonl`) first, then the shards' in name order."""
+    legacy = work / JOURNAL_DIR / f"{role}.jsonl"
+    return [legacy] * legacy.exists() + sorted((work / JOURNAL_DIR / role).glob("shard-*-of-*.jsonl"))
+
+
+def known_records(work: Path, role: str) -> dict[str, list[dict[str, Any]]]:
+    """item_id -> its latest record in each journal of `role` (journal order)."""
+    known: dict[str, list[dict[str, Any]]] = {}
+    for path in role_journals(work, role):
+        for item_id, record in Journal(path, "item_id").load().items():
+            known.setdefault(item_id, []).append(record)
+    return known
+
+
+def shard_slice(items: list[CaptionItem], shard: tuple[int, int]) -> list[CaptionItem]:
+    """Shard i of n: the i-th contiguous range of the items sorted by id (`len*i//n` to `len*(i+1)//n`)."""
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+        raise CaptionError(f"shard {shard!r} is not (i, n) with 0 <= i < n")
+    return items[len(items) * i // n: len(items) * (i + 1) // n]
+
+
 def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
     return {"backend": identity["backend"], "model_id": identity["model_id"], "revision": identity["revision"]}
 
@@ -260,41 +296,26 @@ def _loader(role: str, ref: ModelRef, workdir: Path, cfg: CaptionsConfig) -> Cal
     return lambda: load_phraser(ref, workdir, cfg.object_phrase)
 
 
-def run_captions(
-    workdir: str | Path,
-    cfg: BuildConfig,
-    *,
-    progress: ProgressFn | None = None,
-    provenance: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Caption every item (cached where nothing changed) and write the `captions` manifest; a summary."""
-    work = Path(workdir)
-    ccfg = cfg.captions
-    refs = {role: getattr(cfg.models, MODEL_ROLES[role]) for role in ROLES}
-    identities = {role: model_identity(role, refs[role], work, ccfg) for role in ROLES}
-    items = collect_items(work, ccfg)
-    journals = {role: Journal(work / JOURNAL_DIR / f"{role}.jsonl", "item_id") for role in ROLES}
-    hashes = InputHashes(work, _load_hash_cache(work))
-    errors: dict[str, list[str]] = {item.item_id: [] for item in items}
-    results: dict[str, RoleResult] = {}
-    batch_sizes = {role: getattr(ccfg, CONFIG_SECTIONS[role]).batch_size for role in ROLES}
+def _media_items(role: str, column: str, items: list[CaptionItem], hashes: InputHashes, identity: dict[str, Any],
+                 errors: dict[str, list[str]]) -> dict[str, tuple[str, Any]]:
+    """item_id -> (key, input file) for a captioning role; unreadable inputs are recorded in `errors`."""
+    work_items: dict[str, tuple[str, Any]] = {}
+    for item in items:
+        relative = getattr(item, column)
+        try:
+            if relative is None:
+                raise FileNotFoundError(f"the item has no {column}")
+            digest = hashes(relative)["sha256"]
+        except OSError as exc:
+            errors[item.item_id].append(f"{role}: cannot read {relative}: {exc.strerror or exc}")
+            continue
+        work_items[item.item_id] = (json_sha256({"input": digest, **identity}), hashes.workdir / relative)
+    return work_items
 
-    for role, column in (("image_caption", "image_path"), ("audio_caption", "audio_path")):
-        work_items: dict[str, tuple[str, Any]] = {}
-        for item in items:
-            relative = getattr(item, column)
-            try:
-                if relative is None:
-                    raise FileNotFoundError(f"the item has no {column}")
-                digest = hashes(relative)["sha256"]
-            except OSError as exc:
-                errors[item.item_id].append(f"{role}: cannot read {relative}: {exc.strerror or exc}")
-                continue
-            work_items[item.item_id] = (json_sha256({"input": digest, **identities[role]}), work / relative)
-        results[role] = run_role(role, work_items, identities[role], _loader(role, refs[role], work, ccfg),
-                                 batch_sizes[role], journals[role], progress=progress)
-    _save_hash_cache(work, hashes.known)
 
+def _phrase_items(items: list[CaptionItem], results: dict[str, RoleResult],
+                  identity: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """item_id -> (key, (image caption, audio caption)) for the items that have both captions."""
     phrase_items: dict[str, tuple[str, Any]] = {}
     for item in items:
         image = results["image_caption"].records.get(item.item_id, {}).get("text")
@@ -303,20 +324,80 @@ def run_captions(
             continue  # nothing to ask about: the missing caption's error is recorded
         message = render_object_prompt(image, audio)
         phrase_items[item.item_id] = (
-            json_sha256({"prompt_version": PROMPT_VERSION, "message": message, **identities["object_phrase"]}),
-            (image, audio),
+            json_sha256({"prompt_version": PROMPT_VERSION, "message": message, **identity}), (image, audio),
         )
+    return phrase_items
+
+
+def _identities(work: Path, cfg: BuildConfig) -> tuple[dict[str, ModelRef | None], dict[str, dict[str, Any]]]:
+    refs = {role: getattr(cfg.models, MODEL_ROLES[role]) for role in ROLES}
+    return refs, {role: model_identity(role, refs[role], work, cfg.captions) for role in ROLES}
+
+
+def run_captions(
+    workdir: str | Path,
+    cfg: BuildConfig,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    merge: bool = True,
+    progress: ProgressFn | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Caption shard i of n of the items (cached where nothing changed; all items by default), journaling to the
+    shard's own files, then (unless `merge=False`: the flow merges once after all shards) write the manifest."""
+    work = Path(workdir)
+    ccfg = cfg.captions
+    refs, identities = _identities(work, cfg)
+    items = shard_slice(collect_items(work, ccfg), shard)
+    i, n = shard
+    journals = {role: Journal(work / JOURNAL_DIR / role / f"shard-{i}-of-{n}.jsonl", "item_id") for role in ROLES}
+    hashes = InputHashes(work, load_hash_cache(work))
+    errors: dict[str, list[str]] = {item.item_id: [] for item in items}
+    results: dict[str, RoleResult] = {}
+    batch_sizes = {role: getattr(ccfg, CONFIG_SECTIONS[role]).batch_size for role in ROLES}
+
+    for role, column in (("image_caption", "image_path"), ("audio_caption", "audio_path")):
+        work_items = _media_items(role, column, items, hashes, identities[role], errors)
+        results[role] = run_role(role, work_items, identities[role], _loader(role, refs[role], work, ccfg),
+                                 batch_sizes[role], journals[role], known=known_records(work, role),
+                                 progress=progress)
+    _save_hash_cache(work, shard, hashes.known)
+
     results["object_phrase"] = run_role(
-        "object_phrase", phrase_items, identities["object_phrase"],
+        "object_phrase", _phrase_items(items, results, identities["object_phrase"]), identities["object_phrase"],
         _loader("object_phrase", refs["object_phrase"], work, ccfg), batch_sizes["object_phrase"],
-        journals["object_phrase"], progress=progress,
+        journals["object_phrase"], known=known_records(work, "object_phrase"), progress=progress,
     )
+    summary = {"shard": f"{i}/{n}", "items": len(items), **_role_counts(results)}
+    if merge:
+        summary |= merge_captions(work, cfg, provenance)
+    return summary
+
+
+def merge_captions(workdir: str | Path, cfg: BuildConfig, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one writer of the `captions` manifest: every item's record under its current key, from any shard's
+    journal (a caption before an error); items without one have empty captions. A summary of the manifest."""
+    work = Path(workdir)
+    _, identities = _identities(work, cfg)
+    items = collect_items(work, cfg.captions)
+    hashes = InputHashes(work, load_hash_cache(work))
+    errors: dict[str, list[str]] = {item.item_id: [] for item in items}
+    results: dict[str, RoleResult] = {}
+
+    def chosen(role: str, work_items: dict[str, tuple[str, Any]]) -> RoleResult:
+        known = known_records(work, role)
+        picked = {item_id: pick_record(known.get(item_id, ()), key) for item_id, (key, _) in work_items.items()}
+        return RoleResult(records={k: v for k, v in picked.items() if v is not None})
+
+    for role, column in (("image_caption", "image_path"), ("audio_caption", "audio_path")):
+        results[role] = chosen(role, _media_items(role, column, items, hashes, identities[role], errors))
+    results["object_phrase"] = chosen("object_phrase", _phrase_items(items, results, identities["object_phrase"]))
 
     frame = _manifest_frame(items, results, errors)
     facts = {"prompt_version": PROMPT_VERSION, "model_identities": identities}
     with manifest_lock(work, CAPTIONS.name):
         write_manifest(work, CAPTIONS, frame, {**(provenance or {}), **facts})
-    return {**_summary(items, results, frame), "manifest": str(manifest_path(work, CAPTIONS.name))}
+    return {**_manifest_summary(items, frame), "manifest": str(manifest_path(work, CAPTIONS.name))}
 
 
 def _manifest_frame(items: list[CaptionItem], results: dict[str, RoleResult],
@@ -354,36 +435,52 @@ def _manifest_frame(items: list[CaptionItem], results: dict[str, RoleResult],
     return pd.DataFrame(rows, columns=columns)
 
 
-def _summary(items: list[CaptionItem], results: dict[str, RoleResult], frame: pd.DataFrame) -> dict[str, Any]:
+def _role_counts(results: dict[str, RoleResult]) -> dict[str, Any]:
+    return {role: {"captioned": result.captioned, "cached": result.cached, "failed": result.failed,
+                   "distinct_inputs": result.distinct_inputs, "batch_size": result.batch_size,
+                   "halvings": result.halvings} for role, result in results.items()}
+
+
+def _manifest_summary(items: list[CaptionItem], frame: pd.DataFrame) -> dict[str, Any]:
     summary: dict[str, Any] = {"items": len(items), "with_object_phrase": int(frame["object_phrase"].notna().sum())}
-    for role, result in results.items():
-        summary[role] = {"captioned": result.captioned, "cached": result.cached, "failed": result.failed,
-                         "distinct_inputs": result.distinct_inputs, "batch_size": result.batch_size,
-                         "halvings": result.halvings}
     flags = frame["flags"].dropna().str.split(",").explode().value_counts()
     summary["flags"] = {str(k): int(v) for k, v in sorted(flags.items())}
     summary["errors"] = int(frame["error"].notna().sum())
     return summary
 
 
-_HASH_CACHE = "input-hashes.json"
+_HASH_CACHE = "input-hashes.json"  # the single-file layout, read as one more cache
+_HASH_DIR = "input-hashes"
 
 
-def _load_hash_cache(work: Path) -> dict[str, dict[str, Any]]:
-    path = work / JOURNAL_DIR / _HASH_CACHE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def load_hash_cache(work: Path) -> dict[str, dict[str, Any]]:
+    """The remembered input hashes of every shard (entries are checked against size + mtime before use)."""
+    known: dict[str, dict[str, Any]] = {}
+    for path in [work / JOURNAL_DIR / _HASH_CACHE, *sorted((work / JOURNAL_DIR / _HASH_DIR).glob("shard-*.json"))]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            known.update(data)
+    return known
 
 
-def _save_hash_cache(work: Path, known: dict[str, dict[str, Any]]) -> None:
-    path = work / JOURNAL_DIR / _HASH_CACHE
+def _save_hash_cache(work: Path, shard: tuple[int, int], known: dict[str, dict[str, Any]]) -> None:
+    # One file per shard: concurrent shards never rewrite each other's file.
+    path = work / JOURNAL_DIR / _HASH_DIR / f"shard-{shard[0]}-of-{shard[1]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(known, sort_keys=True).encode())
 
 
-def caption_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
+def caption_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None,
+                  shard: tuple[int, int] = (0, 1), merge: bool = True) -> dict[str, Any]:
     """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""
-    return run_captions(work, cfg, progress=progress, provenance=provenance)
+    return run_captions(work, cfg, shard=shard, merge=merge, progress=progress, provenance=provenance)
+
+
+def merge_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The captions manifest after every shard ran (`merge=False`), with the shards' counts summed per role."""
+    totals = {role: {k: sum(s[role][k] for s in shards) for k in ("captioned", "cached", "failed", "distinct_inputs",
+                                                                   "halvings")} for role in ROLES}
+    return {**totals, **merge_captions(work, cfg, provenance)}

@@ -20,6 +20,7 @@ from typing import Any
 from is4.config import ModelRef
 from is4.manifests.checksum import sha256_file
 from is4.manifests.errors import FatalError
+from is4.manifests.lock import manifest_lock
 from is4.pipeline.demo.tiny_models import TINY_BUILDERS
 
 TINY_PREFIX = "tiny-random:"
@@ -97,14 +98,18 @@ def _build_tiny(kind: str, workdir: Path) -> Path:
     target = workdir / MODELS_DIR / f"tiny-random-{kind}"
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        builder(staging, 0)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # Shards in threads or processes may ask at once: one builds (torch's seeded RNG is process-global), the rest wait.
+    with manifest_lock(workdir, f"tiny-random-{kind}"):
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            builder(staging, 0)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return target
 
 

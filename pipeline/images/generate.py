@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from io import BytesIO
@@ -75,6 +76,7 @@ JOURNAL_GLOB = "shard-*-of-*.jsonl"
 PNG_COMPRESS_LEVEL = 6
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_IMPORT_LOCK = threading.RLock()
 
 
 
@@ -93,10 +95,11 @@ class GenerateSummary:
     generated: int  # images written by this run
     reused: int  # images of this shard kept from earlier runs
     flagged: int  # images of this shard flagged nsfw or black
-    images: int  # rows of the rebuilt manifest (all shards)
-    pending: int  # prompt rows without a valid image yet (other shards still to run)
-    manifest: str
+    images: int | None  # rows of the rebuilt manifest (all shards); None when the merge is left to `merge_images`
+    pending: int | None  # prompt rows without a valid image yet (other shards still to run)
+    manifest: str | None
     model_revision: str
+    settings: dict[str, Any] | None = None  # the generation settings, for `merge_images` (only when not merged)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +167,11 @@ def _is_missing(value: Any) -> bool:
 
 def scheduler_class(name: str) -> type:
     """The diffusers scheduler class called `name`; a clear error for anything else."""
+    with _IMPORT_LOCK:  # diffusers imports its classes lazily, which is not thread-safe (shards run in threads)
+        return _scheduler_class(name)
+
+
+def _scheduler_class(name: str) -> type:
     import diffusers
 
     cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
@@ -198,8 +206,9 @@ def versions() -> dict[str, str]:
 def load_pipeline(path: Path, cfg: GenerateConfig, device, dtype):
     """The Stable Diffusion pipeline of a local model directory, set up for `cfg` on `device` in `dtype`."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
+    with _IMPORT_LOCK:
+        from diffusers import StableDiffusionPipeline
     scheduler_cls = scheduler_class(cfg.scheduler)
     kwargs: dict[str, Any] = {}
     if not cfg.safety_checker:
@@ -354,11 +363,13 @@ def run_generate(
     shard: tuple[int, int] = (0, 1),
     progress: ProgressFn | None = None,
     provenance: Mapping[str, Any] | None = None,
+    merge: bool = True,
 ) -> GenerateSummary:
     """Generate this shard's batch groups of the `prompts` manifest, then rebuild the `images` manifest.
 
     Resumes from the journals of earlier runs (any shard layout). Flagged images are kept and recorded; only
-    problems with the run itself (no prompts manifest, bad config, model not loadable) raise.
+    problems with the run itself (no prompts manifest, bad config, model not loadable) raise. With `merge=False`
+    only this shard's journal is written: one `merge_images` after all shards writes the manifest (the flow).
     """
     import torch
 
@@ -426,12 +437,10 @@ def run_generate(
         if progress:
             progress(done, total, f"group {g}: generated")
 
-    # The shard never enters the manifest: every shard writes the same provenance.
-    facts = {"revision": resolved.revision}
-    # Serialise the rebuilds of concurrently finishing shards, so the last to finish sees every journal.
-    with manifest_lock(workdir, "images"):
-        frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
-        manifest = write_manifest(workdir, IMAGES, frame, {**(provenance or {}), **facts})
+    images = pending = manifest = None
+    if merge:
+        frame, manifest = _write_images_manifest(workdir, cfg, prompts, settings, provenance)
+        images, pending = len(frame), len(prompts) - len(frame)
     return GenerateSummary(
         shard=f"{i}/{n}",
         groups=len(mine),
@@ -439,17 +448,56 @@ def run_generate(
         generated=generated,
         reused=reused,
         flagged=flagged,
-        images=len(frame),
-        pending=len(prompts) - len(frame),
-        manifest=str(manifest),
+        images=images,
+        pending=pending,
+        manifest=None if manifest is None else str(manifest),
         model_revision=resolved.revision,
+        settings=None if merge else settings,
     )
 
 
+def _write_images_manifest(workdir: Path, cfg: GenerateConfig, prompts: pd.DataFrame, settings: dict[str, Any],
+                           provenance: Mapping[str, Any] | None) -> tuple[pd.DataFrame, Path]:
+    """Rebuild the `images` manifest from every shard's journal (the rows whose image is valid under `settings`)."""
+    groups = batch_groups(prompts, cfg.batch_size)
+    fingerprints = [group_fingerprint(settings, group) for group in groups]
+    # The shard never enters the manifest: every shard writes the same provenance.
+    facts = {"revision": settings["model_revision"]}
+    # Serialise the rebuilds of concurrently finishing shards, so the last to finish sees every journal.
+    with manifest_lock(workdir, "images"):
+        frame = _manifest_frame(groups, settings, fingerprints, cfg, workdir, {})
+        manifest = write_manifest(workdir, IMAGES, frame, {**(provenance or {}), **facts})
+    return frame, manifest
+
+
+def merge_images(workdir: str | Path, cfg: GenerateConfig, settings: dict[str, Any],
+                 provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one writer after all shards ran with `merge=False`: the `images` manifest; its row counts."""
+    workdir = Path(workdir)
+    prompts = read_manifest(workdir, PROMPTS)
+    frame, manifest = _write_images_manifest(workdir, cfg, prompts, settings, provenance)
+    return {"images": len(frame), "pending": len(prompts) - len(frame), "manifest": str(manifest)}
+
+
 def generate_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, shard: tuple[int, int] = (0, 1),
-                   progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Images for one shard of the prompts; the images manifest covers every finished shard."""
+                   progress: ProgressFn | None = None, merge: bool = True) -> dict[str, Any]:
+    """Images for one shard of the prompts; the images manifest covers every finished shard (unless `merge=False`:
+    then `merge_stage` writes it once all shards ran)."""
     if cfg.models.image_generator is None:
         raise ModelError("models.image_generator is not configured (the generate stage needs it)")
-    return run_generate(work, cfg.generate, cfg.models.image_generator, shard=shard, progress=progress,
-                        provenance=provenance).as_dict()
+    summary = run_generate(work, cfg.generate, cfg.models.image_generator, shard=shard, progress=progress,
+                           provenance=provenance, merge=merge).as_dict()
+    if merge:
+        summary.pop("settings")
+    return summary
+
+
+def merge_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The images manifest after every shard ran (`merge=False`), with the shards' totals."""
+    settings = [s["settings"] for s in shards]
+    if not settings or any(s != settings[0] for s in settings):
+        raise GenerateError("the shards of this generate run used different settings (model, scheduler, device); "
+                            "run them again with one config")
+    merged = merge_images(work, cfg.generate, settings[0], provenance)
+    totals = {k: sum(s[k] for s in shards) for k in ("groups_run", "generated", "reused", "flagged")}
+    return {**totals, **merged, "model_revision": settings[0]["model_revision"]}
