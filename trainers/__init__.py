@@ -1,1 +1,2 @@
-"""PyTorch datasets over manifests, trainers and evaluation (later issues)."""
+"""Trainers over the manifests: datasets (`data`), the engine (`engine`), methods (`method.METHODS`), heatmaps for
+`is4 eval` (`predict`)."""
