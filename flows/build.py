@@ -2,8 +2,8 @@
 
 Most stages run through one uniform path; the few that really differ have a hook here: ingest opens its source
 (the demo's loopback server lives only as long as the stage) and exports the training layout, generate is mapped
-over shards, verify applies the automatic policy or pauses for reviewers, annotate refreshes the review dataset,
-and caption is a subflow.
+over shards and caption over item shards (each a subflow on the configured task runner, `flows/cluster.py`), verify
+applies the automatic policy or pauses for reviewers, annotate refreshes the review dataset.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 from prefect import flow
 
 from is4.config import BuildConfig, load_config
+from is4.flows.cluster import require_api, run_sharded
 from is4.flows.review import DEFAULT_REVIEWER, WAITING, human_review, review_dataset_task
 from is4.flows.tasks import StageRunner
 from is4.pipeline.ingest.sources import open_ingest_source
-from is4.pipeline.registry import CAPTION, EXPORT, REGISTRY
-from is4.pipeline.stage import Stage
+from is4.pipeline.registry import EXPORT, REGISTRY
+from is4.pipeline.stage import Stage, record_outputs
 
 Hook = Callable[[StageRunner, Stage], dict[str, Any]]
 
@@ -36,21 +37,15 @@ def _uniform(run: StageRunner, stage: Stage) -> dict[str, Any]:
 def _ingest(run: StageRunner, stage: Stage) -> dict[str, Any]:
     with open_ingest_source(run.cfg, run.work) as source:
         provenance = stage.provenance(run.cfg, run.work, files={"csv": source.csv_path})
-        results = {stage.name: run(stage, provenance, csv_path=str(source.csv_path),
-                                   url_template=source.url_template)}
+        results = {stage.name: run_sharded(run, stage, provenance, csv_path=str(source.csv_path),
+                                           url_template=source.url_template)}
     if run.cfg.ingest.export_training_layout:
         results[EXPORT.name] = run(EXPORT)
     return results
 
 
 def _generate(run: StageRunner, stage: Stage) -> dict[str, Any]:
-    n = run.cfg.generate.shards
-    shards = run.shards(stage, n)
-    return {stage.name: {
-        "shards": n, "generated": sum(s["generated"] for s in shards), "reused": sum(s["reused"] for s in shards),
-        "flagged": sum(s["flagged"] for s in shards), "images": max(s["images"] for s in shards),
-        "model_revision": shards[0]["model_revision"],
-    }}
+    return {stage.name: run_sharded(run, stage, merge=False)}  # the subflow's merge writes the manifest
 
 
 def _verify(run: StageRunner, stage: Stage) -> dict[str, Any]:
@@ -66,14 +61,8 @@ def _annotate(run: StageRunner, stage: Stage) -> dict[str, Any]:
     return results
 
 
-@flow(name="caption")
-def caption_flow(workdir: str, config: BuildConfig) -> dict[str, Any]:
-    """The LLM-guidance captions as a subflow of `build-is4` (left out when `caption` is not in `stages`)."""
-    return StageRunner(Path(workdir), config)(CAPTION)
-
-
 def _caption(run: StageRunner, stage: Stage) -> dict[str, Any]:
-    return {stage.name: caption_flow(str(run.work), run.cfg)}
+    return {stage.name: run_sharded(run, stage, merge=False)}
 
 
 HOOKS: dict[str, Hook] = {"ingest": _ingest, "generate": _generate, "verify": _verify, "annotate": _annotate,
@@ -84,6 +73,7 @@ HOOKS: dict[str, Hook] = {"ingest": _ingest, "generate": _generate, "verify": _v
 def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
     """Build IS4 and its training data into one work directory, stage by stage (config `stages`)."""
     cfg = load_config(config_path)
+    require_api(cfg)  # before any stage: a dask build that would lose its records refuses at once
     work = resolve_workdir(cfg, workdir)
     work.mkdir(parents=True, exist_ok=True)
     run = StageRunner(work, cfg)
@@ -91,6 +81,7 @@ def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
     for stage in REGISTRY:
         if stage.name in cfg.stages:
             results |= HOOKS.get(stage.name, _uniform)(run, stage)
+            record_outputs(work, stage)  # also after a sharded stage's merge: what `outputs_intact` checks next
             if results.get("verify", {}).get("status") == WAITING:
                 break  # later stages need the reviewers' decisions
     return results

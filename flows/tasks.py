@@ -7,6 +7,7 @@ journals then redo only what is missing).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from is4.pipeline.stage import Stage, cache_key
 
 PREFECT_STATE_DIR = "state/prefect"
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
-NOT_RETRIED = (FatalError, PermissionError)
+NOT_RETRIED = (FatalError, PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               FileExistsError, MemoryError)
 _ARTIFACT_ROWS = 50
 
 
@@ -54,17 +56,42 @@ def _retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     return not isinstance(state.result(raise_on_failure=False), NOT_RETRIED)
 
 
+def worker_identity() -> dict[str, Any]:
+    """Where a task runs: the process id and, inside a Dask worker, the worker's address (else None)."""
+    address = None
+    try:
+        from distributed import get_worker
+
+        address = get_worker().address
+    except (ImportError, ValueError):
+        pass
+    return {"pid": os.getpid(), "worker": address}
+
+
+def pin_torch_threads(config: BuildConfig) -> None:
+    """`torch.set_num_threads(execution.torch_threads)` when set: float32 CPU bytes depend on the thread count, and
+    Dask workers start with `OMP_NUM_THREADS=1` while the flow process does not."""
+    threads = config.execution.torch_threads
+    if threads is not None:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 @task(cache_key_fn=_cache_key, persist_result=True, retries=2,
       retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient)
 def stage_task(name: str, workdir: str, config: BuildConfig, provenance: dict[str, Any], fingerprint: str,
                label: str, options: dict[str, Any]) -> dict[str, Any]:
     """Run one declared stage (or one shard of it, `label` e.g. `generate 0/2`) and publish its summary."""
     logger = get_run_logger()
+    pin_torch_threads(config)
 
     def progress(done: int, total: int, message: str) -> None:
         logger.info("%s %d/%d %s", label, done, total, message)
 
-    summary = declared(name).load()(Path(workdir), config, provenance, progress=progress, **options)
+    summary = declared(name).run(Path(workdir), config, provenance, progress=progress, **options)
+    summary = {**summary, **worker_identity()}  # where it ran: in the summary and artifact, never in a manifest
     return publish(re.sub(r"[^a-z0-9]+", "-", label.lower()), label, summary)
 
 
@@ -81,18 +108,25 @@ class StageRunner:
                                        refresh_cache=not stage.outputs_intact(self.work, self.cfg))
 
     def __call__(self, stage: Stage, provenance: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-        """Run `stage` once; `provenance` replaces the declared one (ingest's csv is known only at run time)."""
-        provenance = provenance or stage.provenance(self.cfg, self.work)
-        return self._task(stage)(stage.name, str(self.work), self.cfg, provenance,
-                                 cache_key(provenance, self.work), stage.name, options)
+        """Run `stage` once; `provenance` replaces the declared one (ingest's csv is known only at run time).
 
-    def shards(self, stage: Stage, n: int) -> list[dict[str, Any]]:
-        """One task run per shard `(i, n)`, concurrently (Prefect `.map`), each with its own key; results in order."""
-        provenance = stage.provenance(self.cfg, self.work)
+        A cache hit returns the first run's summary marked `cached: True` (its counts are not this run's)."""
+        provenance = provenance or stage.provenance(self.cfg, self.work)
+        state = self._task(stage)(stage.name, str(self.work), self.cfg, provenance,
+                                  cache_key(provenance, self.work), stage.name, options, return_state=True)
+        summary = state.result()
+        return {**summary, "cached": True} if state.name == "Cached" else summary
+
+    def shards(self, stage: Stage, n: int, provenance: dict[str, Any] | None = None,
+               **options: Any) -> list[dict[str, Any]]:
+        """One task run per shard `(i, n)`, concurrently (Prefect `.map` on the flow's task runner), each with its
+        own key (the shard, never in the stage's provenance); `options` go to every shard; results in order."""
+        provenance = provenance or stage.provenance(self.cfg, self.work)
         futures = self._task(stage).map(
             unmapped(stage.name), unmapped(str(self.work)), unmapped(self.cfg), unmapped(provenance),
-            [cache_key(provenance, self.work, shard=f"{i}/{n}") for i in range(n)],
-            [f"{stage.name} {i}/{n}" for i in range(n)],
-            [{"shard": (i, n)} for i in range(n)],
+            # One shard: the whole stage's key and label (its `<stage>-summary` artifact), as an unsharded run.
+            [cache_key(provenance, self.work, **({"shard": f"{i}/{n}"} if n > 1 else {})) for i in range(n)],
+            [f"{stage.name} {i}/{n}" if n > 1 else stage.name for i in range(n)],
+            [{"shard": (i, n), **options} for i in range(n)],
         )
         return [future.result() for future in futures]

@@ -2,7 +2,14 @@
 
 Exit status: 0 when a run completed (rows that failed or were invalid are recorded in the manifests, not fatal);
 2 with a one-line reason when the run itself cannot proceed (bad config, unreadable csv, unwritable work
-directory, no ffmpeg).
+directory, no ffmpeg, another run holding the work directory); 130 when interrupted (Ctrl-C: the run stops within
+`INTERRUPT_GRACE_S` seconds; what finished is journaled, and the same command continues).
+
+Every command that writes into a work directory holds its lock (`manifests.lock.workdir_lock`) for the whole run;
+`generate --shard i/n` and `ingest --csv PART` hold only their part (and share the directory with other parts,
+e.g. shards started by hand on several machines). Read-only commands
+(`manifests`, `stages`, `eval`, `release verify`, `ingest --status`) and the review commands (which only merge
+decisions under the verification manifest's own lock, and run beside a build paused for reviewers) take none.
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ from __future__ import annotations
 import functools
 import getpass
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,17 +51,65 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+INTERRUPT_GRACE_S = 3.0  # after Ctrl-C, seconds for the run to unwind before it exits regardless
+_INTERRUPTED = threading.Event()
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now, without waiting for worker threads still inside a stage: every stage writes each finished
+    item's files atomically, then its journal line, so stopping anywhere leaves nothing half-recorded (the same
+    guarantee as a kill) and the next run resumes."""
+    err_console.print("[bold yellow]interrupted[/]: finished work is journaled; run the same command again to "
+                      "continue", highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _on_sigint(_signum: int, _frame: Any) -> None:
+    if _INTERRUPTED.is_set():
+        _exit_interrupted()  # a second Ctrl-C: at once
+    _INTERRUPTED.set()
+    timer = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
 def cli_errors(command: Callable[P, None]) -> Callable[P, None]:
-    """Turn the project's errors (and OS errors: unreadable, unwritable) into one line on stderr and exit 2."""
+    """Turn the project's errors (and OS errors: unreadable, unwritable) into one line on stderr and exit 2, and
+    Ctrl-C into a prompt stop with exit 130."""
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        # Not where SIGINT is ignored (a shell's background job): Ctrl-C in the terminal is not meant for it.
+        ignored = main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        previous = signal.signal(signal.SIGINT, _on_sigint) if main and not ignored else None
         try:
             command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _exit_interrupted()
         except (Is4Error, OSError) as exc:
             raise _fail(exc) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return run
+
+
+@contextmanager
+def _writing(cfg, work: Path, command: str, stage_names: list[str] | None = None,
+             part: str | None = None) -> Iterator[Path]:
+    """Check what the run needs before it starts (`pipeline.preflight`), then hold the work directory's lock (or
+    only `part`'s, e.g. one shard) for the run; yields the checked work directory."""
+    from is4.manifests.lock import workdir_lock
+    from is4.pipeline.preflight import preflight
+
+    work = preflight(cfg, work, stage_names)
+    with workdir_lock(work, command, part=part):
+        yield work
 
 
 def _print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -89,15 +147,20 @@ def _progress(title: str) -> Iterator[Callable[[int, int, str], None]]:
         yield progress
 
 
-def _run_stage(name: str, cfg, work: Path, files: dict[str, Path | None] | None = None,
+def _run_stage(name: str, cfg, work: Path, files: dict[str, Path | None] | None = None, lock_part: str | None = None,
                **options: Any) -> dict[str, Any]:
-    """Run a declared stage as the flow does (same provenance), with a progress bar; print and return its summary."""
+    """Run a declared stage as the flow does (same provenance), with a progress bar; print and return its summary.
+
+    It holds the work directory's lock, or only `lock_part`'s (by default a `--shard i/n`'s, i.e. n > 1)."""
     from is4.pipeline.registry import stage
 
     declared = stage(name)
-    provenance = declared.provenance(cfg, work, files=files)
-    with _progress(name) as progress:
-        summary = declared.load()(work, cfg, provenance, progress=progress, **options)
+    shard = options.get("shard")
+    part = f"shard {shard[0]}/{shard[1]} of {name}" if shard is not None and shard[1] > 1 else lock_part
+    with _writing(cfg, work, f"is4 {name}" + (f" ({part})" if part else ""), [name], part=part):
+        provenance = declared.provenance(cfg, work, files=files)
+        with _progress(name) as progress:
+            summary = declared.run(work, cfg, provenance, progress=progress, **options)
     _print_summary(name, summary)
     return summary
 
@@ -143,6 +206,9 @@ def ingest(
     status: Annotated[bool, typer.Option("--status", help="print where the work directory's ingest stands (counts "
                                                           "by status and reason, what is retryable, the command "
                                                           "that continues it) and exit")] = False,
+    shard: Annotated[str | None, typer.Option(help="i/n: ingest only the i-th of n contiguous slices of the selection "
+                                                   "(0-based) into its own journal, and write no manifest; a run "
+                                                   "without --shard then writes it, fetching nothing again")] = None,
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
     import shlex
@@ -188,15 +254,27 @@ def ingest(
     argv += [str(v) for k, val in options.items() if val is not None for v in (k, val)]
     argv += [v for s in split or [] for v in ("--split", s)]
     argv += [] if export is None else ["--export" if export else "--no-export"]
+    argv += [] if shard is None else ["--shard", shard]
     command = shlex.join(argv)
-    summary = _run_stage("ingest", cfg, workdir, files={"csv": csv}, csv_path=csv, command=command,
-                         allow_incomplete=True)
+    sharding = {}
+    if shard is not None:
+        from is4.pipeline.images.generate import parse_shard
+
+        sharding = {"shard": parse_shard(shard)}
+    # Parts of one csv may be ingested side by side into one work directory (README): each holds only its part.
+    part = f"ingest of {csv.resolve()}"
+    summary = _run_stage("ingest", cfg, workdir, files={"csv": csv}, lock_part=part, csv_path=csv, command=command,
+                         allow_incomplete=True, **sharding)
     if not summary["complete"]:
         console.print(f"[bold yellow]{summary['pending']} clips pending[/] ({summary['stopped']}). Nothing is lost: "
                       f"continue later with\n  {command}", highlight=False)
         return
+    if shard is not None:
+        console.print(f"shard {shard} done; once every shard is, the same command without --shard writes the clips "
+                      f"manifest (and the export) from all their journals", highlight=False)
+        return
     if cfg.ingest.export_training_layout:
-        _run_stage("export", cfg, workdir)
+        _run_stage("export", cfg, workdir, lock_part=part)
 
 
 def _print_ingest_status(workdir: Path) -> None:
@@ -224,9 +302,11 @@ def export_cmd(
     out: Annotated[Path | None, typer.Option(help="output directory (default WORK/exports/vggsound)")] = None,
 ) -> None:
     """Write frames/{clip_id}.jpg, audio/{clip_id}.wav and ids.csv for existing localisation trainers."""
+    from is4.config import BuildConfig
     from is4.pipeline.ingest.export import export_training_layout
 
-    path, n = export_training_layout(workdir, out)
+    with _writing(BuildConfig(), workdir, "is4 export", []):
+        path, n = export_training_layout(workdir, out)
     console.print(f"exported {n} clips to {path}")
 
 
@@ -254,6 +334,9 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
     from is4.manifests.io import MANIFEST_DIR, read_manifest
     from is4.manifests.schema import TABLES
 
+    if not workdir.is_dir():
+        raise _fail(Is4Error(f"{workdir}: no such work directory" if not workdir.exists() else
+                             f"{workdir}: not a directory"))
     table = Table("table", "rows", "status")
     failed = False
     for name in TABLES:
@@ -356,8 +439,14 @@ def review_done(
     flow_run: Annotated[str | None, typer.Option(help="resume only this flow run id")] = None,
 ) -> None:
     """Resume `build-is4` runs paused for reviewers (on the Prefect server in PREFECT_API_URL)."""
-    from is4.flows.review import resume_paused_builds
+    from prefect.settings import get_current_settings
 
+    from is4.flows.review import ResumeError, resume_paused_builds
+
+    if not get_current_settings().api.url:
+        raise ResumeError("PREFECT_API_URL is not set: `is4 review done` resumes builds paused on a Prefect server "
+                          "(`is4 serve`); an in-process `is4 build` does not pause, it stops: run it again after "
+                          "`is4 review sync`")
     resumed = resume_paused_builds(reviewer, note, flow_run)
     console.print(f"resumed {len(resumed)} paused build(s): {', '.join(resumed) or '-'}")
     if not resumed:
@@ -412,14 +501,15 @@ def annotate_refine(
     from is4.annotation.annotate import refine_instance
 
     cfg, work = _config_and_workdir(config, workdir)
-    if instance:
-        jobs = [(instance, [_parse_point(p) for p in point or []], _parse_box(box) if box else None)]
-    else:
-        jobs = review.pending_refinements(work, cfg.review)
-    for instance_id, points, job_box in jobs:
-        refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
-    if not instance:
-        review.refresh(work, cfg.review, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
+    with _writing(cfg, work, "is4 annotate refine", []):
+        if instance:
+            jobs = [(instance, [_parse_point(p) for p in point or []], _parse_box(box) if box else None)]
+        else:
+            jobs = review.pending_refinements(work, cfg.review)
+        for instance_id, points, job_box in jobs:
+            refine_instance(work, cfg.annotate, cfg.models.segmenter, instance_id, points=points, box=job_box)
+        if not instance:
+            review.refresh(work, cfg.review, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
     console.print(f"refined {len(jobs)} instance(s)")
 
 
@@ -512,17 +602,27 @@ def build(
     config: Annotated[Path, typer.Option(help="build config (YAML), e.g. configs/demo.yaml")],
     workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
 ) -> None:
-    """Run the whole `build-is4` flow in-process (Prefect's local API; nothing to start by hand)."""
+    """Run the whole `build-is4` flow in-process (the Prefect API in PREFECT_API_URL, else a temporary local one
+    for the run; nothing to start by hand)."""
     from is4.config import load_config
 
-    load_config(config)  # fail fast, before Prefect starts its local API
-    from is4.flows.build import build_is4
+    cfg = load_config(config)  # fail fast, before Prefect starts its local API
+    from is4.flows.cluster import require_api
 
-    results = build_is4(config_path=str(config.resolve()), workdir=str(workdir) if workdir else None)
+    require_api(cfg)  # a Dask cluster elsewhere cannot reach a temporary server on this machine's loopback
+    with _writing(cfg, Path(workdir or cfg.workdir).expanduser().resolve(), "is4 build") as work:
+        from is4.flows.build import build_is4
+        from is4.flows.server import prefect_api
+
+        with prefect_api():
+            results = build_is4(config_path=str(config.resolve()), workdir=str(work))
     console.rule("build-is4 finished")
     console.print(f"work directory: {results['workdir']}")
     for stage, summary in results.items():
-        if isinstance(summary, dict):
+        if isinstance(summary, dict) and summary.get("cached"):
+            console.print(f"{stage}: cached (its outputs are intact and its inputs unchanged: not run again)",
+                          highlight=False)
+        elif isinstance(summary, dict):
             _print_summary(stage, summary)
 
 
@@ -541,6 +641,68 @@ def serve(
 
     params = {"config_path": str(config.resolve()), "workdir": str(workdir.resolve()) if workdir else None}
     build_is4.serve(name=name, parameters=params)
+
+
+@app.command()
+@cli_errors
+def train(
+    config: Annotated[Path, typer.Option(help="build config (YAML) with a `train` section")],
+    workdir: WorkdirOption = None,
+    method: Annotated[str | None, typer.Option(help="training method (default: train.method), e.g. alignment")] = None,
+    run: Annotated[Path | None, typer.Option("--run", "--run-dir", help="run directory (default: "
+                                             "WORK/runs/<method>-<config hash>); under torchrun write --run-dir "
+                                             "(torchrun takes --run for its --run-path)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run from its last checkpoint")] = False,
+) -> None:
+    """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
+    -m is4.cli train ...`); checkpoints, metrics and per-epoch scores go to the run directory."""
+    from is4.trainers.engine import train as run_training
+
+    cfg, work = _config_and_workdir(config, workdir)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    summary = run_training(cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume,
+                           progress=rank0)
+    if rank0:
+        last = summary.pop("last") or {}
+        _print_summary("train", {**summary, **{f"last {k}": v for k, v in last.items() if k != "epoch"}})
+
+
+@app.command()
+@cli_errors
+def predict(
+    release_dir: Annotated[Path, typer.Option("--release", help="a release directory or benchmark ground truth")],
+    out: Annotated[Path, typer.Option(help="the .npz of heatmaps to write (what `is4 eval --predictions` reads)")],
+    run: Annotated[Path | None, typer.Option(help="a run directory of `is4 train`")] = None,
+    checkpoint: Annotated[str, typer.Option(help="with --run: best, last, or a checkpoint file")] = "best",
+    weights: Annotated[Path | None, typer.Option(help="instead of --run: an authors'-format checkpoint (e.g. "
+                                                 "SSLalignment's ours_*.pth.tar), shaped by --config's train "
+                                                 "section")] = None,
+    config: ConfigOption = None,
+    gt: Annotated[str, typer.Option(help="box or mask: which ground truth lists the instances")] = "box",
+    batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
+) -> None:
+    """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
+    from is4.trainers.engine import load_run_model
+    from is4.trainers.method import TrainError, get_method
+    from is4.trainers.predict import write_heatmaps
+
+    if (run is None) == (weights is None):
+        raise TrainError("give one of --run (a training run) or --weights (an authors'-format checkpoint)")
+    if run is not None:
+        method, model, ckpt = load_run_model(run, checkpoint)
+        facts = {"method": ckpt["method"], "epoch": ckpt["epoch"]}
+    else:
+        assert weights is not None
+        cfg, _ = _config_and_workdir(config, None)
+        method = get_method(cfg.train, cfg.seed)
+        model = method.build_model()
+        method.import_checkpoint(model, weights)
+        model.eval()
+        facts = {"method": cfg.train.method, "weights": str(weights)}
+    with _progress("predict") as progress:
+        n = write_heatmaps(method, model, release_dir, out, gt=gt, batch_size=batch_size,
+                           progress=lambda done, total: progress(done, total, "instances"))
+    _print_summary("predict", {**facts, "maps": n, "out": str(out)})
 
 
 _register_uniform_commands()

@@ -226,10 +226,45 @@ class GenerateConfig(StrictModel):
     height: int = Field(512, ge=8, multiple_of=8)
     width: int = Field(512, ge=8, multiple_of=8)
     batch_size: int = Field(4, ge=1, le=256)
-    shards: int = Field(1, ge=1, le=1024, description="disjoint shards the flow maps generation over")
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
     safety_checker: bool = Field(True, description="run the checkpoint's safety checker where it has one")
     black_threshold: float = Field(4.0, ge=0, le=255, description="mean pixel value under which an image is black")
+
+
+ShardedStage = Literal["ingest", "generate", "caption"]
+ResourceStage = Literal["ingest", "generate", "caption"]
+
+
+class DaskConfig(StrictModel):
+    """Where `runner: dask` sends the shard tasks: an existing scheduler, or a temporary LocalCluster."""
+
+    address: str | None = Field(None, description="tcp://host:port of a running `dask scheduler`; none = LocalCluster")
+    n_workers: int = Field(2, ge=1, le=1024, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="LocalCluster task slots per worker process")
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+            raise ValueError(f"{value!r} is not a Dask scheduler address (tcp://host:port)")
+        return value
+
+
+class ExecutionConfig(StrictModel):
+    """How the flow runs its sharded stages; never part of provenance (nothing here changes what is made)."""
+
+    runner: Literal["local", "dask"] = "local"
+    dask: DaskConfig = DaskConfig()
+    shards: dict[ShardedStage, Annotated[int, Field(ge=1, le=1024)]] = Field(
+        {}, description="disjoint shards per stage (ingest, generate, caption); 1 when not given")
+    resources: dict[ResourceStage, dict[str, float]] = Field(
+        {}, description="Dask worker resources each shard task of a stage needs, e.g. {generate: {GPU: 1}}")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch.set_num_threads in every task (float32 CPU bytes depend on it)")
+
+    def shards_of(self, stage: str) -> int:
+        """The configured shard count of a stage (1 when not given)."""
+        return self.shards.get(stage, 1)  # type: ignore[call-overload]
 
 
 class PrescreenConfig(StrictModel):
@@ -357,9 +392,139 @@ class ModelsConfig(StrictModel):
     object_phrase: ModelRef | None = None
 
 
+class NeighboursConfig(StrictModel):
+    """The `neighbours` stage: per training clip its top-k most similar clips per modality under pretrained encoders:
+    the alignment method's v_conc / a_conc positives (the paper's self-supervised option: CLIP + Wav2CLIP; Wav2CLIP
+    is not loadable offline, an Audio Spectrogram Transformer stands in)."""
+
+    enabled: bool = Field(False, description="off: the stage writes an empty manifest (it needs two encoders)")
+    image_encoder: ModelRef | None = Field(None, description="a CLIP model (its image features)")
+    audio_encoder: ModelRef | None = Field(None, description="an AST model (its pooled output)")
+    splits: list[str] = ["train"]
+    k: int = Field(1000, ge=1, description="neighbours kept per clip and modality (the paper's k)")
+    batch_size: int = Field(32, ge=1, description="clips per encoder forward pass")
+    chunk: int = Field(1024, ge=1, description="rows of the cosine matrix computed at once (1024 x 144k: 0.6 GB)")
+
+
+# --- training (`is4 train`, `is4.trainers`; not a build stage) ---
+
+
+class AlignmentAudioConfig(StrictModel):
+    """The audio input of the alignment method: a log spectrogram of a window of the clip (authors' test input)."""
+
+    sample_rate: int = 16000
+    clip_seconds: float = Field(10.0, description="the clip is tiled (if short) / cut to this length first")
+    window: list[float] = Field([3.5, 6.5], description="[start, end] s of the anchor view (authors' test window)")
+    nperseg: int = 512
+    noverlap: int = Field(353, description="authors' inference code; the stored spec/ .npy uses 274 (EZ-VSL)")
+    scale: float = Field(12.0, description="log(S + 1e-7) is divided by this")
+
+
+class AlignmentAugmentConfig(StrictModel):
+    """SimCLR-style image augmentations of the v_aug view (strengths: SimCLR's; the paper says only "SimCLR")."""
+
+    crop_scale: list[float] = [0.08, 1.0]
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    jitter: list[float] = Field([0.4, 0.4, 0.4, 0.1], description="brightness, contrast, saturation, hue")
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+
+
+class AlignmentConfig(StrictModel):
+    """The alignment method of the IS4 paper (TPAMI'25 / ICCV'23): two ResNet-18s, s_L + s_A over 9 view pairs."""
+
+    image_size: int = Field(224, description="frames are resized to this (bicubic) before the views")
+    width: int = Field(64, description="ResNet-18 base width (64 = the released model; tests use 8-16)")
+    blocks: list[int] = Field([2, 2, 2, 2], description="basic blocks per stage (2,2,2,2 = ResNet-18)")
+    strides: list[int] = Field([1, 2, 2, 1], description="stage strides (layer4 stride 1 = the released model)")
+    norm: Literal["batch", "group"] = Field("batch", description="group: batch-independent (exact DDP parity)")
+    proj_dim: int = Field(512, description="p_v, p_a = Linear(C,C)-ReLU-Linear(C,proj_dim): shape not published")
+    tau: float = 0.07
+    sl_pool: Literal["mean", "max"] = Field("mean", description="mean = Eq. 3 as written; max = EZ-VSL's MIL")
+    sl_weight: float = 1.0
+    sa_weight: float = 1.0
+    symmetric: bool = Field(False, description="also the audio-to-image direction of each InfoNCE")
+    views: list[Literal["orig", "aug", "conc"]] = Field(
+        ["orig", "aug", "conc"], description="positive views per modality (conc needs train.neighbours)"
+    )
+    audio: AlignmentAudioConfig = AlignmentAudioConfig()
+    augment: AlignmentAugmentConfig = AlignmentAugmentConfig()
+    pretrained_vision: ConfigPath | None = Field(None, description="a local ImageNet ResNet-18 state dict (.pt)")
+
+
+class TrainEvalConfig(StrictModel):
+    """The per-epoch evaluation hook: heatmaps of a release scored by the `is4 eval` harness."""
+
+    release: ConfigPath | None = Field(None, description="a release directory or ground-truth file; none: no eval")
+    gt: Literal["box", "mask"] = "box"
+    protocol: Literal["reference", "exact-k"] = "reference"
+    every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    metric: str = Field("iiou_adaptive", description="the score that picks best.pt (higher is better)")
+    batch_size: int = Field(16, ge=1)
+
+
+class ACLConfig(StrictModel):
+    """The ACL method (WACV'24 ACL-SSL, seed 003): frozen CLIPSeg + BEATs, trainable audio projection and masker.
+
+    Defaults are the public code's (`config/train/Exp_ACL_v1.yaml`, `modules/models.py`) unless noted.
+    """
+
+    clipseg: ModelRef = Field(ModelRef(model_id="CIDAS/clipseg-rd64-refined"),
+                              description="the grounder: Hub id at a pinned revision, a local directory or tiny-random:clipseg")
+    audio_encoder: str = Field("tiny-random:beats", description="beats:<path to the BEATs .pt> or tiny-random:beats")
+    audio_taps: list[int] = Field([3, 7, 11], description="0-based BEATs layers whose outputs are concatenated")
+    audio_seconds: float = Field(10.0, description="the whole clip's fbank, cut or padded with silence to this")
+    fga_dropout: float = Field(0.5, description="dropout of the attentive pooling's unary potential (the code's 0.5)")
+    frozen_train_mode: bool = Field(False, description="true: frozen parts' dropout on in training (the code's)")
+    prompt: str = Field("A photo of {}", description="{} is where the audio token (or the caption phrase) goes")
+    image_size: int = Field(352, description="training crop and test resize")
+    resize: int = Field(387, description="training frames are resized to resize x resize before the crop")
+    mask_init_w: float = Field(10.0, description="image masker w (tuned to real CLIPSeg logits)")
+    mask_init_b: float = Field(14.0, description="image masker b")
+    gumbel_tau: float = 1.0
+    feature_mask_threshold: float = 0.5
+    feature_mask_tau: float = 0.07
+    temperature: float = 0.07
+    acl_f_target: Literal["code", "paper"] = Field(
+        "code", description="code: image b with audio n's mask vs audio b; paper (Eq. 2-3): vs audio n"
+    )
+    area_positive: float = 0.4
+    area_negative: float = 0.0
+    weight_acl_i: float = 1.0
+    weight_acl_f: float = 1.0
+    weight_area_reg: float = 1.0
+    caption_loss: bool = Field(False, description="add L_ACL_C (seed 003 3.6; not in the public code)")
+    weight_caption: float = 1.0
+    heatmap_size: int = Field(224, description="maps are bicubic-resized to this before the sigmoid (the code's)")
+
+
+class TrainConfig(StrictModel):
+    """`is4 train`: a method trained on the manifests of a work directory."""
+
+    method: str = Field("alignment", description="a key of is4.trainers.method.METHODS")
+    splits: list[str] = ["train"]
+    id_list: ConfigPath | None = Field(None, description="clip ids to keep (one per line or first csv column)")
+    neighbours: bool = Field(False, description="read the neighbours manifest for the conc positives")
+    epochs: int = Field(50, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut each epoch short (tiny configs)")
+    batch_size: int = Field(128, ge=1, description="global batch (all ranks): not published, chosen")
+    lr: float = 1e-4
+    weight_decay: float = Field(0.0, description="not published, chosen")
+    num_workers: int = Field(2, ge=0, description="loader workers per rank")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = Field(None, ge=1, description="torch threads per rank on the CPU (default: cores / ranks)")
+    amp: bool = Field(True, description="mixed precision (CUDA only; float32 on the CPU)")
+    compile: bool = Field(False, description="torch.compile the model")
+    eval: TrainEvalConfig = TrainEvalConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+    acl: ACLConfig = ACLConfig()
+
+
 # The build's stages in pipeline order; `is4.pipeline.stages.REGISTRY` declares each of them (a test keeps the two equal).
 StageName = Literal[
-    "ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "caption", "release",
+    "ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "caption",
+    "neighbours", "release",
 ]
 STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -378,8 +543,12 @@ class BuildConfig(StrictModel):
     annotate: AnnotateConfig = AnnotateConfig()
     match: MatchConfig = MatchConfig()
     captions: CaptionsConfig = CaptionsConfig()
+    neighbours: NeighboursConfig = NeighboursConfig()
     release: ReleaseConfig = ReleaseConfig()
     models: ModelsConfig = ModelsConfig()
+    # Left out of every dump, so out of provenance, cache keys and the release's build-config.yaml.
+    execution: ExecutionConfig = Field(ExecutionConfig(), exclude=True)
+    train: TrainConfig = TrainConfig()
 
     def fingerprint(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the whole config, or of the named top-level sections."""

@@ -263,7 +263,28 @@ CAPTIONS = TableSpec(
     path_columns=("image_path", "audio_path"),
 )
 
+NEIGHBOUR_MODALITIES = frozenset({"image", "audio"})
+
+# The k most similar training clips per clip and modality under a pretrained encoder (the alignment method's
+# v_conc / a_conc positives); neighbours sorted by falling cosine, the clip itself excluded.
+NEIGHBOURS = TableSpec(
+    name="neighbours",
+    columns=(
+        _f("clip_id", _str, False),
+        _f("modality", _str, False),
+        _f("neighbours", pa.list_(pa.string()), False),
+        _f("similarities", pa.list_(pa.float32()), False),
+        _f("encoder", _str, False),  # model id
+        _f("encoder_revision", _str, False),  # its resolved revision
+    ),
+    key=("clip_id", "modality"),
+    sort_by=("clip_id", "modality"),
+    enums={"modality": NEIGHBOUR_MODALITIES},
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (CATEGORIES, CLIPS, PROMPTS, IMAGES, PRESCREEN, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS)
+    for spec in (
+        CATEGORIES, CLIPS, PROMPTS, IMAGES, PRESCREEN, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS, NEIGHBOURS,
+    )
 }

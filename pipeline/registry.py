@@ -15,25 +15,31 @@ from is4.pipeline.stage import ALL_SECTIONS, Stage
 
 
 def _all_decided(work: Path, _cfg: BuildConfig) -> bool:
-    from is4.manifests.io import ManifestError
-    from is4.pipeline.verification import undecided
+    from is4.manifests.errors import FatalError
+    from is4.pipeline.verification import ledger_intact, undecided
 
     try:
-        return not undecided(work)
-    except ManifestError:
+        return ledger_intact(work) and not undecided(work)
+    except FatalError:
         return False
 
 
-def _export_intact(work: Path, _cfg: BuildConfig) -> bool:
-    from is4.pipeline.ingest.export import DEFAULT_EXPORT_DIR
+def _prescreen_intact(work: Path, cfg: BuildConfig) -> bool:
+    from is4.pipeline.images.prescreen import prescreen_intact
 
-    return (work / DEFAULT_EXPORT_DIR / "ids.csv").is_file()
+    return prescreen_intact(work, cfg)
+
+
+def _export_intact(work: Path, _cfg: BuildConfig) -> bool:
+    from is4.pipeline.ingest.export import export_intact
+
+    return export_intact(work)
 
 
 def _release_intact(work: Path, cfg: BuildConfig) -> bool:
-    from is4.pipeline.release.layout import release_paths
+    from is4.pipeline.release.stage import release_intact
 
-    return release_paths(work, cfg.release.version)[1].is_file()
+    return release_intact(work, cfg)
 
 
 INGEST = Stage(
@@ -78,6 +84,7 @@ PRESCREEN = Stage(
     config=("prescreen",), models=("prescreen",), reads=("images", "categories"),
     may_read=("verification",),  # its own earlier rows, once the ledger exists
     writes=("prescreen", "verification"),
+    intact=_prescreen_intact,  # its rows in the decision log's projection count among its outputs
 )
 VERIFY = Stage(
     "verify", "every image accepted or rejected (both objects present, recognisable, no extra object)",
@@ -106,6 +113,13 @@ CAPTION = Stage(
     config=("captions",), models=("image_captioner", "audio_captioner", "object_phrase"),
     reads=("clips", "instances"), writes=("captions",),
     may_read=("images",),  # for an instances manifest without the optional image_path column
+)
+NEIGHBOURS = Stage(
+    "neighbours", "per training clip its top-k most similar clips by frame (CLIP) and by audio (AST) embedding: "
+                  "the alignment trainer's positives (config-gated: neighbours.enabled)",
+    "is4.pipeline.neighbours:neighbours_stage",
+    config=("neighbours",),
+    reads=("clips",), writes=("neighbours",),
 )
 RELEASE = Stage(
     "release", "the official-format release with manifests, card, Croissant metadata and checksums, verified",
@@ -136,7 +150,7 @@ def _with_keys(stages: list[Stage]) -> tuple[Stage, ...]:
 
 
 REGISTRY: tuple[Stage, ...] = _with_keys(
-    [INGEST, CATEGORIES, PROMPTS, GENERATE, PRESCREEN, VERIFY, ANNOTATE, MATCH, CAPTION, RELEASE]
+    [INGEST, CATEGORIES, PROMPTS, GENERATE, PRESCREEN, VERIFY, ANNOTATE, MATCH, CAPTION, NEIGHBOURS, RELEASE]
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in (*REGISTRY, EXPORT)}  # EXPORT is keyed on what it reads
 

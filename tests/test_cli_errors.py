@@ -43,6 +43,10 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "eval": ["eval", "--release", str(tmp / MISSING), "--predictions", str(tmp / f"{MISSING}.npz")],
         "build": ["build", "--config", str(bad_config)],
         "serve": ["serve", "--config", str(tmp / f"{MISSING}.yaml")],
+        "neighbours": ["neighbours", "--config", str(bad_config), *w],
+        "train": ["train", "--config", str(tmp / f"{MISSING}.yaml"), *w],
+        "predict": ["predict", "--run", str(tmp / MISSING), "--release", str(tmp / MISSING),
+                    "--out", str(tmp / "m.npz")],
     }
 
 

@@ -394,3 +394,67 @@ def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
 
 
 TINY_BUILDERS["qwen2-audio"] = build_tiny_qwen2_audio
+
+
+# --- ACL trainer: CLIPSeg grounder and BEATs audio encoder ---------------------------------------------------------
+
+TINY_CLIPSEG_IMAGE_SIZE = 64
+
+
+def build_tiny_clipseg(out_dir: Path, seed: int = 0) -> Path:
+    """A CLIPSeg model (CLIP text + 64×64 patch-8 vision tower, two-layer decoder) with the character-level CLIP
+    tokenizer; the trainer does its own image transforms, so no image processor is saved."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    vision = CLIPSegVisionConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, image_size=TINY_CLIPSEG_IMAGE_SIZE, patch_size=8)
+    config = CLIPSegConfig(
+        text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=16,
+        extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    CLIPSegForImageSegmentation(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_beats(out_dir: Path, seed: int = 0) -> Path:
+    """A BEATs checkpoint in the upstream format (`{'cfg': ..., 'model': state_dict}` in `beats.pt`): 12 layers of
+    width 16 with deep norm, shared bucketed relative position bias, gating and an AudioSet-style predictor head."""
+    from is4.trainers.beats import BEATs, BEATsConfig
+
+    torch.manual_seed(seed)
+    cfg = {
+        "input_patch_size": 16, "embed_dim": 8, "encoder_layers": 12, "encoder_embed_dim": 16,
+        "encoder_ffn_embed_dim": 32, "encoder_attention_heads": 2, "deep_norm": True, "conv_pos": 8,
+        "conv_pos_groups": 4, "relative_position_embedding": True, "num_buckets": 32, "max_distance": 64,
+        "gru_rel_pos": True, "finetuned_model": True, "predictor_class": 5,
+    }
+    model = BEATs(BEATsConfig.from_dict(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"cfg": cfg, "model": model.state_dict()}, out_dir / "beats.pt")
+    return out_dir
+
+
+TINY_BUILDERS["clipseg"] = build_tiny_clipseg
+TINY_BUILDERS["beats"] = build_tiny_beats
+
+
+# --- audio encoder (neighbours stage) -----------------------------------------------------------------------------
+
+
+def build_tiny_ast(out_dir: Path, seed: int = 0) -> Path:
+    """An Audio Spectrogram Transformer (2 layers of width 32, 1.28-s input) with its feature extractor: the
+    stand-in for the audio encoder of the neighbours stage (AST / Wav2CLIP)."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    torch.manual_seed(seed)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       max_length=128, num_mel_bins=128, frequency_stride=16, time_stride=16)
+    ASTModel(config).save_pretrained(out_dir)
+    ASTFeatureExtractor(max_length=128, num_mel_bins=128).save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS["ast"] = build_tiny_ast
