@@ -25,7 +25,10 @@ def _config(tmp_path: Path) -> Path:
     config["stages"] = ["categories", "prompts", "generate"]
     config["categories"]["overrides"] = str(ROOT / "configs/category_overrides.yaml")
     config["prompts"]["categories"] = ["cello", "dog"]  # 9 images
-    config["generate"]["batch_size"] = 2  # in 5 groups: an interrupt after the first leaves work to resume
+    # In 9 groups of one, each slow enough (many denoising steps) that the 3-s grace cannot finish the stage even on
+    # a quiet machine: an interrupt after the first leaves work to resume.
+    config["generate"]["batch_size"] = 1
+    config["generate"]["steps"] = 60
     path = tmp_path / "interrupt.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
