@@ -56,7 +56,6 @@ PNG_COMPRESS_LEVEL = 6
 COLUMNS = list(ANNOTATIONS.column_names + ANNOTATIONS.optional_names)
 
 
-
 class AnnotateError(FatalError, ValueError):
     """The annotate stage cannot run on this work directory or instance."""
 
@@ -102,7 +101,6 @@ def read_mask(path: str | Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("L")) >= 128
-
 
 
 def _clean(value: Any) -> Any:
@@ -226,7 +224,8 @@ def run_annotate(
 
     existing = _read_rows(workdir)
     keep = {
-        iid for iid, row in existing.items()
+        iid
+        for iid, row in existing.items()
         if row["image_id"] in wanted
         and (row.get("method") == "refined" or (row.get("mask_path") and (workdir / row["mask_path"]).is_file()))
     }
@@ -269,20 +268,32 @@ def run_annotate(
                 fallback += 1
             else:
                 prompt_box, score = found
-            mask, sam_score = sam.predict(image_id, image, sha, box=prompt_box, multimask=cfg.multimask,
-                                          mask_threshold=cfg.mask_threshold)
+            mask, sam_score = sam.predict(
+                image_id, image, sha, box=prompt_box, multimask=cfg.multimask, mask_threshold=cfg.mask_threshold
+            )
             rel = mask_path(iid)
             atomic_write_bytes(workdir / rel, encode_mask(mask))
             area = int(mask.sum())
             empty += area == 0
             row = {c: None for c in COLUMNS}
-            row.update({
-                "instance_id": iid, "image_id": image_id, "category": cat, "mask_path": rel,
-                "bbox_xyxy": mask_to_box(mask), "method": "auto", "model_id": sam.model_id,
-                "model_revision": sam.revision, "detector_id": det.model_id if det else None,
-                "detector_revision": det.revision if det else None, "detector_score": score,
-                "prompt_box_xyxy": [float(v) for v in prompt_box], "sam_score": sam_score, "area": area,
-            })
+            row.update(
+                {
+                    "instance_id": iid,
+                    "image_id": image_id,
+                    "category": cat,
+                    "mask_path": rel,
+                    "bbox_xyxy": mask_to_box(mask),
+                    "method": "auto",
+                    "model_id": sam.model_id,
+                    "model_revision": sam.revision,
+                    "detector_id": det.model_id if det else None,
+                    "detector_revision": det.revision if det else None,
+                    "detector_score": score,
+                    "prompt_box_xyxy": [float(v) for v in prompt_box],
+                    "sam_score": sam_score,
+                    "area": area,
+                }
+            )
             new_rows[iid] = pending[iid] = row
         if n % FLUSH_EVERY == 0:
             path = _merge_and_write(workdir, pending, accepted_ids, provenance)
@@ -363,16 +374,25 @@ def refine_instance(
     if match.empty:
         raise AnnotateError(f"{instance_id}: image {row['image_id']!r} is not in the images manifest")
     image, sha = _load_image(workdir, match.iloc[0]["image_path"], row["image_id"])
-    prompt_box = new_box or _finite_box(row.get("prompt_box_xyxy")) or [0.0, 0.0, float(image.width),
-                                                                        float(image.height)]
+    prompt_box = (
+        new_box or _finite_box(row.get("prompt_box_xyxy")) or [0.0, 0.0, float(image.width), float(image.height)]
+    )
     if backend is None:
         backend = SamBackend.load(segmenter, workdir, cfg.embedding_cache)
-    mask, score = backend.predict(row["image_id"], image, sha, box=prompt_box, points=pts,
-                                  multimask=cfg.multimask and len(pts) <= 1, mask_threshold=cfg.mask_threshold)
+    mask, score = backend.predict(
+        row["image_id"],
+        image,
+        sha,
+        box=prompt_box,
+        points=pts,
+        multimask=cfg.multimask and len(pts) <= 1,
+        mask_threshold=cfg.mask_threshold,
+    )
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (image.height, image.width):
-        raise AnnotateError(f"{instance_id}: the segmenter returned a {mask.shape} mask for a "
-                            f"{image.height}×{image.width} image")
+        raise AnnotateError(
+            f"{instance_id}: the segmenter returned a {mask.shape} mask for a {image.height}×{image.width} image"
+        )
 
     with manifest_lock(workdir, ANNOTATIONS.name):
         rows = _read_rows(workdir)
@@ -392,19 +412,21 @@ def refine_instance(
         if auto.shape != mask.shape:
             raise AnnotateError(f"{instance_id}: the automatic mask is {auto.shape}, the image {mask.shape}")
         atomic_write_bytes(workdir / final_rel, encode_mask(mask))
-        row.update({
-            "mask_path": final_rel,
-            "method": "refined",
-            "points": json.dumps([[x, y, label] for x, y, label in pts]),
-            "prompt_box_xyxy": [float(v) for v in prompt_box],
-            "bbox_xyxy": mask_to_box(mask),
-            "sam_score": float(score),
-            "auto_mask_path": auto_rel,
-            "auto_iou": mask_iou(auto, mask),
-            "area": int(mask.sum()),
-            "model_id": getattr(backend, "model_id", row.get("model_id")),
-            "model_revision": getattr(backend, "revision", row.get("model_revision")),
-        })
+        row.update(
+            {
+                "mask_path": final_rel,
+                "method": "refined",
+                "points": json.dumps([[x, y, label] for x, y, label in pts]),
+                "prompt_box_xyxy": [float(v) for v in prompt_box],
+                "bbox_xyxy": mask_to_box(mask),
+                "sam_score": float(score),
+                "auto_mask_path": auto_rel,
+                "auto_iou": mask_iou(auto, mask),
+                "area": int(mask.sum()),
+                "model_id": getattr(backend, "model_id", row.get("model_id")),
+                "model_revision": getattr(backend, "revision", row.get("model_revision")),
+            }
+        )
         rows[instance_id] = row
         _write_rows(workdir, rows, read_provenance(workdir, ANNOTATIONS.name))
     return dict(row)
@@ -442,9 +464,12 @@ def qa_report(workdir: str | Path) -> dict[str, Any]:
     return report
 
 
-def annotate_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
+def annotate_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """The annotate stage as the CLI and the flow run it: automatic proposals, then the QA report."""
-    summary = run_annotate(work, cfg.annotate, cfg.models.segmenter, cfg.models.detector, progress=progress,
-                           provenance=provenance)
+    summary = run_annotate(
+        work, cfg.annotate, cfg.models.segmenter, cfg.models.detector, progress=progress, provenance=provenance
+    )
     summary["qa"] = qa_report(work)
     return summary

@@ -59,8 +59,14 @@ class Detector:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
         loaded = load_pretrained(ref, workdir, ROLE, Owlv2ForObjectDetection, Owlv2Processor)
-        return cls(loaded.model, loaded.processor, model_id=loaded.resolved.model_id,
-                   revision=loaded.resolved.revision, device=loaded.device, dtype=loaded.dtype)
+        return cls(
+            loaded.model,
+            loaded.processor,
+            model_id=loaded.resolved.model_id,
+            revision=loaded.resolved.revision,
+            device=loaded.device,
+            dtype=loaded.dtype,
+        )
 
     def scores_and_boxes(self, image, queries: Sequence[str]):
         """(scores: P×Q sigmoid scores, boxes: P×4 image-pixel boxes) over the model's P box predictions."""

@@ -75,9 +75,9 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
-def check_prompt(box: Sequence[float] | None, points: Sequence[Sequence[float]] | None) -> tuple[
-    list[float] | None, list[Point]
-]:
+def check_prompt(
+    box: Sequence[float] | None, points: Sequence[Sequence[float]] | None
+) -> tuple[list[float] | None, list[Point]]:
     """Validated prompt: a box of 4 finite numbers with x1 <= x2, y1 <= y2, points as (x, y, label 0|1)."""
     out_box = None
     if box is not None:
@@ -139,8 +139,10 @@ class _CachedEmbeddings:
         """
         import torch
 
-        if not isinstance(image_sha256, str) or len(image_sha256) != 64 or not all(
-            c in "0123456789abcdef" for c in image_sha256
+        if (
+            not isinstance(image_sha256, str)
+            or len(image_sha256) != 64
+            or not all(c in "0123456789abcdef" for c in image_sha256)
         ):
             raise SamError(f"{image_id}: image_sha256 must be 64 lowercase hex digits, got {image_sha256!r}")
         size = (image.height, image.width)
@@ -161,9 +163,11 @@ class _CachedEmbeddings:
         if entry is None:
             entry = self._compute(image)
             self.stats["encoder_runs"] += 1
-            stored = {"embedding": entry["embedding"].detach().to("cpu"),
-                      "original_size": torch.tensor(entry["original_size"]),
-                      "reshaped_size": torch.tensor(entry["reshaped_size"])}
+            stored = {
+                "embedding": entry["embedding"].detach().to("cpu"),
+                "original_size": torch.tensor(entry["original_size"]),
+                "reshaped_size": torch.tensor(entry["reshaped_size"]),
+            }
             with atomic_path(path) as tmp:
                 torch.save(stored, tmp)
         self._memory[image_sha256] = entry
@@ -172,9 +176,11 @@ class _CachedEmbeddings:
         return self._checked(entry, size, image_id)
 
     def _from_stored(self, stored: dict[str, Any]) -> dict[str, Any]:
-        return {"embedding": stored["embedding"].to(device=self.device, dtype=self.dtype),
-                "original_size": tuple(int(v) for v in stored["original_size"]),
-                "reshaped_size": tuple(int(v) for v in stored["reshaped_size"])}
+        return {
+            "embedding": stored["embedding"].to(device=self.device, dtype=self.dtype),
+            "original_size": tuple(int(v) for v in stored["original_size"]),
+            "reshaped_size": tuple(int(v) for v in stored["reshaped_size"]),
+        }
 
     @staticmethod
     def _checked(entry: dict[str, Any], size: tuple[int, int], image_id: str) -> dict[str, Any]:
@@ -193,8 +199,9 @@ class _CachedEmbeddings:
 class SamBackend(_CachedEmbeddings):
     """SAM through transformers (`SamModel`, `SamProcessor`), with cached image embeddings."""
 
-    def __init__(self, model, processor, *, model_id: str, revision: str, workdir: str | Path, cache_size: int,
-                 device, dtype) -> None:
+    def __init__(
+        self, model, processor, *, model_id: str, revision: str, workdir: str | Path, cache_size: int, device, dtype
+    ) -> None:
         self.model = model
         self.processor = processor
         self.model_id = model_id
@@ -209,9 +216,16 @@ class SamBackend(_CachedEmbeddings):
         from transformers import SamModel, SamProcessor
 
         loaded = load_pretrained(ref, workdir, ROLE, SamModel, SamProcessor)
-        return cls(loaded.model, loaded.processor, model_id=loaded.resolved.model_id,
-                   revision=loaded.resolved.revision, workdir=workdir, cache_size=cache_size, device=loaded.device,
-                   dtype=loaded.dtype)
+        return cls(
+            loaded.model,
+            loaded.processor,
+            model_id=loaded.resolved.model_id,
+            revision=loaded.resolved.revision,
+            workdir=workdir,
+            cache_size=cache_size,
+            device=loaded.device,
+            dtype=loaded.dtype,
+        )
 
     def _compute(self, image) -> dict[str, Any]:
         import torch
@@ -219,13 +233,23 @@ class SamBackend(_CachedEmbeddings):
         inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
         with torch.inference_mode():
             embedding = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
-        return {"embedding": embedding,
-                "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
-                "reshaped_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][0])}
+        return {
+            "embedding": embedding,
+            "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
+            "reshaped_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+        }
 
-    def predict(self, image_id: str, image, image_sha256: str, *, box: Sequence[float] | None = None,
-                points: Sequence[Sequence[float]] | None = None, multimask: bool = True,
-                mask_threshold: float = 0.0) -> tuple[np.ndarray, float]:
+    def predict(
+        self,
+        image_id: str,
+        image,
+        image_sha256: str,
+        *,
+        box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        multimask: bool = True,
+        mask_threshold: float = 0.0,
+    ) -> tuple[np.ndarray, float]:
         """(boolean HxW mask at the image's resolution, SAM's predicted IoU of it) for a box and/or clicks.
 
         Runs only the prompt encoder and the mask decoder on the cached embedding (`image_embeddings=`). With
@@ -243,17 +267,22 @@ class SamBackend(_CachedEmbeddings):
                 [[[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]]], dtype=self.dtype, device=self.device
             )
         if pts:
-            kwargs["input_points"] = torch.tensor([[[[x * sx, y * sy] for x, y, _ in pts]]], dtype=self.dtype,
-                                                  device=self.device)
-            kwargs["input_labels"] = torch.tensor([[[label for _, _, label in pts]]], dtype=torch.int64,
-                                                  device=self.device)
+            kwargs["input_points"] = torch.tensor(
+                [[[[x * sx, y * sy] for x, y, _ in pts]]], dtype=self.dtype, device=self.device
+            )
+            kwargs["input_labels"] = torch.tensor(
+                [[[label for _, _, label in pts]]], dtype=torch.int64, device=self.device
+            )
         with torch.inference_mode():
             out = self.model(image_embeddings=entry["embedding"], multimask_output=multimask, **kwargs)
         scores = out.iou_scores[0, 0].float().cpu()  # (K,)
         best = int(torch.argmax(scores))
         low_res = out.pred_masks[0, :, best : best + 1].float().cpu()  # (1, 1, h, w)
         masks = self.processor.post_process_masks(
-            [low_res], [list(entry["original_size"])], [list(entry["reshaped_size"])], mask_threshold=mask_threshold,
+            [low_res],
+            [list(entry["original_size"])],
+            [list(entry["reshaped_size"])],
+            mask_threshold=mask_threshold,
             binarize=True,
         )
         return masks[0][0, 0].numpy().astype(bool), float(scores[best])
@@ -271,8 +300,9 @@ class SegmentAnythingBackend(_CachedEmbeddings):
     taken from its name (`vit_h`, `vit_l` or `vit_b`; default `vit_h`) and the revision is the file's sha256.
     """
 
-    def __init__(self, predictor, *, model_id: str, revision: str, workdir: str | Path, cache_size: int,
-                 device, dtype) -> None:
+    def __init__(
+        self, predictor, *, model_id: str, revision: str, workdir: str | Path, cache_size: int, device, dtype
+    ) -> None:
         self.predictor = predictor
         self.model_id = model_id
         self.revision = revision
@@ -302,18 +332,36 @@ class SegmentAnythingBackend(_CachedEmbeddings):
         arch = next((a for a in ("vit_h", "vit_l", "vit_b") if a in name), "vit_h")
         model = sam_pkg.sam_model_registry[arch](checkpoint=str(checkpoint)).to(device=device, dtype=dtype).eval()
         predictor = sam_pkg.SamPredictor(model)
-        return cls(predictor, model_id=ref.model_id, revision=file_revision(checkpoint), workdir=workdir,
-                   cache_size=cache_size, device=device, dtype=dtype)
+        return cls(
+            predictor,
+            model_id=ref.model_id,
+            revision=file_revision(checkpoint),
+            workdir=workdir,
+            cache_size=cache_size,
+            device=device,
+            dtype=dtype,
+        )
 
     def _compute(self, image) -> dict[str, Any]:
         rgb = np.asarray(image.convert("RGB"))
         self.predictor.set_image(rgb, image_format="RGB")
-        return {"embedding": self.predictor.features, "original_size": tuple(self.predictor.original_size),
-                "reshaped_size": tuple(self.predictor.input_size)}
+        return {
+            "embedding": self.predictor.features,
+            "original_size": tuple(self.predictor.original_size),
+            "reshaped_size": tuple(self.predictor.input_size),
+        }
 
-    def predict(self, image_id: str, image, image_sha256: str, *, box: Sequence[float] | None = None,
-                points: Sequence[Sequence[float]] | None = None, multimask: bool = True,
-                mask_threshold: float = 0.0) -> tuple[np.ndarray, float]:
+    def predict(
+        self,
+        image_id: str,
+        image,
+        image_sha256: str,
+        *,
+        box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        multimask: bool = True,
+        mask_threshold: float = 0.0,
+    ) -> tuple[np.ndarray, float]:
         """Same contract as `SamBackend.predict` (the predictor rescales the prompts itself)."""
         box, pts = check_prompt(box, points)
         entry = self.image_embedding(image_id, image, image_sha256)

@@ -63,7 +63,7 @@ def make_inputs(root: Path, n: int) -> tuple[list[Path], list[Path], list[tuple[
     t = np.arange(10 * SR) / SR
     for k in range(n):
         pixels = np.full((224, 224, 3), rng.integers(0, 256, 3), np.uint8)
-        pixels[80 + k % 64: 120 + k % 64, 40:184] = rng.integers(0, 256, 3)
+        pixels[80 + k % 64 : 120 + k % 64, 40:184] = rng.integers(0, 256, 3)
         images.append(root / f"image_{k:03d}.png")
         Image.fromarray(pixels).save(images[-1])
         audio = 0.3 * np.sin(2 * np.pi * (220 + 37 * k) * t) + 0.05 * rng.standard_normal(t.size)
@@ -84,12 +84,15 @@ class Result:
 
     def line(self) -> str:
         single, batched = self.items / self.single_s, self.items / self.batched_s
-        return (f"  {self.backend:<34} {single:>10.2f} {batched:>12.2f} {batched / single:>9.2f}x   "
-                f"{'yes' if self.same_text else 'NO'}")
+        return (
+            f"  {self.backend:<34} {single:>10.2f} {batched:>12.2f} {batched / single:>9.2f}x   "
+            f"{'yes' if self.same_text else 'NO'}"
+        )
 
 
 def measure(name: str, captioner, inputs: list, batch: int, repeats: int, device: torch.device) -> Result:
     """Median wall time of captioning all inputs one at a time and in batches of `batch` (after one warm-up each)."""
+
     def run(size: int) -> tuple[float, list]:
         start = time.perf_counter()
         outcome = run_in_batches(inputs, captioner.caption, size)
@@ -138,8 +141,10 @@ def bench_tiny(args: argparse.Namespace) -> list[str]:
             measure("tiny Qwen2-Audio (10-s clips)", qwen, clips, args.batch, args.repeats, device),
             measure("tiny Mistral (object phrase)", phraser, pairs, args.batch, args.repeats, device),
         ]
-    title = (f"tiny random models, CPU float32, {args.items} items, {tokens} new tokens, median of {args.repeats}, "
-             f"{torch.get_num_threads()} torch threads")
+    title = (
+        f"tiny random models, CPU float32, {args.items} items, {tokens} new tokens, median of {args.repeats}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     return report(title, results, args.batch)
 
 
@@ -177,14 +182,35 @@ def blip2_opt_2_7b(work: Path, device: torch.device, dtype: torch.dtype, layers:
     processor.image_processor.size = {"height": 224, "width": 224}
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token.content)
     config = Blip2Config(
-        vision_config=Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=layers or 39,
-                                        num_attention_heads=16, image_size=224, patch_size=14).to_dict(),
-        qformer_config=Blip2QFormerConfig(hidden_size=768, num_hidden_layers=layers or 12, num_attention_heads=12,
-                                          intermediate_size=3072, encoder_hidden_size=1408).to_dict(),
-        text_config=OPTConfig(vocab_size=50272, hidden_size=2560, num_hidden_layers=layers or 32, ffn_dim=10240,
-                              num_attention_heads=32, max_position_embeddings=2048, word_embed_proj_dim=2560,
-                              pad_token_id=1, bos_token_id=2, eos_token_id=2).to_dict(),
-        num_query_tokens=32, image_token_index=image_token,
+        vision_config=Blip2VisionConfig(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=layers or 39,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ).to_dict(),
+        qformer_config=Blip2QFormerConfig(
+            hidden_size=768,
+            num_hidden_layers=layers or 12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            encoder_hidden_size=1408,
+        ).to_dict(),
+        text_config=OPTConfig(
+            vocab_size=50272,
+            hidden_size=2560,
+            num_hidden_layers=layers or 32,
+            ffn_dim=10240,
+            num_attention_heads=32,
+            max_position_embeddings=2048,
+            word_embed_proj_dim=2560,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=2,
+        ).to_dict(),
+        num_query_tokens=32,
+        image_token_index=image_token,
     )
     model = _random(Blip2ForConditionalGeneration, config, device, dtype)
     resolved = ResolvedModel("random:blip2-opt-2.7b", tiny.path, "random")
@@ -198,18 +224,33 @@ def qwen2_audio_7b(work: Path, device: torch.device, dtype: torch.dtype, layers:
     tiny = resolve_model(ModelRef(model_id="tiny-random:qwen2-audio"), work, "audio_captioner")
     processor = AutoProcessor.from_pretrained(tiny.path)
     config = Qwen2AudioConfig(
-        audio_config={"model_type": "qwen2_audio_encoder", "d_model": 1280, "encoder_layers": layers or 32,
-                      "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "num_mel_bins": 128,
-                      "max_source_positions": 1500},
-        text_config={"model_type": "qwen2", "vocab_size": 156032, "hidden_size": 4096, "intermediate_size": 11008,
-                     "num_hidden_layers": layers or 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-                     "max_position_embeddings": 8192, "rope_theta": 10000.0},
+        audio_config={
+            "model_type": "qwen2_audio_encoder",
+            "d_model": 1280,
+            "encoder_layers": layers or 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "num_mel_bins": 128,
+            "max_source_positions": 1500,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": 156032,
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": layers or 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "max_position_embeddings": 8192,
+            "rope_theta": 10000.0,
+        },
         audio_token_index=processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     model = _random(Qwen2AudioForConditionalGeneration, config, device, dtype)
     resolved = ResolvedModel("random:qwen2-audio-7b", tiny.path, "random")
-    return Qwen2AudioCaptioner(model, processor, resolved, prompt="Generate the caption in English:",
-                               max_new_tokens=tokens)
+    return Qwen2AudioCaptioner(
+        model, processor, resolved, prompt="Generate the caption in English:", max_new_tokens=tokens
+    )
 
 
 def mistral_7b(work: Path, device: torch.device, dtype: torch.dtype, layers: int | None, tokens: int):
@@ -218,9 +259,19 @@ def mistral_7b(work: Path, device: torch.device, dtype: torch.dtype, layers: int
 
     tiny = resolve_model(ModelRef(model_id="tiny-random:mistral"), work, "object_phrase")
     tokenizer = AutoTokenizer.from_pretrained(tiny.path)
-    config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
-                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
-                           rope_theta=1e6, sliding_window=None, bos_token_id=1, eos_token_id=2)
+    config = MistralConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=layers or 32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = _random(MistralForCausalLM, config, device, dtype)
     resolved = ResolvedModel("random:mistral-7b-instruct-v0.2", tiny.path, "random")
     ref = ModelRef(model_id=resolved.model_id, dtype=str(dtype).removeprefix("torch."), device=str(device))
@@ -237,9 +288,11 @@ def bench_real_size(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="is4-bench-captions-gpu-") as tmp:
         work = Path(tmp)
         images, clips, pairs = make_inputs(work, args.gpu_items)
-        for name, build, inputs in (("BLIP-2 OPT-2.7b (images)", blip2_opt_2_7b, images),
-                                    ("Qwen2-Audio-7B (10-s clips)", qwen2_audio_7b, clips),
-                                    ("Mistral-7B (object phrase)", mistral_7b, pairs)):
+        for name, build, inputs in (
+            ("BLIP-2 OPT-2.7b (images)", blip2_opt_2_7b, images),
+            ("Qwen2-Audio-7B (10-s clips)", qwen2_audio_7b, clips),
+            ("Mistral-7B (object phrase)", mistral_7b, pairs),
+        ):
             log(f"building {name} with random weights")
             captioner = build(work, device, dtype, args.layers, args.max_new_tokens)
             results.append(measure(name, captioner, inputs, args.batch, args.repeats, device))
@@ -250,8 +303,10 @@ def bench_real_size(args: argparse.Namespace) -> list[str]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     layers = f"{args.layers} layer(s) per stack" if args.layers else "all layers"
-    title = (f"real-size architectures, random weights, {device} bfloat16, {layers}, {args.gpu_items} items, "
-             f"{args.max_new_tokens} new tokens, median of {args.repeats}")
+    title = (
+        f"real-size architectures, random weights, {device} bfloat16, {layers}, {args.gpu_items} items, "
+        f"{args.max_new_tokens} new tokens, median of {args.repeats}"
+    )
     return lines + report(title, results, args.batch)
 
 

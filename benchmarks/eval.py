@@ -69,7 +69,7 @@ def reference_loop(maps, boxes, ids) -> dict:
     ious: dict[str, list[float]] = {"": [], "_adaptive": []}
     for pred, (x1, y1, x2, y2) in zip(maps, boxes.tolist()):
         gt = np.zeros((S, S))
-        gt[int(y1):int(y2), int(x1):int(x2)] = 1
+        gt[int(y1) : int(y2), int(x1) : int(x2)] = 1
         gt_nums = int((gt != 0).sum())
         for suffix, index in (("", int(n_px / 2)), ("_adaptive", n_px - gt_nums)):
             thr = np.sort(pred.flatten())[index]
@@ -149,21 +149,26 @@ def whole_command(tmp: Path, maps, boxes, ids, repeats: int, ref: dict) -> tuple
     """(timing rows, same, peak KiB, .npz MiB) for `is4 eval` on the maps written as an .npz in `tmp`."""
     release, npz = tmp / "IS4", tmp / "maps.npz"
     release.mkdir()
-    entries = [{"image": f"visual_frames/{iid}.jpg", "audio": f"audio_wav/{iid}.wav", "gt_box": box}
-               for iid, box in zip(ids, boxes.tolist())]
+    entries = [
+        {"image": f"visual_frames/{iid}.jpg", "audio": f"audio_wav/{iid}.wav", "gt_box": box}
+        for iid, box in zip(ids, boxes.tolist())
+    ]
     (release / "is4_bbox.json").write_text(json.dumps(entries))
     log(f"writing {npz.name} ({len(ids)} maps)")
     np.savez(npz, **dict(zip(ids, maps)))
     rows, same, peak = [], True, 0
-    for label, extra in (("is4 eval, whole command, --no-baselines", ["--no-baselines"]),
-                         ("is4 eval, whole command, with baselines", []),
-                         ("is4 eval, whole command, with the release's baselines.json", [])):
+    for label, extra in (
+        ("is4 eval, whole command, --no-baselines", ["--no-baselines"]),
+        ("is4 eval, whole command, with baselines", []),
+        ("is4 eval, whole command, with the release's baselines.json", []),
+    ):
         if "baselines.json" in label:  # as a built release ships them (scored once, at build time; not timed)
             from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
             from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL
 
-            (release / BASELINES_FILE).write_text(json.dumps({"protocol": DEFAULT_PROTOCOL,
-                                                              "scores": baseline_scores(release)}))
+            (release / BASELINES_FILE).write_text(
+                json.dumps({"protocol": DEFAULT_PROTOCOL, "scores": baseline_scores(release)})
+            )
         log(label)
         out = tmp / "scores.json"
         command = ["eval", "--release", str(release), "--predictions", str(npz), "--output", str(out), *extra]
@@ -198,16 +203,20 @@ def main() -> None:
     same &= command_same
     t_ref = rows[0][1]
 
-    print(f"IS4 scoring: {n} instances ({args.images} images × 2), 224×224 float32 noise maps, IS4-like boxes, "
-          "the 8 box metrics, reference protocol")
+    print(
+        f"IS4 scoring: {n} instances ({args.images} images × 2), 224×224 float32 noise maps, IS4-like boxes, "
+        "the 8 box metrics, reference protocol"
+    )
     print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, best of {args.repeats}")
     print()
     print(f"{'method':<44}{'seconds':>9}{'instances/s':>13}{'× reference loop':>18}  check")
     for name, seconds, note in rows:
         print(f"{name:<44}{seconds:>9.2f}{n / seconds:>13.0f}{t_ref / seconds:>17.1f}×  {note}")
     print()
-    print(f"maps: {npz_mb:.0f} MiB in the .npz (float32), {n * S * S * 8 / 2**20:.0f} MiB if all held in float64; "
-          f"command peak memory {peak / 1024:.0f} MiB")
+    print(
+        f"maps: {npz_mb:.0f} MiB in the .npz (float32), {n * S * S * 8 / 2**20:.0f} MiB if all held in float64; "
+        f"command peak memory {peak / 1024:.0f} MiB"
+    )
     print(f"same numbers: {'yes' if same else 'NO'}")
     print("reference: " + ", ".join(f"{k} {ref[k]:.4f}" for k in KEYS))
     if not same:

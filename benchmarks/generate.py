@@ -38,8 +38,12 @@ from is4.pipeline.demo.tiny_models import tiny_clip_tokenizer  # noqa: E402
 from is4.pipeline.images.generate import generate_group, load_pipeline, versions  # noqa: E402
 
 BATCH_SIZES = (1, 4, 8)
-PROMPTS = ("a photo of a dog and cello", "cat is next to acoustic guitar", "woman is playing a piano",
-           "a photo of a alarm clock and baby")
+PROMPTS = (
+    "a photo of a dog and cello",
+    "cat is next to acoustic guitar",
+    "woman is playing a piano",
+    "a photo of a alarm clock and baby",
+)
 NEGATIVE = "blurry, low quality, distorted, deformed, text, watermark"
 
 
@@ -50,8 +54,15 @@ def log(message: str) -> None:
 
 def rows(n: int) -> list[dict]:
     """n prompt rows with seeds derived from their ids, as the prompts stage makes them."""
-    return [{"image_id": f"bench_{k:04d}", "prompt": PROMPTS[k % len(PROMPTS)], "negative_prompt": NEGATIVE,
-             "seed": derive_seed(0, f"bench_{k:04d}")} for k in range(n)]
+    return [
+        {
+            "image_id": f"bench_{k:04d}",
+            "prompt": PROMPTS[k % len(PROMPTS)],
+            "negative_prompt": NEGATIVE,
+            "seed": derive_seed(0, f"bench_{k:04d}"),
+        }
+        for k in range(n)
+    ]
 
 
 @dataclass
@@ -71,7 +82,7 @@ def run_all(pipe, items: list[dict], batch_size: int, cfg: GenerateConfig, devic
     """Every row, in consecutive groups of `batch_size` (the stage's batch groups)."""
     out = []
     for k in range(0, len(items), batch_size):
-        out.extend(img for img, _ in generate_group(pipe, items[k:k + batch_size], cfg, device))
+        out.extend(img for img, _ in generate_group(pipe, items[k : k + batch_size], cfg, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return np.stack(out)
@@ -100,12 +111,16 @@ def measure(pipe, items: list[dict], cfg: GenerateConfig, device, repeats: int, 
 
 def table(title: str, results: list[Result], pixels: int) -> list[str]:
     base = results[0].images_per_s
-    lines = [title, f"  {'batch':>5}  {'images/s':>9}  {'speed-up vs 1':>13}  {'warm-up s':>9}  "
-                    f"{'uint8 values != batch 1':>24}"]
+    lines = [
+        title,
+        f"  {'batch':>5}  {'images/s':>9}  {'speed-up vs 1':>13}  {'warm-up s':>9}  {'uint8 values != batch 1':>24}",
+    ]
     for r in results:
         diff = f"{r.differing_pixels} of {pixels}" if r.differing_pixels is not None else "-"
-        lines.append(f"  {r.batch_size:>5}  {r.images_per_s:>9.2f}  {r.images_per_s / base:>12.2f}x  "
-                     f"{r.warmup_s:>9.2f}  {diff:>24}")
+        lines.append(
+            f"  {r.batch_size:>5}  {r.images_per_s:>9.2f}  {r.images_per_s / base:>12.2f}x  "
+            f"{r.warmup_s:>9.2f}  {diff:>24}"
+        )
     return lines
 
 
@@ -115,8 +130,7 @@ def table(title: str, results: list[Result], pixels: int) -> list[str]:
 
 
 def bench_tiny(args: argparse.Namespace) -> list[str]:
-    cfg = GenerateConfig(steps=args.steps, height=args.size, width=args.size, guidance_scale=7.5,
-                         safety_checker=False)
+    cfg = GenerateConfig(steps=args.steps, height=args.size, width=args.size, guidance_scale=7.5, safety_checker=False)
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="is4-bench-generate-") as tmp:
         log("building the tiny model")
@@ -125,8 +139,10 @@ def bench_tiny(args: argparse.Namespace) -> list[str]:
         items = rows(args.images)
         results = measure(pipe, items, cfg, device, args.repeats, "tiny cpu")
     pixels = args.images * args.size * args.size * 3
-    title = (f"tiny SD-1.x, CPU float32, {args.size}x{args.size}, {args.steps} steps, {cfg.scheduler}, "
-             f"{args.images} images, median of {args.repeats}, {torch.get_num_threads()} torch threads")
+    title = (
+        f"tiny SD-1.x, CPU float32, {args.size}x{args.size}, {args.steps} steps, {cfg.scheduler}, "
+        f"{args.images} images, median of {args.repeats}, {torch.get_num_threads()} torch threads"
+    )
     return table(title, results, pixels)
 
 
@@ -136,25 +152,58 @@ def bench_tiny(args: argparse.Namespace) -> list[str]:
 
 # stable-diffusion-v1-5: unet/config.json, vae/config.json, text_encoder/config.json, scheduler/scheduler_config.json
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", center_input_sample=False,
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1, norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+    act_fn="silu",
+    center_input_sample=False,
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    mid_block_scale_factor=1,
+    norm_eps=1e-5,
 )
 SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu",
-    norm_num_groups=32, sample_size=512,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    act_fn="silu",
+    norm_num_groups=32,
+    sample_size=512,
 )
 SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5,
-    bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    layer_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
 )
 SD15_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    steps_offset=1, prediction_type="epsilon", timestep_spacing="leading",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    prediction_type="epsilon",
+    timestep_spacing="leading",
 )
 
 
@@ -173,8 +222,13 @@ def sd15_random_pipeline(device: torch.device, dtype: torch.dtype):
     tokenizer = tiny_clip_tokenizer()
     tokenizer.model_max_length = 77
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe = pipe.to(device=device, dtype=dtype)
@@ -197,9 +251,11 @@ def bench_gpu(args: argparse.Namespace) -> list[str]:
             pipe.unet = torch.compile(pipe.unet)
         label = "compile" if compiled else "eager"
         results = measure(pipe, items, cfg, device, args.repeats, f"sd15 {label}")
-        title = (f"SD-1.5 architecture, random weights, {device} float16, 512x512, {args.gpu_steps} steps, "
-                 f"{cfg.scheduler}, attention {'/'.join(processors)}, UNet {label}, {len(items)} images, "
-                 f"median of {args.repeats}")
+        title = (
+            f"SD-1.5 architecture, random weights, {device} float16, 512x512, {args.gpu_steps} steps, "
+            f"{cfg.scheduler}, attention {'/'.join(processors)}, UNet {label}, {len(items)} images, "
+            f"median of {args.repeats}"
+        )
         lines += ["", *table(title, results, len(items) * 512 * 512 * 3)]
         del pipe
         torch.cuda.empty_cache()

@@ -89,8 +89,10 @@ def make_sections(out_dir: Path, n: int) -> list[Path]:
     out_dir.mkdir(parents=True)
     paths = []
     for i in range(n):
-        segments = [Segment(5.0, COLOURS[i % len(COLOURS)], 300.0 + 50 * i),
-                    Segment(5.0, COLOURS[(i + 3) % len(COLOURS)], 900.0 + 50 * i)]
+        segments = [
+            Segment(5.0, COLOURS[i % len(COLOURS)], 300.0 + 50 * i),
+            Segment(5.0, COLOURS[(i + 3) % len(COLOURS)], 900.0 + 50 * i),
+        ]
         paths.append(make_video(out_dir / f"section{i:02d}.mp4", segments, size=SIZE))
     return paths
 
@@ -101,9 +103,16 @@ def output_paths(out_dir: Path, i: int) -> dict[str, Path]:
 
 def one_pass(source: Path, out: dict[str, Path], cfg: ExtractConfig) -> None:
     extract_clip(
-        source, frame_path=out["frame"], audio_path=out["audio"], spec_path=out["spec"], mel_path=out["mel"],
-        clip_seconds=cfg.clip_seconds, frame_size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
-        sample_rate=cfg.sample_rate, silence_dbfs=cfg.silence_dbfs,
+        source,
+        frame_path=out["frame"],
+        audio_path=out["audio"],
+        spec_path=out["spec"],
+        mel_path=out["mel"],
+        clip_seconds=cfg.clip_seconds,
+        frame_size=cfg.frame_size,
+        jpeg_quality=cfg.jpeg_quality,
+        sample_rate=cfg.sample_rate,
+        silence_dbfs=cfg.silence_dbfs,
     )
 
 
@@ -115,8 +124,25 @@ def _ffmpeg(args: list[str]) -> bytes:
 
 def _decode_pcm(source: Path, cfg: ExtractConfig) -> np.ndarray:
     """One ffmpeg decode of the first clip_seconds of audio to 16-bit mono PCM on a pipe, padded/trimmed to length."""
-    raw = _ffmpeg(["-t", str(cfg.clip_seconds), "-i", str(source.absolute()), "-map", "0:a:0", "-ac", "1",
-                   "-ar", str(cfg.sample_rate), "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1"])
+    raw = _ffmpeg(
+        [
+            "-t",
+            str(cfg.clip_seconds),
+            "-i",
+            str(source.absolute()),
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(cfg.sample_rate),
+            "-c:a",
+            "pcm_s16le",
+            "-f",
+            "s16le",
+            "pipe:1",
+        ]
+    )
     samples = np.frombuffer(raw, dtype=np.int16)
     n = round(cfg.clip_seconds * cfg.sample_rate)
     return samples[:n] if samples.size >= n else np.pad(samples, (0, n - samples.size))
@@ -130,15 +156,56 @@ def per_artifact(source: Path, out: dict[str, Path], cfg: ExtractConfig) -> None
     scale = f",scale=w='if({landscape},-2,{cfg.frame_size})':h='if({landscape},{cfg.frame_size},-2)'"
     select = f"select='lte(t,{cfg.clip_seconds / 2 + FRAME_TIME_TOLERANCE_S!r})'"
     # 1) centre frame: the last frame stamped at or before the midpoint, overwritten in place by `-update 1`.
-    _ffmpeg(["-t", str(cfg.clip_seconds), "-i", src, "-map", "0:v:0",
-             "-vf", select + (scale if cfg.frame_size else ""), "-f", "image2", "-update", "1",
-             "-q:v", str(cfg.jpeg_quality), "-fflags", "+bitexact", "-flags:v", "+bitexact", str(out["frame"])])
+    _ffmpeg(
+        [
+            "-t",
+            str(cfg.clip_seconds),
+            "-i",
+            src,
+            "-map",
+            "0:v:0",
+            "-vf",
+            select + (scale if cfg.frame_size else ""),
+            "-f",
+            "image2",
+            "-update",
+            "1",
+            "-q:v",
+            str(cfg.jpeg_quality),
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            str(out["frame"]),
+        ]
+    )
     # 2) the wav, padded/trimmed to exactly clip_seconds inside ffmpeg.
-    _ffmpeg(["-t", str(cfg.clip_seconds), "-i", src, "-map", "0:a:0", "-ac", "1", "-ar", str(cfg.sample_rate),
-             # Convert first, so that the sample counts of apad/atrim are 16 kHz mono samples.
-             "-af", f"aformat=channel_layouts=mono:sample_rates={cfg.sample_rate},"
-                    f"apad=whole_len={n},atrim=end_sample={n}", "-c:a", "pcm_s16le",
-             "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav", str(out["audio"])])
+    _ffmpeg(
+        [
+            "-t",
+            str(cfg.clip_seconds),
+            "-i",
+            src,
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(cfg.sample_rate),
+            # Convert first, so that the sample counts of apad/atrim are 16 kHz mono samples.
+            "-af",
+            f"aformat=channel_layouts=mono:sample_rates={cfg.sample_rate},apad=whole_len={n},atrim=end_sample={n}",
+            "-c:a",
+            "pcm_s16le",
+            "-fflags",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
+            "-f",
+            "wav",
+            str(out["audio"]),
+        ]
+    )
     # 3) and 4) one audio decode each for the two feature files.
     for name, feature in (("spec", log_spectrogram), ("mel", log_mel)):
         audio = _decode_pcm(source, cfg).astype(np.float32) / INT16_FULL_SCALE
@@ -265,11 +332,49 @@ def make_textured_source(path: Path, seconds: float) -> Path:
     Keyframes every second, as in `make_video`.
     """
     w, h = SIZE
-    _ffmpeg(["-f", "lavfi", "-i", f"testsrc2=s={w}x{h}:r=25:d={seconds},noise=alls=12:allf=t",
-             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:d={seconds}",
-             "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-             "-b:v", "800k", "-maxrate", "800k", "-bufsize", "1600k", "-g", "25", "-keyint_min", "25",
-             "-sc_threshold", "0", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", "-f", "mp4", str(path)])
+    _ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=s={w}x{h}:r=25:d={seconds},noise=alls=12:allf=t",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:sample_rate=44100:d={seconds}",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-b:v",
+            "800k",
+            "-maxrate",
+            "800k",
+            "-bufsize",
+            "1600k",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+            str(path),
+        ]
+    )
     return path
 
 
@@ -372,8 +477,7 @@ def bench_bytes(root: Path, long_seconds: float, repeats: int) -> BytesResult:
             log(f"downloading the 10-s section at {start} s ({label}), repeat {r + 1}/{repeats}")
             runs.append(fetch_section(video_dir, ytid, start, root / f"section_{len(fetches)}_{r}", send_buffer, label))
         fetches[label] = sorted(runs, key=lambda f: f.bytes_served)
-    return BytesResult(long_seconds, source.stat().st_size, boxes.get("moov", 0), boxes.get("mdat", 0), start,
-                       fetches)
+    return BytesResult(long_seconds, source.stat().st_size, boxes.get("moov", 0), boxes.get("mdat", 0), start, fetches)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,10 +532,18 @@ def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleRes
     runs = []
     for label, cap in (("governor cap", cap_per_hour), ("no cap (today's default)", None)):
         with MediaServer(video_dir, throttle=Throttle(limit, THROTTLE_WINDOW_S, THROTTLE_COOLDOWN_S)) as server:
-            cfg = IngestConfig(download=DownloadConfig(
-                url_template=server.page_template("throttled"), workers=4, retries=0, max_videos_per_hour=cap,
-                # the defaults' proportions (15 min, at most an hour, of YouTube's hour)
-                cooldown_s=THROTTLE_COOLDOWN_S / 4, cooldown_max_s=THROTTLE_COOLDOWN_S, give_up_after_s=600.0))
+            cfg = IngestConfig(
+                download=DownloadConfig(
+                    url_template=server.page_template("throttled"),
+                    workers=4,
+                    retries=0,
+                    max_videos_per_hour=cap,
+                    # the defaults' proportions (15 min, at most an hour, of YouTube's hour)
+                    cooldown_s=THROTTLE_COOLDOWN_S / 4,
+                    cooldown_max_s=THROTTLE_COOLDOWN_S,
+                    give_up_after_s=600.0,
+                )
+            )
             log(f"throttle: {label}, {n_clips} clips, server allows {limit} pages per {THROTTLE_WINDOW_S:g} s")
             start = time.perf_counter()
             work = root / f"work_{len(runs)}"
@@ -440,28 +552,67 @@ def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleRes
             pages = [e.t for e in server.log if e.path.startswith("/throttled/")]
             records = Journal(work / JOURNAL, key_field="clip_id").load().values()
             permanent = sum(r["status"] == "failed" and not r["retryable"] for r in records)
-            runs.append(ThrottleRun(label, cap, summary, seconds, server.throttle_episodes,
-                                    _max_in_window(pages, THROTTLE_WINDOW_S), permanent))
+            runs.append(
+                ThrottleRun(
+                    label,
+                    cap,
+                    summary,
+                    seconds,
+                    server.throttle_episodes,
+                    _max_in_window(pages, THROTTLE_WINDOW_S),
+                    permanent,
+                )
+            )
     return ThrottleResult(n_clips, limit, runs)
 
 
 def report_throttle(res: ThrottleResult) -> None:
-    print(f"\n== 4. Ingest from a throttling server: {res.clips} clips; the server allows {res.limit} watch pages per "
-          f"{THROTTLE_WINDOW_S:g} s, then answers 429 for {THROTTLE_COOLDOWN_S:g} s ==")
+    print(
+        f"\n== 4. Ingest from a throttling server: {res.clips} clips; the server allows {res.limit} watch pages per "
+        f"{THROTTLE_WINDOW_S:g} s, then answers 429 for {THROTTLE_COOLDOWN_S:g} s =="
+    )
     rows = []
     for run in res.runs:
         s = run.summary
         cap = f"{run.cap_per_hour:g}" if run.cap_per_hour else "-"
         ratio = f"{run.clips_per_hour / run.cap_per_hour:.2f}x" if run.cap_per_hour else "-"
-        rows.append([run.label, cap, f"{run.clips_per_hour:.0f}", ratio, f"{s.ok}/{s.selected}",
-                     str(run.episodes), str(s.pauses), f"{s.paused_s:.1f} s", str(s.failed),
-                     str(run.permanent_failures), f"{run.max_pages_in_window}/{res.limit}"])
-    print_table(["run", "cap/h", "clips/h", "of cap", "ok", "throttled", "pauses", "paused", "failed",
-                 "permanent", "max pages/window"], rows)
+        rows.append(
+            [
+                run.label,
+                cap,
+                f"{run.clips_per_hour:.0f}",
+                ratio,
+                f"{s.ok}/{s.selected}",
+                str(run.episodes),
+                str(s.pauses),
+                f"{s.paused_s:.1f} s",
+                str(s.failed),
+                str(run.permanent_failures),
+                f"{run.max_pages_in_window}/{res.limit}",
+            ]
+        )
+    print_table(
+        [
+            "run",
+            "cap/h",
+            "clips/h",
+            "of cap",
+            "ok",
+            "throttled",
+            "pauses",
+            "paused",
+            "failed",
+            "permanent",
+            "max pages/window",
+        ],
+        rows,
+    )
     governed = res.runs[0]
-    print(f"governor: {governed.clips_per_hour:.0f} clips/h against a cap of {governed.cap_per_hour:g}/h "
-          f"({governed.clips_per_hour / governed.cap_per_hour:.2f}x, goal >= 0.9x); permanent failures caused by "
-          f"throttling: {sum(r.permanent_failures for r in res.runs)} (goal 0)")
+    print(
+        f"governor: {governed.clips_per_hour:.0f} clips/h against a cap of {governed.cap_per_hour:g}/h "
+        f"({governed.clips_per_hour / governed.cap_per_hour:.2f}x, goal >= 0.9x); permanent failures caused by "
+        f"throttling: {sum(r.permanent_failures for r in res.runs)} (goal 0)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -487,12 +638,16 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def report_extraction(res: ExtractionResult, repeats: int) -> None:
-    print(f"\n== 1. Extraction of {res.clips} 10-s sections ({SIZE[0]}x{SIZE[1]}, default ExtractConfig), "
-          f"median of {repeats} ==")
+    print(
+        f"\n== 1. Extraction of {res.clips} 10-s sections ({SIZE[0]}x{SIZE[1]}, default ExtractConfig), "
+        f"median of {repeats} =="
+    )
     print_table(
         ["design", "ffmpeg runs/clip", "time for all", "clips/s"],
-        [["one pass (extract_clip)", "1", f"{res.one_pass_s:.2f} s", f"{res.clips / res.one_pass_s:.2f}"],
-         ["one ffmpeg per artifact", "4", f"{res.per_artifact_s:.2f} s", f"{res.clips / res.per_artifact_s:.2f}"]],
+        [
+            ["one pass (extract_clip)", "1", f"{res.one_pass_s:.2f} s", f"{res.clips / res.one_pass_s:.2f}"],
+            ["one ffmpeg per artifact", "4", f"{res.per_artifact_s:.2f} s", f"{res.clips / res.per_artifact_s:.2f}"],
+        ],
     )
     print(f"speed-up of one pass: {res.speedup:.2f}x")
     print(f"outputs of the two designs: {res.outputs}")
@@ -500,8 +655,10 @@ def report_extraction(res: ExtractionResult, repeats: int) -> None:
 
 def report_ingest(res: IngestResult, repeats: int) -> None:
     w1, w2 = res.seconds[1], res.seconds[2]
-    print(f"\n== 2. Whole ingest (run_ingest: section download from a loopback MediaServer + extraction), "
-          f"{res.clips} clips, fresh work dir each run, median of {repeats} ==")
+    print(
+        f"\n== 2. Whole ingest (run_ingest: section download from a loopback MediaServer + extraction), "
+        f"{res.clips} clips, fresh work dir each run, median of {repeats} =="
+    )
     print_table(
         ["workers", "time for all", "clips/s"],
         [["1", f"{w1:.2f} s", f"{res.clips / w1:.2f}"], ["2", f"{w2:.2f} s", f"{res.clips / w2:.2f}"]],
@@ -516,25 +673,41 @@ def median_fetch(runs: list[SectionFetch]) -> SectionFetch:
 def report_bytes(res: BytesResult, repeats: int) -> None:
     share = 10.0 / res.long_seconds
     ideal = res.moov_bytes + res.mdat_bytes * share
-    print(f"\n== 3. Bytes fetched for one 10-s section (from {res.start_sec} s) "
-          f"of one {res.long_seconds:g}-s source, median of {repeats} downloads ==")
-    print(f"source file: {mb(res.source_bytes)} ({res.source_bytes * 8 / res.long_seconds / 1e3:.0f} kb/s), "
-          f"moov {mb(res.moov_bytes)}, mdat {mb(res.mdat_bytes)}")
-    print(f"rough need of an ideal client: moov + {share:.1%} of mdat = {mb(ideal)} "
-          f"({ideal / res.source_bytes:.1%} of the file)")
+    print(
+        f"\n== 3. Bytes fetched for one 10-s section (from {res.start_sec} s) "
+        f"of one {res.long_seconds:g}-s source, median of {repeats} downloads =="
+    )
+    print(
+        f"source file: {mb(res.source_bytes)} ({res.source_bytes * 8 / res.long_seconds / 1e3:.0f} kb/s), "
+        f"moov {mb(res.moov_bytes)}, mdat {mb(res.mdat_bytes)}"
+    )
+    print(
+        f"rough need of an ideal client: moov + {share:.1%} of mdat = {mb(ideal)} "
+        f"({ideal / res.source_bytes:.1%} of the file)"
+    )
     rows = []
     for label, runs in res.fetches.items():
         med, low, high = median_fetch(runs), runs[0].bytes_served, runs[-1].bytes_served
-        rows.append([label, str(med.requests), mb(med.bytes_served), f"{med.bytes_served / res.source_bytes:.1%}",
-                     f"{low / res.source_bytes:.1%} - {high / res.source_bytes:.1%}", mb(med.section_bytes)])
+        rows.append(
+            [
+                label,
+                str(med.requests),
+                mb(med.bytes_served),
+                f"{med.bytes_served / res.source_bytes:.1%}",
+                f"{low / res.source_bytes:.1%} - {high / res.source_bytes:.1%}",
+                mb(med.section_bytes),
+            ]
+        )
     print_table(["server", "requests", "bytes served", "of file", "range of runs", "section file"], rows)
     for label, runs in res.fetches.items():
         transfers = median_fetch(runs).transfers
         print(f"per request ({label}, median run): " + "; ".join(f"{rng} -> {mb(n)}" for rng, n in transfers))
-    print("note: the server counts bytes written into its socket buffers, so it over-counts what the client read:\n"
-          "each connection the client drops (yt-dlp's probe, ffmpeg's header read before it seeks, the section read\n"
-          "once it has enough) leaves up to a few MB of loopback socket buffers sent but unread. Capping the send\n"
-          "buffer shows how much of the stock count that is; the receiver's buffer still adds some.")
+    print(
+        "note: the server counts bytes written into its socket buffers, so it over-counts what the client read:\n"
+        "each connection the client drops (yt-dlp's probe, ffmpeg's header read before it seeks, the section read\n"
+        "once it has enough) leaves up to a few MB of loopback socket buffers sent but unread. Capping the send\n"
+        "buffer shows how much of the stock count that is; the receiver's buffer still adds some."
+    )
 
 
 def summary(ext: ExtractionResult, ing: IngestResult, byt: BytesResult) -> None:
@@ -542,26 +715,51 @@ def summary(ext: ExtractionResult, ing: IngestResult, byt: BytesResult) -> None:
     print("\n== Summary ==")
     print_table(
         ["measurement", "baseline", "design", "ratio"],
-        [["extraction, clips/s", f"{ext.clips / ext.per_artifact_s:.2f} (4 ffmpeg)",
-          f"{ext.clips / ext.one_pass_s:.2f} (1 ffmpeg)", f"{ext.speedup:.2f}x"],
-         ["whole ingest, clips/s", f"{ing.clips / ing.seconds[1]:.2f} (workers=1)",
-          f"{ing.clips / ing.seconds[2]:.2f} (workers=2)", f"{ing.seconds[1] / ing.seconds[2]:.2f}x"],
-         ["bytes for one section", f"{mb(byt.source_bytes)} (whole file)",
-          f"{mb(stock.bytes_served)} (served)", f"{stock.bytes_served / byt.source_bytes:.1%}"]],
+        [
+            [
+                "extraction, clips/s",
+                f"{ext.clips / ext.per_artifact_s:.2f} (4 ffmpeg)",
+                f"{ext.clips / ext.one_pass_s:.2f} (1 ffmpeg)",
+                f"{ext.speedup:.2f}x",
+            ],
+            [
+                "whole ingest, clips/s",
+                f"{ing.clips / ing.seconds[1]:.2f} (workers=1)",
+                f"{ing.clips / ing.seconds[2]:.2f} (workers=2)",
+                f"{ing.seconds[1] / ing.seconds[2]:.2f}x",
+            ],
+            [
+                "bytes for one section",
+                f"{mb(byt.source_bytes)} (whole file)",
+                f"{mb(stock.bytes_served)} (served)",
+                f"{stock.bytes_served / byt.source_bytes:.1%}",
+            ],
+        ],
     )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=8, help="clips for the extraction and ingest runs (default 8)")
-    parser.add_argument("--long-seconds", type=float, default=300.0,
-                        help="length of the long source for the bytes measurement (default 300)")
+    parser.add_argument(
+        "--long-seconds",
+        type=float,
+        default=300.0,
+        help="length of the long source for the bytes measurement (default 300)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement, median kept (default 3)")
-    parser.add_argument("--throttle", action="store_true",
-                        help="measure ingest from a throttling server (the governor's cap against no cap) instead")
+    parser.add_argument(
+        "--throttle",
+        action="store_true",
+        help="measure ingest from a throttling server (the governor's cap against no cap) instead",
+    )
     parser.add_argument("--throttle-clips", type=int, default=40, help="clips for --throttle (default 40)")
-    parser.add_argument("--cap-per-hour", type=float, default=3600.0,
-                        help="the governor's max_videos_per_hour for --throttle (default 3600: one a second)")
+    parser.add_argument(
+        "--cap-per-hour",
+        type=float,
+        default=3600.0,
+        help="the governor's max_videos_per_hour for --throttle (default 3600: one a second)",
+    )
     args = parser.parse_args(argv)
     if args.clips < 1 or args.repeats < 1 or args.long_seconds < 20:
         parser.error("need --clips >= 1, --repeats >= 1 and --long-seconds >= 20")
@@ -576,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(machine_facts()))
     started = time.perf_counter()
     if args.throttle:
-        print(f"settings       : --throttle --throttle-clips {args.throttle_clips} --cap-per-hour {args.cap_per_hour:g}")
+        print(
+            f"settings       : --throttle --throttle-clips {args.throttle_clips} --cap-per-hour {args.cap_per_hour:g}"
+        )
         with tempfile.TemporaryDirectory(prefix="is4-bench-") as tmp:
             report_throttle(bench_throttle(Path(tmp), args.throttle_clips, args.cap_per_hour))
         print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")

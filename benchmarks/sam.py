@@ -39,10 +39,18 @@ from is4.annotation.sam import SamBackend  # noqa: E402
 # Vision encoder sizes of the released checkpoints (facebook/sam-vit-base, -huge); the prompt encoder and the mask
 # decoder are the same for all sizes (transformers' defaults: width 256, two-way transformer of depth 2).
 ARCHS = {
-    "vit-b": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-              "global_attn_indexes": [2, 5, 8, 11]},
-    "vit-h": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
-              "global_attn_indexes": [7, 15, 23, 31]},
+    "vit-b": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "global_attn_indexes": [2, 5, 8, 11],
+    },
+    "vit-h": {
+        "hidden_size": 1280,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 16,
+        "global_attn_indexes": [7, 15, 23, 31],
+    },
 }
 
 
@@ -54,8 +62,15 @@ def build(arch: str, device: torch.device):
     from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor, SamVisionConfig
 
     torch.manual_seed(0)
-    vision = SamVisionConfig(**ARCHS[arch], output_channels=256, image_size=1024, patch_size=16, window_size=14,
-                             mlp_ratio=4.0, num_pos_feats=128)
+    vision = SamVisionConfig(
+        **ARCHS[arch],
+        output_channels=256,
+        image_size=1024,
+        patch_size=16,
+        window_size=14,
+        mlp_ratio=4.0,
+        num_pos_feats=128,
+    )
     model = SamModel(SamConfig(vision_config=vision.to_dict())).to(device).eval()
     return model, SamProcessor(image_processor=SamImageProcessorPil())
 
@@ -85,19 +100,36 @@ def bench(arch: str, size: int, repeats: int, device: torch.device, work: Path) 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def full_pass():
-        inputs = processor(images=image, input_boxes=[[box]], input_points=[[[p[:2] for p in points]]],
-                           input_labels=[[[p[2] for p in points]]], return_tensors="pt")
+        inputs = processor(
+            images=image,
+            input_boxes=[[box]],
+            input_points=[[[p[:2] for p in points]]],
+            input_labels=[[[p[2] for p in points]]],
+            return_tensors="pt",
+        )
         with torch.inference_mode():
-            out = model(pixel_values=inputs["pixel_values"].to(device),
-                        input_boxes=inputs["input_boxes"].float().to(device),
-                        input_points=inputs["input_points"].float().to(device),
-                        input_labels=inputs["input_labels"].to(device), multimask_output=False)
-        processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
-                                     inputs["reshaped_input_sizes"])
+            out = model(
+                pixel_values=inputs["pixel_values"].to(device),
+                input_boxes=inputs["input_boxes"].float().to(device),
+                input_points=inputs["input_points"].float().to(device),
+                input_labels=inputs["input_labels"].to(device),
+                multimask_output=False,
+            )
+        processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
 
     def backend(cache_size: int = 4) -> SamBackend:
-        return SamBackend(model, processor, model_id=f"random:{arch}", revision="random", workdir=work,
-                          cache_size=cache_size, device=device, dtype=torch.float32)
+        return SamBackend(
+            model,
+            processor,
+            model_id=f"random:{arch}",
+            revision="random",
+            workdir=work,
+            cache_size=cache_size,
+            device=device,
+            dtype=torch.float32,
+        )
 
     sha = hashlib.sha256(f"bench-{arch}-{size}".encode()).hexdigest()
     warm = backend()
@@ -138,18 +170,26 @@ def main() -> None:
 
     import transformers
 
-    print(f"SAM refinement latency — {args.size}×{args.size} image, box + 2 clicks, single mask, float32, "
-          f"median of {args.repeats}")
-    print(f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-          f"{transformers.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"SAM refinement latency — {args.size}×{args.size} image, box + 2 clicks, single mask, float32, "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+        f"{transformers.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     print()
-    header = (f"{'arch':<6} {'params':>8} {'full pass':>11} {'1st click':>11} {'cached click':>13} "
-              f"{'disk click':>11} {'full/cached':>12}")
+    header = (
+        f"{'arch':<6} {'params':>8} {'full pass':>11} {'1st click':>11} {'cached click':>13} "
+        f"{'disk click':>11} {'full/cached':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['arch']:<6} {r['params'] / 1e6:>7.1f}M {r['full'] * 1e3:>9.1f}ms {r['first'] * 1e3:>9.1f}ms "
-              f"{r['cached'] * 1e3:>11.1f}ms {r['disk'] * 1e3:>9.1f}ms {r['full'] / r['cached']:>11.1f}×")
+        print(
+            f"{r['arch']:<6} {r['params'] / 1e6:>7.1f}M {r['full'] * 1e3:>9.1f}ms {r['first'] * 1e3:>9.1f}ms "
+            f"{r['cached'] * 1e3:>11.1f}ms {r['disk'] * 1e3:>9.1f}ms {r['full'] / r['cached']:>11.1f}×"
+        )
     print()
     print("full pass: preprocess + vision encoder + prompt encoder + mask decoder + post-process (no cache);")
     print("1st click: the first SamBackend.predict of the image (encoder run + embedding saved to disk);")

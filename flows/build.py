@@ -37,8 +37,11 @@ def _uniform(run: StageRunner, stage: Stage) -> dict[str, Any]:
 def _ingest(run: StageRunner, stage: Stage) -> dict[str, Any]:
     with open_ingest_source(run.cfg, run.work) as source:
         provenance = stage.provenance(run.cfg, run.work, files={"csv": source.csv_path})
-        results = {stage.name: run_sharded(run, stage, provenance, csv_path=str(source.csv_path),
-                                           url_template=source.url_template)}
+        results = {
+            stage.name: run_sharded(
+                run, stage, provenance, csv_path=str(source.csv_path), url_template=source.url_template
+            )
+        }
     if run.cfg.ingest.export_training_layout:
         results[EXPORT.name] = run(EXPORT)
     return results
@@ -65,8 +68,13 @@ def _caption(run: StageRunner, stage: Stage) -> dict[str, Any]:
     return {stage.name: run_sharded(run, stage, merge=False)}
 
 
-HOOKS: dict[str, Hook] = {"ingest": _ingest, "generate": _generate, "verify": _verify, "annotate": _annotate,
-                          "caption": _caption}
+HOOKS: dict[str, Hook] = {
+    "ingest": _ingest,
+    "generate": _generate,
+    "verify": _verify,
+    "annotate": _annotate,
+    "caption": _caption,
+}
 
 
 @flow(name="build-is4")

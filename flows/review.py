@@ -38,8 +38,9 @@ def review_dataset_task(workdir: str, config: BuildConfig, reviewer: str) -> dic
     """Pull reviewers' tags into the manifest, then (re)build the FiftyOne dataset from the manifests."""
     from is4.annotation import review
 
-    return review.refresh(Path(workdir), config.review, reviewer, annotate=config.annotate,
-                          segmenter=config.models.segmenter)
+    return review.refresh(
+        Path(workdir), config.review, reviewer, annotate=config.annotate, segmenter=config.models.segmenter
+    )
 
 
 @task(name="review-sync")
@@ -61,8 +62,11 @@ def human_review(work: Path, cfg: BuildConfig) -> dict[str, Any]:
     pending = undecided(work)
     if pending and get_current_settings().api.url is None:
         get_run_logger().warning("%d images wait for reviewers: `is4 review verify`, then build again", len(pending))
-        return {"status": WAITING, "undecided": len(pending),
-                "next": "is4 review verify; is4 review sync; is4 build (cached stages are skipped)"}
+        return {
+            "status": WAITING,
+            "undecided": len(pending),
+            "next": "is4 review verify; is4 review sync; is4 build (cached stages are skipped)",
+        }
     reviewer = DEFAULT_REVIEWER
     if pending:
         get_run_logger().info("%d images wait for reviewers; resume with `is4 review done`", len(pending))
@@ -97,8 +101,9 @@ def resume_paused_builds(reviewer: str, note: str = "", flow_run_id: str | None 
     if flow_run_id:
         run_filter.id = FlowRunFilterId(any_=[flow_run_id])
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["build-is4"])),
-                                     flow_run_filter=run_filter)
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["build-is4"])), flow_run_filter=run_filter
+        )
     for flow_run in runs:
         resume_flow_run(flow_run.id, run_input={"reviewer": reviewer, "note": note})
     return [str(r.id) for r in runs]

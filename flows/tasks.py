@@ -23,8 +23,15 @@ from is4.pipeline.stage import Stage, cache_key
 
 PREFECT_STATE_DIR = "state/prefect"
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
-NOT_RETRIED = (FatalError, PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               FileExistsError, MemoryError)
+NOT_RETRIED = (
+    FatalError,
+    PermissionError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FileExistsError,
+    MemoryError,
+)
 _ARTIFACT_ROWS = 50
 
 
@@ -79,10 +86,22 @@ def pin_torch_threads(config: BuildConfig) -> None:
             torch.set_num_threads(threads)
 
 
-@task(cache_key_fn=_cache_key, persist_result=True, retries=2,
-      retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=_retry_transient)
-def stage_task(name: str, workdir: str, config: BuildConfig, provenance: dict[str, Any], fingerprint: str,
-               label: str, options: dict[str, Any]) -> dict[str, Any]:
+@task(
+    cache_key_fn=_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=_retry_transient,
+)
+def stage_task(
+    name: str,
+    workdir: str,
+    config: BuildConfig,
+    provenance: dict[str, Any],
+    fingerprint: str,
+    label: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
     """Run one declared stage (or one shard of it, `label` e.g. `generate 0/2`) and publish its summary."""
     logger = get_run_logger()
     pin_torch_threads(config)
@@ -104,26 +123,39 @@ class StageRunner:
 
     def _task(self, stage: Stage):
         # A cache hit must never stand in for outputs that were deleted.
-        return stage_task.with_options(name=stage.name, result_storage=self.storage,
-                                       refresh_cache=not stage.outputs_intact(self.work, self.cfg))
+        return stage_task.with_options(
+            name=stage.name, result_storage=self.storage, refresh_cache=not stage.outputs_intact(self.work, self.cfg)
+        )
 
     def __call__(self, stage: Stage, provenance: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """Run `stage` once; `provenance` replaces the declared one (ingest's csv is known only at run time).
 
         A cache hit returns the first run's summary marked `cached: True` (its counts are not this run's)."""
         provenance = provenance or stage.provenance(self.cfg, self.work)
-        state = self._task(stage)(stage.name, str(self.work), self.cfg, provenance,
-                                  cache_key(provenance, self.work), stage.name, options, return_state=True)
+        state = self._task(stage)(
+            stage.name,
+            str(self.work),
+            self.cfg,
+            provenance,
+            cache_key(provenance, self.work),
+            stage.name,
+            options,
+            return_state=True,
+        )
         summary = state.result()
         return {**summary, "cached": True} if state.name == "Cached" else summary
 
-    def shards(self, stage: Stage, n: int, provenance: dict[str, Any] | None = None,
-               **options: Any) -> list[dict[str, Any]]:
+    def shards(
+        self, stage: Stage, n: int, provenance: dict[str, Any] | None = None, **options: Any
+    ) -> list[dict[str, Any]]:
         """One task run per shard `(i, n)`, concurrently (Prefect `.map` on the flow's task runner), each with its
         own key (the shard, never in the stage's provenance); `options` go to every shard; results in order."""
         provenance = provenance or stage.provenance(self.cfg, self.work)
         futures = self._task(stage).map(
-            unmapped(stage.name), unmapped(str(self.work)), unmapped(self.cfg), unmapped(provenance),
+            unmapped(stage.name),
+            unmapped(str(self.work)),
+            unmapped(self.cfg),
+            unmapped(provenance),
             # One shard: the whole stage's key and label (its `<stage>-summary` artifact), as an unsharded run.
             [cache_key(provenance, self.work, **({"shard": f"{i}/{n}"} if n > 1 else {})) for i in range(n)],
             [f"{stage.name} {i}/{n}" if n > 1 else stage.name for i in range(n)],

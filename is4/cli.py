@@ -36,8 +36,9 @@ from is4.manifests.errors import Is4Error
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-app = typer.Typer(help="Build the IS4 benchmark and its VGGSound training data.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Build the IS4 benchmark and its VGGSound training data.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 console = Console()
 err_console = Console(stderr=True)
 P = ParamSpec("P")
@@ -59,8 +60,10 @@ def _exit_interrupted() -> None:
     """Exit 130 now, without waiting for worker threads still inside a stage: every stage writes each finished
     item's files atomically, then its journal line, so stopping anywhere leaves nothing half-recorded (the same
     guarantee as a kill) and the next run resumes."""
-    err_console.print("[bold yellow]interrupted[/]: finished work is journaled; run the same command again to "
-                      "continue", highlight=False)
+    err_console.print(
+        "[bold yellow]interrupted[/]: finished work is journaled; run the same command again to continue",
+        highlight=False,
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
@@ -100,8 +103,9 @@ def cli_errors(command: Callable[P, None]) -> Callable[P, None]:
 
 
 @contextmanager
-def _writing(cfg, work: Path, command: str, stage_names: list[str] | None = None,
-             part: str | None = None) -> Iterator[Path]:
+def _writing(
+    cfg, work: Path, command: str, stage_names: list[str] | None = None, part: str | None = None
+) -> Iterator[Path]:
     """Check what the run needs before it starts (`pipeline.preflight`), then hold the work directory's lock (or
     only `part`'s, e.g. one shard) for the run; yields the checked work directory."""
     from is4.manifests.lock import workdir_lock
@@ -137,8 +141,15 @@ def _config_and_workdir(config: Path | None, workdir: Path | None):
 
 @contextmanager
 def _progress(title: str) -> Iterator[Callable[[int, int, str], None]]:
-    with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+    ) as bar:
         job = bar.add_task("", total=None)
 
         def progress(done: int, total: int, message: str) -> None:
@@ -147,8 +158,14 @@ def _progress(title: str) -> Iterator[Callable[[int, int, str], None]]:
         yield progress
 
 
-def _run_stage(name: str, cfg, work: Path, files: dict[str, Path | None] | None = None, lock_part: str | None = None,
-               **options: Any) -> dict[str, Any]:
+def _run_stage(
+    name: str,
+    cfg,
+    work: Path,
+    files: dict[str, Path | None] | None = None,
+    lock_part: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Run a declared stage as the flow does (same provenance), with a progress bar; print and return its summary.
 
     It holds the work directory's lock, or only `lock_part`'s (by default a `--shard i/n`'s, i.e. n > 1)."""
@@ -182,7 +199,8 @@ def _register_uniform_commands() -> None:
             reads = ", ".join(declared.reads) or "-"
             writes = ", ".join(declared.writes) or "-"
             app.command(declared.name, help=f"{declared.summary}. Reads: {reads}. Writes: {writes}.")(
-                _uniform_command(declared.name, declared.summary))
+                _uniform_command(declared.name, declared.summary)
+            )
 
 
 # Stages whose commands take options of their own, written out below (verify's is `is4 review`).
@@ -203,12 +221,23 @@ def ingest(
     id_list: Annotated[Path | None, typer.Option(help="file of clip ids / YouTube ids to keep")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for subset sampling")] = None,
     export: Annotated[bool | None, typer.Option(help="also write the training layout to WORK/exports/vggsound")] = None,
-    status: Annotated[bool, typer.Option("--status", help="print where the work directory's ingest stands (counts "
-                                                          "by status and reason, what is retryable, the command "
-                                                          "that continues it) and exit")] = False,
-    shard: Annotated[str | None, typer.Option(help="i/n: ingest only the i-th of n contiguous slices of the selection "
-                                                   "(0-based) into its own journal, and write no manifest; a run "
-                                                   "without --shard then writes it, fetching nothing again")] = None,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="print where the work directory's ingest stands (counts "
+            "by status and reason, what is retryable, the command "
+            "that continues it) and exit",
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: ingest only the i-th of n contiguous slices of the selection "
+            "(0-based) into its own journal, and write no manifest; a run "
+            "without --shard then writes it, fetching nothing again"
+        ),
+    ] = None,
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
     import shlex
@@ -234,9 +263,11 @@ def ingest(
         if value is not None:
             section[group][key] = value
     if labels is not None:
-        section["subset"]["labels"] = labels if labels in ("all", "vggss") else [
-            line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        section["subset"]["labels"] = (
+            labels
+            if labels in ("all", "vggss")
+            else [line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+        )
     if export is not None:
         section["export_training_layout"] = export
     if seed is not None:
@@ -244,13 +275,20 @@ def ingest(
     cfg = parse_config(data, "command line")
     # The session's secrets are not in the dump (they never leave the config object): carry them over.
     secrets = {k: getattr(base.ingest.download, k) for k in ("cookies_file", "proxy", "extractor_args")}
-    cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={
-        "download": cfg.ingest.download.model_copy(update=secrets)})})
+    cfg = cfg.model_copy(
+        update={"ingest": cfg.ingest.model_copy(update={"download": cfg.ingest.download.model_copy(update=secrets)})}
+    )
     # The command that continues this run, for `--status` and the stop message (absolute paths, no secrets).
     argv = ["is4", "ingest", "--csv", str(csv.resolve()), "--workdir", str(workdir.resolve())]
-    options = {"--config": config and config.resolve(), "--url-template": url_template, "--workers": workers,
-               "--labels": labels and (labels if labels in ("all", "vggss") else Path(labels).resolve()),
-               "--per-class-cap": per_class_cap, "--id-list": id_list and id_list.resolve(), "--seed": seed}
+    options = {
+        "--config": config and config.resolve(),
+        "--url-template": url_template,
+        "--workers": workers,
+        "--labels": labels and (labels if labels in ("all", "vggss") else Path(labels).resolve()),
+        "--per-class-cap": per_class_cap,
+        "--id-list": id_list and id_list.resolve(),
+        "--seed": seed,
+    }
     argv += [str(v) for k, val in options.items() if val is not None for v in (k, val)]
     argv += [v for s in split or [] for v in ("--split", s)]
     argv += [] if export is None else ["--export" if export else "--no-export"]
@@ -263,15 +301,30 @@ def ingest(
         sharding = {"shard": parse_shard(shard)}
     # Parts of one csv may be ingested side by side into one work directory (README): each holds only its part.
     part = f"ingest of {csv.resolve()}"
-    summary = _run_stage("ingest", cfg, workdir, files={"csv": csv}, lock_part=part, csv_path=csv, command=command,
-                         allow_incomplete=True, **sharding)
+    summary = _run_stage(
+        "ingest",
+        cfg,
+        workdir,
+        files={"csv": csv},
+        lock_part=part,
+        csv_path=csv,
+        command=command,
+        allow_incomplete=True,
+        **sharding,
+    )
     if not summary["complete"]:
-        console.print(f"[bold yellow]{summary['pending']} clips pending[/] ({summary['stopped']}). Nothing is lost: "
-                      f"continue later with\n  {command}", highlight=False)
+        console.print(
+            f"[bold yellow]{summary['pending']} clips pending[/] ({summary['stopped']}). Nothing is lost: "
+            f"continue later with\n  {command}",
+            highlight=False,
+        )
         return
     if shard is not None:
-        console.print(f"shard {shard} done; once every shard is, the same command without --shard writes the clips "
-                      f"manifest (and the export) from all their journals", highlight=False)
+        console.print(
+            f"shard {shard} done; once every shard is, the same command without --shard writes the clips "
+            f"manifest (and the export) from all their journals",
+            highlight=False,
+        )
         return
     if cfg.ingest.export_training_layout:
         _run_stage("export", cfg, workdir, lock_part=part)
@@ -315,7 +368,8 @@ def export_cmd(
 def demo_media(
     out: Annotated[Path, typer.Option(help="directory for the videos and the csv")],
     config: Annotated[Path, typer.Option(help="config whose ingest.demo_media section to use")] = Path(
-        "configs/demo.yaml"),
+        "configs/demo.yaml"
+    ),
 ) -> None:
     """Make the synthetic demo videos and their vggsound-format csv (without serving them)."""
     from is4.config import load_config
@@ -323,8 +377,14 @@ def demo_media(
 
     cfg = load_config(config)
     demo = cfg.ingest.demo_media
-    media = make_demo_media(out, demo.labels, clips_per_label=demo.clips_per_label,
-                            source_seconds=demo.source_seconds, seed=cfg.seed, include_faults=demo.include_faults)
+    media = make_demo_media(
+        out,
+        demo.labels,
+        clips_per_label=demo.clips_per_label,
+        source_seconds=demo.source_seconds,
+        seed=cfg.seed,
+        include_faults=demo.include_faults,
+    )
     console.print(f"{media.clips} demo clips: csv {media.csv_path}, videos in {media.video_dir}")
 
 
@@ -335,8 +395,9 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
     from is4.manifests.schema import TABLES
 
     if not workdir.is_dir():
-        raise _fail(Is4Error(f"{workdir}: no such work directory" if not workdir.exists() else
-                             f"{workdir}: not a directory"))
+        raise _fail(
+            Is4Error(f"{workdir}: no such work directory" if not workdir.exists() else f"{workdir}: not a directory")
+        )
     table = Table("table", "rows", "status")
     failed = False
     for name in TABLES:
@@ -367,9 +428,14 @@ def stages(config: ConfigOption = None) -> None:
         skipped = "" if s.name in (*cfg.stages, EXPORT.name) else "  [dim](not in this config's stages)[/]"
         console.print(f"[bold]{number} {s.name}[/]  {s.summary}{skipped}", highlight=False)
         config = "the whole build config" if s.config == ALL_SECTIONS else ", ".join(s.config)
-        details = [("reads", ", ".join(s.reads)), ("files", ", ".join(s.files(cfg))),
-                   ("writes", ", ".join(s.writes) or "files only"), ("config", config),
-                   ("models", ", ".join(s.model_roles(cfg))), ("seed", "yes" if s.seed else "")]
+        details = [
+            ("reads", ", ".join(s.reads)),
+            ("files", ", ".join(s.files(cfg))),
+            ("writes", ", ".join(s.writes) or "files only"),
+            ("config", config),
+            ("models", ", ".join(s.model_roles(cfg))),
+            ("seed", "yes" if s.seed else ""),
+        ]
         for label, value in details:
             if value:
                 console.print(f"      {label:<7}{value}", highlight=False)
@@ -389,8 +455,7 @@ def generate(
     _run_stage("generate", *_config_and_workdir(config, workdir), shard=parsed)
 
 
-review_app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.",
-                         no_args_is_help=True)
+review_app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 
 
@@ -405,8 +470,9 @@ def _review_config(config: Path | None, workdir: Path | None, address: str | Non
 def review_verify(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
-    view: Annotated[str, typer.Option(help="saved view: to-verify, accepted, rejected, to-annotate, annotated, "
-                                           "needs-fix")] = "to-verify",
+    view: Annotated[
+        str, typer.Option(help="saved view: to-verify, accepted, rejected, to-annotate, annotated, needs-fix")
+    ] = "to-verify",
     reviewer: ReviewerOption = getpass.getuser(),
     address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="App port (default: the config's)")] = None,
@@ -422,8 +488,9 @@ def review_verify(
 
 @review_app.command("sync")
 @cli_errors
-def review_sync(config: ConfigOption = None, workdir: WorkdirOption = None,
-                reviewer: ReviewerOption = getpass.getuser()) -> None:
+def review_sync(
+    config: ConfigOption = None, workdir: WorkdirOption = None, reviewer: ReviewerOption = getpass.getuser()
+) -> None:
     """Write reviewers' decisions (FiftyOne tags) into the `verification` manifest."""
     from is4.annotation import review
 
@@ -444,9 +511,11 @@ def review_done(
     from is4.flows.review import ResumeError, resume_paused_builds
 
     if not get_current_settings().api.url:
-        raise ResumeError("PREFECT_API_URL is not set: `is4 review done` resumes builds paused on a Prefect server "
-                          "(`is4 serve`); an in-process `is4 build` does not pause, it stops: run it again after "
-                          "`is4 review sync`")
+        raise ResumeError(
+            "PREFECT_API_URL is not set: `is4 review done` resumes builds paused on a Prefect server "
+            "(`is4 serve`); an in-process `is4 build` does not pause, it stops: run it again after "
+            "`is4 review sync`"
+        )
     resumed = resume_paused_builds(reviewer, note, flow_run)
     console.print(f"resumed {len(resumed)} paused build(s): {', '.join(resumed) or '-'}")
     if not resumed:
@@ -491,7 +560,9 @@ def _parse_box(text: str) -> list[float]:
 def annotate_refine(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
-    instance: Annotated[str | None, typer.Option(help="instance id; default: every `needs-fix` sample's clicks")] = None,
+    instance: Annotated[
+        str | None, typer.Option(help="instance id; default: every `needs-fix` sample's clicks")
+    ] = None,
     point: Annotated[list[str] | None, typer.Option(help="x,y,label in image pixels (repeatable)")] = None,
     box: Annotated[str | None, typer.Option(help="x1,y1,x2,y2 in image pixels (default: the current box)")] = None,
     reviewer: ReviewerOption = getpass.getuser(),
@@ -553,20 +624,38 @@ def release_verify(path: Annotated[Path, typer.Argument(help="a release director
 @app.command("eval")
 @cli_errors
 def eval_cmd(
-    release_dir: Annotated[Path, typer.Option("--release", help="a release directory, the authors' IS4 folder, or "
-                                              "a benchmark's ground-truth file or folder")],
+    release_dir: Annotated[
+        Path,
+        typer.Option(
+            "--release",
+            help="a release directory, the authors' IS4 folder, or a benchmark's ground-truth file or folder",
+        ),
+    ],
     predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
-    benchmark: Annotated[str | None, typer.Option(help="is4, vggss, flickr, avsbench-s4, avsbench-ms3, vpo-ss or "
-                                                  "vpo-ms (default: what the file names say)")] = None,
-    gt: Annotated[str | None, typer.Option(help="ground truth: box (the papers' tables) or mask (default: box, "
-                                           "or what the file holds)")] = None,
-    protocol: Annotated[str, typer.Option(help="reference (the papers' evaluation code, the default) or exact-k "
-                                          "(cuts keep exactly K pixels, tie-safe)")] = "reference",
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            help="is4, vggss, flickr, avsbench-s4, avsbench-ms3, vpo-ss or vpo-ms (default: what the file names say)"
+        ),
+    ] = None,
+    gt: Annotated[
+        str | None,
+        typer.Option(help="ground truth: box (the papers' tables) or mask (default: box, or what the file holds)"),
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="reference (the papers' evaluation code, the default) or exact-k "
+            "(cuts keep exactly K pixels, tie-safe)"
+        ),
+    ] = "reference",
     output: Annotated[Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here")] = None,
-    per_instance: Annotated[Path | None, typer.Option("--per-instance", help="write per-instance IoUs as Parquet "
-                                                      "here")] = None,
-    baselines: Annotated[bool, typer.Option(help="score the random, centre and oracle baselines beside the "
-                                            "model")] = True,
+    per_instance: Annotated[
+        Path | None, typer.Option("--per-instance", help="write per-instance IoUs as Parquet here")
+    ] = None,
+    baselines: Annotated[
+        bool, typer.Option(help="score the random, centre and oracle baselines beside the model")
+    ] = True,
 ) -> None:
     """Score heatmaps on a benchmark: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score for masks) in percent, beside baselines."""
     from is4.pipeline.evaluation import evaluate as ev
@@ -582,10 +671,15 @@ def eval_cmd(
     reference = {}
     if baselines:
         reference = ev.shipped_baselines(truth, rules) or {
-            kind: base.summary for kind, base in ev.score_baselines(truth, rules).items()}
+            kind: base.summary for kind, base in ev.score_baselines(truth, rules).items()
+        }
     rows = {"model": scored.summary, **reference}
-    console.print(f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}",
-                  soft_wrap=True, highlight=False, markup=False)
+    console.print(
+        f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
     console.print(ev.format_table(rows), soft_wrap=True, highlight=False, markup=False)
     if output:
         from is4.manifests.atomic import atomic_write_json
@@ -620,8 +714,9 @@ def build(
     console.print(f"work directory: {results['workdir']}")
     for stage, summary in results.items():
         if isinstance(summary, dict) and summary.get("cached"):
-            console.print(f"{stage}: cached (its outputs are intact and its inputs unchanged: not run again)",
-                          highlight=False)
+            console.print(
+                f"{stage}: cached (its outputs are intact and its inputs unchanged: not run again)", highlight=False
+            )
         elif isinstance(summary, dict):
             _print_summary(stage, summary)
 
@@ -649,9 +744,16 @@ def train(
     config: Annotated[Path, typer.Option(help="build config (YAML) with a `train` section")],
     workdir: WorkdirOption = None,
     method: Annotated[str | None, typer.Option(help="training method (default: train.method), e.g. alignment")] = None,
-    run: Annotated[Path | None, typer.Option("--run", "--run-dir", help="run directory (default: "
-                                             "WORK/runs/<method>-<config hash>); under torchrun write --run-dir "
-                                             "(torchrun takes --run for its --run-path)")] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            "--run-dir",
+            help="run directory (default: "
+            "WORK/runs/<method>-<config hash>); under torchrun write --run-dir "
+            "(torchrun takes --run for its --run-path)",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run from its last checkpoint")] = False,
 ) -> None:
     """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
@@ -660,8 +762,9 @@ def train(
 
     cfg, work = _config_and_workdir(config, workdir)
     rank0 = os.environ.get("RANK", "0") == "0"
-    summary = run_training(cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume,
-                           progress=rank0)
+    summary = run_training(
+        cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume, progress=rank0
+    )
     if rank0:
         last = summary.pop("last") or {}
         _print_summary("train", {**summary, **{f"last {k}": v for k, v in last.items() if k != "epoch"}})
@@ -674,9 +777,14 @@ def predict(
     out: Annotated[Path, typer.Option(help="the .npz of heatmaps to write (what `is4 eval --predictions` reads)")],
     run: Annotated[Path | None, typer.Option(help="a run directory of `is4 train`")] = None,
     checkpoint: Annotated[str, typer.Option(help="with --run: best, last, or a checkpoint file")] = "best",
-    weights: Annotated[Path | None, typer.Option(help="instead of --run: an authors'-format checkpoint (e.g. "
-                                                 "SSLalignment's ours_*.pth.tar), shaped by --config's train "
-                                                 "section")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead of --run: an authors'-format checkpoint (e.g. "
+            "SSLalignment's ours_*.pth.tar), shaped by --config's train "
+            "section"
+        ),
+    ] = None,
     config: ConfigOption = None,
     gt: Annotated[str, typer.Option(help="box or mask: which ground truth lists the instances")] = "box",
     batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
@@ -700,8 +808,15 @@ def predict(
         model.eval()
         facts = {"method": cfg.train.method, "weights": str(weights)}
     with _progress("predict") as progress:
-        n = write_heatmaps(method, model, release_dir, out, gt=gt, batch_size=batch_size,
-                           progress=lambda done, total: progress(done, total, "instances"))
+        n = write_heatmaps(
+            method,
+            model,
+            release_dir,
+            out,
+            gt=gt,
+            batch_size=batch_size,
+            progress=lambda done, total: progress(done, total, "instances"),
+        )
     _print_summary("predict", {**facts, "maps": n, "out": str(out)})
 
 

@@ -79,20 +79,25 @@ class DownloadConfig(StrictModel):
     force_keyframes_at_cuts: bool = True
     # Pacing: one token bucket and one throttling pause for every worker of every process on this work directory.
     max_videos_per_hour: float | None = Field(
-        None, gt=0, description="cap on video downloads started per hour (YouTube: about 300 per session); null: none")
+        None, gt=0, description="cap on video downloads started per hour (YouTube: about 300 per session); null: none"
+    )
     sleep_interval_s: float | list[float] = Field(
-        0.0, description="seconds between two video starts of the session, or [min, max] for a jittered pause")
+        0.0, description="seconds between two video starts of the session, or [min, max] for a jittered pause"
+    )
     sleep_requests_s: float = Field(0.0, ge=0, description="yt-dlp's sleep_interval_requests (--sleep-requests)")
     cooldown_s: float = Field(900.0, gt=0, description="first pause of the whole session on throttling; doubles")
     cooldown_max_s: float = Field(3600.0, gt=0, description="longest pause")
     give_up_after_s: float | None = Field(
-        6 * 3600.0, gt=0, description="end the run cleanly after this long throttled with no success; null: never")
+        6 * 3600.0, gt=0, description="end the run cleanly after this long throttled with no success; null: never"
+    )
     # Session, passed to yt-dlp (the option each maps to is in the README).
     cookies_file: ConfigPath | None = Field(None, exclude=True, description="Netscape cookies.txt (--cookies)")
     proxy: str | list[str] | None = Field(
-        None, exclude=True, description="--proxy; a list: one per worker, the next one on throttling")
+        None, exclude=True, description="--proxy; a list: one per worker, the next one on throttling"
+    )
     extractor_args: dict[str, dict[str, list[str]]] = Field(
-        {}, exclude=True, description="--extractor-args, e.g. {youtube: {player_client: [web_safari]}}")
+        {}, exclude=True, description="--extractor-args, e.g. {youtube: {player_client: [web_safari]}}"
+    )
     user_agent: str | None = Field(None, description="--user-agent")
     source_address: str | None = Field(None, description="--source-address (the local IP to bind)")
 
@@ -123,8 +128,9 @@ class DownloadConfig(StrictModel):
     @model_validator(mode="after")
     def _cooldowns(self) -> DownloadConfig:
         if self.cooldown_max_s < self.cooldown_s:
-            raise ValueError(f"cooldown_max_s ({self.cooldown_max_s:g}) is shorter than cooldown_s "
-                             f"({self.cooldown_s:g})")
+            raise ValueError(
+                f"cooldown_max_s ({self.cooldown_max_s:g}) is shorter than cooldown_s ({self.cooldown_s:g})"
+            )
         return self
 
     def sleep_range(self) -> tuple[float, float]:
@@ -256,11 +262,14 @@ class ExecutionConfig(StrictModel):
     runner: Literal["local", "dask"] = "local"
     dask: DaskConfig = DaskConfig()
     shards: dict[ShardedStage, Annotated[int, Field(ge=1, le=1024)]] = Field(
-        {}, description="disjoint shards per stage (ingest, generate, caption); 1 when not given")
+        {}, description="disjoint shards per stage (ingest, generate, caption); 1 when not given"
+    )
     resources: dict[ResourceStage, dict[str, float]] = Field(
-        {}, description="Dask worker resources each shard task of a stage needs, e.g. {generate: {GPU: 1}}")
+        {}, description="Dask worker resources each shard task of a stage needs, e.g. {generate: {GPU: 1}}"
+    )
     torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="torch.set_num_threads in every task (float32 CPU bytes depend on it)")
+        None, ge=1, le=1024, description="torch.set_num_threads in every task (float32 CPU bytes depend on it)"
+    )
 
     def shards_of(self, stage: str) -> int:
         """The configured shard count of a stage (1 when not given)."""
@@ -470,8 +479,10 @@ class ACLConfig(StrictModel):
     Defaults are the public code's (`config/train/Exp_ACL_v1.yaml`, `modules/models.py`) unless noted.
     """
 
-    clipseg: ModelRef = Field(ModelRef(model_id="CIDAS/clipseg-rd64-refined"),
-                              description="the grounder: Hub id at a pinned revision, a local directory or tiny-random:clipseg")
+    clipseg: ModelRef = Field(
+        ModelRef(model_id="CIDAS/clipseg-rd64-refined"),
+        description="the grounder: Hub id at a pinned revision, a local directory or tiny-random:clipseg",
+    )
     audio_encoder: str = Field("tiny-random:beats", description="beats:<path to the BEATs .pt> or tiny-random:beats")
     audio_taps: list[int] = Field([3, 7, 11], description="0-based BEATs layers whose outputs are concatenated")
     audio_seconds: float = Field(10.0, description="the whole clip's fbank, cut or padded with silence to this")
@@ -513,7 +524,9 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, description="not published, chosen")
     num_workers: int = Field(2, ge=0, description="loader workers per rank")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int | None = Field(None, ge=1, description="torch threads per rank on the CPU (default: cores / ranks)")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads per rank on the CPU (default: cores / ranks)"
+    )
     amp: bool = Field(True, description="mixed precision (CUDA only; float32 on the CPU)")
     compile: bool = Field(False, description="torch.compile the model")
     eval: TrainEvalConfig = TrainEvalConfig()
@@ -523,8 +536,17 @@ class TrainConfig(StrictModel):
 
 # The build's stages in pipeline order; `is4.pipeline.stages.REGISTRY` declares each of them (a test keeps the two equal).
 StageName = Literal[
-    "ingest", "categories", "prompts", "generate", "prescreen", "verify", "annotate", "match", "caption",
-    "neighbours", "release",
+    "ingest",
+    "categories",
+    "prompts",
+    "generate",
+    "prescreen",
+    "verify",
+    "annotate",
+    "match",
+    "caption",
+    "neighbours",
+    "release",
 ]
 STAGES: tuple[str, ...] = get_args(StageName)
 

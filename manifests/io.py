@@ -83,9 +83,7 @@ def validate_table(spec: TableSpec, table: pa.Table, where: str) -> None:
             raise ManifestError(f"{where}: row {row}: column {f.name!r} must not be empty")
     for f in spec.optional:
         if f.name in table.column_names and not table.column(f.name).type.equals(f.type):
-            raise ManifestError(
-                f"{where}: column {f.name!r} has type {table.column(f.name).type}, expected {f.type}"
-            )
+            raise ManifestError(f"{where}: column {f.name!r} has type {table.column(f.name).type}, expected {f.type}")
     for name, allowed in spec.enums.items():
         if name not in table.column_names:
             continue  # an optional column the stage did not add

@@ -139,11 +139,25 @@ IMAGES = TableSpec(
     optional=tuple(
         _f(name, type_)
         for name, type_ in (
-            ("c1", _str), ("c2", _str), ("negative_prompt", _str), ("batch_group", pa.int64()),
-            ("scheduler", _str), ("scheduler_config", _str), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
-            ("height", pa.int64()), ("width", pa.int64()), ("batch_size", pa.int64()), ("dtype", _str),
-            ("device", _str), ("compile", pa.bool_()), ("safety_checker", pa.bool_()), ("versions", _str),
-            ("mean_pixel", pa.float64()), ("flag", _str), ("flag_reason", _str),
+            ("c1", _str),
+            ("c2", _str),
+            ("negative_prompt", _str),
+            ("batch_group", pa.int64()),
+            ("scheduler", _str),
+            ("scheduler_config", _str),
+            ("steps", pa.int64()),
+            ("guidance_scale", pa.float64()),
+            ("height", pa.int64()),
+            ("width", pa.int64()),
+            ("batch_size", pa.int64()),
+            ("dtype", _str),
+            ("device", _str),
+            ("compile", pa.bool_()),
+            ("safety_checker", pa.bool_()),
+            ("versions", _str),
+            ("mean_pixel", pa.float64()),
+            ("flag", _str),
+            ("flag_reason", _str),
         )
     ),
 )
@@ -285,6 +299,15 @@ NEIGHBOURS = TableSpec(
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        CATEGORIES, CLIPS, PROMPTS, IMAGES, PRESCREEN, VERIFICATION, ANNOTATIONS, INSTANCES, CAPTIONS, NEIGHBOURS,
+        CATEGORIES,
+        CLIPS,
+        PROMPTS,
+        IMAGES,
+        PRESCREEN,
+        VERIFICATION,
+        ANNOTATIONS,
+        INSTANCES,
+        CAPTIONS,
+        NEIGHBOURS,
     )
 }

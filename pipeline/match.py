@@ -41,7 +41,15 @@ from is4.manifests.schema import ANNOTATIONS, CATEGORIES, CLIPS, IMAGES, INSTANC
 from is4.pipeline.stage import ProgressFn
 
 COLUMNS = (
-    "instance_id", "image_id", "category", "clip_id", "audio_path", "label", "reused", "image_path", "mask_path",
+    "instance_id",
+    "image_id",
+    "category",
+    "clip_id",
+    "audio_path",
+    "label",
+    "reused",
+    "image_path",
+    "mask_path",
     "bbox_xyxy",
 )
 _PARQUET_MAGIC = b"PAR1"
@@ -75,8 +83,9 @@ def read_exclusions(paths: list[Path] | tuple[Path, ...]) -> tuple[frozenset[str
             try:
                 schema = pq.read_schema(path)
                 if "clip_id" not in schema.names:
-                    raise MatchError(f"{path}: exclusion manifest has no clip_id column (columns: "
-                                     f"{', '.join(schema.names)})")
+                    raise MatchError(
+                        f"{path}: exclusion manifest has no clip_id column (columns: {', '.join(schema.names)})"
+                    )
                 column = pq.read_table(path, columns=["clip_id"]).column("clip_id")
             except (pa.ArrowInvalid, OSError) as exc:
                 raise MatchError(f"{path}: not a readable Parquet file: {exc}") from exc
@@ -121,8 +130,15 @@ def assign_clips(
             raise MatchError(f"category {cat!r} has no clip to match")
         for k, inst in enumerate(sorted(by_category[cat], key=lambda r: r["instance_id"])):
             clip = pool[k % len(pool)]
-            rows.append({**inst, "clip_id": clip["clip_id"], "label": clip["label"],
-                         "audio_path": clip["audio_path"], "reused": k >= len(pool)})
+            rows.append(
+                {
+                    **inst,
+                    "clip_id": clip["clip_id"],
+                    "label": clip["label"],
+                    "audio_path": clip["audio_path"],
+                    "reused": k >= len(pool),
+                }
+            )
     return sorted(rows, key=lambda r: r["instance_id"])
 
 
@@ -143,8 +159,10 @@ def complete_images(
         if rec["image_id"] not in image_rows:
             raise MatchError(f"instance {rec['instance_id']}: image {rec['image_id']!r} is not in the images manifest")
         if rec["instance_id"] != f"{rec['image_id']}_{rec['category']}":
-            raise MatchError(f"annotation {rec['instance_id']!r}: the id is not {{image_id}}_{{category}} "
-                             f"({rec['image_id']}_{rec['category']})")
+            raise MatchError(
+                f"annotation {rec['instance_id']!r}: the id is not {{image_id}}_{{category}} "
+                f"({rec['image_id']}_{rec['category']})"
+            )
         by_image[rec["image_id"]][rec["category"]] = rec
 
     instances: list[dict[str, Any]] = []
@@ -157,8 +175,10 @@ def complete_images(
         found = by_image.get(image_id, {})
         stray = sorted(set(found) - set(pair))
         if stray:
-            raise MatchError(f"image {image_id}: annotation of {', '.join(map(repr, stray))}, which is not one of the "
-                             f"image's categories {pair[0]!r}, {pair[1]!r}")
+            raise MatchError(
+                f"image {image_id}: annotation of {', '.join(map(repr, stray))}, which is not one of the "
+                f"image's categories {pair[0]!r}, {pair[1]!r}"
+            )
         reasons = []
         for category in sorted(pair):
             rec = found.get(category)
@@ -173,11 +193,16 @@ def complete_images(
             raise MatchError(f"image {image_id}: no image_path in the images manifest")
         for category in sorted(pair):
             rec = found[category]
-            instances.append({
-                "instance_id": rec["instance_id"], "image_id": image_id, "category": category,
-                "image_path": image["image_path"], "mask_path": rec["mask_path"],
-                "bbox_xyxy": [float(v) for v in rec["bbox_xyxy"]],
-            })
+            instances.append(
+                {
+                    "instance_id": rec["instance_id"],
+                    "image_id": image_id,
+                    "category": category,
+                    "image_path": image["image_path"],
+                    "mask_path": rec["mask_path"],
+                    "bbox_xyxy": [float(v) for v in rec["bbox_xyxy"]],
+                }
+            )
     return instances, excluded
 
 
@@ -187,14 +212,18 @@ def check_assignment(rows: list[dict[str, Any]], label_to_category: Mapping[str,
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if label_to_category.get(row["label"]) != row["category"]:
-            raise MatchError(f"bug: instance {row['instance_id']} got clip {row['clip_id']} labelled {row['label']!r}, "
-                             f"which is not category {row['category']!r}")
+            raise MatchError(
+                f"bug: instance {row['instance_id']} got clip {row['clip_id']} labelled {row['label']!r}, "
+                f"which is not category {row['category']!r}"
+            )
         by_image[row["image_id"]].append(row)
     for image_id, pair in sorted(by_image.items()):
         if len(pair) != 2 or pair[0]["category"] == pair[1]["category"] or pair[0]["clip_id"] == pair[1]["clip_id"]:
-            raise MatchError(f"bug: image {image_id} has instances "
-                             + ", ".join(f"{r['instance_id']} → {r['clip_id']}" for r in pair)
-                             + " (two objects of two categories with two different clips expected)")
+            raise MatchError(
+                f"bug: image {image_id} has instances "
+                + ", ".join(f"{r['instance_id']} → {r['clip_id']}" for r in pair)
+                + " (two objects of two categories with two different clips expected)"
+            )
 
 
 def _reason_counts(excluded: Mapping[str, list[str]]) -> dict[str, int]:
@@ -220,9 +249,7 @@ def run_match(
     accepted = set(verification.loc[verification["decision"] == "accept", "image_id"])
     instances, excluded = complete_images(annotations, images, accepted)
 
-    label_to_category = {
-        r.label: r.category_id for r in categories.itertuples() if not is_blank(r.category_id)
-    }
+    label_to_category = {r.label: r.category_id for r in categories.itertuples() if not is_blank(r.category_id)}
     excluded_ids, excluded_ytids = read_exclusions(cfg.exclude_clip_lists)
     wanted = {inst["category"] for inst in instances}
     pools: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -254,14 +281,17 @@ def run_match(
     path = write_manifest(workdir, INSTANCES, frame, dict(provenance or {}))
     by_reason = _reason_counts(excluded)
     released = len({r["image_id"] for r in rows})
-    atomic_write_json(workdir / REPORT_PATH, {
-        "instances_manifest": path.relative_to(workdir).as_posix(),
-        "instances_sha256": sha256_file(path),
-        "images_released": released,
-        "images_excluded": len(excluded),
-        "images_excluded_by_reason": by_reason,
-        "excluded": dict(sorted(excluded.items())),
-    })
+    atomic_write_json(
+        workdir / REPORT_PATH,
+        {
+            "instances_manifest": path.relative_to(workdir).as_posix(),
+            "instances_sha256": sha256_file(path),
+            "images_released": released,
+            "images_excluded": len(excluded),
+            "images_excluded_by_reason": by_reason,
+            "excluded": dict(sorted(excluded.items())),
+        },
+    )
     used = {r["clip_id"] for r in rows}
     return {
         "instances": len(rows),
@@ -278,7 +308,8 @@ def run_match(
     }
 
 
-def match_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                progress: ProgressFn | None = None) -> dict[str, Any]:
+def match_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """A VGGSound clip of its category for both objects of every complete image, seeded, with the leakage guard."""
     return run_match(work, cfg.match, cfg.seed, provenance=provenance)

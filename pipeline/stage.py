@@ -34,8 +34,15 @@ logger = logging.getLogger(__name__)
 
 
 class StageEntry(Protocol):
-    def __call__(self, work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                 progress: ProgressFn | None = None, **options: Any) -> dict[str, Any]:
+    def __call__(
+        self,
+        work: Path,
+        cfg: BuildConfig,
+        provenance: dict[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Run the stage; write `provenance` (plus facts only the run knows) into its manifests; return a summary.
 
         Stages that take long report `progress`; quick ones accept it and say nothing.
@@ -79,8 +86,9 @@ class Stage:
         """The model roles this run uses (a stage may use a model only when a setting asks for it)."""
         return self.models(cfg) if callable(self.models) else self.models
 
-    def provenance(self, cfg: BuildConfig, work: Path,
-                   files: Mapping[str, Path | None] | None = None) -> dict[str, Any]:
+    def provenance(
+        self, cfg: BuildConfig, work: Path, files: Mapping[str, Path | None] | None = None
+    ) -> dict[str, Any]:
         """Everything the output depends on: the dict written into the stage's manifests and hashed for its cache.
 
         `files` replaces the declared input files (ingest's csv is known only once its source is open).
@@ -94,15 +102,24 @@ class Stage:
             "config": sections,
             "models": {role: _model_key(getattr(cfg.models, role)) for role in self.model_roles(cfg)},
             "inputs_sha256": {t: sha256_if_exists(manifest_path(work, t)) for t in inputs},
-            "files_sha256": {label: sha256_if_exists(Path(p)) if p else None
-                             for label, p in (self.files(cfg) if files is None else files).items()},
+            "files_sha256": {
+                label: sha256_if_exists(Path(p)) if p else None
+                for label, p in (self.files(cfg) if files is None else files).items()
+            },
         }
         if self.seed:
             key["seed"] = cfg.seed
         return key
 
-    def run(self, work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-            progress: ProgressFn | None = None, **options: Any) -> dict[str, Any]:
+    def run(
+        self,
+        work: Path,
+        cfg: BuildConfig,
+        provenance: dict[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Run the entry, then record the sha256 of every file its manifests list (what `outputs_intact` checks).
 
         A shard writes no manifest (the stage's merge does, and the flow records after it): nothing to record.
@@ -121,8 +138,9 @@ class Stage:
         if self.intact is not None:
             return self.intact(work, cfg)
         record = _read_record(work, self.name)
-        return all([manifest_intact(work, table, skip=self.unlisted_paths, record=record.get(table))
-                    for table in self.writes])  # a list: every table is checked (and its damage removed)
+        return all(
+            [manifest_intact(work, table, skip=self.unlisted_paths, record=record.get(table)) for table in self.writes]
+        )  # a list: every table is checked (and its damage removed)
 
 
 def cache_key(provenance: Mapping[str, Any], work: Path, **extra: Any) -> str:
@@ -156,8 +174,10 @@ def record_outputs(work: Path, stage: Stage) -> None:
             continue
         files = _listed_files(frame, table, stage.unlisted_paths)
         cache = HashCache(work, table)
-        tables[table] = {"manifest_sha256": sha256_file(manifest_path(work, table)),
-                         "files": {rel: cache.sha256(rel) for rel in sorted(files)}}
+        tables[table] = {
+            "manifest_sha256": sha256_file(manifest_path(work, table)),
+            "files": {rel: cache.sha256(rel) for rel in sorted(files)},
+        }
         cache.save()
     atomic_write_json(work / OUTPUTS_DIR / f"{stage.name}.json", tables)
 
@@ -170,8 +190,12 @@ def _read_record(work: Path, name: str) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def manifest_intact(work: Path, table: str, skip: tuple[str, ...] = (), record: Mapping[str, Any] | None = None,
-                    ) -> bool:
+def manifest_intact(
+    work: Path,
+    table: str,
+    skip: tuple[str, ...] = (),
+    record: Mapping[str, Any] | None = None,
+) -> bool:
     """True when a manifest exists, validates, and every file it lists (but in `skip` columns) is there with the
     content the manifest records (its checksum column) or, else, `record` holds (`record_outputs`, when it
     describes this very manifest). Sizes and mtimes come first; a file is hashed only when its stat changed.
@@ -196,8 +220,13 @@ def manifest_intact(work: Path, table: str, skip: tuple[str, ...] = (), record: 
         if actual is None:
             intact = False
         elif actual != expected:
-            logger.warning("%s: its content is not what %s recorded (sha256 %s, expected %s): removed, to be redone",
-                           work / rel, table, actual[:12], expected[:12])
+            logger.warning(
+                "%s: its content is not what %s recorded (sha256 %s, expected %s): removed, to be redone",
+                work / rel,
+                table,
+                actual[:12],
+                expected[:12],
+            )
             (work / rel).unlink(missing_ok=True)
             intact = False
     cache.save()

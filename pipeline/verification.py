@@ -94,9 +94,7 @@ def _frame(rows: Mapping[str, dict[str, Any]], extra: Iterable[str] = ()) -> pd.
     return frame.sort_values("image_id", ignore_index=True)
 
 
-def merge_decisions(
-    existing: pd.DataFrame | None, proposed: Proposal, writer: str
-) -> tuple[pd.DataFrame, list[str]]:
+def merge_decisions(existing: pd.DataFrame | None, proposed: Proposal, writer: str) -> tuple[pd.DataFrame, list[str]]:
     """The ledger with `writer`'s proposed rows merged in, and the image ids whose existing row was kept."""
     rows = _rows(existing)
     kept, _ = _merge(rows, proposed, writer)
@@ -104,9 +102,11 @@ def merge_decisions(
 
 
 def _restore_hint(workdir: Path) -> str:
-    return (f"restore {log_path(workdir)} from a backup, or copy a release's manifests/verification.parquet to "
-            f"{manifest_path(workdir, 'verification')}; to decide everything again instead, delete "
-            + " and ".join(str(manifest_path(workdir, t)) for t in DOWNSTREAM))
+    return (
+        f"restore {log_path(workdir)} from a backup, or copy a release's manifests/verification.parquet to "
+        f"{manifest_path(workdir, 'verification')}; to decide everything again instead, delete "
+        + " and ".join(str(manifest_path(workdir, t)) for t in DOWNSTREAM)
+    )
 
 
 def read_verification(workdir: str | Path) -> pd.DataFrame | None:
@@ -130,12 +130,15 @@ def read_verification(workdir: str | Path) -> pd.DataFrame | None:
         try:
             return read_manifest(workdir, "verification")
         except ManifestError as exc:
-            raise DecisionLogError(f"{exc} and there is no decision log to rebuild it from: "
-                                   + _restore_hint(workdir)) from None
+            raise DecisionLogError(
+                f"{exc} and there is no decision log to rebuild it from: " + _restore_hint(workdir)
+            ) from None
     built = [t for t in DOWNSTREAM if manifest_path(workdir, t).is_file()]
     if built:
-        raise DecisionLogError(f"the decision log {log_path(workdir)} is missing but {' and '.join(built)} "
-                               f"were built from it: " + _restore_hint(workdir))
+        raise DecisionLogError(
+            f"the decision log {log_path(workdir)} is missing but {' and '.join(built)} "
+            f"were built from it: " + _restore_hint(workdir)
+        )
     return None
 
 
@@ -207,13 +210,23 @@ def auto_verify(workdir: str | Path, *, now: datetime | None = None) -> dict[str
             decided = set(existing.loc[existing["decision"] != "pending", "image_id"])
         for image_id in images["image_id"]:
             if image_id not in decided:
-                yield {"image_id": image_id, "decision": "accept", "reason": "automatic policy: pending accepted",
-                       "reviewer": AUTO_POLICY, "source": AUTO, "decided_at": now}
+                yield {
+                    "image_id": image_id,
+                    "decision": "accept",
+                    "reason": "automatic policy: pending accepted",
+                    "reviewer": AUTO_POLICY,
+                    "source": AUTO,
+                    "decided_at": now,
+                }
 
     path, frame, _ = update_verification(workdir, proposals, AUTO_POLICY)
     counts = frame["decision"].value_counts()
-    return {"accepted": int(counts.get("accept", 0)), "rejected": int(counts.get("reject", 0)),
-            "pending": int(counts.get("pending", 0)), "manifest": str(path)}
+    return {
+        "accepted": int(counts.get("accept", 0)),
+        "rejected": int(counts.get("reject", 0)),
+        "pending": int(counts.get("pending", 0)),
+        "manifest": str(path),
+    }
 
 
 def undecided(workdir: str | Path) -> list[str]:
@@ -224,8 +237,9 @@ def undecided(workdir: str | Path) -> list[str]:
     return sorted(set(images) - decided)
 
 
-def verify_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+def verify_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """The automatic policy as a stage (`review.mode: auto`); human review is the flow's pause (`flows/review.py`)."""
     if cfg.review.mode != "auto":
         raise VerificationError("review.mode is human: reviewers decide in FiftyOne (`is4 review verify`, then sync)")

@@ -53,8 +53,11 @@ def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ytid in GOOD_IDS + (SLOW_ID,):
         make_video(root / f"{ytid}.mp4", segments, size=(160, 120))
     make_video(root / f"{SILENT_ID}.mp4", [Segment(30.0, "#808080", None)], size=(160, 120))
-    make_video(root / f"{SHORT_ID}.mp4", [Segment(SEGMENT_S, c, f) for c, f in zip(COLOURS[:5], TONES[:5])]
-               + [Segment(2.0, COLOURS[5], TONES[5])], size=(160, 120))
+    make_video(
+        root / f"{SHORT_ID}.mp4",
+        [Segment(SEGMENT_S, c, f) for c, f in zip(COLOURS[:5], TONES[:5])] + [Segment(2.0, COLOURS[5], TONES[5])],
+        size=(160, 120),
+    )
     make_corrupt_file(root / f"{CORRUPT_ID}.mp4", size=200_000)
     return root
 

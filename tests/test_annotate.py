@@ -92,13 +92,36 @@ IMAGES = {
 
 
 def _write_categories(work: Path) -> None:
-    write_manifest(work, "categories", pd.DataFrame([
-        {"label": "cat meowing", "object": "cat", "category_id": "cat", "instrument": False, "depictable": True},
-        {"label": "dog barking", "object": "dog", "category_id": "dog", "instrument": False, "depictable": True},
-        {"label": "playing cello", "object": "cello", "category_id": "cello", "instrument": True,
-         "depictable": True},
-        {"label": "wind noise", "object": None, "category_id": None, "instrument": False, "depictable": False},
-    ]))
+    write_manifest(
+        work,
+        "categories",
+        pd.DataFrame(
+            [
+                {
+                    "label": "cat meowing",
+                    "object": "cat",
+                    "category_id": "cat",
+                    "instrument": False,
+                    "depictable": True,
+                },
+                {
+                    "label": "dog barking",
+                    "object": "dog",
+                    "category_id": "dog",
+                    "instrument": False,
+                    "depictable": True,
+                },
+                {
+                    "label": "playing cello",
+                    "object": "cello",
+                    "category_id": "cello",
+                    "instrument": True,
+                    "depictable": True,
+                },
+                {"label": "wind noise", "object": None, "category_id": None, "instrument": False, "depictable": False},
+            ]
+        ),
+    )
 
 
 def _write_images(work: Path, ids: list[str]) -> None:
@@ -108,17 +131,35 @@ def _write_images(work: Path, ids: list[str]) -> None:
         rel = f"media/images/{image_id}.png"
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         _picture(w, h, k).save(work / rel)
-        rows.append({"image_id": image_id, "category_a": a, "category_b": b, "template": "t", "style": "s",
-                     "prompt": f"a photo of a {a} and {b}", "seed": k, "model_id": "m", "model_revision": "r",
-                     "image_path": rel, "sha256": _sha(work / rel)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "category_a": a,
+                "category_b": b,
+                "template": "t",
+                "style": "s",
+                "prompt": f"a photo of a {a} and {b}",
+                "seed": k,
+                "model_id": "m",
+                "model_revision": "r",
+                "image_path": rel,
+                "sha256": _sha(work / rel),
+            }
+        )
     write_manifest(work, "images", pd.DataFrame(rows))
 
 
 def _write_verification(work: Path, decisions: dict[str, str]) -> None:
-    write_manifest(work, "verification", pd.DataFrame([
-        {"image_id": i, "decision": d, "reason": None, "reviewer": "r", "source": "human", "decided_at": T0}
-        for i, d in decisions.items()
-    ]))
+    write_manifest(
+        work,
+        "verification",
+        pd.DataFrame(
+            [
+                {"image_id": i, "decision": d, "reason": None, "reviewer": "r", "source": "human", "decided_at": T0}
+                for i, d in decisions.items()
+            ]
+        ),
+    )
 
 
 def _setup(work: Path) -> None:
@@ -207,8 +248,9 @@ def test_cached_prediction_equals_a_full_forward_pass_through_the_processor(work
     mask, score = sam.predict("img", image, "c" * 64, box=box, multimask=True)
     inputs = sam.processor(images=image, input_boxes=[[box]], return_tensors="pt")
     with torch.inference_mode():
-        out = sam.model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"].float(),
-                        multimask_output=True)
+        out = sam.model(
+            pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"].float(), multimask_output=True
+        )
     best = int(out.iou_scores[0, 0].argmax())
     full = sam.processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
     np.testing.assert_array_equal(mask, full[0][0, best].numpy())
@@ -280,8 +322,12 @@ def test_mask_to_box_and_iou_on_hand_made_masks():
 
 def test_padded_square_boxes_map_back_to_the_original_frame():
     # A 200-wide, 100-high image is padded at the bottom to a 200×200 square: both axes scale by 200.
-    boxes = torch.tensor([[0.25, 0.25, 0.1, 0.2],  # → (0.2, 0.15, 0.3, 0.35) × 200
-                          [0.5, 0.6, 0.2, 0.4]])  # → (80, 80, 120, 160): reaches into the padding, clipped
+    boxes = torch.tensor(
+        [
+            [0.25, 0.25, 0.1, 0.2],  # → (0.2, 0.15, 0.3, 0.35) × 200
+            [0.5, 0.6, 0.2, 0.4],
+        ]
+    )  # → (80, 80, 120, 160): reaches into the padding, clipped
     got = padded_boxes_to_image(boxes, height=100, width=200)
     np.testing.assert_allclose(got.numpy(), [[40, 30, 60, 70], [80, 80, 120, 100]], atol=1e-9)
     # A tall image (60 wide, 120 high) is padded on the right: both axes scale by 120.
@@ -350,8 +396,9 @@ class DiskSam:
         self.calls: list[dict] = []
 
     def predict(self, image_id, image, image_sha256, *, box=None, points=None, multimask=True, mask_threshold=0.0):
-        self.calls.append({"image_id": image_id, "sha": image_sha256, "box": box, "points": points,
-                           "multimask": multimask})
+        self.calls.append(
+            {"image_id": image_id, "sha": image_sha256, "box": box, "points": points, "multimask": multimask}
+        )
         return disks(image.height, image.width, points, box, self.R), 0.75
 
 
@@ -371,10 +418,25 @@ def disks(height, width, points, box, r):
 
 
 def _auto_row(iid: str, image_id: str, category: str, mask: np.ndarray, prompt_box, score=0.5) -> dict:
-    return {"instance_id": iid, "image_id": image_id, "category": category, "mask_path": mask_path(iid),
-            "bbox_xyxy": mask_to_box(mask), "method": "auto", "model_id": "tiny-random:sam", "model_revision": "x",
-            "detector_id": "d", "detector_revision": "dr", "detector_score": score, "prompt_box_xyxy": prompt_box,
-            "points": None, "sam_score": 0.9, "auto_mask_path": None, "auto_iou": None, "area": int(mask.sum())}
+    return {
+        "instance_id": iid,
+        "image_id": image_id,
+        "category": category,
+        "mask_path": mask_path(iid),
+        "bbox_xyxy": mask_to_box(mask),
+        "method": "auto",
+        "model_id": "tiny-random:sam",
+        "model_revision": "x",
+        "detector_id": "d",
+        "detector_revision": "dr",
+        "detector_score": score,
+        "prompt_box_xyxy": prompt_box,
+        "points": None,
+        "sam_score": 0.9,
+        "auto_mask_path": None,
+        "auto_iou": None,
+        "area": int(mask.sum()),
+    }
 
 
 def test_refine_instance_follows_the_clicks_and_keeps_the_auto_mask(tmp_path: Path):
@@ -387,8 +449,9 @@ def test_refine_instance_follows_the_clicks_and_keeps_the_auto_mask(tmp_path: Pa
     (work / "media/masks").mkdir(parents=True)
     (work / mask_path(iid)).write_bytes(encode_mask(auto))
     other = _auto_row("cello_dog_0_cello", "cello_dog_0", "cello", auto, box)
-    write_manifest(work, ANNOTATIONS, pd.DataFrame([_auto_row(iid, "cello_dog_0", "dog", auto, box), other]),
-                   {"stage": "annotate"})
+    write_manifest(
+        work, ANNOTATIONS, pd.DataFrame([_auto_row(iid, "cello_dog_0", "dog", auto, box), other]), {"stage": "annotate"}
+    )
     sam = DiskSam()
 
     # 1. A positive click on the missed right part adds it.
@@ -461,8 +524,7 @@ def test_run_annotate_end_to_end_with_tiny_models_and_resume(workdir: Path):
     assert progress[-1][:2] == (2, 2)
 
     frame = read_manifest(workdir, ANNOTATIONS)
-    assert sorted(frame["instance_id"]) == ["cat_dog_0_cat", "cat_dog_0_dog", "cello_dog_0_cello",
-                                            "cello_dog_0_dog"]
+    assert sorted(frame["instance_id"]) == ["cat_dog_0_cat", "cat_dog_0_dog", "cello_dog_0_cello", "cello_dog_0_dog"]
     assert set(frame["image_id"]) == {"cat_dog_0", "cello_dog_0"}, "only accepted images are annotated"
     for row in frame.to_dict("records"):
         _, _, w, h, _ = IMAGES[row["image_id"]]
@@ -506,8 +568,9 @@ def test_run_annotate_end_to_end_with_tiny_models_and_resume(workdir: Path):
             assert (workdir / "media/masks" / name).read_bytes() == data
 
     # Rejecting an image drops its rows from the manifest.
-    _write_verification(workdir, {**{i: v[4] for i, v in IMAGES.items()}, "cat_dog_0": "reject",
-                                  "cello_dog_1": "accept"})
+    _write_verification(
+        workdir, {**{i: v[4] for i, v in IMAGES.items()}, "cat_dog_0": "reject", "cello_dog_1": "accept"}
+    )
     fourth = run_annotate(workdir, CFG, SAM, OWL)
     assert fourth["dropped"] == 2 and fourth["instances"] == 4 and fourth["new"] == 0
 
@@ -545,8 +608,15 @@ def test_qa_report_numbers(tmp_path: Path):
     mask = np.zeros((4, 4), dtype=bool)
     mask[1:3, 1:3] = True
     rows = []
-    for k, (method, iou, score) in enumerate([("refined", 0.5, 0.3), ("refined", 0.95, None), ("auto", None, None),
-                                              ("auto", None, 0.8), ("refined", 0.85, 0.6)]):
+    for k, (method, iou, score) in enumerate(
+        [
+            ("refined", 0.5, 0.3),
+            ("refined", 0.95, None),
+            ("auto", None, None),
+            ("auto", None, 0.8),
+            ("refined", 0.85, 0.6),
+        ]
+    ):
         row = _auto_row(f"img{k}_dog", f"img{k // 2}", "dog", mask, [0.0, 0.0, 4.0, 4.0], score=score)
         row.update({"method": method, "auto_iou": iou})
         rows.append(row)

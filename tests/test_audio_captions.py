@@ -44,8 +44,12 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     def tone(freq: float, seconds: float) -> np.ndarray:
         return 0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * RATE)) / RATE)
 
-    sounds = {"tone440": tone(440, 2.0), "noise": rng.normal(0, 0.3, 3 * RATE), "tone1500": tone(1500, 4.0),
-              "chord": tone(300, 2.5) + tone(2000, 2.5) * 0.5}
+    sounds = {
+        "tone440": tone(440, 2.0),
+        "noise": rng.normal(0, 0.3, 3 * RATE),
+        "tone1500": tone(1500, 4.0),
+        "chord": tone(300, 2.5) + tone(2000, 2.5) * 0.5,
+    }
     return [_write_wav(root / f"{name}.wav", audio) for name, audio in sounds.items()]
 
 
@@ -92,8 +96,13 @@ def test_load_resolves_the_tiny_model_and_reports_its_settings(captioner: Qwen2A
     assert captioner.processor.tokenizer.padding_side == "left"
     assert not captioner.model.training
     assert captioner.settings() == {
-        "prompt": "Generate the caption in English:", "prompt_format": "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}",
-        "max_new_tokens": 8, "dtype": "float32", "device": "cpu", "decoding": "greedy", "sampling_rate": RATE,
+        "prompt": "Generate the caption in English:",
+        "prompt_format": "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}",
+        "max_new_tokens": 8,
+        "dtype": "float32",
+        "device": "cpu",
+        "decoding": "greedy",
+        "sampling_rate": RATE,
     }
 
 
@@ -111,7 +120,10 @@ def test_captions_are_one_per_clip_in_order_and_do_not_depend_on_the_batch(
 
 @pytest.mark.parametrize("content", [b"", b"RIFF not really a wave file", None], ids=["empty", "corrupt", "no-samples"])
 def test_bad_audio_raises_caption_input_error_before_the_model_runs(
-    captioner: Qwen2AudioCaptioner, clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    captioner: Qwen2AudioCaptioner,
+    clips: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     content: bytes | None,
 ) -> None:
     bad = tmp_path / "bad.wav"
@@ -140,8 +152,11 @@ def test_read_audio_scales_mixes_and_resamples(tmp_path: Path) -> None:
 
 
 def test_load_audio_captioner_picks_the_transformers_backend(workdir: Path) -> None:
-    captioner = load_audio_captioner(ModelRef(model_id="tiny-random:qwen2-audio"), workdir,
-                                     AudioCaptionConfig(prompt="Describe the sound:", max_new_tokens=5))
+    captioner = load_audio_captioner(
+        ModelRef(model_id="tiny-random:qwen2-audio"),
+        workdir,
+        AudioCaptionConfig(prompt="Describe the sound:", max_new_tokens=5),
+    )
     assert isinstance(captioner, Qwen2AudioCaptioner)
     assert captioner.settings()["prompt"] == "Describe the sound:"
     assert captioner.settings()["max_new_tokens"] == 5
@@ -187,7 +202,9 @@ class Prompter:
     def generate_prompt(self, instruction, input=None):
         return self.template["prompt_no_input"].format(instruction=instruction)
 """,
-    "templates/alpaca_short.json": json.dumps({"prompt_no_input": "### Instruction:\n{instruction}\n\n### Response:\n"}),
+    "templates/alpaca_short.json": json.dumps(
+        {"prompt_no_input": "### Instruction:\n{instruction}\n\n### Response:\n"}
+    ),
 }
 FAKE_ENVIRONMENT = {
     "peft/__init__.py": """
@@ -280,8 +297,11 @@ class LlamaForCausalLM:
 def _fake_gama(root: Path, *, patched_transformers: bool = True, checkpoint_keys=("base_model.model.w",)):
     """A fake GAMA checkout (with its environment's packages inside), base model and checkpoint; the GamaConfig
     using this interpreter, and the checkpoint's ModelRef."""
-    files = FAKE_REPO | {name: text for name, text in FAKE_ENVIRONMENT.items()
-                         if patched_transformers or not name.startswith("transformers/")}
+    files = FAKE_REPO | {
+        name: text
+        for name, text in FAKE_ENVIRONMENT.items()
+        if patched_transformers or not name.startswith("transformers/")
+    }
     for name, text in files.items():
         (root / "GAMA" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "GAMA" / name).write_text(text)
@@ -289,15 +309,20 @@ def _fake_gama(root: Path, *, patched_transformers: bool = True, checkpoint_keys
     checkpoint = root / "stage5" / "pytorch_model.bin"
     checkpoint.parent.mkdir()
     torch.save({key: torch.zeros(2) for key in checkpoint_keys}, checkpoint)
-    gama = GamaConfig(repo=root / "GAMA", base_model=root / "llama", python=Path(sys.executable),
-                      prompt="Describe the audio in detail.")
+    gama = GamaConfig(
+        repo=root / "GAMA",
+        base_model=root / "llama",
+        python=Path(sys.executable),
+        prompt="Describe the audio in detail.",
+    )
     return gama, ModelRef(model_id=str(checkpoint.parent))
 
 
 def test_driver_reports_a_checkout_without_gamas_code(tmp_path: Path) -> None:
     args = ["--repo", str(tmp_path), "--base-model", str(tmp_path), "--checkpoint", str(tmp_path / "c.bin")]
-    done = subprocess.run([sys.executable, str(GAMA_DRIVER), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(GAMA_DRIVER), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     (line,) = done.stdout.splitlines()
     assert "cannot import GAMA's utils.prompter from " + str(tmp_path) in json.loads(line)["error"]
@@ -331,8 +356,10 @@ def test_gama_captions_in_order_through_the_driver(tmp_path: Path, clips: list[P
 
 @pytest.mark.parametrize(
     ("fake", "message"),
-    [({"patched_transformers": False}, "is not GAMA's patched one"),
-     ({"checkpoint_keys": ("decoder.weight",)}, "none of the 1 tensors")],
+    [
+        ({"patched_transformers": False}, "is not GAMA's patched one"),
+        ({"checkpoint_keys": ("decoder.weight",)}, "none of the 1 tensors"),
+    ],
     ids=["stock-transformers", "foreign-checkpoint"],
 )
 def test_gama_load_failures_carry_the_driver_error_and_its_stderr(tmp_path: Path, fake: dict, message: str) -> None:

@@ -24,7 +24,7 @@ FOREIGN = "/mnt/data2/IS3/test"  # the authors' machine
 def slice_box(box) -> np.ndarray:
     gt = np.zeros((S, S), dtype=bool)
     x1, y1, x2, y2 = box
-    gt[int(y1):int(y2), int(x1):int(x2)] = True
+    gt[int(y1) : int(y2), int(x1) : int(x2)] = True
     return gt
 
 
@@ -39,8 +39,12 @@ def maps_for(ids, seed=0) -> dict:
 
 # --- the authors' IS4 -----------------------------------------------------------------------------------------
 
-AUTHORS = {"accordion_cello_0_accordion": [10, 20, 120, 200], "accordion_cello_0_cello": [100, 5, 224, 224],
-           "dog_piano_3_dog": [0, 0, 80, 90], "dog_piano_3_piano": [60, 50, 224, 200]}
+AUTHORS = {
+    "accordion_cello_0_accordion": [10, 20, 120, 200],
+    "accordion_cello_0_cello": [100, 5, 224, 224],
+    "dog_piano_3_dog": [0, 0, 80, 90],
+    "dog_piano_3_piano": [60, 50, 224, 200],
+}
 
 
 def authors_release(root: Path, masks_under: str = "gt_masks") -> Path:
@@ -78,8 +82,11 @@ def test_authors_release_as_distributed(tmp_path):
 def test_authors_release_names_missing_files(tmp_path):
     root = authors_release(tmp_path / "IS3")
     (root / "gt_masks" / "dog_piano_3_dog.jpg").unlink()
-    with pytest.raises(EvaluationError, match=rf"1 of 4 mask files are not inside .*IS3 \(looked up by name\): "
-                                              rf"{FOREIGN}/gt_masks/dog_piano_3_dog.jpg") as err:
+    with pytest.raises(
+        EvaluationError,
+        match=rf"1 of 4 mask files are not inside .*IS3 \(looked up by name\): "
+        rf"{FOREIGN}/gt_masks/dog_piano_3_dog.jpg",
+    ) as err:
         load_ground_truth(root, "mask")
     assert err.value.instances == ["dog_piano_3_dog"]
     (root / "is4_bbox.json").write_text((root / "synthetic3240_bbox.json").read_text())
@@ -112,8 +119,10 @@ def test_vggss_union_of_normalised_boxes(tmp_path):
     result = ev.evaluate(tmp_path, tmp_path / "maps.npz")
     assert result["benchmark"] == "vggss" and "images" not in result and "iiou" not in result
     stacked = np.stack([maps[i] for i in truth.instance_ids])
-    assert result == {**{k: result[k] for k in ("benchmark", "protocol", "gt", "instances")},
-                      **metrics.score(stacked, np.stack(expected), None)}
+    assert result == {
+        **{k: result[k] for k in ("benchmark", "protocol", "gt", "instances")},
+        **metrics.score(stacked, np.stack(expected), None),
+    }
 
     (tmp_path / "vggss.json").write_text(json.dumps([{"file": "x", "bbox": []}, VGGSS[0]]))
     with pytest.raises(EvaluationError, match=r"1 entries lack a 'file' and a non-empty 'bbox'.*entry 0 \(x\)"):
@@ -126,8 +135,11 @@ def test_vggss_union_of_normalised_boxes(tmp_path):
 
 
 def flickr_xml(boxes) -> str:
-    objects = "".join(f"<object><bbox><name>1</name><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
-                      f"<ymax>{b[3]}</ymax></bbox></object>" for b in boxes)
+    objects = "".join(
+        f"<object><bbox><name>1</name><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
+        f"<ymax>{b[3]}</ymax></bbox></object>"
+        for b in boxes
+    )
     return f"<annotation><filename>x.jpg</filename>{objects}</annotation>"
 
 
@@ -160,10 +172,15 @@ def test_flickr_annotation_consensus(tmp_path):
 # --- AVSBench and VPO: the IS4 entry shape ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, benchmark, gt", [
-    ("s4_bbox.json", "avsbench-s4", "box"), ("avsbench_ms3_seg.json", "avsbench-ms3", "mask"),
-    ("vpo_ss_bbox.json", "vpo-ss", "box"), ("vpo-ms_seg.json", "vpo-ms", "mask"),
-])
+@pytest.mark.parametrize(
+    "name, benchmark, gt",
+    [
+        ("s4_bbox.json", "avsbench-s4", "box"),
+        ("avsbench_ms3_seg.json", "avsbench-ms3", "mask"),
+        ("vpo_ss_bbox.json", "vpo-ss", "box"),
+        ("vpo-ms_seg.json", "vpo-ms", "mask"),
+    ],
+)
 def test_is4_shaped_benchmarks_found_by_name(tmp_path, name, benchmark, gt):
     ids = ["00001_guitar", "00002_dog"]
     boxes = [[10, 10, 100, 150], [50, 0, 224, 120]]
@@ -171,8 +188,14 @@ def test_is4_shaped_benchmarks_found_by_name(tmp_path, name, benchmark, gt):
         (tmp_path / "masks").mkdir()
         for iid, box in zip(ids, boxes):
             Image.fromarray(slice_box(box).astype(np.uint8) * 255).save(tmp_path / "masks" / f"{iid}.png")
-    entries = [{"image": f"/data/{benchmark}/frames/{iid}.jpg", "audio": f"/data/{benchmark}/wav/{iid}.wav",
-                "gt_box": box if gt == "box" else f"/data/{benchmark}/masks/{iid}.png"} for iid, box in zip(ids, boxes)]
+    entries = [
+        {
+            "image": f"/data/{benchmark}/frames/{iid}.jpg",
+            "audio": f"/data/{benchmark}/wav/{iid}.wav",
+            "gt_box": box if gt == "box" else f"/data/{benchmark}/masks/{iid}.png",
+        }
+        for iid, box in zip(ids, boxes)
+    ]
     (tmp_path / name).write_text(json.dumps(entries))
     assert find_ground_truth(tmp_path)[1:] == (benchmark, gt)
     truth = load_ground_truth(tmp_path, gt)
@@ -203,8 +226,20 @@ def test_benchmark_named_when_the_file_does_not_say(tmp_path):
 def test_eval_command_on_vggss(tmp_path):
     (tmp_path / "vggss.json").write_text(json.dumps(VGGSS))
     np.savez(tmp_path / "maps.npz", **maps_for([e["file"] for e in VGGSS]))
-    result = CliRunner().invoke(app, ["eval", "--release", str(tmp_path), "--predictions", str(tmp_path / "maps.npz"),
-                                      "--benchmark", "vggss", "--output", str(tmp_path / "out.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--release",
+            str(tmp_path),
+            "--predictions",
+            str(tmp_path / "maps.npz"),
+            "--benchmark",
+            "vggss",
+            "--output",
+            str(tmp_path / "out.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     header = result.output.splitlines()[1]
     assert "cIoU" in header and "IIoU" not in header

@@ -25,27 +25,54 @@ from is4.pipeline.common.llm import normalise_phrase
 
 SR = 16000
 TRAIN = ("clipA_000010", "clipB_000020", "clipC_000030")
-COLOURS = {"clipA_000010": (255, 0, 0), "clipB_000020": (0, 200, 0), "clipC_000030": (20, 20, 220),
-           "clipD_000040": (250, 250, 0), "clipE_000050": (0, 0, 0)}
-TONES = {"clipA_000010": 440.0, "clipB_000020": 880.0, "clipC_000030": 1320.0, "clipD_000040": 660.0,
-         "clipE_000050": 220.0}
+COLOURS = {
+    "clipA_000010": (255, 0, 0),
+    "clipB_000020": (0, 200, 0),
+    "clipC_000030": (20, 20, 220),
+    "clipD_000040": (250, 250, 0),
+    "clipE_000050": (0, 0, 0),
+}
+TONES = {
+    "clipA_000010": 440.0,
+    "clipB_000020": 880.0,
+    "clipC_000030": 1320.0,
+    "clipD_000040": 660.0,
+    "clipE_000050": 220.0,
+}
 
 
 def _config(**captions) -> BuildConfig:
-    return parse_config({
-        "captions": {"image": {"batch_size": 4, "max_new_tokens": 8}, "audio": {"batch_size": 4, "max_new_tokens": 8},
-                     "object_phrase": {"batch_size": 4, "max_new_tokens": 8}, **captions},
-        "models": {"image_captioner": {"model_id": "tiny-random:blip2"},
-                   "audio_captioner": {"model_id": "tiny-random:qwen2-audio"},
-                   "object_phrase": {"model_id": "tiny-random:mistral"}},
-    })
+    return parse_config(
+        {
+            "captions": {
+                "image": {"batch_size": 4, "max_new_tokens": 8},
+                "audio": {"batch_size": 4, "max_new_tokens": 8},
+                "object_phrase": {"batch_size": 4, "max_new_tokens": 8},
+                **captions,
+            },
+            "models": {
+                "image_captioner": {"model_id": "tiny-random:blip2"},
+                "audio_captioner": {"model_id": "tiny-random:qwen2-audio"},
+                "object_phrase": {"model_id": "tiny-random:mistral"},
+            },
+        }
+    )
 
 
 def _clip_row(row: int, clip_id: str, split: str, status: str = "ok") -> dict:
     record = {name: None for name in CLIPS.column_names}
     ytid, start = clip_id.rsplit("_", 1)
-    record.update(row=row, clip_id=clip_id, ytid=ytid, start_sec=int(start), label="playing cello", split=split,
-                  status=status, retryable=False, attempts=1)
+    record.update(
+        row=row,
+        clip_id=clip_id,
+        ytid=ytid,
+        start_sec=int(start),
+        label="playing cello",
+        split=split,
+        status=status,
+        retryable=False,
+        attempts=1,
+    )
     if status == "ok":
         record.update(frame_path=f"media/frames/{clip_id}.jpg", audio_path=f"media/audio/{clip_id}.wav")
     else:
@@ -61,8 +88,9 @@ def _write_media(work: Path, clip_id: str) -> None:
     image[:, 32:] = np.array(COLOURS[clip_id])[::-1]
     Image.fromarray(image).save(work / f"media/frames/{clip_id}.jpg", quality=95)
     t = np.arange(2 * SR) / SR
-    wavfile.write(work / f"media/audio/{clip_id}.wav", SR,
-                  (0.3 * np.sin(2 * np.pi * TONES[clip_id] * t) * 32767).astype(np.int16))
+    wavfile.write(
+        work / f"media/audio/{clip_id}.wav", SR, (0.3 * np.sin(2 * np.pi * TONES[clip_id] * t) * 32767).astype(np.int16)
+    )
 
 
 def _make_work(root: Path) -> Path:
@@ -100,9 +128,14 @@ def test_manifest_has_every_train_clip_with_captions_phrase_and_provenance(work:
     assert frame["object_phrase_raw"].map(lambda s: isinstance(s, str)).all()
     for row in frame.itertuples():
         assert row.object_phrase == normalise_phrase(row.object_phrase_raw)
-        expected_flags = [f"{role}:{flag}" for role, flag in
-                          (("image_caption", text_flag(row.image_caption)), ("audio_caption", text_flag(row.audio_caption)))
-                          if flag]
+        expected_flags = [
+            f"{role}:{flag}"
+            for role, flag in (
+                ("image_caption", text_flag(row.image_caption)),
+                ("audio_caption", text_flag(row.audio_caption)),
+            )
+            if flag
+        ]
         if row.object_phrase is None:
             expected_flags.append("object_phrase:unparsed")
         elif text_flag(row.object_phrase) == "garbage":
@@ -114,8 +147,11 @@ def test_manifest_has_every_train_clip_with_captions_phrase_and_provenance(work:
     assert set(frame["audio_caption_backend"]) == {"qwen2-audio"}
     assert set(frame["object_phrase_model"]) == {"tiny-random:mistral"}
     assert set(frame["object_phrase_backend"]) == {"transformers"}
-    assert all(r.startswith("sha256:") for col in ("image_caption_revision", "audio_caption_revision",
-                                                   "object_phrase_revision") for r in frame[col])
+    assert all(
+        r.startswith("sha256:")
+        for col in ("image_caption_revision", "audio_caption_revision", "object_phrase_revision")
+        for r in frame[col]
+    )
     assert set(frame["prompt_version"]) == {PROMPT_VERSION}
     assert frame["error"].isna().all()
     assert summary["items"] == 3
@@ -137,7 +173,10 @@ def test_rerun_reuses_every_caption_without_loading_a_model(work: Path, monkeypa
     monkeypatch.setattr("is4.pipeline.captions.object_phrase.load_phraser", no_loading)
     summary = run_captions(work, _config())
     assert {role: summary[role]["cached"] for role in ("image_caption", "audio_caption", "object_phrase")} == {
-        "image_caption": 3, "audio_caption": 3, "object_phrase": 3}
+        "image_caption": 3,
+        "audio_caption": 3,
+        "object_phrase": 3,
+    }
     assert manifest_path(work, "captions").read_bytes() == first
 
 
@@ -156,8 +195,9 @@ def test_changed_settings_recaption_every_item(work: Path) -> None:
     assert summary["audio_caption"]["cached"] == 3
 
 
-def test_batch_size_does_not_change_a_single_byte(work: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                  models_dir: Path) -> None:
+def test_batch_size_does_not_change_a_single_byte(
+    work: Path, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
+) -> None:
     run_captions(work, _config())
     other = tmp_path_factory.mktemp("batch1")
     shutil.copytree(models_dir, other / "models")
@@ -168,8 +208,9 @@ def test_batch_size_does_not_change_a_single_byte(work: Path, tmp_path_factory: 
     pd.testing.assert_frame_equal(read_manifest(work, "captions")[columns], read_manifest(other, "captions")[columns])
 
 
-def test_out_of_memory_halves_the_batch_and_gives_the_same_captions(work: Path, tmp_path_factory, models_dir: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_halves_the_batch_and_gives_the_same_captions(
+    work: Path, tmp_path_factory, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from is4.pipeline.captions.image import Blip2Captioner
 
     reference = tmp_path_factory.mktemp("reference")
@@ -190,12 +231,15 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_captions(work: Path, 
     summary = run_captions(work, _config())
     assert batch_sizes == [3, 2, 1, 1, 1]  # one batch of 3 fails, halved to 2 (fails), then 1 by 1
     assert summary["image_caption"]["batch_size"] == 1 and summary["image_caption"]["halvings"] == 2
-    assert read_manifest(work, "captions")["image_caption"].tolist() == \
-        read_manifest(reference, "captions")["image_caption"].tolist()
+    assert (
+        read_manifest(work, "captions")["image_caption"].tolist()
+        == read_manifest(reference, "captions")["image_caption"].tolist()
+    )
 
 
-def test_an_item_that_fails_twice_is_recorded_and_retried_on_the_next_run(work: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_item_that_fails_twice_is_recorded_and_retried_on_the_next_run(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from is4.pipeline.captions.image import Blip2Captioner
 
     real_caption = Blip2Captioner.caption
@@ -242,10 +286,19 @@ def test_a_corrupt_audio_file_fails_that_item_with_its_name(work: Path) -> None:
 def test_instances_are_captioned_with_their_image_and_matched_audio(work: Path) -> None:
     (work / "media/images").mkdir(parents=True)
     Image.new("RGB", (64, 64), (10, 200, 30)).save(work / "media/images/cat_dog_0.png")
-    instances = pd.DataFrame([{
-        "instance_id": f"cat_dog_0_{c}", "image_id": "cat_dog_0", "category": c, "clip_id": TRAIN[i],
-        "audio_path": f"media/audio/{TRAIN[i]}.wav", "image_path": "media/images/cat_dog_0.png",
-    } for i, c in enumerate(("cat", "dog"))])
+    instances = pd.DataFrame(
+        [
+            {
+                "instance_id": f"cat_dog_0_{c}",
+                "image_id": "cat_dog_0",
+                "category": c,
+                "clip_id": TRAIN[i],
+                "audio_path": f"media/audio/{TRAIN[i]}.wav",
+                "image_path": "media/images/cat_dog_0.png",
+            }
+            for i, c in enumerate(("cat", "dog"))
+        ]
+    )
     write_manifest(work, INSTANCES, instances)
     summary = run_captions(work, _config(sources=["clips", "instances"], splits=["train", "test"]))
     frame = read_manifest(work, "captions").set_index("item_id")
@@ -260,9 +313,22 @@ def test_instances_are_captioned_with_their_image_and_matched_audio(work: Path) 
 
 
 def test_an_id_shared_by_a_clip_and_an_instance_is_an_error(work: Path) -> None:
-    write_manifest(work, INSTANCES, pd.DataFrame([{
-        "instance_id": TRAIN[0], "image_id": "x", "category": "cat", "clip_id": TRAIN[0],
-        "audio_path": f"media/audio/{TRAIN[0]}.wav", "image_path": f"media/frames/{TRAIN[0]}.jpg"}]))
+    write_manifest(
+        work,
+        INSTANCES,
+        pd.DataFrame(
+            [
+                {
+                    "instance_id": TRAIN[0],
+                    "image_id": "x",
+                    "category": "cat",
+                    "clip_id": TRAIN[0],
+                    "audio_path": f"media/audio/{TRAIN[0]}.wav",
+                    "image_path": f"media/frames/{TRAIN[0]}.jpg",
+                }
+            ]
+        ),
+    )
     with pytest.raises(CaptionError, match=TRAIN[0]):
         collect_items(work, _config(sources=["clips", "instances"]).captions)
 
@@ -299,8 +365,13 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
     config = tmp_path / "captions.yaml"
     config.write_text(yaml.safe_dump(_config().model_dump(mode="json", include={"captions", "models"})))
     env = os.environ | {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([is4, "caption", "--config", str(config), "--workdir", str(work)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [is4, "caption", "--config", str(config), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "captioned: 3, cached: 0, failed: 0" in done.stdout
     assert len(read_manifest(work, "captions")) == 3
@@ -308,8 +379,13 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
     without_llm = _config().model_dump(mode="json", include={"captions", "models"})
     without_llm["models"]["object_phrase"] = None
     config.write_text(yaml.safe_dump(without_llm))
-    failed = subprocess.run([is4, "caption", "--config", str(config), "--workdir", str(work)], capture_output=True,
-                            text=True, timeout=300, env=env)
+    failed = subprocess.run(
+        [is4, "caption", "--config", str(config), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert failed.returncode == 2
     assert "models.object_phrase is not configured" in failed.stderr
 
@@ -317,8 +393,11 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
 def test_raw_answers_are_kept_normalised_and_flagged(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from is4.pipeline.captions.object_phrase import TransformersPhraser
 
-    answers = {TRAIN[0]: "The answer is: Cello.", TRAIN[1]: "#$%&a@!*(",
-               TRAIN[2]: "I cannot determine the primary object from the given captions."}
+    answers = {
+        TRAIN[0]: "The answer is: Cello.",
+        TRAIN[1]: "#$%&a@!*(",
+        TRAIN[2]: "I cannot determine the primary object from the given captions.",
+    }
     asked: list[tuple[str, str]] = []
 
     def fixed_answers(self, pairs):
@@ -328,8 +407,9 @@ def test_raw_answers_are_kept_normalised_and_flagged(work: Path, monkeypatch: py
     monkeypatch.setattr(TransformersPhraser, "caption", fixed_answers)
     run_captions(work, _config(object_phrase={"batch_size": 1, "max_new_tokens": 8}))
     frame = read_manifest(work, "captions").set_index("item_id")
-    assert asked == list(zip(frame.loc[list(TRAIN), "image_caption"],
-                                                frame.loc[list(TRAIN), "audio_caption"], strict=True))
+    assert asked == list(
+        zip(frame.loc[list(TRAIN), "image_caption"], frame.loc[list(TRAIN), "audio_caption"], strict=True)
+    )
     assert frame.loc[list(TRAIN), "object_phrase_raw"].tolist() == [answers[c] for c in TRAIN]
     assert frame.loc[TRAIN[0], "object_phrase"] == "cello"
     assert "object_phrase" not in str(frame.loc[TRAIN[0], "flags"])

@@ -16,15 +16,17 @@ IS4 = str(Path(sys.executable).parent / "is4")
 
 
 def _is4(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([IS4, *args], capture_output=True, text=True, timeout=300,
-                          env=os.environ | (env or {}) | {"COLUMNS": "200"})
+    return subprocess.run(
+        [IS4, *args], capture_output=True, text=True, timeout=300, env=os.environ | (env or {}) | {"COLUMNS": "200"}
+    )
 
 
 def test_completed_run_exits_zero_even_with_rejected_rows(media_server, tmp_path: Path) -> None:
     csv = tmp_path / "in.csv"
     csv.write_text(f"{GOOD_IDS[0]},0,dog barking,train\n{MISSING_ID},0,dog barking,train\nbad,0,dog barking,x\n")
-    result = _is4("ingest", "--csv", str(csv), "--workdir", str(tmp_path / "w"),
-                  "--url-template", media_server.url_template())
+    result = _is4(
+        "ingest", "--csv", str(csv), "--workdir", str(tmp_path / "w"), "--url-template", media_server.url_template()
+    )
     assert result.returncode == 0, result.stderr
     assert "not-found: 1" in result.stdout and "invalid-ytid: 1" in result.stdout
     clips = read_manifest(tmp_path / "w", "clips")
@@ -51,8 +53,9 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_ffmpeg_is_a_clear_error(tmp_path: Path) -> None:
     csv = tmp_path / "in.csv"
     csv.write_text(f"{GOOD_IDS[0]},0,dog barking,train\n")
-    result = _is4("ingest", "--csv", str(csv), "--workdir", str(tmp_path / "w"),
-                  env={"IS4_FFMPEG": str(tmp_path / "no-ffmpeg")})
+    result = _is4(
+        "ingest", "--csv", str(csv), "--workdir", str(tmp_path / "w"), env={"IS4_FFMPEG": str(tmp_path / "no-ffmpeg")}
+    )
     assert result.returncode == 2
     assert "no-ffmpeg" in result.stderr and "not an executable" in result.stderr
     assert not (tmp_path / "w/manifests").exists()
@@ -70,8 +73,19 @@ def test_manifests_command_validates(tmp_path: Path, media_server) -> None:
     csv = tmp_path / "in.csv"
     csv.write_text(f"{GOOD_IDS[0]},0,dog barking,train\n")
     work = tmp_path / "w"
-    assert _is4("ingest", "--csv", str(csv), "--workdir", str(work), "--no-export",
-                "--url-template", media_server.url_template()).returncode == 0
+    assert (
+        _is4(
+            "ingest",
+            "--csv",
+            str(csv),
+            "--workdir",
+            str(work),
+            "--no-export",
+            "--url-template",
+            media_server.url_template(),
+        ).returncode
+        == 0
+    )
     good = _is4("manifests", "--workdir", str(work))
     assert good.returncode == 0 and "clips" in good.stdout and "valid" in good.stdout
     (work / "manifests/clips.parquet").write_bytes(b"garbage")

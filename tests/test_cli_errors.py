@@ -45,8 +45,15 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--config", str(tmp / f"{MISSING}.yaml")],
         "neighbours": ["neighbours", "--config", str(bad_config), *w],
         "train": ["train", "--config", str(tmp / f"{MISSING}.yaml"), *w],
-        "predict": ["predict", "--run", str(tmp / MISSING), "--release", str(tmp / MISSING),
-                    "--out", str(tmp / "m.npz")],
+        "predict": [
+            "predict",
+            "--run",
+            str(tmp / MISSING),
+            "--release",
+            str(tmp / MISSING),
+            "--out",
+            str(tmp / "m.npz"),
+        ],
     }
 
 
@@ -72,8 +79,13 @@ def test_every_command_is_covered(tmp_path: Path) -> None:
 def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path) -> None:
     (tmp_path / "empty-work").mkdir()
     (tmp_path / "bad.yaml").write_text("seed: yes\n")
-    result = subprocess.run([IS4, *_commands(tmp_path)[name]], capture_output=True, text=True, timeout=300,
-                            env=os.environ | {"COLUMNS": "400"})
+    result = subprocess.run(
+        [IS4, *_commands(tmp_path)[name]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"COLUMNS": "400"},
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     first, *keys = result.stderr.strip().splitlines()
     assert first.startswith("error: "), result.stderr

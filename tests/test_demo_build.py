@@ -21,8 +21,14 @@ IS4 = str(Path(sys.executable).parent / "is4")
 def _build(workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([IS4, "build", "--config", "configs/demo.yaml", "--workdir", str(workdir)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    return subprocess.run(
+        [IS4, "build", "--config", "configs/demo.yaml", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_demo_build_end_to_end(tmp_path: Path) -> None:
@@ -102,8 +108,13 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     assert f"| accepted images left out (not complete items) | {len(empty)} |" in card
     entries = json.loads((release / "is4_bbox.json").read_text())
     assert sorted(Path(e["image"]).stem for e in entries) == sorted(instances["instance_id"])
-    verified = subprocess.run([IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],
-                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+    verified = subprocess.run(
+        [IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
     from is4.pipeline.evaluation.evaluate import write_baseline_predictions
 
@@ -111,16 +122,32 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     shipped = json.loads((release / "baselines.json").read_text())
     for protocol in ("reference", "exact-k"):
         out = tmp_path / f"oracle-{protocol}.json"
-        scored = subprocess.run([IS4, "eval", "--release", str(release), "--predictions", str(predictions["oracle_box"]),
-                                 "--protocol", protocol, "--output", str(out)], capture_output=True, text=True,
-                                timeout=300, cwd=ROOT)
+        scored = subprocess.run(
+            [
+                IS4,
+                "eval",
+                "--release",
+                str(release),
+                "--predictions",
+                str(predictions["oracle_box"]),
+                "--protocol",
+                protocol,
+                "--output",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
         assert scored.returncode == 0, scored.stderr
         metrics = json.loads(out.read_text())
         assert metrics["instances"] == len(instances)
         if protocol == "reference":  # the papers' rules: the oracle's row of the release's own baseline table
             assert shipped["protocol"] == "reference"
             assert {k: metrics[k] for k in ("ciou", "iiou", "auc")} == {
-                k: shipped["scores"]["box"]["oracle"][k] for k in ("ciou", "iiou", "auc")}
+                k: shipped["scores"]["box"]["oracle"][k] for k in ("ciou", "iiou", "auc")
+            }
         else:  # exact-K cuts keep the ground truth itself (the demo's near-full-frame boxes defeat the top-50 % cut)
             assert metrics["ciou"] == metrics["ciou_adaptive"] == metrics["iiou"] == 100.0
 

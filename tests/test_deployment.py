@@ -66,13 +66,24 @@ def _served_deployment(tmp_path: Path, config: dict, name: str) -> Iterator[tupl
     workdir = tmp_path / "work"
     server_args = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     with _process(server_args, env, tmp_path / "server.log") as server:
-        _wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server",
-                  [server])
-        serve_args = [str(BIN / "is4"), "serve", "--config", str(config_path), "--name", name,
-                      "--workdir", str(workdir)]
+        _wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server", [server])
+        serve_args = [
+            str(BIN / "is4"),
+            "serve",
+            "--config",
+            str(config_path),
+            "--name",
+            name,
+            "--workdir",
+            str(workdir),
+        ]
         with _process(serve_args, env, tmp_path / "serve.log") as serve:
-            _wait_for(lambda: httpx.get(f"{api}/deployments/name/build-is4/{name}", timeout=2).status_code == 200,
-                      120, "the served deployment", [server, serve])
+            _wait_for(
+                lambda: httpx.get(f"{api}/deployments/name/build-is4/{name}", timeout=2).status_code == 200,
+                120,
+                "the served deployment",
+                [server, serve],
+            )
             yield api, env, workdir
 
 
@@ -88,7 +99,10 @@ def test_deployment_runs_on_a_real_prefect_server(tmp_path: Path) -> None:
     with _served_deployment(tmp_path, config, "ci-test") as (_, env, workdir):
         run = subprocess.run(
             [str(BIN / "prefect"), "deployment", "run", "build-is4/ci-test", "--watch", "--watch-timeout", "300"],
-            env=env, capture_output=True, text=True, timeout=360,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
         )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Completed" in run.stdout, run.stdout
@@ -122,8 +136,13 @@ def test_build_pauses_for_reviewers_and_resumes_with_their_decisions(tmp_path: P
         },
     }
     with _served_deployment(tmp_path, config, "review-test") as (api, env, workdir):
-        started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "build-is4/review-test"],
-                                 env=env, capture_output=True, text=True, timeout=120)
+        started = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "build-is4/review-test"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert started.returncode == 0, started.stdout + started.stderr
         runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=5).json()
         flow_run_id = runs[0]["id"]
@@ -143,15 +162,31 @@ def test_build_pauses_for_reviewers_and_resumes_with_their_decisions(tmp_path: P
             "dataset.match(F('image_id').is_in(sys.argv[3:5])).tag_samples('accept')\n"
             "dataset.match(F('image_id').is_in(sys.argv[5:6])).tag_samples('reject:artefact')\n"
         )
-        tagged = subprocess.run([sys.executable, "-c", tagger, str(tmp_path / "review-test.yaml"), str(workdir),
-                                 *images], env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+        tagged = subprocess.run(
+            [sys.executable, "-c", tagger, str(tmp_path / "review-test.yaml"), str(workdir), *images],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
         assert tagged.returncode == 0, tagged.stderr
 
-        done = subprocess.run([str(BIN / "is4"), "review", "done", "--reviewer", "alice"], env=env,
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        done = subprocess.run(
+            [str(BIN / "is4"), "review", "done", "--reviewer", "alice"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert done.returncode == 0 and flow_run_id in done.stdout, done.stdout + done.stderr
-        _wait_for(lambda: _flow_run_state(api, flow_run_id) in ("COMPLETED", "FAILED", "CRASHED"), 300,
-                  "the resumed build to finish", [])
+        _wait_for(
+            lambda: _flow_run_state(api, flow_run_id) in ("COMPLETED", "FAILED", "CRASHED"),
+            300,
+            "the resumed build to finish",
+            [],
+        )
         assert _flow_run_state(api, flow_run_id) == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
 
     verification = read_manifest(workdir, "verification").set_index("image_id")

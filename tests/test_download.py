@@ -31,8 +31,13 @@ def test_downloads_only_the_requested_section(media_server, video_dir: Path, tmp
     assert path.stat().st_size < 0.6 * (video_dir / f"{GOOD_IDS[0]}.mp4").stat().st_size
     assert not list(tmp_path.glob(".*")), "the partial-download directory is removed"
     # The section really is 12 s – 22 s of the source: 10 s long, and it can be decoded end to end.
-    clip = extract_clip(path, frame_path=tmp_path / "f.jpg", audio_path=tmp_path / "a.wav",
-                        spec_path=tmp_path / "s.npy", mel_path=tmp_path / "m.npy")
+    clip = extract_clip(
+        path,
+        frame_path=tmp_path / "f.jpg",
+        audio_path=tmp_path / "a.wav",
+        spec_path=tmp_path / "s.npy",
+        mel_path=tmp_path / "m.npy",
+    )
     assert clip.source_audio_sec == pytest.approx(10.0, abs=0.05)
 
 
@@ -91,7 +96,9 @@ VIDEO = "extractor/youtube/_video.py"
 def _youtube_error(monkeypatch, reason: str, subreason: str | None = None, captcha: bool = False) -> str:
     """The error the installed YouTube extractor reports for a video whose player response says `reason`."""
     pemr = {"reason": {"simpleText": reason}} | ({"subreason": {"simpleText": subreason}} if subreason else {})
-    screen = {"playerErrorMessageRenderer": pemr} | ({"playerCaptchaViewModel": {"title": "captcha"}} if captcha else {})
+    screen = {"playerErrorMessageRenderer": pemr} | (
+        {"playerCaptchaViewModel": {"title": "captcha"}} if captcha else {}
+    )
     response = {"playabilityStatus": {"status": "UNPLAYABLE", "reason": reason, "errorScreen": screen}}
     # Everything but the download of the player response runs: webpage, initial data and player are skipped.
     monkeypatch.setattr(YoutubeIE, "_initial_extract", lambda *_a, **_k: (None, {}, None, False, [response], None))
@@ -115,89 +122,248 @@ def _webpage_error(status: int, reason: str) -> str:
 
 YOUTUBE_REASONS = [
     # (reason, subreason, captcha), kind, permanent, cited file, cited text
-    (("Video unavailable", "This content isn't available, try again later.", False), "rate-limited", False,
-     VIDEO, "has been rate-limited by YouTube for up to an hour"),
-    (("Sign in to confirm you\u2019re not a bot", "This helps protect our community. Learn more", False),
-     "bot-check", False, VIDEO, "if 'sign in' in reason.lower():"),
-    (("Video unavailable", None, True), "bot-check", False, VIDEO,
-     "YouTube is requiring a captcha challenge before playback"),
-    (("Private video", "Sign in if you've been granted access to this video", False), "private", True,
-     VIDEO, "'skip': 'Private video'"),
-    (("Sign in to confirm your age", "This video may be inappropriate for some users.", False), "age-restricted",
-     True, VIDEO, "'confirm your age', 'age-restricted', 'inappropriate',"),
-    (("Join this channel to get access to members-only content like this video, and other exclusive perks.", None,
-      False), "members-only", True, VIDEO, "self.raise_no_formats(reason, expected=True)"),
-    (("Video unavailable", "This video has been removed by the uploader", False), "removed", True,
-     VIDEO, "if subreason != reason:"),
-    (("This video has been removed for violating YouTube's policy on hate speech.", None, False), "removed", True,
-     VIDEO, "removed for violating YouTube"),
-    (("Video unavailable", "This video is no longer available because the YouTube account associated with this "
-      "video has been terminated.", False), "account-terminated", True, VIDEO, "reason += f'. {subreason}'"),
-    (("Video unavailable", "This video is no longer available due to a copyright claim by Sarah Ann Kennedy",
-      False), "copyright", True, VIDEO, "reason += f'. {subreason}'"),
-    (("Video unavailable", "This video contains content from Paramount Global (CBS), who has blocked it in your "
-      "country on copyright grounds", False), "copyright", True, VIDEO, "reason += f'. {subreason}'"),
-    (("Video unavailable", "The uploader has not made this video available in your country", False), "geo-blocked",
-     True, VIDEO, "self.raise_geo_restricted(subreason, countries, metadata_available=True)"),
+    (
+        ("Video unavailable", "This content isn't available, try again later.", False),
+        "rate-limited",
+        False,
+        VIDEO,
+        "has been rate-limited by YouTube for up to an hour",
+    ),
+    (
+        ("Sign in to confirm you\u2019re not a bot", "This helps protect our community. Learn more", False),
+        "bot-check",
+        False,
+        VIDEO,
+        "if 'sign in' in reason.lower():",
+    ),
+    (
+        ("Video unavailable", None, True),
+        "bot-check",
+        False,
+        VIDEO,
+        "YouTube is requiring a captcha challenge before playback",
+    ),
+    (
+        ("Private video", "Sign in if you've been granted access to this video", False),
+        "private",
+        True,
+        VIDEO,
+        "'skip': 'Private video'",
+    ),
+    (
+        ("Sign in to confirm your age", "This video may be inappropriate for some users.", False),
+        "age-restricted",
+        True,
+        VIDEO,
+        "'confirm your age', 'age-restricted', 'inappropriate',",
+    ),
+    (
+        (
+            "Join this channel to get access to members-only content like this video, and other exclusive perks.",
+            None,
+            False,
+        ),
+        "members-only",
+        True,
+        VIDEO,
+        "self.raise_no_formats(reason, expected=True)",
+    ),
+    (
+        ("Video unavailable", "This video has been removed by the uploader", False),
+        "removed",
+        True,
+        VIDEO,
+        "if subreason != reason:",
+    ),
+    (
+        ("This video has been removed for violating YouTube's policy on hate speech.", None, False),
+        "removed",
+        True,
+        VIDEO,
+        "removed for violating YouTube",
+    ),
+    (
+        (
+            "Video unavailable",
+            "This video is no longer available because the YouTube account associated with this "
+            "video has been terminated.",
+            False,
+        ),
+        "account-terminated",
+        True,
+        VIDEO,
+        "reason += f'. {subreason}'",
+    ),
+    (
+        ("Video unavailable", "This video is no longer available due to a copyright claim by Sarah Ann Kennedy", False),
+        "copyright",
+        True,
+        VIDEO,
+        "reason += f'. {subreason}'",
+    ),
+    (
+        (
+            "Video unavailable",
+            "This video contains content from Paramount Global (CBS), who has blocked it in your "
+            "country on copyright grounds",
+            False,
+        ),
+        "copyright",
+        True,
+        VIDEO,
+        "reason += f'. {subreason}'",
+    ),
+    (
+        ("Video unavailable", "The uploader has not made this video available in your country", False),
+        "geo-blocked",
+        True,
+        VIDEO,
+        "self.raise_geo_restricted(subreason, countries, metadata_available=True)",
+    ),
     (("Premieres in 6 hours", None, False), "live-or-premiere", False, VIDEO, "is_upcoming"),
     (("This live event will begin in 2 days.", None, False), "live-or-premiere", False, VIDEO, "is_upcoming"),
     (("Video unavailable", None, False), "unavailable", True, VIDEO, "'skip': 'Video unavailable'"),
-    (("This video is not available.", None, False), "unavailable", True, VIDEO,
-     "'skip': 'This video is not available.'"),
+    (
+        ("This video is not available.", None, False),
+        "unavailable",
+        True,
+        VIDEO,
+        "'skip': 'This video is not available.'",
+    ),
     (("This video does not exist.", None, False), "not-found", True, VIDEO, "'skip': 'This video does not exist.'"),
 ]
 
 YT_DLP_MESSAGES = [
     # message (as yt-dlp's own code writes it), kind, permanent, cited file, cited text
-    (_webpage_error(429, "Too Many Requests"), "http-429", False, "networking/exceptions.py",
-     "msg = f'HTTP Error {response.status}: {response.reason}'"),
-    (f"unable to download video data: {_http_error(403, 'Forbidden')}", "http-403-media", False, "YoutubeDL.py",
-     "self.report_error(f'unable to download video data: {err}')"),
-    (f"ffmpeg exited with code 8; media fetch: {_http_error(403, 'Forbidden')}", "http-403-media", False,
-     "downloader/external.py", "'%s exited with code %d'"),
-    (f"ffmpeg exited with code 8; media fetch: {_http_error(429, 'Too Many Requests')}", "http-429", False,
-     "downloader/external.py", "'%s exited with code %d'"),
+    (
+        _webpage_error(429, "Too Many Requests"),
+        "http-429",
+        False,
+        "networking/exceptions.py",
+        "msg = f'HTTP Error {response.status}: {response.reason}'",
+    ),
+    (
+        f"unable to download video data: {_http_error(403, 'Forbidden')}",
+        "http-403-media",
+        False,
+        "YoutubeDL.py",
+        "self.report_error(f'unable to download video data: {err}')",
+    ),
+    (
+        f"ffmpeg exited with code 8; media fetch: {_http_error(403, 'Forbidden')}",
+        "http-403-media",
+        False,
+        "downloader/external.py",
+        "'%s exited with code %d'",
+    ),
+    (
+        f"ffmpeg exited with code 8; media fetch: {_http_error(429, 'Too Many Requests')}",
+        "http-429",
+        False,
+        "downloader/external.py",
+        "'%s exited with code %d'",
+    ),
     ("ffmpeg exited with code 8", "ffmpeg-error", False, "downloader/external.py", "'%s exited with code %d'"),
-    ("The downloaded file is empty", "empty-file", False, "downloader/fragment.py",
-     "self.report_error('The downloaded file is empty')"),
-    ("All player responses are invalid. Your IP is likely being blocked by Youtube", "bot-check", False, VIDEO,
-     "'All player responses are invalid. Your IP is likely being blocked by Youtube'"),
+    (
+        "The downloaded file is empty",
+        "empty-file",
+        False,
+        "downloader/fragment.py",
+        "self.report_error('The downloaded file is empty')",
+    ),
+    (
+        "All player responses are invalid. Your IP is likely being blocked by Youtube",
+        "bot-check",
+        False,
+        VIDEO,
+        "'All player responses are invalid. Your IP is likely being blocked by Youtube'",
+    ),
     (_webpage_error(404, "Not Found"), "not-found", True, "networking/exceptions.py", "class HTTPError"),
     (_webpage_error(410, "Gone"), "not-found", True, "networking/exceptions.py", "class HTTPError"),
-    (_webpage_error(503, "Service Unavailable"), "server-error", False, "networking/exceptions.py",
-     "class HTTPError"),
+    (_webpage_error(503, "Service Unavailable"), "server-error", False, "networking/exceptions.py", "class HTTPError"),
     (_webpage_error(502, "Bad Gateway"), "server-error", False, "networking/exceptions.py", "class HTTPError"),
-    ("[youtube] abcdefghijk: Requested format is not available. Use --list-formats for a list of available formats",
-     "no-format", True, "YoutubeDL.py", "'Requested format is not available. Use --list-formats for a list of "
-                                         "available formats'"),
+    (
+        "[youtube] abcdefghijk: Requested format is not available. Use --list-formats for a list of available formats",
+        "no-format",
+        True,
+        "YoutubeDL.py",
+        "'Requested format is not available. Use --list-formats for a list of available formats'",
+    ),
     ("[generic] abcdefghijk: No video formats found!", "no-format", True, "YoutubeDL.py", "'No video formats found!'"),
-    ("[youtube] abcdefghijk: This video is DRM protected", "drm", True, "extractor/common.py",
-     "self.raise_no_formats('This video is DRM protected'"),
-    ("[youtube] abcdefghijk: This video is only available for registered users. Use --cookies-from-browser or "
-     "--cookies for the authentication.", "login-required", True, "extractor/common.py",
-     "msg='This video is only available for registered users'"),
-    ("[youtube:tab] Login details are needed to download this content.", "login-required", True,
-     "extractor/youtube/_base.py", "f'Login details are needed to download this content."),
-    ("[youtube] abcdefghijk: This video is not available from your location due to geo restriction",
-     "geo-blocked", True, "extractor/common.py", "msg='This video is not available from your location due to geo "
-                                                 "restriction'"),
-    ("Postprocessing: Invalid data found when processing input", "corrupt-source", True, "YoutubeDL.py",
-     "self.report_error(f'Postprocessing: {err}')"),
-    ("Unable to download webpage: <urlopen error timed out> (caused by TransportError('timed out'))", "timeout",
-     False, "networking/_urllib.py", "raise TransportError(cause=e) from e"),
-    ("Connection to 127.0.0.1 timed out. (connect timeout=20.0)", "timeout", False, "networking/_requests.py",
-     "f'Connection to {self.host} timed out. (connect timeout={self.timeout})'"),
-    ("Got error: 1000 bytes read, 9000 more expected", "network", False, "networking/exceptions.py",
-     "msg = f'{partial} bytes read'"),
+    (
+        "[youtube] abcdefghijk: This video is DRM protected",
+        "drm",
+        True,
+        "extractor/common.py",
+        "self.raise_no_formats('This video is DRM protected'",
+    ),
+    (
+        "[youtube] abcdefghijk: This video is only available for registered users. Use --cookies-from-browser or "
+        "--cookies for the authentication.",
+        "login-required",
+        True,
+        "extractor/common.py",
+        "msg='This video is only available for registered users'",
+    ),
+    (
+        "[youtube:tab] Login details are needed to download this content.",
+        "login-required",
+        True,
+        "extractor/youtube/_base.py",
+        "f'Login details are needed to download this content.",
+    ),
+    (
+        "[youtube] abcdefghijk: This video is not available from your location due to geo restriction",
+        "geo-blocked",
+        True,
+        "extractor/common.py",
+        "msg='This video is not available from your location due to geo restriction'",
+    ),
+    (
+        "Postprocessing: Invalid data found when processing input",
+        "corrupt-source",
+        True,
+        "YoutubeDL.py",
+        "self.report_error(f'Postprocessing: {err}')",
+    ),
+    (
+        "Unable to download webpage: <urlopen error timed out> (caused by TransportError('timed out'))",
+        "timeout",
+        False,
+        "networking/_urllib.py",
+        "raise TransportError(cause=e) from e",
+    ),
+    (
+        "Connection to 127.0.0.1 timed out. (connect timeout=20.0)",
+        "timeout",
+        False,
+        "networking/_requests.py",
+        "f'Connection to {self.host} timed out. (connect timeout={self.timeout})'",
+    ),
+    (
+        "Got error: 1000 bytes read, 9000 more expected",
+        "network",
+        False,
+        "networking/exceptions.py",
+        "msg = f'{partial} bytes read'",
+    ),
     # Not an expected error: yt-dlp appends its bug-report note ("…Confirm you are on the latest version…"),
     # which must not read as a bot check: an unknown message, transient.
-    (str(ExtractorError("[youtube] abcdefghijk: Failed to extract any player response")), "unknown", False, VIDEO,
-     "raise ExtractorError('Failed to extract any player response')"),
+    (
+        str(ExtractorError("[youtube] abcdefghijk: Failed to extract any player response")),
+        "unknown",
+        False,
+        VIDEO,
+        "raise ExtractorError('Failed to extract any player response')",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("reason", "kind", "permanent", "cited", "text"), YOUTUBE_REASONS,
-                         ids=[c[1] + ":" + c[0][0][:24] for c in YOUTUBE_REASONS])
+@pytest.mark.parametrize(
+    ("reason", "kind", "permanent", "cited", "text"),
+    YOUTUBE_REASONS,
+    ids=[c[1] + ":" + c[0][0][:24] for c in YOUTUBE_REASONS],
+)
 def test_youtube_extractor_messages(monkeypatch, reason, kind: str, permanent: bool, cited: str, text: str) -> None:
     message = _youtube_error(monkeypatch, *reason)
     assert message.startswith("[youtube] abcdefghijk: ")
@@ -205,16 +371,21 @@ def test_youtube_extractor_messages(monkeypatch, reason, kind: str, permanent: b
     assert is_throttling(kind) == (kind in THROTTLING) and not (is_throttling(kind) and permanent)
 
 
-@pytest.mark.parametrize(("message", "kind", "permanent", "cited", "text"), YT_DLP_MESSAGES,
-                         ids=[c[1] + ":" + c[0][:30] for c in YT_DLP_MESSAGES])
+@pytest.mark.parametrize(
+    ("message", "kind", "permanent", "cited", "text"),
+    YT_DLP_MESSAGES,
+    ids=[c[1] + ":" + c[0][:30] for c in YT_DLP_MESSAGES],
+)
 def test_yt_dlp_messages(message: str, kind: str, permanent: bool, cited: str, text: str) -> None:
     assert classify_error(message) == (kind, permanent), message
 
 
 def test_the_rate_limit_message_of_the_issue_is_throttling_not_unavailable(monkeypatch) -> None:
     message = _youtube_error(monkeypatch, "Video unavailable", "This content isn't available, try again later.")
-    assert message.startswith("[youtube] abcdefghijk: Video unavailable. This content isn't available, try again "
-                              "later. The current session has been rate-limited by YouTube for up to an hour.")
+    assert message.startswith(
+        "[youtube] abcdefghijk: Video unavailable. This content isn't available, try again "
+        "later. The current session has been rate-limited by YouTube for up to an hour."
+    )
     kind, permanent = classify_error(message)
     assert (kind, permanent, is_throttling(kind)) == ("rate-limited", False, True)
 
@@ -229,8 +400,10 @@ def test_every_cited_text_is_in_the_installed_yt_dlp_and_every_rule_is_exercised
 
 def test_unknown_messages_are_transient_and_counted_by_their_text() -> None:
     assert classify_error("Something YouTube never said before") == ("unknown", False)
-    assert message_key("ERROR: [youtube] abcdefghijk: Weird thing for abcdefghijk", "abcdefghijk") == \
-        "Weird thing for {ytid}"
+    assert (
+        message_key("ERROR: [youtube] abcdefghijk: Weird thing for abcdefghijk", "abcdefghijk")
+        == "Weird thing for {ytid}"
+    )
 
 
 def test_proxy_credentials_never_reach_a_message() -> None:
@@ -243,5 +416,10 @@ def test_proxy_credentials_never_reach_a_message() -> None:
 
 def test_extract_rejects_what_download_could_not_catch(video_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="corrupt media"):
-        extract_clip(video_dir / f"{CORRUPT_ID}.mp4", frame_path=tmp_path / "f.jpg", audio_path=tmp_path / "a.wav",
-                     spec_path=tmp_path / "s.npy", mel_path=tmp_path / "m.npy")
+        extract_clip(
+            video_dir / f"{CORRUPT_ID}.mp4",
+            frame_path=tmp_path / "f.jpg",
+            audio_path=tmp_path / "a.wav",
+            spec_path=tmp_path / "s.npy",
+            mel_path=tmp_path / "m.npy",
+        )

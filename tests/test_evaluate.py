@@ -107,8 +107,10 @@ def test_ground_truth_errors_name_instances(tmp_path):
     assert err.value.instances == ["img0002_car"]
 
     outside = dict(INSTANCES, img0001_cat=[300, 0, 310, 20])  # nothing inside the frame
-    with pytest.warns(EvaluationWarning, match="reach outside"), pytest.raises(
-            EvaluationError, match="empty ground-truth region.*img0001_cat"):
+    with (
+        pytest.warns(EvaluationWarning, match="reach outside"),
+        pytest.raises(EvaluationError, match="empty ground-truth region.*img0001_cat"),
+    ):
         load_ground_truth(make_release(tmp_path / "c", outside), "box")
 
     rel = make_release(tmp_path / "d")
@@ -145,7 +147,12 @@ def test_oracle_npz_scores(release, tmp_path):
     path = save(tmp_path / "oracle.npz", box_oracle())
     exact = ev.evaluate(release, path, gt="box", protocol="exact-k")
     assert (exact["benchmark"], exact["protocol"], exact["gt"], exact["instances"], exact["images"]) == (
-        "is4", "exact-k", "box", 4, 2)
+        "is4",
+        "exact-k",
+        "box",
+        4,
+        2,
+    )
     assert all(exact[key] == 100.0 for key in metrics.METRIC_KEYS)
     assert "miou" not in exact
     ref = ev.evaluate(release, path)  # the default: the reference protocol
@@ -156,13 +163,21 @@ def test_oracle_npz_scores(release, tmp_path):
 
 def test_model_ignoring_sound_end_to_end(release, tmp_path):
     oracle = box_oracle()
-    swapped = {"img0001_dog": oracle["img0001_cat"], "img0001_cat": oracle["img0001_dog"],
-               "img0002_bird": oracle["img0002_car"], "img0002_car": oracle["img0002_bird"]}
+    swapped = {
+        "img0001_dog": oracle["img0001_cat"],
+        "img0001_cat": oracle["img0001_dog"],
+        "img0002_bird": oracle["img0002_car"],
+        "img0002_car": oracle["img0002_bird"],
+    }
     result = ev.evaluate(release, save(tmp_path / "swapped.npz", swapped))
     assert result["ciou"] == 0.0 and result["iiou"] == 0.0
     # One map per image whatever the sound: it finds one of the two objects.
-    same = {"img0001_dog": oracle["img0001_dog"], "img0001_cat": oracle["img0001_dog"],
-            "img0002_bird": oracle["img0002_car"], "img0002_car": oracle["img0002_car"]}
+    same = {
+        "img0001_dog": oracle["img0001_dog"],
+        "img0001_cat": oracle["img0001_dog"],
+        "img0002_bird": oracle["img0002_car"],
+        "img0002_car": oracle["img0002_car"],
+    }
     result = ev.evaluate(release, save(tmp_path / "same.npz", same))
     assert result["ciou"] == 50.0 and result["ciou_adaptive"] == 50.0
     assert result["iiou"] == 0.0 and result["iiou_adaptive"] == 0.0
@@ -224,7 +239,9 @@ def test_constant_maps_are_scored_with_a_warning(release, tmp_path):
 def test_many_missing_instances_listed_with_a_count(tmp_path):
     ids = {f"img{i:04d}_dog": [0, 0, 10, 10] for i in range(9)}
     truth = load_ground_truth(make_release(tmp_path / "r", ids))
-    with pytest.raises(EvaluationError, match=r"no map for 8 of 9 instances: img0001_dog, .*, img0005_dog, … \(3 more\)"):
+    with pytest.raises(
+        EvaluationError, match=r"no map for 8 of 9 instances: img0001_dog, .*, img0005_dog, … \(3 more\)"
+    ):
         ev.score_file(truth, save(tmp_path / "one.npz", {"img0000_dog": np.eye(4)}))
 
 
@@ -247,11 +264,16 @@ def test_mixed_dtypes_in_one_archive(release, tmp_path):
     # float32, float64, integer and bool maps in one archive: each is scored on its exact values (a chunk holding a
     # float64 map is scored in float64), so the numbers equal those of the same values all in float64.
     rng = np.random.default_rng(5)
-    maps = {"img0001_dog": rng.random((S, S)).astype(np.float32), "img0001_cat": rng.random((S, S)),
-            "img0002_bird": rng.integers(0, 7, (S, S)), "img0002_car": rng.random((S, S)) < 0.3}
+    maps = {
+        "img0001_dog": rng.random((S, S)).astype(np.float32),
+        "img0001_cat": rng.random((S, S)),
+        "img0002_bird": rng.integers(0, 7, (S, S)),
+        "img0002_car": rng.random((S, S)) < 0.3,
+    }
     mixed = ev.score_file(load_ground_truth(release), save(tmp_path / "mixed.npz", maps))
-    wide = ev.score_file(load_ground_truth(release),
-                         save(tmp_path / "wide.npz", {k: v.astype(np.float64) for k, v in maps.items()}))
+    wide = ev.score_file(
+        load_ground_truth(release), save(tmp_path / "wide.npz", {k: v.astype(np.float64) for k, v in maps.items()})
+    )
     assert mixed.summary == wide.summary
     assert all(np.array_equal(mixed.per_instance[k], wide.per_instance[k]) for k in mixed.per_instance)
 
@@ -313,8 +335,9 @@ def test_oracle_maps_for_large_regions():
     reference = metrics.per_instance(oracle, gt)
     n = S * S
     np.testing.assert_allclose(reference["iou"], [1.0, (n / 2 - 1) / (0.75 * n), (n / 2 - 1) / n], rtol=1e-15)
-    np.testing.assert_allclose(reference["iou_adaptive"], [(a - 1) / a for a in (n / 4, 0.75 * n)] + [(n - 1) / n],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        reference["iou_adaptive"], [(a - 1) / a for a in (n / 4, 0.75 * n)] + [(n - 1) / n], rtol=1e-15
+    )
 
 
 def test_baseline_sorted_values_are_the_sorted_maps(release):
@@ -363,8 +386,17 @@ def test_per_instance_parquet(release, tmp_path):
     ev.write_per_instance(tmp_path / "b.parquet", scored)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     table = pd.read_parquet(tmp_path / "a.parquet")
-    assert list(table.columns) == ["instance_id", "image_id", "gt_area", "iou", "iou_adaptive", "miou",
-                                   "miou_adaptive", "fscore", "fscore_adaptive"]
+    assert list(table.columns) == [
+        "instance_id",
+        "image_id",
+        "gt_area",
+        "iou",
+        "iou_adaptive",
+        "miou",
+        "miou_adaptive",
+        "fscore",
+        "fscore_adaptive",
+    ]
     assert table["instance_id"].tolist() == IDS and table["image_id"].tolist()[:2] == ["img0001", "img0001"]
     np.testing.assert_array_equal(table["iou"], scored.per_instance["iou"])
     assert (table["iou"] > 0).all() and (table["iou"] < 1).all()  # ellipse masks against box oracles
@@ -380,8 +412,22 @@ def test_per_instance_parquet(release, tmp_path):
 def test_eval_command_prints_baselines_and_writes_outputs(release, tmp_path):
     predictions = save(tmp_path / "oracle.npz", box_oracle())
     out, per = tmp_path / "scores.json", tmp_path / "per.parquet"
-    result = CliRunner().invoke(app, ["eval", "--release", str(release), "--predictions", str(predictions),
-                                      "--output", str(out), "--per-instance", str(per), "--protocol", "exact-k"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--release",
+            str(release),
+            "--predictions",
+            str(predictions),
+            "--output",
+            str(out),
+            "--per-instance",
+            str(per),
+            "--protocol",
+            "exact-k",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "is4 box ground truth" in lines[0] and "protocol exact-k" in lines[0]
@@ -392,13 +438,27 @@ def test_eval_command_prints_baselines_and_writes_outputs(release, tmp_path):
     assert written["baselines"]["oracle"]["iauc"] == 100.0
     assert pd.read_parquet(per)["instance_id"].tolist() == IDS
 
-    result = CliRunner().invoke(app, ["eval", "--release", str(release), "--predictions", str(predictions),
-                                      "--gt", "mask", "--no-baselines", "--output", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--release",
+            str(release),
+            "--predictions",
+            str(predictions),
+            "--gt",
+            "mask",
+            "--no-baselines",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [line.split()[0] for line in result.output.splitlines()[3:]] == ["model"]
     written = json.loads(out.read_text())
     assert "baselines" not in written and written["gt"] == "mask" and written["protocol"] == "reference"
 
-    result = CliRunner().invoke(app, ["eval", "--release", str(release), "--predictions", str(predictions),
-                                      "--protocol", "sorted"])
+    result = CliRunner().invoke(
+        app, ["eval", "--release", str(release), "--predictions", str(predictions), "--protocol", "sorted"]
+    )
     assert result.exit_code == 2 and "--protocol: protocol must be one of reference, exact-k" in result.output

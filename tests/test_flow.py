@@ -19,20 +19,35 @@ IS4 = str(Path(sys.executable).parent / "is4")
 def _build(config: Path, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200"}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([IS4, "build", "--config", str(config), "--workdir", str(workdir)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [IS4, "build", "--config", str(config), "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_build_runs_caches_and_refreshes_deleted_outputs(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "profile": "flow-test",
-        "stages": ["ingest"],
-        "seed": 3,
-        "ingest": {"demo_media": {"enabled": True, "labels": ["cat meowing", "dog barking"],
-                                  "clips_per_label": 1, "source_seconds": 10},
-                   "download": {"workers": 2, "retries": 0}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "profile": "flow-test",
+                "stages": ["ingest"],
+                "seed": 3,
+                "ingest": {
+                    "demo_media": {
+                        "enabled": True,
+                        "labels": ["cat meowing", "dog barking"],
+                        "clips_per_label": 1,
+                        "source_seconds": 10,
+                    },
+                    "download": {"workers": 2, "retries": 0},
+                },
+            }
+        )
+    )
     work, home = tmp_path / "work", tmp_path / "prefect-home"
 
     first = _build(config, work, home)
@@ -61,11 +76,21 @@ def test_build_runs_caches_and_refreshes_deleted_outputs(tmp_path: Path) -> None
 def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
     """The ingest task publishes its counts and failures by reason as a Prefect artifact."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "stages": ["ingest"],
-        "ingest": {"demo_media": {"enabled": True, "labels": ["dog barking"], "clips_per_label": 1,
-                                  "source_seconds": 10}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "stages": ["ingest"],
+                "ingest": {
+                    "demo_media": {
+                        "enabled": True,
+                        "labels": ["dog barking"],
+                        "clips_per_label": 1,
+                        "source_seconds": 10,
+                    }
+                },
+            }
+        )
+    )
     home = tmp_path / "prefect-home"
     assert _build(config, tmp_path / "work", home).returncode == 0
     script = (
@@ -89,19 +114,38 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
 
 def test_caption_subflow_runs_on_training_clips_caches_and_can_be_left_out(tmp_path: Path) -> None:
     """`stages: [ingest, caption]` makes the training captions without any IS4 stage; rerun: a cache hit."""
-    tiny = {"image_captioner": {"model_id": "tiny-random:blip2"},
-            "audio_captioner": {"model_id": "tiny-random:qwen2-audio"},
-            "object_phrase": {"model_id": "tiny-random:mistral"}}
-    ingest = {"demo_media": {"enabled": True, "labels": ["cat meowing", "dog barking"], "clips_per_label": 1,
-                             "source_seconds": 10}, "download": {"workers": 2, "retries": 0}}
+    tiny = {
+        "image_captioner": {"model_id": "tiny-random:blip2"},
+        "audio_captioner": {"model_id": "tiny-random:qwen2-audio"},
+        "object_phrase": {"model_id": "tiny-random:mistral"},
+    }
+    ingest = {
+        "demo_media": {
+            "enabled": True,
+            "labels": ["cat meowing", "dog barking"],
+            "clips_per_label": 1,
+            "source_seconds": 10,
+        },
+        "download": {"workers": 2, "retries": 0},
+    }
     config = tmp_path / "captions.yaml"
-    config.write_text(yaml.safe_dump({"stages": ["ingest", "caption"], "ingest": ingest,
-                                      "captions": {"splits": ["train", "test"]}, "models": tiny}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "stages": ["ingest", "caption"],
+                "ingest": ingest,
+                "captions": {"splits": ["train", "test"]},
+                "models": tiny,
+            }
+        )
+    )
     work, home = tmp_path / "work", tmp_path / "prefect-home"
 
     first = _build(config, work, home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "Beginning subflow run" in first.stdout + first.stderr and "for flow 'caption'" in first.stdout + first.stderr
+    assert (
+        "Beginning subflow run" in first.stdout + first.stderr and "for flow 'caption'" in first.stdout + first.stderr
+    )
     clips = read_manifest(work, "clips")
     captions = read_manifest(work, "captions")
     assert sorted(captions["item_id"]) == sorted(clips.loc[clips["status"] == "ok", "clip_id"])

@@ -53,13 +53,20 @@ def prompts_frame() -> pd.DataFrame:
     for a, b in PAIRS:
         for n, (style, suffix) in enumerate(STYLES):
             image_id = f"{a}_{b}_{n}"
-            rows.append({
-                "image_id": image_id, "category_a": a, "category_b": b, "c1": a, "c2": b,
-                "template": "a photo of a {c1} and {c2}", "style": style,
-                "prompt": f"a photo of a {a} and {b}, {suffix}",
-                "negative_prompt": None if image_id == "dog_piano_1" else "blurry, low quality",
-                "seed": derive_seed(0, image_id),
-            })
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "category_a": a,
+                    "category_b": b,
+                    "c1": a,
+                    "c2": b,
+                    "template": "a photo of a {c1} and {c2}",
+                    "style": style,
+                    "prompt": f"a photo of a {a} and {b}, {suffix}",
+                    "negative_prompt": None if image_id == "dog_piano_1" else "blurry, low quality",
+                    "seed": derive_seed(0, image_id),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -144,8 +151,11 @@ def test_float32_is_batch_variant_here(reference: Path, tmp_path: Path) -> None:
     differing = sorted(name for name in twos if ones[name] != twos[name])
     if not differing:
         pytest.skip("float32 was batch-invariant for this model and size on this machine")
-    pixels = [np.asarray(Image.open(workdir / "media/images" / n)).astype(int)
-              - np.asarray(Image.open(reference / "media/images" / n)).astype(int) for n in differing]
+    pixels = [
+        np.asarray(Image.open(workdir / "media/images" / n)).astype(int)
+        - np.asarray(Image.open(reference / "media/images" / n)).astype(int)
+        for n in differing
+    ]
     assert max(np.abs(p).max() for p in pixels) == 1  # rounding flips, not different images
 
 
@@ -220,9 +230,27 @@ def test_manifest_has_every_provenance_column(reference: Path) -> None:
     schema = pq.read_schema(manifest_path(reference, "images"))
     assert list(schema.names) == list(IMAGES.column_names + IMAGES.optional_names)
     assert set(IMAGES.column_names) <= set(frame.columns)
-    for column in ("prompt", "negative_prompt", "seed", "model_id", "model_revision", "scheduler",
-                   "scheduler_config", "steps", "guidance_scale", "height", "width", "batch_size", "dtype",
-                   "device", "versions", "image_path", "sha256", "flag", "flag_reason"):
+    for column in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "model_id",
+        "model_revision",
+        "scheduler",
+        "scheduler_config",
+        "steps",
+        "guidance_scale",
+        "height",
+        "width",
+        "batch_size",
+        "dtype",
+        "device",
+        "versions",
+        "image_path",
+        "sha256",
+        "flag",
+        "flag_reason",
+    ):
         assert column in frame.columns, column
     revision = directory_revision(reference / "models/tiny-random-stable-diffusion")
     assert revision.startswith("sha256:")
@@ -250,8 +278,9 @@ def test_pipeline_uses_sdpa_and_the_named_scheduler(tmp_path: Path) -> None:
     import torch
 
     resolved = resolve_model(ModelRef(model_id=TINY), make_workdir(tmp_path / "w"), "image_generator")
-    pipe = load_pipeline(resolved.path, small_cfg(scheduler="EulerAncestralDiscreteScheduler"),
-                         torch.device("cpu"), torch.float32)
+    pipe = load_pipeline(
+        resolved.path, small_cfg(scheduler="EulerAncestralDiscreteScheduler"), torch.device("cpu"), torch.float32
+    )
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     processors = {type(p).__name__ for m in (pipe.unet, pipe.vae) for p in m.attn_processors.values()}
     assert processors == {"AttnProcessor2_0"}
@@ -280,8 +309,14 @@ def _tiny_pipeline_with_safety_checker(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=8,
     )
     checker = StableDiffusionSafetyChecker(config).eval()
@@ -289,8 +324,9 @@ def _tiny_pipeline_with_safety_checker(tmp_path: Path) -> Path:
         checker.concept_embeds_weights.fill_(-2.0)
         checker.special_care_embeds_weights.fill_(2.0)
     extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    flagged = StableDiffusionPipeline(**(pipe.components | {"safety_checker": checker, "feature_extractor": extractor}),
-                                      requires_safety_checker=True)
+    flagged = StableDiffusionPipeline(
+        **(pipe.components | {"safety_checker": checker, "feature_extractor": extractor}), requires_safety_checker=True
+    )
     out = tmp_path / "tiny-sd-with-safety-checker"
     flagged.save_pretrained(out)
     return out
@@ -319,8 +355,11 @@ def test_unknown_scheduler_is_a_clear_error(tmp_path: Path) -> None:
     workdir = tmp_path / "bad"
     workdir.mkdir()
     write_manifest(workdir, PROMPTS, prompts_frame())
-    with pytest.raises(GenerateError, match=r"'NoSuchScheduler' is not a diffusers scheduler class; known: .*"
-                                            r"DPMSolverMultistepScheduler"):
+    with pytest.raises(
+        GenerateError,
+        match=r"'NoSuchScheduler' is not a diffusers scheduler class; known: .*"
+        r"DPMSolverMultistepScheduler",
+    ):
         run_generate(workdir, small_cfg(scheduler="NoSuchScheduler"), ModelRef(model_id=TINY))
     assert not (workdir / "models").exists()  # failed before building or loading a model
     with pytest.raises(GenerateError, match="StableDiffusionPipeline"):
@@ -332,9 +371,16 @@ def test_parse_shard() -> None:
     assert parse_shard("0/1") == (0, 1)
     assert parse_shard("1/4") == (1, 4)
     assert parse_shard(" 3 / 4 ") == (3, 4)
-    for text, message in [("4/4", r"0 <= i < 4"), ("5/4", r"0 <= i < 4"), ("0/0", "at least 1"),
-                          ("-1/2", "form i/n"), ("1", "form i/n"), ("a/b", "form i/n"), ("1/2/3", "form i/n"),
-                          ("", "form i/n")]:
+    for text, message in [
+        ("4/4", r"0 <= i < 4"),
+        ("5/4", r"0 <= i < 4"),
+        ("0/0", "at least 1"),
+        ("-1/2", "form i/n"),
+        ("1", "form i/n"),
+        ("a/b", "form i/n"),
+        ("1/2/3", "form i/n"),
+        ("", "form i/n"),
+    ]:
         with pytest.raises(GenerateError, match=message):
             parse_shard(text)
 
@@ -353,8 +399,12 @@ def test_missing_prompts_manifest_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_progress_reports_every_group(tmp_path: Path) -> None:
     calls: list[tuple[int, int, str]] = []
-    run_generate(make_workdir(tmp_path / "p"), small_cfg(batch_size=4, height=32, width=32), ModelRef(model_id=TINY),
-                 progress=lambda d, t, m: calls.append((d, t, m)))
+    run_generate(
+        make_workdir(tmp_path / "p"),
+        small_cfg(batch_size=4, height=32, width=32),
+        ModelRef(model_id=TINY),
+        progress=lambda d, t, m: calls.append((d, t, m)),
+    )
     assert [c[:2] for c in calls] == [(0, N_IMAGES), (4, N_IMAGES), (N_IMAGES, N_IMAGES)]
 
 

@@ -77,7 +77,7 @@ def test_captions_are_one_string_per_image_in_order(captioner: Blip2Captioner, i
 def test_captions_do_not_depend_on_the_batch_size(captioner: Blip2Captioner, images: list[Path]) -> None:
     whole = captioner.caption(images)
     assert [captioner.caption([path])[0] for path in images] == whole
-    assert [c for start in range(0, len(images), 2) for c in captioner.caption(images[start:start + 2])] == whole
+    assert [c for start in range(0, len(images), 2) for c in captioner.caption(images[start : start + 2])] == whole
 
 
 def test_without_a_prompt_captions_are_what_generate_writes_by_itself(
@@ -116,7 +116,11 @@ def test_an_unreadable_image_is_named_before_the_model_runs(
 
 def test_settings_record_what_changes_the_captions(captioner: Blip2Captioner, workdir: Path) -> None:
     assert captioner.settings() == {
-        "prompt": None, "max_new_tokens": 30, "dtype": "float32", "device": "cpu", "decoding": "greedy",
+        "prompt": None,
+        "max_new_tokens": 30,
+        "dtype": "float32",
+        "device": "cpu",
+        "decoding": "greedy",
     }
     assert Blip2Captioner.load(TINY, workdir, prompt=PROMPT).settings()["prompt"] == PROMPT
     assert Blip2Captioner.load(TINY, workdir, prompt=PROMPT).settings() != captioner.settings()
@@ -137,27 +141,55 @@ def test_processor_and_model_must_agree_on_the_image_tokens(captioner: Blip2Capt
         Blip2Captioner(captioner.model, processor, captioner.resolved)
 
 
-def test_an_encoder_decoder_language_model_returns_only_new_tokens(captioner: Blip2Captioner, images: list[Path]) -> None:
+def test_an_encoder_decoder_language_model_returns_only_new_tokens(
+    captioner: Blip2Captioner, images: list[Path]
+) -> None:
     """BLIP-2 with Flan-T5: `generate` returns the decoder's tokens, without the prompt, and all of them are kept."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil, T5Config
 
     tokenizer = tiny_opt_tokenizer()
-    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
-                               tokenizer=tokenizer, num_query_tokens=4)
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer, num_query_tokens=4
+    )
     torch.manual_seed(0)
-    text = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                    initializer_factor=20.0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    text = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        initializer_factor=20.0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
     config = Blip2Config(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
-        qformer_config={"vocab_size": 32, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-                        "intermediate_size": 64, "encoder_hidden_size": 32},
-        text_config=text.to_dict(), num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "vocab_size": 32,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "encoder_hidden_size": 32,
+        },
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config).eval()
     t5_captioner = Blip2Captioner(model, processor, captioner.resolved, prompt=PROMPT, max_new_tokens=5)
-    inputs = processor(images=[Image.open(p).convert("RGB") for p in images], text=[PROMPT] * len(images),
-                       return_tensors="pt")
+    inputs = processor(
+        images=[Image.open(p).convert("RGB") for p in images], text=[PROMPT] * len(images), return_tensors="pt"
+    )
     output = model.generate(**inputs, do_sample=False, max_new_tokens=5)
     assert output.shape[1] <= 6  # the decoder start token and at most 5 new tokens
     expected = [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]

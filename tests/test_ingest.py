@@ -37,8 +37,15 @@ SPEC_HOP = 512 - 274  # samples between spectrogram columns
 
 
 def _cfg(server, workers: int = 2, retries: int = 0) -> IngestConfig:
-    return IngestConfig(download=DownloadConfig(url_template=server.url_template(), workers=workers,
-                                                retries=retries, retry_backoff_s=0.01, socket_timeout_s=2))
+    return IngestConfig(
+        download=DownloadConfig(
+            url_template=server.url_template(),
+            workers=workers,
+            retries=retries,
+            retry_backoff_s=0.01,
+            socket_timeout_s=2,
+        )
+    )
 
 
 def _write_csv(path: Path, rows: list[str]) -> Path:
@@ -52,13 +59,13 @@ def _dominant_hz(samples: np.ndarray) -> float:
 
 
 def _hex_rgb(colour: str) -> np.ndarray:
-    return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+    return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
 
 
 MIXED_ROWS = [
     f"{GOOD_IDS[0]},0,dog barking,train",
     f"{GOOD_IDS[1]},7,playing cello,train",
-    f"{GOOD_IDS[2]},13,\"bird chirping, tweeting\",test",
+    f'{GOOD_IDS[2]},13,"bird chirping, tweeting",test',
     f"{SILENT_ID},0,dog barking,train",
     f"{CORRUPT_ID},0,dog barking,train",
     f"{MISSING_ID},0,dog barking,train",
@@ -85,8 +92,18 @@ def mixed_run(tmp_path_factory, video_dir):
 def test_every_row_gets_a_status_and_a_reason(mixed_run) -> None:
     _, summary, clips = mixed_run
     assert (summary.ok, summary.failed, summary.invalid) == (4, 4, 2)
-    expect = {1: "ok", 2: "ok", 3: "ok", 4: "failed", 5: "failed", 6: "failed", 7: "failed", 8: "ok",
-              9: "invalid", 10: "invalid"}
+    expect = {
+        1: "ok",
+        2: "ok",
+        3: "ok",
+        4: "failed",
+        5: "failed",
+        6: "failed",
+        7: "failed",
+        8: "ok",
+        9: "invalid",
+        10: "invalid",
+    }
     assert clips["status"].to_dict() == expect
     reasons = clips["reason"].to_dict()
     assert reasons[4].startswith("silent audio")
@@ -95,8 +112,14 @@ def test_every_row_gets_a_status_and_a_reason(mixed_run) -> None:
     assert reasons[7].startswith("private")
     assert reasons[9].startswith("invalid-ytid") and pd_isna(clips.loc[9, "clip_id"])
     assert reasons[10].startswith("unknown-label")
-    assert summary.failures_by_reason == {"corrupt-source": 1, "invalid-ytid": 1, "not-found": 1, "private": 1,
-                                          "silent audio": 1, "unknown-label": 1}
+    assert summary.failures_by_reason == {
+        "corrupt-source": 1,
+        "invalid-ytid": 1,
+        "not-found": 1,
+        "private": 1,
+        "silent audio": 1,
+        "unknown-label": 1,
+    }
     # Retry policy recorded for reruns: none of these can get better (a junk file is no video on any rerun).
     assert clips.loc[[4, 5, 6, 7], "retryable"].tolist() == [False, False, False, False]
 
@@ -135,7 +158,7 @@ def test_wav_has_rate_length_and_the_tone_of_each_moment(mixed_run, row: int, st
     for t in (0.5, 4.0, 9.0):
         if abs((start + t) % 5.0) < 0.6 or abs((start + t) % 5.0) > 4.4:
             continue  # too close to a tone change
-        window = audio[int((t - 0.25) * SR): int((t + 0.25) * SR)].astype(float)
+        window = audio[int((t - 0.25) * SR) : int((t + 0.25) * SR)].astype(float)
         assert _dominant_hz(window) == pytest.approx(TONES[segment_at(start + t)], abs=10)
 
 
@@ -157,7 +180,7 @@ def test_short_source_is_padded_and_the_padding_recorded(mixed_run) -> None:
     assert clips.loc[8, "padded_sec"] == pytest.approx(3.0, abs=0.1)
     _, audio = wavfile.read(work / clips.loc[8, "audio_path"])
     assert len(audio) == 10 * SR
-    assert np.abs(audio[int(7.1 * SR):]).max() == 0
+    assert np.abs(audio[int(7.1 * SR) :]).max() == 0
     assert np.abs(audio[: int(6.9 * SR)]).max() > 1000
 
 
@@ -214,9 +237,20 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
     csv = _write_csv(tmp_path / "rows.csv", rows)
     work = tmp_path / "work"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "is4"), "ingest", "--csv", str(csv), "--workdir", str(work),
-         "--url-template", media_server.url_template(), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "is4"),
+            "ingest",
+            "--csv",
+            str(csv),
+            "--workdir",
+            str(work),
+            "--url-template",
+            media_server.url_template(),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     journal = work / JOURNAL
 

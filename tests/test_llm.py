@@ -49,7 +49,9 @@ def test_tiny_tokenizer_round_trips_text_and_follows_the_mistral_chat_format() -
     assert tokenizer.decode(ids) == text
     assert tokenizer(text).input_ids[0] == tokenizer.bos_token_id  # like Mistral's, it adds <s> by default
     conversation = [
-        {"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."}, {"role": "user", "content": "c?"}
+        {"role": "user", "content": "a?"},
+        {"role": "assistant", "content": "b."},
+        {"role": "user", "content": "c?"},
     ]
     assert tokenizer.apply_chat_template(conversation, tokenize=False) == "<s>[INST] a? [/INST]b.</s>[INST] c? [/INST]"
 
@@ -83,12 +85,13 @@ def test_encode_left_pads_with_a_single_bos(lm: ChatLM) -> None:
     bos, pad = lm.tokenizer.bos_token_id, lm.tokenizer.pad_token_id
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     assert len(set(lengths)) == len(MESSAGES)  # all different lengths: every row but the longest is padded
-    for row, mask, length, message in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), lengths,
-                                          MESSAGES):
+    for row, mask, length, message in zip(
+        batch["input_ids"].tolist(), batch["attention_mask"].tolist(), lengths, MESSAGES
+    ):
         width = len(row)
         assert mask == [0] * (width - length) + [1] * length  # padding on the left only
         assert row[: width - length] == [pad] * (width - length)
-        tokens = row[width - length:]
+        tokens = row[width - length :]
         assert tokens[0] == bos and tokens.count(bos) == 1  # the template's <s>, not a second one from the tokenizer
         assert lm.tokenizer.decode(tokens) == lm.render(message)
 
@@ -190,17 +193,21 @@ def test_object_name_prompt_wording() -> None:
 
 
 def test_object_name_proposer_asks_once_per_list_and_maps_labels() -> None:
-    lm = CannedChatLM({
-        _prompt("wind chime"): "Wind chime.",
-        _prompt("people cheering"): "**Crowd of people**",
-        _prompt("playing cello"): "Sure! The primary object is a cello.",
-        _prompt("ocean burbling"): "I cannot determine that from the label given",
-        _prompt("dog barking"): "1234",
-    })
+    lm = CannedChatLM(
+        {
+            _prompt("wind chime"): "Wind chime.",
+            _prompt("people cheering"): "**Crowd of people**",
+            _prompt("playing cello"): "Sure! The primary object is a cello.",
+            _prompt("ocean burbling"): "I cannot determine that from the label given",
+            _prompt("dog barking"): "1234",
+        }
+    )
     propose = object_name_proposer(lm)
     labels = ["wind chime", "people cheering", "playing cello", "ocean burbling", "dog barking", "wind chime"]
     assert propose(labels) == {
-        "wind chime": "wind chime", "people cheering": "crowd of people", "playing cello": "cello",
+        "wind chime": "wind chime",
+        "people cheering": "crowd of people",
+        "playing cello": "cello",
     }
     assert lm.calls == [[_prompt(label) for label in labels[:5]]]  # one batched call, each label asked once
     assert propose(["playing cello"]) == {"playing cello": "cello"}

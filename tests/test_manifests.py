@@ -48,11 +48,26 @@ def clips_frame(*rows: dict[str, Any]) -> pd.DataFrame:
 
 def sample_frame() -> pd.DataFrame:
     return clips_frame(
-        clip_row(3, source_path="sources/c.mp4", source_bytes=123_456, frame_width=224, frame_height=224,
-                 frame_path="frames/c.jpg", source_audio_sec=10.0, peak_dbfs=-3.5),
+        clip_row(
+            3,
+            source_path="sources/c.mp4",
+            source_bytes=123_456,
+            frame_width=224,
+            frame_height=224,
+            frame_path="frames/c.jpg",
+            source_audio_sec=10.0,
+            peak_dbfs=-3.5,
+        ),
         clip_row(1, status="failed", reason="unavailable: private video", retryable=True, attempts=3),
-        clip_row(2, clip_id=None, ytid="bad id", start_sec=None, label="nope", status="invalid",
-                 reason="invalid-ytid: 'bad id'"),
+        clip_row(
+            2,
+            clip_id=None,
+            ytid="bad id",
+            start_sec=None,
+            label="nope",
+            status="invalid",
+            reason="invalid-ytid: 'bad id'",
+        ),
     )
 
 
@@ -106,9 +121,13 @@ def test_rows_come_back_sorted_by_the_spec_sort_key(tmp_path: Path) -> None:
 
 def test_categories_are_sorted_by_label(tmp_path: Path) -> None:
     frame = pd.DataFrame(
-        {"label": ["zebra", "alarm clock", "dog"], "object": ["zebra", "alarm clock", "dog"],
-         "category_id": ["zebra", "alarmclock", "dog"], "instrument": [False, False, False],
-         "depictable": [True, True, None]}
+        {
+            "label": ["zebra", "alarm clock", "dog"],
+            "object": ["zebra", "alarm clock", "dog"],
+            "category_id": ["zebra", "alarmclock", "dog"],
+            "instrument": [False, False, False],
+            "depictable": [True, True, None],
+        }
     )
     write_manifest(tmp_path, CATEGORIES, frame)
     out = read_manifest(tmp_path, "categories")
@@ -265,8 +284,9 @@ def test_read_of_truncated_parquet_is_a_manifest_error(tmp_path: Path) -> None:
 
 
 def test_read_of_another_tables_parquet_is_rejected(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"label": ["dog"], "object": ["dog"], "category_id": ["dog"], "instrument": [False],
-                          "depictable": [True]})
+    frame = pd.DataFrame(
+        {"label": ["dog"], "object": ["dog"], "category_id": ["dog"], "instrument": [False], "depictable": [True]}
+    )
     categories = write_manifest(tmp_path, "categories", frame)
     manifest_path(tmp_path, "clips").write_bytes(categories.read_bytes())
     with pytest.raises(ManifestError) as info:
@@ -307,7 +327,8 @@ def test_read_validates_the_contents(tmp_path: Path) -> None:
     table = pq.read_table(path)
     clip_ids = table.column("clip_id").to_pylist()
     broken = table.set_column(
-        table.schema.get_field_index("clip_id"), table.schema.field("clip_id"),
+        table.schema.get_field_index("clip_id"),
+        table.schema.field("clip_id"),
         [[clip_ids[0], clip_ids[0]]],
     )
     pq.write_table(broken, path)
@@ -408,9 +429,20 @@ def test_manifest_files_get_normal_permissions(tmp_path: Path) -> None:
 
 
 def _image_row(**extra: Any) -> dict[str, Any]:
-    return {"image_id": "cat_dog_0", "category_a": "cat", "category_b": "dog", "template": "t", "style": "s",
-            "prompt": "p", "seed": 1, "model_id": "m", "model_revision": "r", "image_path": "media/images/x.png",
-            "sha256": "0" * 64, **extra}
+    return {
+        "image_id": "cat_dog_0",
+        "category_a": "cat",
+        "category_b": "dog",
+        "template": "t",
+        "style": "s",
+        "prompt": "p",
+        "seed": 1,
+        "model_id": "m",
+        "model_revision": "r",
+        "image_path": "media/images/x.png",
+        "sha256": "0" * 64,
+        **extra,
+    }
 
 
 def test_optional_columns_keep_their_declared_type_even_when_all_null(tmp_path: Path) -> None:

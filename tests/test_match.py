@@ -83,12 +83,28 @@ def _object_mask(n: int, category: str) -> np.ndarray:
 def _clip_row(row: int, clip_id: str, label: str, split: str, status: str) -> dict:
     ok = status == "ok"
     return {
-        "row": row, "clip_id": clip_id, "ytid": clip_id[:11], "start_sec": int(clip_id[12:]), "label": label,
-        "split": split, "status": status, "reason": None if ok else "removed video", "retryable": False,
-        "attempts": 1, "source_path": None, "source_bytes": None, "frame_path": None,
-        "audio_path": f"media/audio/{clip_id}.wav" if ok else None, "spec_path": None, "mel_path": None,
-        "frame_width": None, "frame_height": None, "source_audio_sec": None, "padded_sec": None,
-        "trimmed_sec": None, "peak_dbfs": None,
+        "row": row,
+        "clip_id": clip_id,
+        "ytid": clip_id[:11],
+        "start_sec": int(clip_id[12:]),
+        "label": label,
+        "split": split,
+        "status": status,
+        "reason": None if ok else "removed video",
+        "retryable": False,
+        "attempts": 1,
+        "source_path": None,
+        "source_bytes": None,
+        "frame_path": None,
+        "audio_path": f"media/audio/{clip_id}.wav" if ok else None,
+        "spec_path": None,
+        "mel_path": None,
+        "frame_width": None,
+        "frame_height": None,
+        "source_audio_sec": None,
+        "padded_sec": None,
+        "trimmed_sec": None,
+        "peak_dbfs": None,
     }
 
 
@@ -96,11 +112,22 @@ def make_workdir(root: Path) -> Path:
     """A hand-made work directory with every manifest the match and release stages read, and their media."""
     work = Path(root)
     rng = np.random.default_rng(0)
-    write_manifest(work, "categories", pd.DataFrame([
-        {"label": label, "object": obj, "category_id": cid, "instrument": cid == "cello",
-         "depictable": cid is not None}
-        for label, obj, cid in CATEGORIES
-    ]))
+    write_manifest(
+        work,
+        "categories",
+        pd.DataFrame(
+            [
+                {
+                    "label": label,
+                    "object": obj,
+                    "category_id": cid,
+                    "instrument": cid == "cello",
+                    "depictable": cid is not None,
+                }
+                for label, obj, cid in CATEGORIES
+            ]
+        ),
+    )
 
     (work / "media/audio").mkdir(parents=True)
     for i, (clip_id, *_rest) in enumerate(CLIPS):
@@ -122,25 +149,47 @@ def make_workdir(root: Path) -> Path:
         pixels = np.clip(pixels, 0, 255).astype(np.uint8)
         path = f"media/images/{image_id}.png"
         Image.fromarray(pixels).save(work / path)
-        image_rows.append({
-            "image_id": image_id, "category_a": "cello", "category_b": "dog", "template": "{c1} is next to {c2}",
-            "style": style, "prompt": "a cello is next to a dog", "seed": n, "model_id": MODEL_ID,
-            "model_revision": MODEL_REVISION, "image_path": path,
-            "sha256": hashlib.sha256((work / path).read_bytes()).hexdigest(),
-        })
-        verification_rows.append({
-            "image_id": image_id, "decision": decision, "reason": None if decision == "accept" else "artefact",
-            "reviewer": "tester", "source": "human", "decided_at": pd.Timestamp("2025-01-01", tz="UTC"),
-        })
+        image_rows.append(
+            {
+                "image_id": image_id,
+                "category_a": "cello",
+                "category_b": "dog",
+                "template": "{c1} is next to {c2}",
+                "style": style,
+                "prompt": "a cello is next to a dog",
+                "seed": n,
+                "model_id": MODEL_ID,
+                "model_revision": MODEL_REVISION,
+                "image_path": path,
+                "sha256": hashlib.sha256((work / path).read_bytes()).hexdigest(),
+            }
+        )
+        verification_rows.append(
+            {
+                "image_id": image_id,
+                "decision": decision,
+                "reason": None if decision == "accept" else "artefact",
+                "reviewer": "tester",
+                "source": "human",
+                "decided_at": pd.Timestamp("2025-01-01", tz="UTC"),
+            }
+        )
         for category in ("cello", "dog"):
             iid = f"{image_id}_{category}"
             mask = _object_mask(n, category)
             Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(work / f"media/masks/{iid}.png")
-            annotation_rows.append({
-                "instance_id": iid, "image_id": image_id, "category": category,
-                "mask_path": f"media/masks/{iid}.png", "bbox_xyxy": _mask_box(mask), "method": "auto",
-                "model_id": SAM_ID, "model_revision": SAM_REVISION,
-            })
+            annotation_rows.append(
+                {
+                    "instance_id": iid,
+                    "image_id": image_id,
+                    "category": category,
+                    "mask_path": f"media/masks/{iid}.png",
+                    "bbox_xyxy": _mask_box(mask),
+                    "method": "auto",
+                    "model_id": SAM_ID,
+                    "model_revision": SAM_REVISION,
+                }
+            )
     write_manifest(work, "images", pd.DataFrame(image_rows))
     write_manifest(work, "verification", pd.DataFrame(verification_rows))
     write_manifest(work, "annotations", pd.DataFrame(annotation_rows))
@@ -245,8 +294,7 @@ def test_excluded_clips_are_never_used(workdir: Path, tmp_path: Path) -> None:
 
     # A training manifest (Parquet with clip_id) and a YouTube id in a list both exclude.
     train = tmp_path / "train_clips.parquet"
-    pq.write_table(pa.table({"clip_id": pa.array(["dogAAAAAAA1_000010"]), "label": pa.array(["dog barking"])}),
-                   train)
+    pq.write_table(pa.table({"clip_id": pa.array(["dogAAAAAAA1_000010"]), "label": pa.array(["dog barking"])}), train)
     ytids = tmp_path / "videos.txt"
     ytids.write_text("celloAAAAA2\n")
     summary = run_match(workdir, MatchConfig(exclude_clip_lists=[train, ytids]), SEED)
@@ -364,8 +412,10 @@ def test_an_assignment_that_breaks_the_invariants_is_a_bug(workdir: Path, monkey
         run_match(workdir, MatchConfig(), SEED)
     assert not manifest_path(workdir, "instances").exists()
 
-    rows = [{"instance_id": f"x_y_0_{c}", "image_id": "x_y_0", "category": c, "clip_id": "same", "label": c}
-            for c in ("x", "y")]
+    rows = [
+        {"instance_id": f"x_y_0_{c}", "image_id": "x_y_0", "category": c, "clip_id": "same", "label": c}
+        for c in ("x", "y")
+    ]
     with pytest.raises(MatchError, match=r"bug: image x_y_0 .*x_y_0_x → same, x_y_0_y → same"):
         match_mod.check_assignment(rows, {"x": "x", "y": "y"})
     with pytest.raises(MatchError, match=r"bug: image x_y_0 .*two objects"):
@@ -379,8 +429,11 @@ def test_exclusions_are_seeded_and_independent_of_row_order(workdir: Path, monke
     manifest, report = manifest_path(workdir, "instances"), workdir / match_mod.REPORT_PATH
     reference = (manifest.read_bytes(), report.read_bytes())
     real_read = match_mod.read_manifest
-    monkeypatch.setattr(match_mod, "read_manifest", lambda work, table: real_read(work, table).sample(
-        frac=1.0, random_state=11).reset_index(drop=True))
+    monkeypatch.setattr(
+        match_mod,
+        "read_manifest",
+        lambda work, table: real_read(work, table).sample(frac=1.0, random_state=11).reset_index(drop=True),
+    )
     run_match(workdir, MatchConfig(), SEED)
     assert (manifest.read_bytes(), report.read_bytes()) == reference
     assert _report(workdir)["excluded"] == {"cello_dog_2": ["empty-mask: cello"]}

@@ -61,14 +61,14 @@ def test_resize_bilinear_2x2_by_hand():
     src = np.array([[0.0, 1.0], [2.0, 3.0]])
     # align_corners=True: output i samples source i · (2 - 1) / (4 - 1) = 0, 1/3, 2/3, 1 (the corners are kept).
     third = np.array([0, 1 / 3, 2 / 3, 1])
-    np.testing.assert_allclose(resize_bilinear(src.astype(np.float64), 4), third[None, :] + 2 * third[:, None],
-                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        resize_bilinear(src.astype(np.float64), 4), third[None, :] + 2 * third[:, None], rtol=0, atol=1e-15
+    )
     # align_corners=False: half-pixel centres, x = -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1).
     out = resize_bilinear(src.astype(np.float32), 4, align_corners=False)
-    expected = np.array([[0.0, 0.25, 0.75, 1.0],
-                         [0.5, 0.75, 1.25, 1.5],
-                         [1.5, 1.75, 2.25, 2.5],
-                         [2.0, 2.25, 2.75, 3.0]])
+    expected = np.array(
+        [[0.0, 0.25, 0.75, 1.0], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2.0, 2.25, 2.75, 3.0]]
+    )
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected.astype(np.float32))
 
@@ -81,8 +81,9 @@ def test_resize_align_corners_by_the_formula():
         y, x = r * 6 / 223, c * 8 / 223
         y0, x0 = min(int(y), 5), min(int(x), 7)
         ly, lx = y - y0, x - x0
-        value = ((1 - ly) * ((1 - lx) * src[y0, x0] + lx * src[y0, x0 + 1])
-                 + ly * ((1 - lx) * src[y0 + 1, x0] + lx * src[y0 + 1, x0 + 1]))
+        value = (1 - ly) * ((1 - lx) * src[y0, x0] + lx * src[y0, x0 + 1]) + ly * (
+            (1 - lx) * src[y0 + 1, x0] + lx * src[y0 + 1, x0 + 1]
+        )
         assert out[r, c] == pytest.approx(value, abs=1e-14)
     assert out[0, 0] == src[0, 0] and out[-1, -1] == src[-1, -1]
 
@@ -106,8 +107,9 @@ def test_resize_matches_torch_interpolate(align_corners):
     rng = np.random.default_rng(3)
     for shape in [(7, 7), (14, 20), (112, 112), (300, 250)]:
         arr = rng.random(shape, dtype=np.float32)
-        ref = torch.nn.functional.interpolate(torch.from_numpy(arr)[None, None], size=(S, S), mode="bilinear",
-                                              align_corners=align_corners)[0, 0].numpy()
+        ref = torch.nn.functional.interpolate(
+            torch.from_numpy(arr)[None, None], size=(S, S), mode="bilinear", align_corners=align_corners
+        )[0, 0].numpy()
         # torch computes float32 maps in float32 (errors ~2e-5 for 300 → 224); ours are float64.
         np.testing.assert_allclose(resize_bilinear(arr, align_corners=align_corners), ref, rtol=0, atol=1e-4)
 
@@ -156,7 +158,9 @@ def test_rank_values_equal_np_sort_on_any_values():
     cases = [
         rng.random((5, N_PX), dtype=np.float32),
         np.floor(rng.random((5, N_PX)) * 6).astype(np.float32),  # six values: huge ties
-        outliers, wide, constant,
+        outliers,
+        wide,
+        constant,
         rng.random((3, N_PX)) * 1e-310,  # subnormal
         rng.integers(-5, 5, (3, N_PX)),
         np.exp(rng.standard_normal((3, N_PX)) * 10).astype(np.float32),  # heavy-tailed

@@ -34,8 +34,9 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def phraser(tmp_path_factory: pytest.TempPathFactory) -> TransformersPhraser:
-    return TransformersPhraser.load(ModelRef(model_id="tiny-random:mistral"), tmp_path_factory.mktemp("work"),
-                                    max_new_tokens=12)
+    return TransformersPhraser.load(
+        ModelRef(model_id="tiny-random:mistral"), tmp_path_factory.mktemp("work"), max_new_tokens=12
+    )
 
 
 def test_the_user_message_is_the_paper_prompt_then_both_captions() -> None:
@@ -49,7 +50,8 @@ def test_the_user_message_is_the_paper_prompt_then_both_captions() -> None:
 def test_exact_text_that_reaches_the_llm(phraser: TransformersPhraser) -> None:
     image, audio = PAIRS[0]
     assert phraser.render(image, audio) == (
-        "<s>[INST] " + PAPER_INSTRUCTION
+        "<s>[INST] "
+        + PAPER_INSTRUCTION
         + "\nImage caption: a man playing a cello on a stage, Audio caption: a cello is being played with a bow"
         + " [/INST]"
     )
@@ -80,7 +82,7 @@ def test_answers_do_not_depend_on_the_batch_size(phraser: TransformersPhraser) -
         ("**Running water**", "running water"),
         ("Primary object: cat.", "cat"),
         ("The primary object is a cello.", "cello"),
-        ("Sure! The answer is: \"Baby\".", "baby"),
+        ('Sure! The answer is: "Baby".', "baby"),
         ("Dog (barking)", "dog"),
         ("Electric guitar, amplified.", "electric guitar"),
         ("  \n", None),

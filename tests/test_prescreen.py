@@ -172,16 +172,31 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_workdir(root: Path, tiny_clip: Path, flags: dict[str, tuple] | None = None, no_path=()) -> Path:
     shutil.copytree(tiny_clip, root / "models" / tiny_clip.name)  # what resolve_model would build
-    write_manifest(root, "categories", pd.DataFrame(CATEGORY_ROWS, columns=["label", "object", "category_id",
-                                                                            "instrument", "depictable"]))
+    write_manifest(
+        root,
+        "categories",
+        pd.DataFrame(CATEGORY_ROWS, columns=["label", "object", "category_id", "instrument", "depictable"]),
+    )
     rows = []
     for image_id, (a, b, picture) in PICTURES.items():
         path = f"images/{image_id}.png"
         (root / "images").mkdir(exist_ok=True)
         picture().save(root / path)
-        rows.append({"image_id": image_id, "category_a": a, "category_b": b, "template": "t", "style": "s",
-                     "prompt": f"a photo of a {a} and {b}", "seed": 1, "model_id": "m", "model_revision": "r",
-                     "image_path": path, "sha256": None})
+        rows.append(
+            {
+                "image_id": image_id,
+                "category_a": a,
+                "category_b": b,
+                "template": "t",
+                "style": "s",
+                "prompt": f"a photo of a {a} and {b}",
+                "seed": 1,
+                "model_id": "m",
+                "model_revision": "r",
+                "image_path": path,
+                "sha256": None,
+            }
+        )
     for image_id in no_path:
         rows.append({"image_id": image_id, "category_a": "car", "category_b": "dog", "image_path": None})
     frame = pd.DataFrame(rows)
@@ -248,8 +263,12 @@ def test_same_inputs_give_identical_prescreen_bytes(tmp_path: Path, tiny_clip: P
 
 
 def test_auto_reject_keeps_human_decisions_and_rejects_flagged_images(tmp_path: Path, tiny_clip: Path):
-    work = make_workdir(tmp_path, tiny_clip, flags={"car_cello_0": ("black", "mean pixel 0.1"),
-                                                    "gone_0": ("nsfw", None)}, no_path=["gone_0"])
+    work = make_workdir(
+        tmp_path,
+        tiny_clip,
+        flags={"car_cello_0": ("black", "mean pixel 0.1"), "gone_0": ("nsfw", None)},
+        no_path=["gone_0"],
+    )
 
     # Without a threshold, only the generation flags decide; everything else waits for a human.
     summary = run_prescreen(work, PrescreenConfig(), TINY, decided_at=T0)
@@ -272,14 +291,42 @@ def test_auto_reject_keeps_human_decisions_and_rejects_flagged_images(tmp_path: 
     # Humans have decided one low-scoring image and one image this run does not know; an old prescreen reject
     # of a high-scoring image is stale.
     # (Decisions are written through the ledger: the manifest is the projection of its decision log.)
-    update_verification(work, [
-        {"image_id": human_id, "decision": "accept", "reason": "both visible", "reviewer": "ann", "source": "human",
-         "decided_at": pd.Timestamp("2024-06-01T10:00:00Z")},
-        {"image_id": "zz_other_9", "decision": "reject", "reason": None, "reviewer": "bob", "source": "human",
-         "decided_at": pd.Timestamp("2024-06-02T10:00:00Z")},
-    ], HUMAN)
-    update_verification(work, [{"image_id": above[0], "decision": "reject", "reason": "old", "reviewer": "prescreen",
-                                "source": "auto", "decided_at": pd.Timestamp(T0)}], "prescreen")
+    update_verification(
+        work,
+        [
+            {
+                "image_id": human_id,
+                "decision": "accept",
+                "reason": "both visible",
+                "reviewer": "ann",
+                "source": "human",
+                "decided_at": pd.Timestamp("2024-06-01T10:00:00Z"),
+            },
+            {
+                "image_id": "zz_other_9",
+                "decision": "reject",
+                "reason": None,
+                "reviewer": "bob",
+                "source": "human",
+                "decided_at": pd.Timestamp("2024-06-02T10:00:00Z"),
+            },
+        ],
+        HUMAN,
+    )
+    update_verification(
+        work,
+        [
+            {
+                "image_id": above[0],
+                "decision": "reject",
+                "reason": "old",
+                "reviewer": "prescreen",
+                "source": "auto",
+                "decided_at": pd.Timestamp(T0),
+            }
+        ],
+        "prescreen",
+    )
     before = read_manifest(work, "verification").set_index("image_id")
 
     t1 = T0 + timedelta(days=1)

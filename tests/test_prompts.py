@@ -100,8 +100,13 @@ def test_the_three_paper_templates_appear_verbatim() -> None:
     ]
     frame = build_prompts(categories_frame(), PromptsConfig(), seed=0)
     assert set(frame["template"]) == {PHOTO, NEXT_TO, PLAYING}
-    nouns = {"acousticguitar": "acoustic guitar", "alarmclock": "alarm clock", "cello": "cello", "dog": "dog",
-             "female": "woman"}
+    nouns = {
+        "acousticguitar": "acoustic guitar",
+        "alarmclock": "alarm clock",
+        "cello": "cello",
+        "dog": "dog",
+        "female": "woman",
+    }
     suffixes = dict(STYLES)
     for row in frame.itertuples():
         filled = row.template.format(c1=nouns[row.c1], c2=nouns[row.c2])

@@ -26,8 +26,16 @@ TOLERANCE_PP = 1e-9
 
 # Borderline boxes first (full frame, one pixel, exactly half, fractional and off-frame coordinates), then ordinary.
 BORDERLINE = [
-    [0, 0, 224, 224], [100, 100, 101, 101], [0, 0, 112, 224], [0, 0, 224, 112], [112, 0, 224, 224],
-    [10.7, 3.2, 100.9, 50.5], [0, 0, 224, 223], [-30, 0, 230, 40], [223, 223, 224, 224], [5.99, 5.99, 6.01, 7.5],
+    [0, 0, 224, 224],
+    [100, 100, 101, 101],
+    [0, 0, 112, 224],
+    [0, 0, 224, 112],
+    [112, 0, 224, 224],
+    [10.7, 3.2, 100.9, 50.5],
+    [0, 0, 224, 223],
+    [-30, 0, 230, 40],
+    [223, 223, 224, 224],
+    [5.99, 5.99, 6.01, 7.5],
 ]
 
 
@@ -37,7 +45,7 @@ BORDERLINE = [
 def ref_box(box) -> np.ndarray:
     gt = np.zeros((H, W))
     x1, y1, x2, y2 = box
-    gt[int(y1):int(y2), int(x1):int(x2)] = 1
+    gt[int(y1) : int(y2), int(x1) : int(x2)] = 1
     return gt
 
 
@@ -237,8 +245,14 @@ def test_union_and_consensus_regions_equal_the_reference_formula():
 
 def _write_release(root, boxes, ids, masks=None):
     root.mkdir()
-    entries = [{"image": f"/mnt/authors/IS4/visual_frames/{iid}.jpg", "audio": f"/mnt/authors/IS4/audio_wav/{iid}.wav",
-                "gt_box": box} for iid, box in zip(ids, boxes)]
+    entries = [
+        {
+            "image": f"/mnt/authors/IS4/visual_frames/{iid}.jpg",
+            "audio": f"/mnt/authors/IS4/audio_wav/{iid}.wav",
+            "gt_box": box,
+        }
+        for iid, box in zip(ids, boxes)
+    ]
     (root / "synthetic3240_bbox.json").write_text(json.dumps(entries))
     if masks is not None:
         (root / "gt_masks").mkdir()
@@ -265,11 +279,11 @@ def test_the_harness_on_files_equals_the_reference_loop(tmp_path):
             truth = load_ground_truth(release, gt)
         assert truth.benchmark == "is4" and truth.gt == gt
         scored = ev.score_file(truth, tmp_path / "maps.npz")
-        ours = metrics.summarise(scored.per_instance, truth.image_ids, with_mask_metrics=gt == "mask",
-                                 decimals=None)
+        ours = metrics.summarise(scored.per_instance, truth.image_ids, with_mask_metrics=gt == "mask", decimals=None)
         expected, per = reference_scores(maps, masks, ids, masks=gt == "mask")
         assert_parity(ours, expected)
         np.testing.assert_array_equal(scored.per_instance["iou"], per["iou"])
-        assert scored.summary == {**{k: scored.summary[k] for k in ("benchmark", "protocol", "gt", "instances",
-                                                                    "images")},
-                                  **{k: round(v, 4) for k, v in ours.items()}}
+        assert scored.summary == {
+            **{k: scored.summary[k] for k in ("benchmark", "protocol", "gt", "instances", "images")},
+            **{k: round(v, 4) for k, v in ours.items()},
+        }

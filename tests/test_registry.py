@@ -53,8 +53,7 @@ def test_provenance_hashes_inputs_and_leaves_out_what_cannot_change_the_output(t
     assert before["inputs_sha256"]["images"] is None and before["seed"] == 0
     write_manifest(tmp_path, "clips", sample_frame())
     after = match.provenance(base, tmp_path)
-    assert after["inputs_sha256"]["clips"] == hashlib.sha256(
-        manifest_path(tmp_path, "clips").read_bytes()).hexdigest()
+    assert after["inputs_sha256"]["clips"] == hashlib.sha256(manifest_path(tmp_path, "clips").read_bytes()).hexdigest()
     assert cache_key(after, tmp_path) != cache_key(before, tmp_path)
     assert cache_key(after, tmp_path) != cache_key(after, tmp_path / "elsewhere")
     assert cache_key(after, tmp_path, shard="0/2") != cache_key(after, tmp_path, shard="1/2")
@@ -70,11 +69,13 @@ def test_models_enter_the_key_only_when_the_stage_uses_them(tmp_path: Path) -> N
 
 
 def test_pipeline_code_never_imports_annotation_prefect_or_fiftyone() -> None:
-    code = ("import sys, pkgutil, importlib, is4.pipeline as p\n"
-            "for m in pkgutil.walk_packages(p.__path__, 'is4.pipeline.'):\n"
-            "    if not m.name.endswith('gama_driver'): importlib.import_module(m.name)\n"
-            "print(sorted({n.split('.')[0] if not n.startswith('is4.') else '.'.join(n.split('.')[:2])"
-            " for n in sys.modules if n.startswith(('is4.annotation', 'is4.flows', 'prefect', 'fiftyone'))}))\n")
+    code = (
+        "import sys, pkgutil, importlib, is4.pipeline as p\n"
+        "for m in pkgutil.walk_packages(p.__path__, 'is4.pipeline.'):\n"
+        "    if not m.name.endswith('gama_driver'): importlib.import_module(m.name)\n"
+        "print(sorted({n.split('.')[0] if not n.startswith('is4.') else '.'.join(n.split('.')[:2])"
+        " for n in sys.modules if n.startswith(('is4.annotation', 'is4.flows', 'prefect', 'fiftyone'))}))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -89,7 +90,7 @@ def test_is4_stages_prints_the_graph_in_order() -> None:
     assert result.exit_code == 0, result.output
     headings = [line.split()[1] for line in result.stdout.splitlines() if line[:1].isdigit() or line.startswith("  +")]
     assert headings == ["ingest", "export", *STAGES[1:]]
-    match = result.stdout[result.stdout.index("8. match"):result.stdout.index("9. caption")]
+    match = result.stdout[result.stdout.index("8. match") : result.stdout.index("9. caption")]
     assert "reads  annotations, verification, images, clips, categories" in match
     assert "writes instances" in match and "seed   yes" in match
     assert "models detector, segmenter" in result.stdout

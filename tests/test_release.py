@@ -50,14 +50,16 @@ from tests.test_match import (
 
 CFG = ReleaseConfig(version="0.1.0")
 NAME = "is4-0.1.0"
-BUILD_CONFIG = parse_config({
-    "profile": "test",
-    "seed": SEED,
-    "models": {
-        "image_generator": {"model_id": MODEL_ID, "revision": "main"},
-        "segmenter": {"model_id": "tiny-random:sam", "revision": "main"},
-    },
-}).model_dump(mode="json")
+BUILD_CONFIG = parse_config(
+    {
+        "profile": "test",
+        "seed": SEED,
+        "models": {
+            "image_generator": {"model_id": MODEL_ID, "revision": "main"},
+            "segmenter": {"model_id": "tiny-random:sam", "revision": "main"},
+        },
+    }
+).model_dump(mode="json")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -178,7 +180,7 @@ def test_archive_is_normalised(built: tuple[Path, Path]) -> None:
     for m in members:
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.mode == (0o755 if m.isdir() else 0o644) and (m.isdir() or m.isfile())
-    files = {n[len(NAME) + 1:] for n, m in zip(names, members) if m.isfile()}
+    files = {n[len(NAME) + 1 :] for n, m in zip(names, members) if m.isfile()}
     assert files == set(_tree(rel))
 
 
@@ -238,7 +240,10 @@ def test_verify_names_changed_missing_and_extra_files(built: tuple[Path, Path], 
     write_archive(copy, tampered, NAME)
     report = verify_release(tampered)
     assert (report.changed, report.missing, report.extra) == (
-        ["visual_frames/cello_dog_2_dog.jpg"], ["audio_wav/cello_dog_0_cello.wav"], ["gt_masks/stray.jpg"])
+        ["visual_frames/cello_dog_2_dog.jpg"],
+        ["audio_wav/cello_dog_0_cello.wav"],
+        ["gt_masks/stray.jpg"],
+    )
     (copy / "SHA256SUMS").unlink()
     with pytest.raises(ReleaseError, match="no SHA256SUMS"):
         verify_release(copy)
@@ -317,10 +322,17 @@ def test_croissant_validates(built: tuple[Path, Path]) -> None:
 
     # An invalid document fails the validation with mlcroissant's message.
     broken = dict(meta)
-    broken["recordSet"] = [dict(meta["recordSet"][0], field=[
-        dict(meta["recordSet"][0]["field"][0], source={"fileObject": {"@id": "no-such-file"},
-                                                       "extract": {"column": "instance_id"}})
-    ])]
+    broken["recordSet"] = [
+        dict(
+            meta["recordSet"][0],
+            field=[
+                dict(
+                    meta["recordSet"][0]["field"][0],
+                    source={"fileObject": {"@id": "no-such-file"}, "extract": {"column": "instance_id"}},
+                )
+            ],
+        )
+    ]
     bad = rel.parent.parent / "broken-croissant.json"
     bad.write_text(json.dumps(broken))
     with pytest.raises(ReleaseError, match="Croissant validation failed"):
@@ -362,8 +374,9 @@ def test_card_config_and_figures(built: tuple[Path, Path]) -> None:
     assert MODEL_ID in card and MODEL_REVISION in card and SAM_REVISION in card
     assert "CC BY 4.0" in card and "Localizing Visual Sounds the Hard Way" in card
     attribution = Path(is4.__file__).with_name("data").joinpath("ATTRIBUTION.md").read_text().strip()
-    quoted = "\n".join(line[2:] if line.startswith("> ") else line[1:] for line in card.splitlines()
-                       if line.startswith(">"))
+    quoted = "\n".join(
+        line[2:] if line.startswith("> ") else line[1:] for line in card.splitlines() if line.startswith(">")
+    )
     assert attribution in quoted  # the packaged attribution text, verbatim (as a blockquote)
     assert "| box | oracle |" in card and "| mask | random |" in card
     assert "card/box_area.png" in card and "card/categories.png" in card
@@ -462,8 +475,13 @@ def test_verify_reports_an_image_with_one_instance(built: tuple[Path, Path], tmp
     archive = tmp_path / "single.tar.gz"
     write_archive(copy, archive, NAME)
     assert verify_release(archive).invalid == report.invalid
-    result = subprocess.run([str(Path(sys.executable).parent / "is4"), "release", "verify", str(archive)],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "250"})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "is4"), "release", "verify", str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "invalid: image cello_dog_1: instances cello_dog_1_cello;" in result.stdout
     assert result.stdout.strip().endswith("FAILED")

@@ -56,46 +56,93 @@ def make_workdir(root: Path, n: int = 6) -> list[str]:
         path = root / "media" / "images" / f"{image_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (W, H), ((37 * i) % 256, 90, 200 - 7 * i)).save(path)
-        rows.append({
-            "image_id": image_id, "category_a": "cello", "category_b": "dog", "template": "{c1} is next to {c2}",
-            "style": "cartoon", "prompt": f"cello is next to dog, cartoon {i}", "seed": 1000 + i,
-            "model_id": "tiny-random:sd", "model_revision": "rev1", "image_path": f"media/images/{image_id}.png",
-            "sha256": "0" * 64, "flag": None,
-        })
+        rows.append(
+            {
+                "image_id": image_id,
+                "category_a": "cello",
+                "category_b": "dog",
+                "template": "{c1} is next to {c2}",
+                "style": "cartoon",
+                "prompt": f"cello is next to dog, cartoon {i}",
+                "seed": 1000 + i,
+                "model_id": "tiny-random:sd",
+                "model_revision": "rev1",
+                "image_path": f"media/images/{image_id}.png",
+                "sha256": "0" * 64,
+                "flag": None,
+            }
+        )
     rows.append({**rows[0], "image_id": "cello_dog_flagged", "image_path": None, "flag": "nsfw"})
     write_manifest(root, "images", pd.DataFrame(rows))
-    write_manifest(root, "prescreen", pd.DataFrame({
-        "image_id": ids, "score_a": [0.5 + i / 100 for i in range(n)], "score_b": [0.9] * n,
-        "both_present": [0.5 + i / 100 for i in range(n)], "duplicate_group": ids,
-        "queue_rank": [queue_rank(i, n) for i in range(n)], "model_id": "tiny-random:clip", "model_revision": "r",
-    }))
+    write_manifest(
+        root,
+        "prescreen",
+        pd.DataFrame(
+            {
+                "image_id": ids,
+                "score_a": [0.5 + i / 100 for i in range(n)],
+                "score_b": [0.9] * n,
+                "both_present": [0.5 + i / 100 for i in range(n)],
+                "duplicate_group": ids,
+                "queue_rank": [queue_rank(i, n) for i in range(n)],
+                "model_id": "tiny-random:clip",
+                "model_revision": "r",
+            }
+        ),
+    )
     verdicts = [
-        {"image_id": image_id, "decision": "pending", "reason": None, "reviewer": None, "source": "auto",
-         "decided_at": None}
+        {
+            "image_id": image_id,
+            "decision": "pending",
+            "reason": None,
+            "reviewer": None,
+            "source": "auto",
+            "decided_at": None,
+        }
         for image_id in ids
     ]
     verdicts[0].update(decision="reject", reason=AUTO_REASON, reviewer="prescreen", decided_at=T0)
-    verdicts.append({"image_id": "cello_dog_flagged", "decision": "reject", "reason": FLAG_REASON,
-                     "reviewer": "prescreen", "source": "auto", "decided_at": T0})
+    verdicts.append(
+        {
+            "image_id": "cello_dog_flagged",
+            "decision": "reject",
+            "reason": FLAG_REASON,
+            "reviewer": "prescreen",
+            "source": "auto",
+            "decided_at": T0,
+        }
+    )
     write_verification(root, verdicts)
     mask = np.zeros((H, W), np.uint8)
-    mask[MASK_ROWS[0]:MASK_ROWS[1], MASK_COLS[0]:MASK_COLS[1]] = 255
+    mask[MASK_ROWS[0] : MASK_ROWS[1], MASK_COLS[0] : MASK_COLS[1]] = 255
     mask_file = root / "media" / "masks" / f"{ids[1]}_cello.png"
     mask_file.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(mask_file)
-    write_manifest(root, "annotations", pd.DataFrame([{
-        "instance_id": f"{ids[1]}_cello", "image_id": ids[1], "category": "cello",
-        "mask_path": f"media/masks/{ids[1]}_cello.png",
-        "bbox_xyxy": [float(MASK_COLS[0]), float(MASK_ROWS[0]), float(MASK_COLS[1]), float(MASK_ROWS[1])],
-        "method": "auto", "model_id": "tiny-random:sam",
-    }]))
+    write_manifest(
+        root,
+        "annotations",
+        pd.DataFrame(
+            [
+                {
+                    "instance_id": f"{ids[1]}_cello",
+                    "image_id": ids[1],
+                    "category": "cello",
+                    "mask_path": f"media/masks/{ids[1]}_cello.png",
+                    "bbox_xyxy": [float(MASK_COLS[0]), float(MASK_ROWS[0]), float(MASK_COLS[1]), float(MASK_ROWS[1])],
+                    "method": "auto",
+                    "model_id": "tiny-random:sam",
+                }
+            ]
+        ),
+    )
     return ids
 
 
 def write_verification(root: Path, rows: list[dict]) -> None:
     """Write decisions as they are, past the ledger's rules (a stage that does not play by them): log, then manifest."""
-    append_records(root, [{**row, "decided_at": pd.Timestamp(row["decided_at"]) if row["decided_at"] else None}
-                          for row in rows])
+    append_records(
+        root, [{**row, "decided_at": pd.Timestamp(row["decided_at"]) if row["decided_at"] else None} for row in rows]
+    )
     frame = pd.DataFrame(rows, columns=["image_id", "decision", "reason", "reviewer", "source", "decided_at"])
     frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
     write_manifest(root, "verification", frame)
@@ -197,7 +244,12 @@ def test_build_dataset_samples_fields_and_views(tmp_path: Path, fiftyone_db: Pat
     assert s.filepath == str((b.workdir / "media" / "images" / f"{ids[3]}.png").resolve())
     assert Path(s.filepath).is_absolute()
     assert (s.prompt, s.category_a, s.category_b, s["style"], s.template) == (
-        "cello is next to dog, cartoon 3", "cello", "dog", "cartoon", "{c1} is next to {c2}")
+        "cello is next to dog, cartoon 3",
+        "cello",
+        "dog",
+        "cartoon",
+        "{c1} is next to {c2}",
+    )
     assert (s.seed, s.model_id, s.model_revision) == (1003, "tiny-random:sd", "rev1")
     assert (s.score_a, s.score_b, s.both_present) == pytest.approx((0.53, 0.9, 0.53))
     assert (s.duplicate_group, s.queue_rank) == (ids[3], queue_rank(3, 6))
@@ -253,21 +305,45 @@ def test_sync_writes_human_decisions_that_survive_a_rebuild(build: Build) -> Non
 
     counts = review.sync(build.workdir, build.cfg, "alice", now=T1)
     assert {k: counts[k] for k in ("accepted", "rejected", "unchanged", "pending", "conflicts", "needs_fix")} == {
-        "accepted": 2, "rejected": 2, "unchanged": 1, "pending": 1, "conflicts": 0, "needs_fix": 1}
+        "accepted": 2,
+        "rejected": 2,
+        "unchanged": 1,
+        "pending": 1,
+        "conflicts": 0,
+        "needs_fix": 1,
+    }
     rows = verification(build.workdir)
     for image_id, decision, reason in (
-        (ids[1], "accept", None), (ids[2], "accept", None), (ids[3], "reject", "missing-object"),
+        (ids[1], "accept", None),
+        (ids[2], "accept", None),
+        (ids[3], "reject", "missing-object"),
         (ids[4], "reject", "artefact,unrecognisable"),
     ):
-        assert rows[image_id] == {"image_id": image_id, "decision": decision, "reason": reason,
-                                  "reviewer": "alice", "source": "human", "decided_at": T1}
-    assert rows[ids[0]] == {"image_id": ids[0], "decision": "reject", "reason": AUTO_REASON,
-                            "reviewer": "prescreen", "source": "auto", "decided_at": T0}
+        assert rows[image_id] == {
+            "image_id": image_id,
+            "decision": decision,
+            "reason": reason,
+            "reviewer": "alice",
+            "source": "human",
+            "decided_at": T1,
+        }
+    assert rows[ids[0]] == {
+        "image_id": ids[0],
+        "decision": "reject",
+        "reason": AUTO_REASON,
+        "reviewer": "prescreen",
+        "source": "auto",
+        "decided_at": T0,
+    }
     assert rows["cello_dog_flagged"]["reason"] == FLAG_REASON  # not in the dataset: left alone
     assert (rows[ids[5]]["decision"], rows[ids[5]]["source"]) == ("pending", "auto")
     s = build.sample(ids[3])
     assert (s.decision, s.decision_reason, s.decision_source, s.reviewer) == (
-        "reject", "missing-object", "human", "alice")
+        "reject",
+        "missing-object",
+        "human",
+        "alice",
+    )
 
     assert sorted(build.view_ids("accepted")) == [ids[1], ids[2]]
     assert sorted(build.view_ids("rejected")) == [ids[0], ids[3], ids[4]]
@@ -292,7 +368,11 @@ def test_sync_writes_human_decisions_that_survive_a_rebuild(build: Build) -> Non
     assert build.tags(ids[0]) == {f"reject:{AUTO_REASON}"} and build.tags(ids[5]) == set()
     s = build.sample(ids[4])
     assert (s.decision, s.decision_reason, s.decision_source, s.reviewer) == (
-        "reject", "artefact,unrecognisable", "human", "alice")
+        "reject",
+        "artefact,unrecognisable",
+        "human",
+        "alice",
+    )
     assert s.decided_at.replace(tzinfo=UTC) == T1
     assert sorted(build.view_ids("accepted")) == [ids[1], ids[2]]
     assert build.view_ids("to-verify") == [ids[5]]
@@ -305,8 +385,13 @@ def test_sync_writes_human_decisions_that_survive_a_rebuild(build: Build) -> Non
     counts = review.sync(build.workdir, build.cfg, "carol", now=T2)
     assert counts["withdrawn"] == 1
     assert verification(build.workdir)[ids[2]] == {
-        "image_id": ids[2], "decision": "pending", "reason": None, "reviewer": "carol", "source": "human",
-        "decided_at": T2}
+        "image_id": ids[2],
+        "decision": "pending",
+        "reason": None,
+        "reviewer": "carol",
+        "source": "human",
+        "decided_at": T2,
+    }
     assert ids[2] in build.view_ids("to-verify")
 
 
@@ -347,8 +432,7 @@ def test_conflicts_and_unknown_reasons_are_reported_not_applied(build: Build) ->
     clone = build.sample(ids[5]).copy()
     clone.tags = ["reject:artefact"]
     ds.add_sample(clone)
-    ds.add_sample(build.fo.Sample(filepath=str(build.workdir / "media" / "images" / f"{ids[5]}.png"),
-                                  tags=["accept"]))
+    ds.add_sample(build.fo.Sample(filepath=str(build.workdir / "media" / "images" / f"{ids[5]}.png"), tags=["accept"]))
     build.app_tag([ids[5]], {"accept": True})
     counts = review.sync(build.workdir, build.cfg, "alice", now=T1)
     assert counts["conflict_ids"] == [ids[5]] and counts["accepted"] == 0
@@ -362,21 +446,37 @@ def test_human_decisions_beat_automatic_ones(build: Build) -> None:
     counts = review.sync(build.workdir, build.cfg, "alice", now=T1)
     assert counts["accepted"] == 1
     assert verification(build.workdir)[ids[0]] == {
-        "image_id": ids[0], "decision": "accept", "reason": None, "reviewer": "alice", "source": "human",
-        "decided_at": T1}
+        "image_id": ids[0],
+        "decision": "accept",
+        "reason": None,
+        "reviewer": "alice",
+        "source": "human",
+        "decided_at": T1,
+    }
 
     # An automatic stage writes over the human row and, legitimately, rejects an untouched image.
     rows = list(verification(build.workdir).values())
     for row in rows:
         if row["image_id"] in (ids[0], ids[5]):
-            row.update(decision="reject", reason="both_present 0.100000 < 0.5", reviewer="prescreen",
-                       source="auto", decided_at=T2)
+            row.update(
+                decision="reject",
+                reason="both_present 0.100000 < 0.5",
+                reviewer="prescreen",
+                source="auto",
+                decided_at=T2,
+            )
     write_verification(build.workdir, rows)
     counts = review.sync(build.workdir, build.cfg, "bob", now=T2)
     assert (counts["restored"], counts["refreshed"]) == (1, 1)
     after = verification(build.workdir)
-    assert after[ids[0]] == {"image_id": ids[0], "decision": "accept", "reason": None, "reviewer": "alice",
-                             "source": "human", "decided_at": T1}
+    assert after[ids[0]] == {
+        "image_id": ids[0],
+        "decision": "accept",
+        "reason": None,
+        "reviewer": "alice",
+        "source": "human",
+        "decided_at": T1,
+    }
     # The untouched image follows the manifest: its tags and fields show the automatic reject.
     assert build.tags(ids[5]) == {"reject:both_present 0.100000 < 0.5"}
     assert (build.sample(ids[5]).decision, build.sample(ids[5]).decision_source) == ("reject", "auto")
@@ -423,10 +523,21 @@ def _run_workers(build: Build, plans: list[dict], tmp_path: Path) -> None:
     for k, plan in enumerate(plans):
         ready = tmp_path / f"ready-{k}"
         readies.append(ready)
-        args = {"cfg": build.cfg.model_dump(mode="json"), "workdir": str(build.workdir), "ready": str(ready),
-                "go": str(go), **plan}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(args)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        args = {
+            "cfg": build.cfg.model_dump(mode="json"),
+            "workdir": str(build.workdir),
+            "ready": str(ready),
+            "go": str(go),
+            **plan,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, json.dumps(args)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     deadline = time.time() + 60
     while not all(r.exists() for r in readies):
         if any(p.poll() is not None for p in procs) or time.time() > deadline:
@@ -466,7 +577,9 @@ def test_concurrent_taggers_in_two_processes_lose_nothing(tmp_path: Path, fiftyo
     rows = verification(b.workdir)
     for image_id, tag in decisions.items():
         assert (rows[image_id]["decision"], rows[image_id]["source"]) == (
-            "accept" if tag == "accept" else "reject", "human")
+            "accept" if tag == "accept" else "reject",
+            "human",
+        )
 
 
 def test_concurrent_syncs_lose_nothing(tmp_path: Path, fiftyone_db: Path, fo_module) -> None:
@@ -479,7 +592,8 @@ def test_concurrent_syncs_lose_nothing(tmp_path: Path, fiftyone_db: Path, fo_mod
     for image_id, tag in decisions.items():
         row = rows[image_id]
         assert (row["decision"], row["reason"], row["source"]) == (
-            ("accept", None, "human") if tag == "accept" else ("reject", "artefact", "human")), image_id
+            ("accept", None, "human") if tag == "accept" else ("reject", "artefact", "human")
+        ), image_id
         # Tags do not say who set them: a sync records what it finds under the name of whoever ran it.
         assert row["reviewer"] in {"a", "b"}
     assert rows[b.ids[0]]["source"] == "auto"
@@ -494,11 +608,13 @@ def test_concurrent_syncs_lose_nothing(tmp_path: Path, fiftyone_db: Path, fo_mod
 def _add_clicks(build: Build) -> None:
     fo, ids = build.fo, build.ids
     s = build.sample(ids[1])
-    s["clicks"] = fo.Keypoints(keypoints=[
-        fo.Keypoint(label="cello", points=[[0.25, 0.5], [0.1, 0.2]], click="positive"),
-        fo.Keypoint(label="cello", points=[[0.75, 0.5]], click="negative"),
-        fo.Keypoint(label="dog", points=[[0.5, 0.25], [math.nan, math.nan]]),  # no attribute: positive
-    ])
+    s["clicks"] = fo.Keypoints(
+        keypoints=[
+            fo.Keypoint(label="cello", points=[[0.25, 0.5], [0.1, 0.2]], click="positive"),
+            fo.Keypoint(label="cello", points=[[0.75, 0.5]], click="negative"),
+            fo.Keypoint(label="dog", points=[[0.5, 0.25], [math.nan, math.nan]]),  # no attribute: positive
+        ]
+    )
     s["fix_boxes"] = fo.Detections(detections=[fo.Detection(label="dog", bounding_box=[0.125, 0.25, 0.5, 0.5])])
     s.save()
     other = build.sample(ids[2])  # clicks, but not tagged needs-fix: not pending
@@ -516,8 +632,11 @@ def test_pending_refinements_in_pixels(build: Build) -> None:
     (_, cello_points, cello_box), (_, dog_points, dog_box) = got
     assert cello_box is None
     assert [p[2] for p in cello_points] == [1, 1, 0]
-    assert [p[:2] for p in cello_points] == [pytest.approx((16.0, 24.0)), pytest.approx((6.4, 9.6)),
-                                             pytest.approx((48.0, 24.0))]
+    assert [p[:2] for p in cello_points] == [
+        pytest.approx((16.0, 24.0)),
+        pytest.approx((6.4, 9.6)),
+        pytest.approx((48.0, 24.0)),
+    ]
     assert [p[2] for p in dog_points] == [1] and dog_points[0][:2] == pytest.approx((32.0, 12.0))
     assert dog_box == pytest.approx((8.0, 12.0, 40.0, 36.0))
     assert review.pending_refinements(build.workdir, build.cfg, sample_ids=[build.sample(ids[2]).id]) == []
@@ -543,9 +662,16 @@ def _fake_refine(calls: list):
         Image.fromarray(mask).save(Path(workdir) / rel)
         frame = read_manifest(workdir, "annotations")
         image_id, category = instance_id.rsplit("_", 1)
-        row = {"instance_id": instance_id, "image_id": image_id, "category": category, "mask_path": rel,
-               "bbox_xyxy": [float(x0), float(y0), float(x1), float(y1)], "method": "refined",
-               "model_id": segmenter.model_id, "points": json.dumps([list(p) for p in points])}
+        row = {
+            "instance_id": instance_id,
+            "image_id": image_id,
+            "category": category,
+            "mask_path": rel,
+            "bbox_xyxy": [float(x0), float(y0), float(x1), float(y1)],
+            "method": "refined",
+            "model_id": segmenter.model_id,
+            "points": json.dumps([list(p) for p in points]),
+        }
         frame = pd.concat([frame[frame["instance_id"] != instance_id], pd.DataFrame([row])], ignore_index=True)
         write_manifest(workdir, "annotations", frame)
         return row
@@ -576,8 +702,9 @@ def test_refine_masks_operator_refines_and_reloads(build: Build, monkeypatch: py
 
     # Selected samples narrow the work: ids[2] is selected but has no needs-fix tag, so nothing is refined.
     calls.clear()
-    result = foo.execute_operator(f"{review.PLUGIN_NAME}/refine_masks", dataset=build.name,
-                                  selected=[build.sample(ids[2]).id])
+    result = foo.execute_operator(
+        f"{review.PLUGIN_NAME}/refine_masks", dataset=build.name, selected=[build.sample(ids[2]).id]
+    )
     assert result.result == {"refined": []} and calls == []
 
     # A rebuild restores the refined masks and the clicks that made them (in the normalised keypoint scheme).
@@ -600,8 +727,15 @@ def _annotation_row(root: Path, image_id: str, category: str, rows: slice | None
     rel = f"media/masks/{image_id}_{category}.png"
     Image.fromarray(mask).save(root / rel)
     box = None if rows is None else [5.0, float(rows.start), 15.0, float(rows.stop)]
-    return {"instance_id": f"{image_id}_{category}", "image_id": image_id, "category": category, "mask_path": rel,
-            "bbox_xyxy": box, "method": "auto", "model_id": "tiny-random:sam"}
+    return {
+        "instance_id": f"{image_id}_{category}",
+        "image_id": image_id,
+        "category": category,
+        "mask_path": rel,
+        "bbox_xyxy": box,
+        "method": "auto",
+        "model_id": "tiny-random:sam",
+    }
 
 
 def _add_annotations(root: Path, rows: list[dict]) -> None:
@@ -622,11 +756,16 @@ def test_needs_fix_shows_accepted_images_with_an_empty_mask(tmp_path: Path, fift
     write_manifest(workdir, "verification", frame)
     # ids[1]: its cello (from make_workdir) and an empty dog mask; ids[2]: two masks; ids[3]: not annotated yet;
     # ids[4] (pending, not accepted): an empty mask that match would never release anyway.
-    _add_annotations(workdir, [
-        _annotation_row(workdir, ids[1], "dog", None),
-        _annotation_row(workdir, ids[2], "cello", slice(2, 9)), _annotation_row(workdir, ids[2], "dog", slice(20, 30)),
-        _annotation_row(workdir, ids[4], "cello", slice(2, 9)), _annotation_row(workdir, ids[4], "dog", None),
-    ])
+    _add_annotations(
+        workdir,
+        [
+            _annotation_row(workdir, ids[1], "dog", None),
+            _annotation_row(workdir, ids[2], "cello", slice(2, 9)),
+            _annotation_row(workdir, ids[2], "dog", slice(20, 30)),
+            _annotation_row(workdir, ids[4], "cello", slice(2, 9)),
+            _annotation_row(workdir, ids[4], "dog", None),
+        ],
+    )
     cfg = ReviewConfig(database_dir=fiftyone_db)
     review.build_dataset(workdir, cfg)
     b = Build(workdir, cfg, ids, fo_module)
@@ -643,8 +782,10 @@ def test_needs_fix_shows_accepted_images_with_an_empty_mask(tmp_path: Path, fift
     assert b.view_ids("needs-fix") == [ids[5]]
 
     # Annotations that arrive later (annotate after the review): refresh counts them, and an empty one shows.
-    _add_annotations(workdir, [_annotation_row(workdir, ids[3], "cello", None),
-                               _annotation_row(workdir, ids[3], "dog", slice(20, 30))])
+    _add_annotations(
+        workdir,
+        [_annotation_row(workdir, ids[3], "cello", None), _annotation_row(workdir, ids[3], "dog", slice(20, 30))],
+    )
     assert review.refresh(workdir, cfg, "alice")["action"].startswith("masks reloaded")
     assert b.sample(ids[3]).annotated_objects == 2
     assert sorted(b.view_ids("needs-fix")) == [ids[3], ids[5]]

@@ -36,13 +36,16 @@ def test_is_reject_tag() -> None:
     assert not is_reject_tag("rejected") and not is_reject_tag("accept") and not is_reject_tag("needs-fix")
 
 
-@pytest.mark.parametrize(("reason", "tags"), [
-    (None, ["reject"]),
-    ("artefact", ["reject:artefact"]),
-    ("artefact,unrecognisable", ["reject:artefact", "reject:unrecognisable"]),
-    ("generation flag: nsfw", ["reject:generation flag: nsfw"]),  # automatic: verbatim
-    ("artefact,blurry", ["reject:artefact,blurry"]),  # not all known reasons: one verbatim tag
-])
+@pytest.mark.parametrize(
+    ("reason", "tags"),
+    [
+        (None, ["reject"]),
+        ("artefact", ["reject:artefact"]),
+        ("artefact,unrecognisable", ["reject:artefact", "reject:unrecognisable"]),
+        ("generation flag: nsfw", ["reject:generation flag: nsfw"]),  # automatic: verbatim
+        ("artefact,blurry", ["reject:artefact,blurry"]),  # not all known reasons: one verbatim tag
+    ],
+)
 def test_reject_tags(reason, tags) -> None:
     assert reject_tags(reason) == tags
 
@@ -53,33 +56,45 @@ def test_decision_tags() -> None:
     assert decision_tags("pending", None) == decision_tags(None, None) == []
 
 
-@pytest.mark.parametrize(("tags", "base", "expected"), [
-    ([], ("pending", None), ("pending", None)),
-    (["needs-fix", "seen"], ("pending", None), ("pending", None)),  # other tags say nothing
-    (["accept"], ("pending", None), ("accept", None)),
-    (["accept", "needs-fix"], AUTO, ("accept", None)),
-    (["accept", "reject:artefact"], ("pending", None), CONFLICT),
-    (["accept", "reject"], ("accept", None), CONFLICT),
-    (["reject:unrecognisable", "reject:artefact"], ("pending", None), ("reject", "artefact,unrecognisable")),
-    (["reject:artefact", "reject:artefact"], ("pending", None), ("reject", "artefact")),
-    (["reject:blurry"], ("pending", None), INVALID),
-    (["reject"], ("pending", None), INVALID),  # a bare reject that was not restored
-    (["reject"], ("reject", None), ("reject", None)),  # ...and one that was
-    ([f"reject:{AUTO[1]}"], AUTO, AUTO),  # an automatic reject, restored verbatim: unchanged
-    ([f"reject:{AUTO[1]}", "reject:artefact"], AUTO, ("reject", "artefact")),  # the reviewer's reason counts
-    ([f"reject:{AUTO[1]}"], ("pending", None), INVALID),  # not this sample's synced reason
-    (["reject:artefact,missing-object"], ("reject", "artefact,missing-object"), INVALID),  # not how it shows
-    (["reject:artefact", "reject:missing-object"], ("reject", "artefact,missing-object"),
-     ("reject", "artefact,missing-object")),
-    ([], AUTO, ("pending", None)),  # every decision tag removed: withdrawn
-])
+@pytest.mark.parametrize(
+    ("tags", "base", "expected"),
+    [
+        ([], ("pending", None), ("pending", None)),
+        (["needs-fix", "seen"], ("pending", None), ("pending", None)),  # other tags say nothing
+        (["accept"], ("pending", None), ("accept", None)),
+        (["accept", "needs-fix"], AUTO, ("accept", None)),
+        (["accept", "reject:artefact"], ("pending", None), CONFLICT),
+        (["accept", "reject"], ("accept", None), CONFLICT),
+        (["reject:unrecognisable", "reject:artefact"], ("pending", None), ("reject", "artefact,unrecognisable")),
+        (["reject:artefact", "reject:artefact"], ("pending", None), ("reject", "artefact")),
+        (["reject:blurry"], ("pending", None), INVALID),
+        (["reject"], ("pending", None), INVALID),  # a bare reject that was not restored
+        (["reject"], ("reject", None), ("reject", None)),  # ...and one that was
+        ([f"reject:{AUTO[1]}"], AUTO, AUTO),  # an automatic reject, restored verbatim: unchanged
+        ([f"reject:{AUTO[1]}", "reject:artefact"], AUTO, ("reject", "artefact")),  # the reviewer's reason counts
+        ([f"reject:{AUTO[1]}"], ("pending", None), INVALID),  # not this sample's synced reason
+        (["reject:artefact,missing-object"], ("reject", "artefact,missing-object"), INVALID),  # not how it shows
+        (
+            ["reject:artefact", "reject:missing-object"],
+            ("reject", "artefact,missing-object"),
+            ("reject", "artefact,missing-object"),
+        ),
+        ([], AUTO, ("pending", None)),  # every decision tag removed: withdrawn
+    ],
+)
 def test_tag_decision(tags, base, expected) -> None:
     assert tag_decision(tags, base) == expected
 
 
 def test_tag_decision_round_trips_every_manifest_decision() -> None:
-    for decision in (("accept", None), ("reject", None), ("reject", "artefact"), ("reject", "artefact,extra-object"),
-                     AUTO, ("pending", None)):
+    for decision in (
+        ("accept", None),
+        ("reject", None),
+        ("reject", "artefact"),
+        ("reject", "artefact,extra-object"),
+        AUTO,
+        ("pending", None),
+    ):
         assert tag_decision(decision_tags(*decision), decision) == decision, decision
 
 
@@ -92,6 +107,8 @@ def test_manifest_values() -> None:
     assert _utc(pd.Timestamp("2025-02-01T13:30+01:00")) == naive.replace(tzinfo=UTC)
     assert _utc(None) is None and _utc(pd.NaT) is None
     frame = pd.DataFrame({"image_id": ["a", "b"], "score": [0.5, np.nan], "rank": np.array([1, 2], np.int64)})
-    assert _rows_by(frame, "image_id") == {"a": {"image_id": "a", "score": 0.5, "rank": 1},
-                                           "b": {"image_id": "b", "score": None, "rank": 2}}
+    assert _rows_by(frame, "image_id") == {
+        "a": {"image_id": "a", "score": 0.5, "rank": 1},
+        "b": {"image_id": "b", "score": None, "rank": 2},
+    }
     assert _rows_by(None, "image_id") == {}

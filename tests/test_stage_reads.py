@@ -23,19 +23,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the hand-written fingerprints of the old flow hashed (flows/build.py before the registry): the drift the
 # declarations replaced. Each of the four stages below read a table its cache key ignored.
 OLD_FINGERPRINTS = {
-    "categories": (), "prompts": ("categories",), "generate": ("prompts",), "prescreen": ("images", "categories"),
-    "verify": ("images", "prescreen"), "annotate": ("images", "verification"),
-    "match": ("annotations", "clips", "categories", "verification"), "caption": ("clips", "instances"),
+    "categories": (),
+    "prompts": ("categories",),
+    "generate": ("prompts",),
+    "prescreen": ("images", "categories"),
+    "verify": ("images", "prescreen"),
+    "annotate": ("images", "verification"),
+    "match": ("annotations", "clips", "categories", "verification"),
+    "caption": ("clips", "instances"),
     "release": ("instances", "annotations", "images", "clips", "categories", "verification"),
 }
 
 
-def drift(recorded: dict[str, set[str]], declared: dict[str, tuple[str, ...]],
-          optional: dict[str, tuple[str, ...]] | None = None) -> tuple[set, set]:
+def drift(
+    recorded: dict[str, set[str]],
+    declared: dict[str, tuple[str, ...]],
+    optional: dict[str, tuple[str, ...]] | None = None,
+) -> tuple[set, set]:
     """(stage, table) pairs read but declared neither read nor maybe-read, and declared read but never read."""
     optional = optional or {}
-    undeclared = {(s, t) for s, tables in recorded.items() for t in tables
-                  if t not in (*declared.get(s, ()), *optional.get(s, ()))}
+    undeclared = {
+        (s, t)
+        for s, tables in recorded.items()
+        for t in tables
+        if t not in (*declared.get(s, ()), *optional.get(s, ()))
+    }
     unused = {(s, t) for s, tables in declared.items() if s in recorded for t in tables if t not in recorded[s]}
     return undeclared, unused
 
@@ -72,8 +84,12 @@ def demo_reads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
         for stage in REGISTRY:
             if stage.name == "ingest":
                 with open_ingest_source(cfg, work) as source:
-                    run(stage, stage.provenance(cfg, work, files={"csv": source.csv_path}),
-                        csv_path=source.csv_path, url_template=source.url_template)
+                    run(
+                        stage,
+                        stage.provenance(cfg, work, files={"csv": source.csv_path}),
+                        csv_path=source.csv_path,
+                        url_template=source.url_template,
+                    )
                 run(EXPORT)
             else:
                 run(stage)
@@ -107,8 +123,11 @@ def test_caption_reads_images_for_instances_without_image_paths(demo_reads, tmp_
     reads = []
     real_read_table = pq.read_table
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pq, "read_table", lambda source, *a, **k: reads.append(Path(str(source)).stem)
-                   or real_read_table(source, *a, **k))
+        mp.setattr(
+            pq,
+            "read_table",
+            lambda source, *a, **k: reads.append(Path(str(source)).stem) or real_read_table(source, *a, **k),
+        )
         items = collect_items(tmp_path, load_config(ROOT / "configs/demo.yaml").captions)
     assert "images" in reads and all(item.image_path for item in items)
     caption = next(s for s in REGISTRY if s.name == "caption")

@@ -57,8 +57,9 @@ class FakeClock:
 
 
 def _governor(tmp_path: Path, clock: FakeClock, **settings) -> Governor:
-    return Governor(tmp_path / "governor.json", DownloadConfig(**settings), clock=clock, wait=clock.wait,
-                    rng=random.Random(0))
+    return Governor(
+        tmp_path / "governor.json", DownloadConfig(**settings), clock=clock, wait=clock.wait, rng=random.Random(0)
+    )
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -174,16 +175,18 @@ def _cookies_file(path: Path, value: str = "letmein") -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSION\tsecretvalue\n", "line 1: not a Netscape cookies file"),
-    ('[{"name": "SESSION", "value": "secretvalue"}]\n', "looks like JSON"),
-    ("# Netscape HTTP Cookie File\n\n127.0.0.1\tFALSE\t/\tSESSION\tsecretvalue\n", "line 3: expected 7"),
-    ("# Netscape HTTP Cookie File\n.127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSION\tsecretvalue\n", "line 2: field 2"),
-    ("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\tsoon\tSESSION\tsecretvalue\n", "line 2: field 5"),
-    ("# Netscape HTTP Cookie File\n# nothing here\n", "holds no cookie"),
-])
-def test_a_bad_cookies_file_is_refused_naming_the_line_never_the_value(tmp_path: Path, text: str,
-                                                                        error: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSION\tsecretvalue\n", "line 1: not a Netscape cookies file"),
+        ('[{"name": "SESSION", "value": "secretvalue"}]\n', "looks like JSON"),
+        ("# Netscape HTTP Cookie File\n\n127.0.0.1\tFALSE\t/\tSESSION\tsecretvalue\n", "line 3: expected 7"),
+        ("# Netscape HTTP Cookie File\n.127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSION\tsecretvalue\n", "line 2: field 2"),
+        ("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\tsoon\tSESSION\tsecretvalue\n", "line 2: field 5"),
+        ("# Netscape HTTP Cookie File\n# nothing here\n", "holds no cookie"),
+    ],
+)
+def test_a_bad_cookies_file_is_refused_naming_the_line_never_the_value(tmp_path: Path, text: str, error: str) -> None:
     path = tmp_path / "cookies.txt"
     path.write_text(text)
     with pytest.raises(CookiesError, match=error) as info:
@@ -204,17 +207,29 @@ def test_each_worker_has_its_proxy_and_moves_on_when_throttled() -> None:
         thread = threading.Thread(target=worker, args=(name,))
         thread.start()
         thread.join()
-    assert seen == {"a": ["http://127.0.0.1:1", "http://127.0.0.1:2"],
-                    "b": ["http://127.0.0.1:2", "http://127.0.0.1:3"]}
+    assert seen == {
+        "a": ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        "b": ["http://127.0.0.1:2", "http://127.0.0.1:3"],
+    }
     assert session.ydl_options()["proxy"] == "http://127.0.0.1:3"  # this thread is the third worker
 
 
 def test_secrets_and_pacing_stay_out_of_the_dump_and_provenance(tmp_path: Path) -> None:
-    secret = {"proxy": "http://alice:s3cret@127.0.0.1:3128", "cookies_file": str(tmp_path / "cookies.txt"),
-              "extractor_args": {"youtube": {"po_token": ["web.gvs+tokenvalue"]}}}
-    pacing = {"max_videos_per_hour": 300.0, "sleep_interval_s": [5.0, 10.0], "sleep_requests_s": 0.75,
-              "cooldown_s": 60.0, "cooldown_max_s": 120.0, "give_up_after_s": 600.0, "user_agent": "Mozilla/5.0 x",
-              "source_address": "127.0.0.1"}
+    secret = {
+        "proxy": "http://alice:s3cret@127.0.0.1:3128",
+        "cookies_file": str(tmp_path / "cookies.txt"),
+        "extractor_args": {"youtube": {"po_token": ["web.gvs+tokenvalue"]}},
+    }
+    pacing = {
+        "max_videos_per_hour": 300.0,
+        "sleep_interval_s": [5.0, 10.0],
+        "sleep_requests_s": 0.75,
+        "cooldown_s": 60.0,
+        "cooldown_max_s": 120.0,
+        "give_up_after_s": 600.0,
+        "user_agent": "Mozilla/5.0 x",
+        "source_address": "127.0.0.1",
+    }
     cfg = parse_config({"ingest": {"download": secret | pacing}})
     assert cfg.ingest.download.proxies() == [secret["proxy"]]  # the settings are there for yt-dlp ...
     dumped = json.dumps(cfg.model_dump(mode="json"))  # ... but not in what manifests, logs and releases show
@@ -237,18 +252,27 @@ def _csv(path: Path, n: int) -> Path:
 
 
 def _ingest_cfg(template: str, **download) -> IngestConfig:
-    settings = {"workers": 2, "retries": 0, "socket_timeout_s": 5, "force_keyframes_at_cuts": False,
-                "cooldown_s": 0.3, "cooldown_max_s": 1.2, "give_up_after_s": 30.0} | download
-    return IngestConfig(download=DownloadConfig(url_template=template, **settings),
-                        extract=ExtractConfig(clip_seconds=4))
+    settings = {
+        "workers": 2,
+        "retries": 0,
+        "socket_timeout_s": 5,
+        "force_keyframes_at_cuts": False,
+        "cooldown_s": 0.3,
+        "cooldown_max_s": 1.2,
+        "give_up_after_s": 30.0,
+    } | download
+    return IngestConfig(
+        download=DownloadConfig(url_template=template, **settings), extract=ExtractConfig(clip_seconds=4)
+    )
 
 
 def _pages(server: MediaServer, route: str) -> list[float]:
     return [e.t for e in server.log if e.path.startswith(f"/{route}/")]
 
 
-def test_sixty_clips_through_a_server_that_rate_limits_twice_all_end_ok(video_dir: Path, tmp_path: Path,
-                                                                        caplog) -> None:
+def test_sixty_clips_through_a_server_that_rate_limits_twice_all_end_ok(
+    video_dir: Path, tmp_path: Path, caplog
+) -> None:
     cap_per_s, window = 3.0, 30.0
     csv = _csv(tmp_path / "sixty.csv", 60)
     messages: list[str] = []
@@ -270,8 +294,7 @@ def test_sixty_clips_through_a_server_that_rate_limits_twice_all_end_ok(video_di
     assert any(re.search(r"clips/h \(cap 10800/h\) · ETA ", m) for m in messages)
 
 
-def test_403_on_media_fetches_pauses_and_gives_the_bytes_of_an_unthrottled_run(video_dir: Path,
-                                                                               tmp_path: Path) -> None:
+def test_403_on_media_fetches_pauses_and_gives_the_bytes_of_an_unthrottled_run(video_dir: Path, tmp_path: Path) -> None:
     csv = _csv(tmp_path / "twelve.csv", 12)
     with MediaServer(video_dir) as plain:
         run_ingest(csv, tmp_path / "reference", _ingest_cfg(plain.page_template("watch")))
@@ -281,33 +304,47 @@ def test_403_on_media_fetches_pauses_and_gives_the_bytes_of_an_unthrottled_run(v
         refused = [e for e in server.log if e.path.startswith("/forbidden-media/") and e.status == 403]
     assert (summary.ok, summary.failed, summary.pending) == (12, 0, 0)
     assert refused and summary.throttled_by_kind.keys() == {"http-403-media"}
-    assert manifest_path(tmp_path / "work", "clips").read_bytes() == \
-        manifest_path(tmp_path / "reference", "clips").read_bytes()
+    assert (
+        manifest_path(tmp_path / "work", "clips").read_bytes()
+        == manifest_path(tmp_path / "reference", "clips").read_bytes()
+    )
     records = [Journal(tmp_path / w / JOURNAL, key_field="clip_id").load() for w in ("work", "reference")]
     assert records[0] == records[1], "the journal records do not depend on the throttling either"
 
 
 def test_a_run_stopped_while_throttled_exits_0_says_how_to_continue_and_the_rerun_finishes(
-        video_dir: Path, tmp_path: Path) -> None:
+    video_dir: Path, tmp_path: Path
+) -> None:
     csv = _csv(tmp_path / "eight.csv", 8)
     work = tmp_path / "work"
     # 4 pages per window, then 2 s of 429; the governor gives up after 0.5 s of throttling.
     with MediaServer(video_dir, throttle=Throttle(limit=4, window_s=60.0, cooldown_s=2.0)) as server:
         config = tmp_path / "ingest.yaml"
-        download = {"url_template": server.page_template("throttled"), "workers": 2, "retries": 0,
-                    "force_keyframes_at_cuts": False, "cooldown_s": 0.2, "cooldown_max_s": 0.4,
-                    "give_up_after_s": 0.5}
+        download = {
+            "url_template": server.page_template("throttled"),
+            "workers": 2,
+            "retries": 0,
+            "force_keyframes_at_cuts": False,
+            "cooldown_s": 0.2,
+            "cooldown_max_s": 0.4,
+            "give_up_after_s": 0.5,
+        }
         config.write_text(yaml.safe_dump({"ingest": {"download": download, "extract": {"clip_seconds": 4}}}))
-        first = subprocess.run([IS4, "ingest", "--csv", str(csv), "--workdir", str(work), "--config", str(config)],
-                               capture_output=True, text=True, timeout=300)
+        first = subprocess.run(
+            [IS4, "ingest", "--csv", str(csv), "--workdir", str(work), "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.returncode == 0, first.stderr
         assert "4 clips pending" in first.stdout and "Nothing is lost" in first.stdout
         journal = Journal(work / JOURNAL, key_field="clip_id").load()
         assert len(journal) == 4 and {r["status"] for r in journal.values()} == {"ok"}, "none is marked failed"
         assert not manifest_path(work, "clips").exists() and not (work / "exports").exists()
 
-        status = subprocess.run([IS4, "ingest", "--status", "--workdir", str(work)], capture_output=True, text=True,
-                                timeout=120)
+        status = subprocess.run(
+            [IS4, "ingest", "--status", "--workdir", str(work)], capture_output=True, text=True, timeout=120
+        )
         assert status.returncode == 0, status.stderr
         assert re.search(r"pending\s*│\s*4", status.stdout) and re.search(r"retryable\s*│\s*4", status.stdout)
         command = status.stdout.split("continue with:")[1].strip().splitlines()[0].strip()
@@ -324,9 +361,20 @@ def test_a_run_stopped_while_throttled_exits_0_says_how_to_continue_and_the_reru
 def test_the_flow_entry_refuses_to_go_on_without_the_clips(video_dir: Path, tmp_path: Path) -> None:
     csv = _csv(tmp_path / "four.csv", 4)
     with MediaServer(video_dir, throttle=Throttle(limit=1, window_s=60.0, cooldown_s=5.0)) as server:
-        cfg = parse_config({"ingest": {"download": {"workers": 1, "cooldown_s": 0.05, "cooldown_max_s": 0.1,
-                                                    "give_up_after_s": 0.12, "force_keyframes_at_cuts": False},
-                                       "extract": {"clip_seconds": 4.0}}})
+        cfg = parse_config(
+            {
+                "ingest": {
+                    "download": {
+                        "workers": 1,
+                        "cooldown_s": 0.05,
+                        "cooldown_max_s": 0.1,
+                        "give_up_after_s": 0.12,
+                        "force_keyframes_at_cuts": False,
+                    },
+                    "extract": {"clip_seconds": 4.0},
+                }
+            }
+        )
         with pytest.raises(IngestIncomplete, match="3 of 4 clips pending"):
             ingest_stage(tmp_path / "work", cfg, {}, csv_path=csv, url_template=server.page_template("throttled"))
 
@@ -336,14 +384,17 @@ def test_cookies_reach_yt_dlp_and_the_users_file_is_left_alone(video_dir: Path, 
     cookies = _cookies_file(tmp_path / "cookies.txt")
     before = cookies.read_bytes()
     with MediaServer(video_dir, cookie=COOKIE) as server:
-        with_cookies = run_ingest(csv, tmp_path / "with", _ingest_cfg(server.page_template("session"),
-                                                                      cookies_file=cookies))
+        with_cookies = run_ingest(
+            csv, tmp_path / "with", _ingest_cfg(server.page_template("session"), cookies_file=cookies)
+        )
         seen = [e for e in server.log if e.path.startswith("/session/")]
         server.reset_counters()
         # Without the cookie the page is YouTube's bot check: throttling, so the clips wait (and the run gives up).
-        without = run_ingest(csv, tmp_path / "without", _ingest_cfg(server.page_template("session"),
-                                                                    cooldown_s=0.05, cooldown_max_s=0.1,
-                                                                    give_up_after_s=0.12))
+        without = run_ingest(
+            csv,
+            tmp_path / "without",
+            _ingest_cfg(server.page_template("session"), cooldown_s=0.05, cooldown_max_s=0.1, give_up_after_s=0.12),
+        )
     assert with_cookies.ok == 2
     assert len(seen) == 2 and all(e.cookie for e in seen), "yt-dlp sent the cookie with every page"
     assert cookies.read_bytes() == before, "yt-dlp never writes the user's cookies file back"
@@ -363,12 +414,15 @@ class TeapotHandler(RangeRequestHandler):
 
 def test_an_unknown_message_is_retryable_and_counted_by_its_text(video_dir: Path, tmp_path: Path) -> None:
     csv = tmp_path / "teapot.csv"
-    csv.write_text(f"teapotVid01,0,dog barking,train\nteapotVid01,5,dog barking,train\n{GOOD_IDS[0]},0,dog barking,train\n")
+    csv.write_text(
+        f"teapotVid01,0,dog barking,train\nteapotVid01,5,dog barking,train\n{GOOD_IDS[0]},0,dog barking,train\n"
+    )
     with MediaServer(video_dir, handler=TeapotHandler) as server:
         summary = run_ingest(csv, tmp_path / "work", _ingest_cfg(server.url_template()))
     assert (summary.ok, summary.failed, summary.failures_by_reason) == (1, 2, {"unknown": 2})
     assert summary.unknown_errors == {
-        "Unable to download webpage: HTTP Error 418: I'm a teapot (caused by <HTTPError 418: I'm a teapot>)": 2}
+        "Unable to download webpage: HTTP Error 418: I'm a teapot (caused by <HTTPError 418: I'm a teapot>)": 2
+    }
     clips = read_manifest(tmp_path / "work", "clips")
     assert clips.loc[clips["ytid"] == "teapotVid01", "retryable"].tolist() == [True, True]
 
@@ -439,10 +493,13 @@ def test_every_request_goes_through_the_configured_proxies(video_dir: Path, tmp_
     assert a.count + b.count == len(log) and a.count and b.count, "one proxy per worker"
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (["--status"], "no ingest has run in this work directory"),
-    ([], "--csv is required"),
-])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--status"], "no ingest has run in this work directory"),
+        ([], "--csv is required"),
+    ],
+)
 def test_ingest_without_its_input_exits_2_with_one_line(tmp_path: Path, args: list[str], error: str) -> None:
     from typer.testing import CliRunner
 

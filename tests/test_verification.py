@@ -24,8 +24,14 @@ T1 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def row(image_id: str, decision: str, source: str, reviewer: str | None, at=T0, reason=None) -> dict:
-    return {"image_id": image_id, "decision": decision, "reason": reason, "reviewer": reviewer, "source": source,
-            "decided_at": at}
+    return {
+        "image_id": image_id,
+        "decision": decision,
+        "reason": reason,
+        "reviewer": reviewer,
+        "source": source,
+        "decided_at": at,
+    }
 
 
 def ledger(*rows: dict) -> pd.DataFrame:
@@ -40,8 +46,9 @@ def test_human_decisions_are_never_replaced_by_automatic_writers() -> None:
 
 
 def test_an_automatic_writer_replaces_its_own_rows_and_pending_rows_only() -> None:
-    existing = ledger(row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None),
-                      row("c", "reject", AUTO, "other-bot"))
+    existing = ledger(
+        row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None), row("c", "reject", AUTO, "other-bot")
+    )
     proposed = [row(i, "accept", AUTO, AUTO_POLICY, T1) for i in "abc"]
     merged, kept = merge_decisions(existing, proposed, AUTO_POLICY)
     decisions = merged.set_index("image_id")["decision"].to_dict()
@@ -59,16 +66,32 @@ def test_humans_may_change_any_decision_and_unchanged_ones_keep_their_time() -> 
 
 
 def _write_images(work: Path, ids: list[str]) -> None:
-    rows = [{"image_id": i, "category_a": "cat", "category_b": "dog", "template": "t", "style": "s", "prompt": "p",
-             "seed": 0, "model_id": "m", "model_revision": "r", "image_path": f"media/images/{i}.png",
-             "sha256": "0" * 64} for i in ids]
+    rows = [
+        {
+            "image_id": i,
+            "category_a": "cat",
+            "category_b": "dog",
+            "template": "t",
+            "style": "s",
+            "prompt": "p",
+            "seed": 0,
+            "model_id": "m",
+            "model_revision": "r",
+            "image_path": f"media/images/{i}.png",
+            "sha256": "0" * 64,
+        }
+        for i in ids
+    ]
     write_manifest(work, "images", pd.DataFrame(rows))
 
 
 def test_auto_policy_accepts_pending_and_keeps_rejects(tmp_path: Path) -> None:
     _write_images(tmp_path, ["a", "b", "c", "d"])
-    update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None),
-                                   row("c", "reject", HUMAN, "alice")], HUMAN)
+    update_verification(
+        tmp_path,
+        [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None), row("c", "reject", HUMAN, "alice")],
+        HUMAN,
+    )
     summary = auto_verify(tmp_path, now=T1)
     ver = read_manifest(tmp_path, "verification").set_index("image_id")
     assert ver["decision"].to_dict() == {"a": "reject", "b": "accept", "c": "reject", "d": "accept"}
@@ -106,6 +129,5 @@ def test_undecided_lists_images_without_accept_or_reject(tmp_path: Path) -> None
 
     _write_images(tmp_path, ["a", "b", "c"])
     assert undecided(tmp_path) == ["a", "b", "c"]
-    update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None)],
-                        "prescreen")
+    update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None)], "prescreen")
     assert undecided(tmp_path) == ["b", "c"]

@@ -53,11 +53,17 @@ def test_messy_csv_yields_only_the_data_rows(messy_rows: list[CsvRow]) -> None:
 def test_messy_csv_normalises_fields(messy_rows: list[CsvRow]) -> None:
     rows = by_line(messy_rows)
     assert (rows[2].ytid, rows[2].start_sec, rows[2].label, rows[2].split) == (
-        "---g-f_I2yQ", 1, "people marching", "test"
+        "---g-f_I2yQ",
+        1,
+        "people marching",
+        "test",
     )
     assert rows[2].clip_id == "---g-f_I2yQ_000001"
     assert (rows[4].ytid, rows[4].start_sec, rows[4].label, rows[4].split) == (
-        "--0PQM4-hqg", 30, "waterfall burbling", "train"
+        "--0PQM4-hqg",
+        30,
+        "waterfall burbling",
+        "train",
     )
     assert rows[5].label == "bird chirping, tweeting"
     assert rows[5].start_sec == 30 and isinstance(rows[5].start_sec, int)
@@ -246,5 +252,7 @@ def test_start_seconds_must_be_plain_ascii_digits(tmp_path: Path, start: str) ->
 
 
 def test_header_after_leading_blank_lines_is_skipped(tmp_path: Path) -> None:
-    rows = read_vggsound_csv(write_csv(tmp_path, "\n\n# YouTube ID,start seconds,label,split\nabcdefghijk,30,dog barking,train\n"))
+    rows = read_vggsound_csv(
+        write_csv(tmp_path, "\n\n# YouTube ID,start seconds,label,split\nabcdefghijk,30,dog barking,train\n")
+    )
     assert [(r.row, r.clip_id) for r in rows] == [(4, "abcdefghijk_000030")]

@@ -120,8 +120,7 @@ def connect(cfg: ReviewConfig, workdir: str | Path) -> Any:
     if already:
         wanted = value if kind == "uri" else None
         if fodb._client is not None and (  # noqa: SLF001 - no public "is connected" in FiftyOne
-            fo.config.database_uri != wanted
-            or (kind == "dir" and str(Path(fo.config.database_dir).resolve()) != value)
+            fo.config.database_uri != wanted or (kind == "dir" and str(Path(fo.config.database_dir).resolve()) != value)
         ):
             raise ReviewError(
                 "FiftyOne was imported and connected before is4 configured it "

@@ -30,8 +30,19 @@ logger = logging.getLogger(__name__)
 SAVED_VIEWS = ("to-verify", "accepted", "rejected", "conflicts", "to-annotate", "annotated", "needs-fix")
 
 _STRING_FIELDS = (
-    "image_id", "prompt", "category_a", "category_b", "style", "template", "model_id", "model_revision",
-    "duplicate_group", "decision", "decision_reason", "decision_source", "reviewer",
+    "image_id",
+    "prompt",
+    "category_a",
+    "category_b",
+    "style",
+    "template",
+    "model_id",
+    "model_revision",
+    "duplicate_group",
+    "decision",
+    "decision_reason",
+    "decision_source",
+    "reviewer",
 )
 _INT_FIELDS = ("seed", "queue_rank", "annotated_objects")
 _FLOAT_FIELDS = ("score_a", "score_b", "both_present")
@@ -83,9 +94,7 @@ def _save_views(fo: Any, dataset: Any) -> None:
 def _unsynced(dataset: Any) -> list[str]:
     """image_ids whose decision tags differ from the decision they were last synced with."""
     out = []
-    for image_id, tags, decision, reason in zip(
-        *dataset.values(["image_id", "tags", "decision", "decision_reason"])
-    ):
+    for image_id, tags, decision, reason in zip(*dataset.values(["image_id", "tags", "decision", "decision_reason"])):
         base = (decision or "pending", reason)
         if tag_decision(tags or [], base) != base:
             out.append(image_id)
@@ -147,7 +156,10 @@ def build_dataset(
             filepath=str(file),
             tags=decision_tags(decision, reason),
             metadata=fo.ImageMetadata(
-                size_bytes=file.stat().st_size, mime_type="image/png", width=width, height=height,
+                size_bytes=file.stat().st_size,
+                mime_type="image/png",
+                width=width,
+                height=height,
                 num_channels=channels,
             ),
             image_id=image_id,
@@ -232,8 +244,9 @@ def refresh(
         summary["action"] = f"masks reloaded on {reload_masks(workdir, cfg)} samples"
         counts = _annotation_counts(workdir)
         sample_ids, image_ids = dataset.values(["id", "image_id"])
-        dataset.set_values("annotated_objects", {s: counts.get(i, 0) for s, i in zip(sample_ids, image_ids)},
-                           key_field="id")
+        dataset.set_values(
+            "annotated_objects", {s: counts.get(i, 0) for s, i in zip(sample_ids, image_ids)}, key_field="id"
+        )
     elif _unsynced(dataset):
         summary["action"] = "kept: fix the conflicting or invalid tags, then sync"
     else:

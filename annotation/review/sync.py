@@ -65,8 +65,19 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
     workdir = Path(workdir).resolve()
     fo = connect(cfg, workdir)
     counts: dict[str, Any] = dict.fromkeys(
-        ("accepted", "rejected", "withdrawn", "unchanged", "refreshed", "restored", "pending", "conflicts",
-         "invalid", "needs_fix"), 0
+        (
+            "accepted",
+            "rejected",
+            "withdrawn",
+            "unchanged",
+            "refreshed",
+            "restored",
+            "pending",
+            "conflicts",
+            "invalid",
+            "needs_fix",
+        ),
+        0,
     )
     conflict_ids: list[str] = []
     invalid_ids: list[str] = []
@@ -110,8 +121,13 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                 if b_source == "human" and (row is None or row.get("source") != "human"):
                     # The manifest lost a human decision (or an automatic stage wrote over it): put it back.
                     rows[image_id] = {
-                        **(row or {}), "image_id": image_id, "decision": base[0], "reason": base[1],
-                        "reviewer": b_reviewer, "source": "human", "decided_at": _utc(b_at),
+                        **(row or {}),
+                        "image_id": image_id,
+                        "decision": base[0],
+                        "reason": base[1],
+                        "reviewer": b_reviewer,
+                        "source": "human",
+                        "decided_at": _utc(b_at),
                     }
                     changed.append(image_id)
                     counts["restored"] += 1
@@ -124,8 +140,13 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
                 target = row
             else:
                 target = rows[image_id] = {
-                    **(row or {}), "image_id": image_id, "decision": state[0], "reason": state[1],
-                    "reviewer": reviewer, "source": "human", "decided_at": now,
+                    **(row or {}),
+                    "image_id": image_id,
+                    "decision": state[0],
+                    "reason": state[1],
+                    "reviewer": reviewer,
+                    "source": "human",
+                    "decided_at": now,
                 }
                 changed.append(image_id)
                 counts[{"accept": "accepted", "reject": "rejected", "pending": "withdrawn"}[state[0]]] += 1
@@ -151,8 +172,9 @@ def sync(workdir: str | Path, cfg: ReviewConfig, reviewer: str, *, now: datetime
     if conflict_ids:
         logger.warning("conflicting accept and reject tags, left undecided: %s", ", ".join(conflict_ids))
     if invalid_ids:
-        logger.warning("reject tags without a known reason (%s), ignored: %s",
-                       ", ".join(REJECT_REASONS), ", ".join(invalid_ids))
+        logger.warning(
+            "reject tags without a known reason (%s), ignored: %s", ", ".join(REJECT_REASONS), ", ".join(invalid_ids)
+        )
     counts["conflict_ids"] = conflict_ids
     counts["invalid_ids"] = invalid_ids
     return counts

@@ -100,7 +100,11 @@ class Qwen2AudioCaptioner(LoadedModel):
 
     @classmethod
     def load(
-        cls, ref: ModelRef, workdir: str | Path, *, prompt: str = "Generate the caption in English:",
+        cls,
+        ref: ModelRef,
+        workdir: str | Path,
+        *,
+        prompt: str = "Generate the caption in English:",
         max_new_tokens: int = 48,
     ) -> Qwen2AudioCaptioner:
         """Resolve `ref` (Hub id at a revision, local directory or `tiny-random:qwen2-audio`) and load it."""
@@ -120,9 +124,13 @@ class Qwen2AudioCaptioner(LoadedModel):
 
     def settings(self) -> dict:
         return {
-            "prompt": self.prompt, "prompt_format": PROMPT_FORMAT, "max_new_tokens": self.max_new_tokens,
-            "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.model.device),
-            "decoding": "greedy", "sampling_rate": self.sampling_rate,
+            "prompt": self.prompt,
+            "prompt_format": PROMPT_FORMAT,
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": str(self.model.device),
+            "decoding": "greedy",
+            "sampling_rate": self.sampling_rate,
         }
 
     def caption(self, audio_paths: list[Path]) -> list[str]:
@@ -133,16 +141,22 @@ class Qwen2AudioCaptioner(LoadedModel):
         if not clips:
             return []
         inputs = self.processor(
-            text=[self.text] * len(clips), audio=clips, sampling_rate=self.sampling_rate, padding=True,
+            text=[self.text] * len(clips),
+            audio=clips,
+            sampling_rate=self.sampling_rate,
+            padding=True,
             return_tensors="pt",
         ).to(self.model.device, dtype=self.model.dtype)  # casts the float features only, not the token ids
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -177,8 +191,16 @@ class GamaCaptioner(LoadedModel):
 
     backend = "gama"
 
-    def __init__(self, process: subprocess.Popen, stderr_log, resolved: ResolvedModel, ref: ModelRef,
-                 gama: GamaConfig, *, max_new_tokens: int):
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        stderr_log,
+        resolved: ResolvedModel,
+        ref: ModelRef,
+        gama: GamaConfig,
+        *,
+        max_new_tokens: int,
+    ):
         self.process = process
         self.stderr_log = stderr_log
         self.resolved = resolved
@@ -188,8 +210,7 @@ class GamaCaptioner(LoadedModel):
         self._finalizer = weakref.finalize(self, _stop_driver, process, stderr_log)
 
     @classmethod
-    def load(cls, ref: ModelRef, workdir: str | Path, gama: GamaConfig, *,
-             max_new_tokens: int = 48) -> GamaCaptioner:
+    def load(cls, ref: ModelRef, workdir: str | Path, gama: GamaConfig, *, max_new_tokens: int = 48) -> GamaCaptioner:
         """Check GAMA's files, start the driver in GAMA's environment and wait until it has loaded the model.
 
         `ref.model_id` is the GAMA checkpoint (`pytorch_model.bin`, or the checkpoint directory holding it); its
@@ -198,27 +219,48 @@ class GamaCaptioner(LoadedModel):
         checkpoint = _gama_checkpoint(ref)
         python = _gama_interpreter(gama.python)
         missing = [
-            f"{what} {path}" for what, path, present in (
-                ("checkout with utils/prompter.py (captions.audio.gama.repo)", gama.repo,
-                 (gama.repo / "utils" / "prompter.py").is_file()),
+            f"{what} {path}"
+            for what, path, present in (
+                (
+                    "checkout with utils/prompter.py (captions.audio.gama.repo)",
+                    gama.repo,
+                    (gama.repo / "utils" / "prompter.py").is_file(),
+                ),
                 ("base model directory (captions.audio.gama.base_model)", gama.base_model, gama.base_model.is_dir()),
                 ("checkpoint (models.audio_captioner.model_id)", checkpoint, checkpoint.is_file()),
                 ("Python interpreter (captions.audio.gama.python)", gama.python, python is not None),
-            ) if not present
+            )
+            if not present
         ]
         if missing:
-            raise ModelError(f"GAMA is not installed where configured; missing: {'; '.join(missing)}. "
-                             f"To use backend gama, {GAMA_INSTALL_HINT}")
+            raise ModelError(
+                f"GAMA is not installed where configured; missing: {'; '.join(missing)}. "
+                f"To use backend gama, {GAMA_INSTALL_HINT}"
+            )
         resolved = ResolvedModel(ref.model_id, checkpoint, gama_checkpoint_revision(ref))
         command = [
-            str(python), str(GAMA_DRIVER), "--repo", str(gama.repo.resolve()),
-            "--base-model", str(gama.base_model.resolve()), "--checkpoint", str(checkpoint.resolve()),
-            "--device", ref.device, "--dtype", ref.dtype,
+            str(python),
+            str(GAMA_DRIVER),
+            "--repo",
+            str(gama.repo.resolve()),
+            "--base-model",
+            str(gama.base_model.resolve()),
+            "--checkpoint",
+            str(checkpoint.resolve()),
+            "--device",
+            ref.device,
+            "--dtype",
+            ref.dtype,
         ]
         stderr_log = tempfile.TemporaryFile()
         process = subprocess.Popen(
-            command, cwd=gama.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_log,
-            text=True, encoding="utf-8",
+            command,
+            cwd=gama.repo,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr_log,
+            text=True,
+            encoding="utf-8",
         )
         captioner = cls(process, stderr_log, resolved, ref, gama, max_new_tokens=max_new_tokens)
         try:
@@ -230,9 +272,15 @@ class GamaCaptioner(LoadedModel):
 
     def settings(self) -> dict:
         return {
-            "prompt": self.gama.prompt, "prompt_template": "alpaca_short", "max_new_tokens": self.max_new_tokens,
-            "dtype": self.ref.dtype, "device": self.ref.device, "decoding": "greedy",
-            "sampling_rate": GAMA_SAMPLING_RATE, "base_model": str(self.gama.base_model), "repo": str(self.gama.repo),
+            "prompt": self.gama.prompt,
+            "prompt_template": "alpaca_short",
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": self.ref.dtype,
+            "device": self.ref.device,
+            "decoding": "greedy",
+            "sampling_rate": GAMA_SAMPLING_RATE,
+            "base_model": str(self.gama.base_model),
+            "repo": str(self.gama.repo),
         }
 
     def caption(self, audio_paths: list[Path]) -> list[str]:
@@ -241,8 +289,11 @@ class GamaCaptioner(LoadedModel):
             read_audio(path, GAMA_SAMPLING_RATE)
         if not audio_paths:
             return []
-        request = {"audio_paths": [str(Path(path).resolve()) for path in audio_paths], "prompt": self.gama.prompt,
-                   "max_new_tokens": self.max_new_tokens}
+        request = {
+            "audio_paths": [str(Path(path).resolve()) for path in audio_paths],
+            "prompt": self.gama.prompt,
+            "max_new_tokens": self.max_new_tokens,
+        }
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -304,4 +355,3 @@ def load_audio_captioner(ref: ModelRef | None, workdir: str | Path, cfg: AudioCa
             raise ModelError(f"captions.audio.gama is not configured, and backend gama needs it: {GAMA_INSTALL_HINT}")
         return GamaCaptioner.load(ref, workdir, cfg.gama, max_new_tokens=cfg.max_new_tokens)
     return Qwen2AudioCaptioner.load(ref, workdir, prompt=cfg.prompt, max_new_tokens=cfg.max_new_tokens)
-

@@ -36,10 +36,18 @@ import json
 SAMPLE_RATE = 16000
 TARGET_FRAMES = 1024  # 10.24 s of 10-ms frames
 FBANK_MEAN, FBANK_STD = -5.081, 4.4849  # GAMA's normalisation: (fbank + 5.081) / 4.4849
-LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "bias": "none",
-        "task_type": "CAUSAL_LM"}
-INSTALL = ("install GAMA's environment as its README says: pip install -r requirements.txt; "
-           "pip install -e hf-dev-train/transformers-main; pip install -e peft-main")
+LORA = {
+    "r": 8,
+    "lora_alpha": 16,
+    "target_modules": ["q_proj", "v_proj"],
+    "lora_dropout": 0.0,
+    "bias": "none",
+    "task_type": "CAUSAL_LM",
+}
+INSTALL = (
+    "install GAMA's environment as its README says: pip install -r requirements.txt; "
+    "pip install -e hf-dev-train/transformers-main; pip install -e peft-main"
+)
 
 
 class DriverError(Exception):
@@ -55,8 +63,14 @@ def load_fbank(path: str, torch, torchaudio):
         sr = SAMPLE_RATE
     waveform = waveform - waveform.mean()
     fbank = torchaudio.compliance.kaldi.fbank(
-        waveform, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning", num_mel_bins=128,
-        dither=0.0, frame_shift=10,
+        waveform,
+        htk_compat=True,
+        sample_frequency=sr,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
     )
     missing = TARGET_FRAMES - fbank.shape[0]
     if missing > 0:
@@ -74,8 +88,10 @@ class Gama:
         try:
             from utils.prompter import Prompter
         except ImportError as exc:
-            raise DriverError(f"cannot import GAMA's utils.prompter from {repo} ({exc}); is it a checkout of "
-                              "https://github.com/Sreyan88/GAMA?") from None
+            raise DriverError(
+                f"cannot import GAMA's utils.prompter from {repo} ({exc}); is it a checkout of "
+                "https://github.com/Sreyan88/GAMA?"
+            ) from None
         try:
             import peft
             import torch
@@ -84,8 +100,10 @@ class Gama:
         except ImportError as exc:
             raise DriverError(f"{sys.executable} lacks {exc.name or exc}: {INSTALL}") from None
         if "audio_input" not in inspect.signature(transformers.LlamaForCausalLM.forward).parameters:
-            raise DriverError(f"the transformers of {sys.executable} ({transformers.__file__}) is not GAMA's patched "
-                              f"one (its LlamaForCausalLM takes no audio_input): {INSTALL}")
+            raise DriverError(
+                f"the transformers of {sys.executable} ({transformers.__file__}) is not GAMA's patched "
+                f"one (its LlamaForCausalLM takes no audio_input): {INSTALL}"
+            )
         self.torch, self.torchaudio, self.transformers = torch, torchaudio, transformers
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
         self.prompter = Prompter("alpaca_short")
@@ -98,8 +116,10 @@ class Gama:
         result = model.load_state_dict(state_dict, strict=False)
         self.checkpoint_tensors, self.unexpected_keys = len(state_dict), len(result.unexpected_keys)
         if state_dict and self.unexpected_keys == self.checkpoint_tensors:
-            raise DriverError(f"none of the {self.checkpoint_tensors} tensors of {checkpoint} belong to GAMA's model "
-                              f"(e.g. {result.unexpected_keys[0]!r}); is it a GAMA checkpoint?")
+            raise DriverError(
+                f"none of the {self.checkpoint_tensors} tensors of {checkpoint} belong to GAMA's model "
+                f"(e.g. {result.unexpected_keys[0]!r}); is it a GAMA checkpoint?"
+            )
         # As the authors do ("unwind broken decapoda-research config"): pad = unk = 0, bos = 1, eos = 2.
         model.config.pad_token_id = self.tokenizer.pad_token_id = 0
         model.config.bos_token_id = 1
@@ -113,15 +133,23 @@ class Gama:
         input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.device)
         audio = load_fbank(audio_path, torch, self.torchaudio).unsqueeze(0).to(self.device, self.dtype)
         config = self.transformers.GenerationConfig(
-            do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, bos_token_id=1, eos_token_id=2,
-            pad_token_id=0, num_return_sequences=1,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            num_return_sequences=1,
         )
         with torch.no_grad():
             output = self.model.generate(
-                input_ids=input_ids, audio_input=audio, generation_config=config, return_dict_in_generate=True,
+                input_ids=input_ids,
+                audio_input=audio,
+                generation_config=config,
+                return_dict_in_generate=True,
                 max_new_tokens=max_new_tokens,
             )
-        new_tokens = output.sequences[0][input_ids.shape[1]:]
+        new_tokens = output.sequences[0][input_ids.shape[1] :]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
@@ -132,8 +160,9 @@ def serve(gama: Gama, requests, reply) -> None:
             continue
         try:
             request = json.loads(line)
-            captions = [gama.caption(path, request["prompt"], int(request["max_new_tokens"]))
-                        for path in request["audio_paths"]]
+            captions = [
+                gama.caption(path, request["prompt"], int(request["max_new_tokens"])) for path in request["audio_paths"]
+            ]
         except Exception as exc:  # the authors' code raises anything; report it and keep serving
             reply({"error": f"{exc.__class__.__name__}: {exc}"})
         else:

@@ -37,8 +37,17 @@ class Blip2Captioner(LoadedModel):
 
     backend = "blip2"
 
-    def __init__(self, model, processor, resolved: ResolvedModel, *, prompt: str | None = None,
-                 max_new_tokens: int = 30, dtype_name: str = "float32", device_name: str = "cpu"):
+    def __init__(
+        self,
+        model,
+        processor,
+        resolved: ResolvedModel,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        dtype_name: str = "float32",
+        device_name: str = "cpu",
+    ):
         self.model = model
         self.processor = processor
         self.resolved = resolved
@@ -59,21 +68,32 @@ class Blip2Captioner(LoadedModel):
             )
 
     @classmethod
-    def load(cls, ref: ModelRef, workdir: str | Path, *, prompt: str | None = None,
-             max_new_tokens: int = 30) -> Blip2Captioner:
+    def load(
+        cls, ref: ModelRef, workdir: str | Path, *, prompt: str | None = None, max_new_tokens: int = 30
+    ) -> Blip2Captioner:
         """Resolve `ref` (the `image_captioner` model: Hub id at a revision, local directory or `tiny-random:blip2`)
         and load it for inference."""
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         loaded = load_pretrained(ref, workdir, "image_captioner", Blip2ForConditionalGeneration, Blip2Processor)
-        return cls(loaded.model, loaded.processor, loaded.resolved, prompt=prompt, max_new_tokens=max_new_tokens,
-                   dtype_name=ref.dtype, device_name=ref.device)
+        return cls(
+            loaded.model,
+            loaded.processor,
+            loaded.resolved,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            dtype_name=ref.dtype,
+            device_name=ref.device,
+        )
 
     def settings(self) -> dict:
         """Everything besides the weights that a caption depends on."""
         return {
-            "prompt": self.prompt, "max_new_tokens": self.max_new_tokens, "dtype": self.dtype_name,
-            "device": self.device_name, "decoding": "greedy",
+            "prompt": self.prompt,
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": self.dtype_name,
+            "device": self.device_name,
+            "decoding": "greedy",
         }
 
     def caption(self, image_paths: list[Path]) -> list[str]:
@@ -88,16 +108,20 @@ class Blip2Captioner(LoadedModel):
         images = [_read_rgb(Path(path)) for path in image_paths]
         if not images:
             return []
-        inputs = self.processor(images=images, text=[self.prompt or ""] * len(images), padding=True,
-                                return_tensors="pt")
+        inputs = self.processor(
+            images=images, text=[self.prompt or ""] * len(images), padding=True, return_tensors="pt"
+        )
         inputs = inputs.to(self.model.device, dtype=self.model.dtype)
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.processor.tokenizer.pad_token_id,
             )
         # A decoder-only language model (OPT) returns the prompt (image tokens, bos, text) followed by the new tokens;
         # an encoder-decoder one (Flan-T5) returns only the decoder's tokens.
         if self.model.config.use_decoder_only_language_model:
-            output = output[:, inputs["input_ids"].shape[1]:]
+            output = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(output, skip_special_tokens=True)]

@@ -97,7 +97,8 @@ class VllmPhraser(LoadedModel):
     def render(self, image_caption: str, audio_caption: str) -> str:
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": render_object_prompt(image_caption, audio_caption)}],
-            add_generation_prompt=True, tokenize=False,
+            add_generation_prompt=True,
+            tokenize=False,
         )
 
     def caption(self, pairs: list[tuple[str, str]]) -> list[str]:

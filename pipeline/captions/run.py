@@ -66,7 +66,6 @@ CONFIG_SECTIONS = {"image_caption": "image", "audio_caption": "audio", "object_p
 _REPEATED_CHAR = re.compile(r"(.)\1{9,}")
 
 
-
 class CaptionError(FatalError, ValueError):
     """The caption stage cannot run (no items source, ids that collide, an unusable manifest)."""
 
@@ -152,8 +151,14 @@ def model_identity(role: str, ref: ModelRef | None, workdir: Path, cfg: Captions
     else:
         settings.pop("gama", None)
         revision = resolve_model(ref, workdir, MODEL_ROLES[role]).revision
-    return {"backend": backend, "model_id": ref.model_id, "revision": revision, "dtype": ref.dtype,
-            "device": ref.device, "settings": settings}
+    return {
+        "backend": backend,
+        "model_id": ref.model_id,
+        "revision": revision,
+        "dtype": ref.dtype,
+        "device": ref.device,
+        "settings": settings,
+    }
 
 
 def text_flag(text: str | None) -> str | None:
@@ -218,6 +223,7 @@ def run_role(
         unique.setdefault(key, model_input)
     model = load()
     try:
+
         def report(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total, role)
@@ -271,7 +277,7 @@ def shard_slice(items: list[CaptionItem], shard: tuple[int, int]) -> list[Captio
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise CaptionError(f"shard {shard!r} is not (i, n) with 0 <= i < n")
-    return items[len(items) * i // n: len(items) * (i + 1) // n]
+    return items[len(items) * i // n : len(items) * (i + 1) // n]
 
 
 def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
@@ -285,8 +291,9 @@ def _loader(role: str, ref: ModelRef, workdir: Path, cfg: CaptionsConfig) -> Cal
     if role == "image_caption":
         from is4.pipeline.captions.image import Blip2Captioner
 
-        return lambda: Blip2Captioner.load(ref, workdir, prompt=cfg.image.prompt,
-                                           max_new_tokens=cfg.image.max_new_tokens)
+        return lambda: Blip2Captioner.load(
+            ref, workdir, prompt=cfg.image.prompt, max_new_tokens=cfg.image.max_new_tokens
+        )
     if role == "audio_caption":
         from is4.pipeline.captions.audio import load_audio_captioner
 
@@ -296,8 +303,14 @@ def _loader(role: str, ref: ModelRef, workdir: Path, cfg: CaptionsConfig) -> Cal
     return lambda: load_phraser(ref, workdir, cfg.object_phrase)
 
 
-def _media_items(role: str, column: str, items: list[CaptionItem], hashes: InputHashes, identity: dict[str, Any],
-                 errors: dict[str, list[str]]) -> dict[str, tuple[str, Any]]:
+def _media_items(
+    role: str,
+    column: str,
+    items: list[CaptionItem],
+    hashes: InputHashes,
+    identity: dict[str, Any],
+    errors: dict[str, list[str]],
+) -> dict[str, tuple[str, Any]]:
     """item_id -> (key, input file) for a captioning role; unreadable inputs are recorded in `errors`."""
     work_items: dict[str, tuple[str, Any]] = {}
     for item in items:
@@ -313,8 +326,9 @@ def _media_items(role: str, column: str, items: list[CaptionItem], hashes: Input
     return work_items
 
 
-def _phrase_items(items: list[CaptionItem], results: dict[str, RoleResult],
-                  identity: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+def _phrase_items(
+    items: list[CaptionItem], results: dict[str, RoleResult], identity: dict[str, Any]
+) -> dict[str, tuple[str, Any]]:
     """item_id -> (key, (image caption, audio caption)) for the items that have both captions."""
     phrase_items: dict[str, tuple[str, Any]] = {}
     for item in items:
@@ -324,7 +338,8 @@ def _phrase_items(items: list[CaptionItem], results: dict[str, RoleResult],
             continue  # nothing to ask about: the missing caption's error is recorded
         message = render_object_prompt(image, audio)
         phrase_items[item.item_id] = (
-            json_sha256({"prompt_version": PROMPT_VERSION, "message": message, **identity}), (image, audio),
+            json_sha256({"prompt_version": PROMPT_VERSION, "message": message, **identity}),
+            (image, audio),
         )
     return phrase_items
 
@@ -358,15 +373,27 @@ def run_captions(
 
     for role, column in (("image_caption", "image_path"), ("audio_caption", "audio_path")):
         work_items = _media_items(role, column, items, hashes, identities[role], errors)
-        results[role] = run_role(role, work_items, identities[role], _loader(role, refs[role], work, ccfg),
-                                 batch_sizes[role], journals[role], known=known_records(work, role),
-                                 progress=progress)
+        results[role] = run_role(
+            role,
+            work_items,
+            identities[role],
+            _loader(role, refs[role], work, ccfg),
+            batch_sizes[role],
+            journals[role],
+            known=known_records(work, role),
+            progress=progress,
+        )
     _save_hash_cache(work, shard, hashes.known)
 
     results["object_phrase"] = run_role(
-        "object_phrase", _phrase_items(items, results, identities["object_phrase"]), identities["object_phrase"],
-        _loader("object_phrase", refs["object_phrase"], work, ccfg), batch_sizes["object_phrase"],
-        journals["object_phrase"], known=known_records(work, "object_phrase"), progress=progress,
+        "object_phrase",
+        _phrase_items(items, results, identities["object_phrase"]),
+        identities["object_phrase"],
+        _loader("object_phrase", refs["object_phrase"], work, ccfg),
+        batch_sizes["object_phrase"],
+        journals["object_phrase"],
+        known=known_records(work, "object_phrase"),
+        progress=progress,
     )
     summary = {"shard": f"{i}/{n}", "items": len(items), **_role_counts(results)}
     if merge:
@@ -374,7 +401,9 @@ def run_captions(
     return summary
 
 
-def merge_captions(workdir: str | Path, cfg: BuildConfig, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def merge_captions(
+    workdir: str | Path, cfg: BuildConfig, provenance: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The one writer of the `captions` manifest: every item's record under its current key, from any shard's
     journal (a caption before an error); items without one have empty captions. A summary of the manifest."""
     work = Path(workdir)
@@ -400,12 +429,18 @@ def merge_captions(workdir: str | Path, cfg: BuildConfig, provenance: Mapping[st
     return {**_manifest_summary(items, frame), "manifest": str(manifest_path(work, CAPTIONS.name))}
 
 
-def _manifest_frame(items: list[CaptionItem], results: dict[str, RoleResult],
-                    errors: dict[str, list[str]]) -> pd.DataFrame:
+def _manifest_frame(
+    items: list[CaptionItem], results: dict[str, RoleResult], errors: dict[str, list[str]]
+) -> pd.DataFrame:
     rows = []
     for item in items:
-        row: dict[str, Any] = {"item_id": item.item_id, "source": item.source, "image_path": item.image_path,
-                               "audio_path": item.audio_path, "prompt_version": PROMPT_VERSION}
+        row: dict[str, Any] = {
+            "item_id": item.item_id,
+            "source": item.source,
+            "image_path": item.image_path,
+            "audio_path": item.audio_path,
+            "prompt_version": PROMPT_VERSION,
+        }
         flags = []
         item_errors = list(errors[item.item_id])
         for role in ROLES:
@@ -436,9 +471,17 @@ def _manifest_frame(items: list[CaptionItem], results: dict[str, RoleResult],
 
 
 def _role_counts(results: dict[str, RoleResult]) -> dict[str, Any]:
-    return {role: {"captioned": result.captioned, "cached": result.cached, "failed": result.failed,
-                   "distinct_inputs": result.distinct_inputs, "batch_size": result.batch_size,
-                   "halvings": result.halvings} for role, result in results.items()}
+    return {
+        role: {
+            "captioned": result.captioned,
+            "cached": result.cached,
+            "failed": result.failed,
+            "distinct_inputs": result.distinct_inputs,
+            "batch_size": result.batch_size,
+            "halvings": result.halvings,
+        }
+        for role, result in results.items()
+    }
 
 
 def _manifest_summary(items: list[CaptionItem], frame: pd.DataFrame) -> dict[str, Any]:
@@ -473,14 +516,27 @@ def _save_hash_cache(work: Path, shard: tuple[int, int], known: dict[str, dict[s
     atomic_write_bytes(path, json.dumps(known, sort_keys=True).encode())
 
 
-def caption_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None,
-                  shard: tuple[int, int] = (0, 1), merge: bool = True) -> dict[str, Any]:
+def caption_stage(
+    work: Path,
+    cfg: BuildConfig,
+    provenance: dict[str, Any],
+    *,
+    progress: ProgressFn | None = None,
+    shard: tuple[int, int] = (0, 1),
+    merge: bool = True,
+) -> dict[str, Any]:
     """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""
     return run_captions(work, cfg, shard=shard, merge=merge, progress=progress, provenance=provenance)
 
 
-def merge_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The captions manifest after every shard ran (`merge=False`), with the shards' counts summed per role."""
-    totals = {role: {k: sum(s[role][k] for s in shards) for k in ("captioned", "cached", "failed", "distinct_inputs",
-                                                                   "halvings")} for role in ROLES}
+    totals = {
+        role: {
+            k: sum(s[role][k] for s in shards) for k in ("captioned", "cached", "failed", "distinct_inputs", "halvings")
+        }
+        for role in ROLES
+    }
     return {**totals, **merge_captions(work, cfg, provenance)}

@@ -88,12 +88,15 @@ class ChatLM:
         answers: list[str] = []
         with torch.inference_mode():
             for start in range(0, len(user_messages), batch_size):
-                inputs = self.encode(user_messages[start:start + batch_size])
+                inputs = self.encode(user_messages[start : start + batch_size])
                 output = self.model.generate(
-                    **inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                    **inputs,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
-                new_tokens = output[:, inputs["input_ids"].shape[1]:]
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
                 answers.extend(
                     text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 )
@@ -127,10 +130,27 @@ _PRONOUN_LEAD_IN = re.compile(r"^(?:it|this|that)(?:'s|\s+is|\s+would\s+be|\s+co
 # The first clause: up to a comma, semicolon, bracket, dash between spaces, or sentence end.
 _CLAUSE_END = re.compile(r"[,;(\[]|\s[-–—]\s|[.!?](?:\s|$)")
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", _FLAGS)
-_NON_ANSWERS = frozenset({
-    "none", "nothing", "unknown", "unclear", "n/a", "na", "not sure", "no idea", "i don't know", "not applicable",
-    "cannot say", "can't say", "sorry", "no answer", "not specified", "unspecified", "not mentioned",
-})
+_NON_ANSWERS = frozenset(
+    {
+        "none",
+        "nothing",
+        "unknown",
+        "unclear",
+        "n/a",
+        "na",
+        "not sure",
+        "no idea",
+        "i don't know",
+        "not applicable",
+        "cannot say",
+        "can't say",
+        "sorry",
+        "no answer",
+        "not specified",
+        "unspecified",
+        "not mentioned",
+    }
+)
 
 
 def normalise_phrase(answer: str, max_words: int = 3) -> str | None:

@@ -162,7 +162,9 @@ class Pretrained:
     dtype: Any  # torch.dtype
 
 
-def load_pretrained(ref: ModelRef, workdir: str | Path, role: str, model_class: Any, processor_class: Any) -> Pretrained:
+def load_pretrained(
+    ref: ModelRef, workdir: str | Path, role: str, model_class: Any, processor_class: Any
+) -> Pretrained:
     """Resolve the model configured for `role` and load it with `from_pretrained`: the model in `ref.dtype` on
     `ref.device` in eval mode, and its processor or tokenizer. A checkpoint that does not load raises ModelError."""
     device, dtype = torch_device_and_dtype(ref)

@@ -37,8 +37,10 @@ _CONTENT_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-m
 # route of the page -> route of its media
 _PAGE_ROUTES = {"watch": "media", "throttled": "media", "forbidden": "forbidden-media", "session": "media"}
 _MEDIA_ROUTES = frozenset(_PAGE_ROUTES.values())
-_PAGE = ('<!DOCTYPE html><html><head><title>{ytid}</title></head><body>'
-         '<video src="/{media}/{ytid}.mp4" controls></video></body></html>')
+_PAGE = (
+    "<!DOCTYPE html><html><head><title>{ytid}</title></head><body>"
+    '<video src="/{media}/{ytid}.mp4" controls></video></body></html>'
+)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,13 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         cookie = self.server.cookie
-        entry = Logged(time.monotonic(), self.path, int(code) if isinstance(code, int) else 0,
-                       bool(cookie) and cookie in (self.headers.get("Cookie") or ""), self.headers.get("Via"))
+        entry = Logged(
+            time.monotonic(),
+            self.path,
+            int(code) if isinstance(code, int) else 0,
+            bool(cookie) and cookie in (self.headers.get("Cookie") or ""),
+            self.headers.get("Via"),
+        )
         with self.server.lock:
             self.server.log.append(entry)
 

@@ -50,8 +50,14 @@ def _text_config(vocab_size: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=MAX_TEXT_TOKENS, bos_token_id=0, eos_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TEXT_TOKENS,
+        bos_token_id=0,
+        eos_token_id=1,
         pad_token_id=1,
     )
 
@@ -64,20 +70,37 @@ def build_tiny_stable_diffusion(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=4,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, norm_num_groups=8,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
         sample_size=16,
     )
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
@@ -90,10 +113,17 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=32, patch_size=8)
-    config = CLIPConfig(text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(),
-                        projection_dim=16)
+    vision = CLIPVisionConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    config = CLIPConfig(
+        text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=16
+    )
     CLIPModel(config).save_pretrained(out_dir)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
@@ -147,8 +177,15 @@ def tiny_mistral_tokenizer():
     writes `<s>` itself, so chat-templated text must be tokenized with `add_special_tokens=False`.
     """
     return _byte_level_tokenizer(
-        ("<unk>", "<s>", "</s>"), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
-        add_bos_token=True, add_eos_token=False, model_max_length=512, chat_template=MISTRAL_CHAT_TEMPLATE,
+        ("<unk>", "<s>", "</s>"),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        add_bos_token=True,
+        add_eos_token=False,
+        model_max_length=512,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
     )
 
 
@@ -159,9 +196,16 @@ def build_tiny_mistral(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = tiny_mistral_tokenizer()
     config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     MistralForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -200,14 +244,24 @@ def build_tiny_sam(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     width = TINY_SAM_WIDTH
     vision = SamVisionConfig(
-        hidden_size=width, output_channels=width, num_hidden_layers=2, num_attention_heads=2, image_size=1024,
-        patch_size=32, window_size=4, global_attn_indexes=[1], mlp_dim=2 * width, num_pos_feats=width // 2,
+        hidden_size=width,
+        output_channels=width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=1024,
+        patch_size=32,
+        window_size=4,
+        global_attn_indexes=[1],
+        mlp_dim=2 * width,
+        num_pos_feats=width // 2,
     )
     prompt = SamPromptEncoderConfig(hidden_size=width, image_size=1024, patch_size=32, mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(hidden_size=width, mlp_dim=2 * width, num_attention_heads=2,
-                                   iou_head_hidden_dim=width)
-    config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
-                       mask_decoder_config=decoder.to_dict())
+    decoder = SamMaskDecoderConfig(
+        hidden_size=width, mlp_dim=2 * width, num_attention_heads=2, iou_head_hidden_dim=width
+    )
+    config = SamConfig(
+        vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()
+    )
     SamModel(config).save_pretrained(out_dir)
     SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(out_dir)
     return out_dir
@@ -236,12 +290,24 @@ def build_tiny_owlv2(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = tiny_owlv2_tokenizer()
     text = Owlv2TextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=MAX_TEXT_TOKENS, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TEXT_TOKENS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
-    vision = Owlv2VisionConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=32, patch_size=8)
+    vision = Owlv2VisionConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
     # The class head projects image features to the text width, so projection_dim must equal it.
     config = Owlv2Config(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TEXT_WIDTH)
     model = Owlv2ForObjectDetection(config)
@@ -274,8 +340,14 @@ def tiny_opt_tokenizer():
     As with OPT's own tokenizer, `</s>` is both the bos token (added in front of every text) and the eos token.
     """
     return _byte_level_tokenizer(
-        ("<s>", "<pad>", "</s>", "<unk>"), bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        add_bos_token=True, add_eos_token=False, model_max_length=512,
+        ("<s>", "<pad>", "</s>", "<unk>"),
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        add_bos_token=True,
+        add_eos_token=False,
+        model_max_length=512,
     )
 
 
@@ -300,26 +372,51 @@ def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     width = TEXT_WIDTH
     processor = Blip2Processor(
-        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tiny_opt_tokenizer(),
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tiny_opt_tokenizer(),
         num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
     )
     tokenizer = processor.tokenizer
-    vision = Blip2VisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=32, patch_size=8)
-    qformer = Blip2QFormerConfig(vocab_size=32, hidden_size=width, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=2 * width, max_position_embeddings=32, encoder_hidden_size=width,
-                                 cross_attention_frequency=1)
+    vision = Blip2VisionConfig(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=32,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=2 * width,
+        max_position_embeddings=32,
+        encoder_hidden_size=width,
+        cross_attention_frequency=1,
+    )
     # With OPT's usual init_std of 0.02 the tiny LM repeats one token forever whatever the image; at 0.5 the
     # hidden states follow the image and the text so far. Untied, the output head can be restricted (below)
     # without changing the input embeddings of prompt characters. 1024 positions hold a prompt, the query tokens
     # and the most new tokens the caption config allows (512).
     text = OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=width, ffn_dim=2 * width, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=1024, word_embed_proj_dim=width, init_std=0.5, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        ffn_dim=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        word_embed_proj_dim=width,
+        init_std=0.5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     config = Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
         num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
         image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
     )
@@ -344,7 +441,12 @@ TINY_BUILDERS["blip2"] = build_tiny_blip2
 # Qwen2-Audio's special tokens, in the order (and so the relative ids) of the real tokenizer, where `<|endoftext|>`
 # is 151643 and `<|AUDIO|>` (the config's `audio_token_index`) 151646.
 QWEN2_AUDIO_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
 )
 
 
@@ -354,8 +456,11 @@ def tiny_qwen2_audio_tokenizer():
     Like Qwen's it adds no BOS, and `<|endoftext|>` is both its eos and pad token.
     """
     return _byte_level_tokenizer(
-        trailing=QWEN2_AUDIO_SPECIAL_TOKENS, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        extra_special_tokens=list(QWEN2_AUDIO_SPECIAL_TOKENS[1:]), model_max_length=4096,
+        trailing=QWEN2_AUDIO_SPECIAL_TOKENS,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=list(QWEN2_AUDIO_SPECIAL_TOKENS[1:]),
+        model_max_length=4096,
     )
 
 
@@ -378,15 +483,30 @@ def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_qwen2_audio_tokenizer()
-    audio = Qwen2AudioEncoderConfig(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2,
-                                    encoder_ffn_dim=32, d_model=16, max_source_positions=1500)
-    text = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    audio = Qwen2AudioEncoderConfig(
+        num_mel_bins=128,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        d_model=16,
+        max_source_positions=1500,
     )
-    config = Qwen2AudioConfig(audio_config=audio.to_dict(), text_config=text.to_dict(),
-                              audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = Qwen2AudioConfig(
+        audio_config=audio.to_dict(),
+        text_config=text.to_dict(),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
     Qwen2AudioForConditionalGeneration(config).save_pretrained(out_dir)
     feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True)
     Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out_dir)
@@ -408,11 +528,22 @@ def build_tiny_clipseg(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    vision = CLIPSegVisionConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, image_size=TINY_CLIPSEG_IMAGE_SIZE, patch_size=8)
+    vision = CLIPSegVisionConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=TINY_CLIPSEG_IMAGE_SIZE,
+        patch_size=8,
+    )
     config = CLIPSegConfig(
-        text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=16,
-        extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        text_config=_text_config(len(tokenizer)).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=16,
+        extract_layers=[0, 1],
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
     )
     CLIPSegForImageSegmentation(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -426,10 +557,21 @@ def build_tiny_beats(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = {
-        "input_patch_size": 16, "embed_dim": 8, "encoder_layers": 12, "encoder_embed_dim": 16,
-        "encoder_ffn_embed_dim": 32, "encoder_attention_heads": 2, "deep_norm": True, "conv_pos": 8,
-        "conv_pos_groups": 4, "relative_position_embedding": True, "num_buckets": 32, "max_distance": 64,
-        "gru_rel_pos": True, "finetuned_model": True, "predictor_class": 5,
+        "input_patch_size": 16,
+        "embed_dim": 8,
+        "encoder_layers": 12,
+        "encoder_embed_dim": 16,
+        "encoder_ffn_embed_dim": 32,
+        "encoder_attention_heads": 2,
+        "deep_norm": True,
+        "conv_pos": 8,
+        "conv_pos_groups": 4,
+        "relative_position_embedding": True,
+        "num_buckets": 32,
+        "max_distance": 64,
+        "gru_rel_pos": True,
+        "finetuned_model": True,
+        "predictor_class": 5,
     }
     model = BEATs(BEATsConfig.from_dict(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,8 +592,16 @@ def build_tiny_ast(out_dir: Path, seed: int = 0) -> Path:
     from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
     torch.manual_seed(seed)
-    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       max_length=128, num_mel_bins=128, frequency_stride=16, time_stride=16)
+    config = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=128,
+        num_mel_bins=128,
+        frequency_stride=16,
+        time_stride=16,
+    )
     ASTModel(config).save_pretrained(out_dir)
     ASTFeatureExtractor(max_length=128, num_mel_bins=128).save_pretrained(out_dir)
     return out_dir

@@ -43,8 +43,19 @@ from is4.pipeline.evaluation.errors import EvaluationError, EvaluationWarning, f
 from is4.pipeline.evaluation.formats import IS4_FILES, GroundTruth, load_ground_truth
 from is4.pipeline.evaluation.predictions import MapProblem, NpzMaps, prepare_map
 
-__all__ = ["EvaluationError", "EvaluationWarning", "evaluate", "score_file", "score_source", "score_baselines",
-           "baseline_scores", "shipped_baselines", "write_baseline_predictions", "write_per_instance", "format_table"]
+__all__ = [
+    "EvaluationError",
+    "EvaluationWarning",
+    "evaluate",
+    "score_file",
+    "score_source",
+    "score_baselines",
+    "baseline_scores",
+    "shipped_baselines",
+    "write_baseline_predictions",
+    "write_per_instance",
+    "format_table",
+]
 
 BASELINES = ("random", "centre", "oracle")
 BASELINES_FILE = "baselines.json"  # what a release ships: {"protocol": name, "scores": baseline_scores(...)}
@@ -71,8 +82,14 @@ def _summary(truth: GroundTruth, protocol: metrics.Protocol, per: dict) -> dict:
     return {**head, **metrics.summarise(per, truth.image_ids, protocol=protocol, with_mask_metrics=truth.gt == "mask")}
 
 
-def score_source(truth: GroundTruth, source, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL, *,
-                 name: str = "predictions", workers: int | None = None) -> Scored:
+def score_source(
+    truth: GroundTruth,
+    source,
+    protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+    *,
+    name: str = "predictions",
+    workers: int | None = None,
+) -> Scored:
     """Score the maps of `source` (anything with `keys()` and `read(instance_id)`, e.g. `NpzMaps`) on `truth`.
 
     Raises EvaluationError naming the instances without a map and every map that cannot be scored (not 2-D, not
@@ -86,8 +103,11 @@ def score_source(truth: GroundTruth, source, protocol: str | metrics.Protocol = 
         raise EvaluationError(f"{name}: no map for {len(missing)} of {len(ids)} instances: {few(missing)}", missing)
     extra = sorted(keys - set(ids))
     if extra:
-        warnings.warn(f"{name}: ignoring {len(extra)} maps for instances not in the evaluated split: {few(extra)}",
-                      EvaluationWarning, stacklevel=2)
+        warnings.warn(
+            f"{name}: ignoring {len(extra)} maps for instances not in the evaluated split: {few(extra)}",
+            EvaluationWarning,
+            stacklevel=2,
+        )
     n = len(ids)
     per = {key: np.zeros(n) for key in metrics.PER_INSTANCE_KEYS}
     per["gt_area"] = np.zeros(n, dtype=np.int64)
@@ -143,25 +163,41 @@ def score_source(truth: GroundTruth, source, protocol: str | metrics.Protocol = 
         by_kind: dict[str, list[tuple[str, str]]] = {}
         for i, problem in sorted(problems, key=lambda p: p[0]):
             by_kind.setdefault(problem.kind, []).append((ids[i], problem.detail))
-        parts = [f"{len(items)} maps {kind}: {few(items, lambda p: f'{p[0]} ({p[1]})')}"
-                 for kind, items in by_kind.items()]
+        parts = [
+            f"{len(items)} maps {kind}: {few(items, lambda p: f'{p[0]} ({p[1]})')}" for kind, items in by_kind.items()
+        ]
         raise EvaluationError(f"{name}: " + "; ".join(parts), [iid for items in by_kind.values() for iid, _ in items])
     if constant:
-        warnings.warn(f"{name}: {len(constant)} maps are constant (they keep no pixel at any cut: IoU 0): "
-                      f"{few([ids[i] for i in sorted(constant)])}", EvaluationWarning, stacklevel=2)
+        warnings.warn(
+            f"{name}: {len(constant)} maps are constant (they keep no pixel at any cut: IoU 0): "
+            f"{few([ids[i] for i in sorted(constant)])}",
+            EvaluationWarning,
+            stacklevel=2,
+        )
     return Scored(truth, protocol, _summary(truth, protocol, per), per)
 
 
-def score_file(truth: GroundTruth, predictions_path: str | Path,
-               protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL, *, workers: int | None = None) -> Scored:
+def score_file(
+    truth: GroundTruth,
+    predictions_path: str | Path,
+    protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+    *,
+    workers: int | None = None,
+) -> Scored:
     """Score an `.npz` of maps (see `predictions`) on `truth`."""
     with NpzMaps(predictions_path) as source:
         return score_source(truth, source, protocol, name=str(predictions_path), workers=workers)
 
 
-def evaluate(release_dir: str | Path, predictions_path: str | Path, gt: str | None = None, *,
-             benchmark: str | None = None, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
-             workers: int | None = None) -> dict:
+def evaluate(
+    release_dir: str | Path,
+    predictions_path: str | Path,
+    gt: str | None = None,
+    *,
+    benchmark: str | None = None,
+    protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+    workers: int | None = None,
+) -> dict:
     """Score an `.npz` of heatmaps on a benchmark's boxes (`gt="box"`) or masks (`gt="mask"`).
 
     `release_dir`: a directory or a ground-truth file (see `formats`). Returns `{"benchmark", "protocol", "gt",
@@ -175,9 +211,20 @@ def evaluate(release_dir: str | Path, predictions_path: str | Path, gt: str | No
 # --- the table and the per-instance file --------------------------------------------------------------------
 
 
-_LABELS = {"ciou": "cIoU", "ciou_adaptive": "cIoU-adap", "auc": "AUC", "auc_adaptive": "AUC-adap",
-           "iiou": "IIoU", "iiou_adaptive": "IIoU-adap", "iauc": "IAUC", "iauc_adaptive": "IAUC-adap",
-           "miou": "mIoU", "fscore": "F", "miou_adaptive": "mIoU-adap", "fscore_adaptive": "F-adap"}
+_LABELS = {
+    "ciou": "cIoU",
+    "ciou_adaptive": "cIoU-adap",
+    "auc": "AUC",
+    "auc_adaptive": "AUC-adap",
+    "iiou": "IIoU",
+    "iiou_adaptive": "IIoU-adap",
+    "iauc": "IAUC",
+    "iauc_adaptive": "IAUC-adap",
+    "miou": "mIoU",
+    "fscore": "F",
+    "miou_adaptive": "mIoU-adap",
+    "fscore_adaptive": "F-adap",
+}
 
 
 def _rows(results, prefix: str = "") -> list[tuple[str, dict]]:
@@ -229,11 +276,16 @@ def write_per_instance(path: str | Path, scored: Scored) -> None:
     if truth.image_ids is not None:
         columns["image_id"] = pa.array(truth.image_ids, pa.string())
     columns["gt_area"] = pa.array(per["gt_area"], pa.int64())
-    keys = ["iou", "iou_adaptive"] + (["miou", "miou_adaptive", "fscore", "fscore_adaptive"]
-                                      if truth.gt == "mask" else [])
+    keys = ["iou", "iou_adaptive"] + (
+        ["miou", "miou_adaptive", "fscore", "fscore_adaptive"] if truth.gt == "mask" else []
+    )
     columns.update({key: pa.array(per[key], pa.float64()) for key in keys})
-    facts = {"benchmark": truth.benchmark, "protocol": scored.protocol.name, "gt": truth.gt,
-             "ground_truth": truth.source.name}
+    facts = {
+        "benchmark": truth.benchmark,
+        "protocol": scored.protocol.name,
+        "gt": truth.gt,
+        "ground_truth": truth.source.name,
+    }
     table = pa.table(columns).replace_schema_metadata({"is4.evaluation": json.dumps(facts, sort_keys=True)})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -320,12 +372,17 @@ class BaselineMaps:
         return None
 
 
-def score_baselines(truth: GroundTruth, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL, *,
-                    workers: int | None = None) -> dict[str, Scored]:
+def score_baselines(
+    truth: GroundTruth, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL, *, workers: int | None = None
+) -> dict[str, Scored]:
     """{baseline: Scored} for random, centre and oracle on `truth`, resized and scored as a model's maps are."""
     protocol = metrics.get_protocol(protocol)
-    return {kind: score_source(truth, BaselineMaps(kind, truth, protocol.align_corners), protocol,
-                               name=f"{kind} baseline", workers=workers) for kind in BASELINES}
+    return {
+        kind: score_source(
+            truth, BaselineMaps(kind, truth, protocol.align_corners), protocol, name=f"{kind} baseline", workers=workers
+        )
+        for kind in BASELINES
+    }
 
 
 def available_gt(release_dir: str | Path) -> list[str]:
@@ -333,8 +390,9 @@ def available_gt(release_dir: str | Path) -> list[str]:
     return [gt for gt, names in IS4_FILES.items() if any((Path(release_dir) / name).is_file() for name in names)]
 
 
-def baseline_scores(release_dir: str | Path, *, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
-                    workers: int | None = None) -> dict[str, dict[str, dict]]:
+def baseline_scores(
+    release_dir: str | Path, *, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL, workers: int | None = None
+) -> dict[str, dict[str, dict]]:
     """`{"box": {"random": result, "centre": result, "oracle": result}, "mask": {…}}` for each IS4 ground truth
     of the release (each result as `evaluate` returns it)."""
     out: dict[str, dict[str, dict]] = {}
@@ -361,8 +419,9 @@ def shipped_baselines(truth: GroundTruth, protocol: str | metrics.Protocol) -> d
     return shipped["scores"].get(truth.gt)
 
 
-def write_baseline_predictions(release_dir: str | Path, out_dir: str | Path, *,
-                               protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL) -> dict[str, Path]:
+def write_baseline_predictions(
+    release_dir: str | Path, out_dir: str | Path, *, protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL
+) -> dict[str, Path]:
     """Write the baselines as prediction files (np.savez_compressed) and return {name: path}.
 
     `random.npz` and `centre.npz` hold a map for every instance of the release (box and mask ground truth);

@@ -155,8 +155,9 @@ def _candidates(root: Path) -> list[tuple[Path, str, str | None]]:
     return found
 
 
-def find_ground_truth(path: str | Path, gt: str | None = None, benchmark: str | None = None
-                      ) -> tuple[Path, str, str | None]:
+def find_ground_truth(
+    path: str | Path, gt: str | None = None, benchmark: str | None = None
+) -> tuple[Path, str, str | None]:
     """(file or XML folder, benchmark, gt or None when only the entries can tell) for a path and the choices made.
 
     A directory is searched for the files its benchmark names (`IS4_FILES`, `vggss.json`, `Annotations/*.xml`,
@@ -186,11 +187,15 @@ def find_ground_truth(path: str | Path, gt: str | None = None, benchmark: str | 
         return found[0]
     wanted = f"{benchmark or 'any benchmark'}{f' ({gt})' if gt else ''}"
     if not found:
-        names = ", ".join(IS4_FILES["box"] + IS4_FILES["mask"]) + ", vggss.json, Annotations/*.xml, *s4*/*ms3*/*vpo_*.json"
+        names = (
+            ", ".join(IS4_FILES["box"] + IS4_FILES["mask"]) + ", vggss.json, Annotations/*.xml, *s4*/*ms3*/*vpo_*.json"
+        )
         raise EvaluationError(f"{path}: no ground truth of {wanted} found (looked for {names})")
     listed = few([f"{c[0].relative_to(path)} ({c[1]}{', ' + c[2] if c[2] else ''})" for c in found])
-    raise EvaluationError(f"{path}: several ground-truth files of {wanted}: {listed}; "
-                          "name one with --benchmark / --gt, or pass the file itself")
+    raise EvaluationError(
+        f"{path}: several ground-truth files of {wanted}: {listed}; "
+        "name one with --benchmark / --gt, or pass the file itself"
+    )
 
 
 def _benchmark_of_entries(path: Path) -> str:
@@ -200,8 +205,9 @@ def _benchmark_of_entries(path: Path) -> str:
     first = entries[0]
     if isinstance(first, dict) and "file" in first and "bbox" in first:
         return "vggss"
-    raise EvaluationError(f"{path}: the file name does not say which benchmark it is; name it with --benchmark "
-                          f"({', '.join(BENCHMARKS)})")
+    raise EvaluationError(
+        f"{path}: the file name does not say which benchmark it is; name it with --benchmark ({', '.join(BENCHMARKS)})"
+    )
 
 
 # --- readers ------------------------------------------------------------------------------------------------
@@ -224,8 +230,11 @@ def _stem(ref: str) -> str:
 
 
 def _is_box(box) -> bool:
-    return isinstance(box, list | tuple) and len(box) == 4 and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    return (
+        isinstance(box, list | tuple)
+        and len(box) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    )
 
 
 def _no_duplicates(path: Path, ids: list[str]) -> None:
@@ -276,15 +285,20 @@ def _check_frame(finder: FileFinder, image_ref: str) -> None:
     except OSError:
         return
     if (width, height) != (S, S):
-        raise EvaluationError(f"{frame}: the frames are {width}×{height}; boxes and masks are scored in the "
-                              f"{S}×{S} frame")
+        raise EvaluationError(
+            f"{frame}: the frames are {width}×{height}; boxes and masks are scored in the {S}×{S} frame"
+        )
 
 
 def _off_frame_warning(path: Path, ids: list[str], boxes: list[np.ndarray]) -> None:
     off = [iid for iid, b in zip(ids, boxes) if (b < 0).any() or (b > S).any()]
     if off:
-        warnings.warn(f"{path}: {len(off)} boxes reach outside the {S}×{S} frame (scored as the protocol's box "
-                      f"rule says): {few(off)}", EvaluationWarning, stacklevel=4)
+        warnings.warn(
+            f"{path}: {len(off)} boxes reach outside the {S}×{S} frame (scored as the protocol's box "
+            f"rule says): {few(off)}",
+            EvaluationWarning,
+            stacklevel=4,
+        )
 
 
 def _read_masks(path: Path, finder: FileFinder, ids: list[str], refs: list) -> np.ndarray:
@@ -311,11 +325,15 @@ def _read_masks(path: Path, finder: FileFinder, ids: list[str], refs: list) -> n
             continue
         packed[i] = np.packbits(grey.reshape(-1) > 127)
     if missing:
-        raise EvaluationError(f"{path}: {len(missing)} of {len(ids)} mask files are not inside {finder.root} "
-                              f"(looked up by name): {few([ref for _, ref in missing])}", [i for i, _ in missing])
+        raise EvaluationError(
+            f"{path}: {len(missing)} of {len(ids)} mask files are not inside {finder.root} "
+            f"(looked up by name): {few([ref for _, ref in missing])}",
+            [i for i, _ in missing],
+        )
     if bad:
-        raise EvaluationError(f"{path}: {len(bad)} masks cannot be used: {few(bad, lambda b: f'{b[0]} ({b[1]})')}",
-                              [b[0] for b in bad])
+        raise EvaluationError(
+            f"{path}: {len(bad)} masks cannot be used: {few(bad, lambda b: f'{b[0]} ({b[1]})')}", [b[0] for b in bad]
+        )
     return packed
 
 
@@ -333,19 +351,26 @@ def _read_entry_list(path: Path, root: Path, benchmark: str, gt: str | None, box
     if kinds != {gt}:
         other = sorted(kinds - {gt})[0]
         first = next(iid for iid, e in zip(ids, entries) if isinstance(e["gt_box"], str) == (other == "mask"))
-        raise EvaluationError(f"{path}: expected {gt} ground truth, but entries hold {other} ground truth "
-                              f"(first: {first})")
+        raise EvaluationError(
+            f"{path}: expected {gt} ground truth, but entries hold {other} ground truth (first: {first})"
+        )
     finder = FileFinder(root)
     _check_frame(finder, entries[0]["image"])
     image_ids = [iid.rsplit("_", 1)[0] for iid in ids] if benchmark in GROUPED else None
     common = dict(benchmark=benchmark, gt=gt, source=path, instance_ids=ids, image_ids=image_ids, box_rule=box_rule)
     if gt == "mask":
         return GroundTruth(**common, packed=_read_masks(path, finder, ids, [e["gt_box"] for e in entries]))
-    bad = [(iid, e["gt_box"]) for iid, e in zip(ids, entries)
-           if not (_is_box(e["gt_box"]) and e["gt_box"][0] < e["gt_box"][2] and e["gt_box"][1] < e["gt_box"][3])]
+    bad = [
+        (iid, e["gt_box"])
+        for iid, e in zip(ids, entries)
+        if not (_is_box(e["gt_box"]) and e["gt_box"][0] < e["gt_box"][2] and e["gt_box"][1] < e["gt_box"][3])
+    ]
     if bad:
-        raise EvaluationError(f"{path}: {len(bad)} boxes are not [x1, y1, x2, y2] with x1 < x2, y1 < y2: "
-                              f"{few(bad, lambda b: f'{b[0]} {b[1]!r}')}", [b[0] for b in bad])
+        raise EvaluationError(
+            f"{path}: {len(bad)} boxes are not [x1, y1, x2, y2] with x1 < x2, y1 < y2: "
+            f"{few(bad, lambda b: f'{b[0]} {b[1]!r}')}",
+            [b[0] for b in bad],
+        )
     boxes = [np.asarray([e["gt_box"]], dtype=np.float64) for e in entries]
     _off_frame_warning(path, ids, boxes)
     return GroundTruth(**common, boxes=boxes)
@@ -363,8 +388,10 @@ def _read_vggss(path: Path, box_rule: str) -> GroundTruth:
         ids.append(name)
         boxes.append((np.clip(np.array(raw, dtype=np.float64), 0, 1) * S).astype(int).astype(np.float64))
     if bad:
-        raise EvaluationError(f"{path}: {len(bad)} entries lack a 'file' and a non-empty 'bbox' list of "
-                              f"[x1, y1, x2, y2] in [0, 1]: {few(bad)}")
+        raise EvaluationError(
+            f"{path}: {len(bad)} entries lack a 'file' and a non-empty 'bbox' list of "
+            f"[x1, y1, x2, y2] in [0, 1]: {few(bad)}"
+        )
     _no_duplicates(path, ids)
     return GroundTruth("vggss", "box", path, ids, None, box_rule, boxes=boxes, combine="union")
 
@@ -375,8 +402,11 @@ def _flickr_boxes(file: Path) -> list[list[int]]:
     for bbox in root.iter("bbox"):
         children = list(bbox)
         named = {child.tag: child.text for child in children}
-        texts = ([named[k] for k in ("xmin", "ymin", "xmax", "ymax")] if {"xmin", "ymin", "xmax", "ymax"} <= set(named)
-                 else [child.text for child in children[1:5]])  # the public code's order: skip the first child
+        texts = (
+            [named[k] for k in ("xmin", "ymin", "xmax", "ymax")]
+            if {"xmin", "ymin", "xmax", "ymax"} <= set(named)
+            else [child.text for child in children[1:5]]
+        )  # the public code's order: skip the first child
         if len(texts) != 4:
             raise ValueError(f"a <bbox> with {len(children)} children")
         boxes.append([int(S * int((t or "").strip()) / FLICKR_FRAME) for t in texts])
@@ -401,8 +431,13 @@ def _read_flickr(path: Path, box_rule: str) -> GroundTruth:
     return GroundTruth("flickr", "box", path, ids, None, box_rule, boxes=boxes, combine="consensus")
 
 
-def load_ground_truth(path: str | Path, gt: str | None = None, *, benchmark: str | None = None,
-                      protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL) -> GroundTruth:
+def load_ground_truth(
+    path: str | Path,
+    gt: str | None = None,
+    *,
+    benchmark: str | None = None,
+    protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+) -> GroundTruth:
     """Read a benchmark's ground truth (see the module docstring); boxes are rasterised by `protocol`'s rule.
 
     Raises EvaluationError naming unreadable files, malformed entries, duplicates, missing mask files and empty
@@ -421,6 +456,8 @@ def load_ground_truth(path: str | Path, gt: str | None = None, *, benchmark: str
         truth = _read_entry_list(file, path if path.is_dir() else file.parent, bench, kind, box_rule)
     empty = [iid for iid, area in zip(truth.instance_ids, truth.areas()) if area == 0]
     if empty:
-        raise EvaluationError(f"{file}: {len(empty)} instances have an empty ground-truth region in the {S}×{S} "
-                              f"frame: {few(empty)}", empty)
+        raise EvaluationError(
+            f"{file}: {len(empty)} instances have an empty ground-truth region in the {S}×{S} frame: {few(empty)}",
+            empty,
+        )
     return truth

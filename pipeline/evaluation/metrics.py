@@ -97,10 +97,24 @@ class Protocol:
         return n_px - np.asarray(area, dtype=np.int64) - (1 if self.keep_k else 0)
 
 
-REFERENCE = Protocol("reference", tuple(0.05 * i for i in range(21)), align_corners=True, box_rule="slice",
-                     keep_k=False, miou_eps=1e-7, fscore_max=True)
-EXACT_K = Protocol("exact-k", tuple((np.arange(21) / 20).tolist()), align_corners=False, box_rule="centre",
-                   keep_k=True, miou_eps=0.0, fscore_max=False)
+REFERENCE = Protocol(
+    "reference",
+    tuple(0.05 * i for i in range(21)),
+    align_corners=True,
+    box_rule="slice",
+    keep_k=False,
+    miou_eps=1e-7,
+    fscore_max=True,
+)
+EXACT_K = Protocol(
+    "exact-k",
+    tuple((np.arange(21) / 20).tolist()),
+    align_corners=False,
+    box_rule="centre",
+    keep_k=True,
+    miou_eps=0.0,
+    fscore_max=False,
+)
 PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K)}
 DEFAULT_PROTOCOL = REFERENCE.name
 
@@ -130,8 +144,7 @@ def _axis_weights(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarra
     return i0, i1, src - i0
 
 
-def resize_bilinear(maps: np.ndarray, size: int | tuple[int, int] = FRAME, *, align_corners: bool = True
-                    ) -> np.ndarray:
+def resize_bilinear(maps: np.ndarray, size: int | tuple[int, int] = FRAME, *, align_corners: bool = True) -> np.ndarray:
     """Resize (H, W) or (N, H, W) maps to `size` (int or (height, width)) by bilinear interpolation, no
     anti-aliasing, as `torch.nn.functional.interpolate(mode="bilinear", align_corners=...)`.
 
@@ -207,7 +220,6 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = buffers[(name, np.dtype(dtype))] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
-
 
 
 def rank_values(flat: np.ndarray, ranks: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -358,8 +370,14 @@ def split_regions(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return gt == 1, (half if half.any() else None)
 
 
-def score_rows(flat: np.ndarray, full: np.ndarray, half: np.ndarray | None, protocol: str | Protocol,
-               beta2: float = BETA2, select=rank_values) -> dict[str, np.ndarray]:
+def score_rows(
+    flat: np.ndarray,
+    full: np.ndarray,
+    half: np.ndarray | None,
+    protocol: str | Protocol,
+    beta2: float = BETA2,
+    select=rank_values,
+) -> dict[str, np.ndarray]:
     """Per-instance scores of (n, P) maps against their regions: `full` (n, P) bool where the ground truth is 1 and
     `half` (n, P) bool where it is 0.5 (a consensus map) or None. `select(flat, ranks)` gives the cut values
     (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent).
@@ -398,8 +416,15 @@ def score_rows(flat: np.ndarray, full: np.ndarray, half: np.ndarray | None, prot
     return out
 
 
-def per_instance(maps: np.ndarray, gt: np.ndarray, *, protocol: str | Protocol = DEFAULT_PROTOCOL,
-                 beta2: float = BETA2, chunk: int = CHUNK, workers: int | None = None) -> dict[str, np.ndarray]:
+def per_instance(
+    maps: np.ndarray,
+    gt: np.ndarray,
+    *,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
+    beta2: float = BETA2,
+    chunk: int = CHUNK,
+    workers: int | None = None,
+) -> dict[str, np.ndarray]:
     """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1).
 
     Keys as `score_rows`. The batch is scored in chunks of `chunk` instances (bounding memory) on `workers`
@@ -498,8 +523,14 @@ def _mean_fscore(scores: dict, suffix: str, protocol: Protocol) -> float:
     return float(curve.max())
 
 
-def summarise(instance_scores: dict, image_ids: Sequence | None, *, protocol: str | Protocol = DEFAULT_PROTOCOL,
-              with_mask_metrics: bool = False, decimals: int | None = 4) -> dict[str, float]:
+def summarise(
+    instance_scores: dict,
+    image_ids: Sequence | None,
+    *,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
+    with_mask_metrics: bool = False,
+    decimals: int | None = 4,
+) -> dict[str, float]:
     """The metric dict in percent from `per_instance` output; `image_ids` (N,) groups instances into images for
     IIoU / IAUC (None: no image-level metrics). `decimals=None` keeps full precision."""
     protocol = get_protocol(protocol)
@@ -521,9 +552,16 @@ def summarise(instance_scores: dict, image_ids: Sequence | None, *, protocol: st
     return percent if decimals is None else {key: round(value, decimals) for key, value in percent.items()}
 
 
-def score(maps: np.ndarray, gt: np.ndarray, image_ids: Sequence | None, *, with_mask_metrics: bool = False,
-          protocol: str | Protocol = DEFAULT_PROTOCOL, workers: int | None = None,
-          decimals: int | None = 4) -> dict[str, float]:
+def score(
+    maps: np.ndarray,
+    gt: np.ndarray,
+    image_ids: Sequence | None,
+    *,
+    with_mask_metrics: bool = False,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
+    workers: int | None = None,
+    decimals: int | None = 4,
+) -> dict[str, float]:
     """All metrics for (N, H, W) heatmaps against (N, H, W) ground truth, in percent (`decimals`, None: all).
 
     Keys: ciou, ciou_adaptive, auc, auc_adaptive, then (with `image_ids`, which group instances into images)

@@ -85,8 +85,10 @@ def _check_sizes(info: zipfile.ZipInfo, head: bytes) -> tuple[tuple[int, ...], b
     if count > MAX_MAP_VALUES:
         raise ValueError(f"member {info.filename} claims shape {shape}, more than {MAX_MAP_VALUES} values")
     if info.file_size - offset != count * dtype.itemsize:
-        raise ValueError(f"member {info.filename} holds {info.file_size - offset} data bytes, not the "
-                         f"{count * dtype.itemsize} of {shape} {dtype}")
+        raise ValueError(
+            f"member {info.filename} holds {info.file_size - offset} data bytes, not the "
+            f"{count * dtype.itemsize} of {shape} {dtype}"
+        )
     return header
 
 
@@ -102,8 +104,9 @@ class NpzMaps:
         try:
             with open(self.path, "rb") as fh:
                 if fh.read(len(NPY_MAGIC)) == NPY_MAGIC:
-                    raise EvaluationError(f"{path}: expected an .npz archive of one 2-D map per instance, got a "
-                                          "single array (.npy)")
+                    raise EvaluationError(
+                        f"{path}: expected an .npz archive of one 2-D map per instance, got a single array (.npy)"
+                    )
             self._zip = zipfile.ZipFile(self.path)
         except (OSError, zipfile.BadZipFile, ValueError) as exc:
             if isinstance(exc, EvaluationError):
@@ -148,8 +151,10 @@ class NpzMaps:
     @staticmethod
     def _read_compressed(info: zipfile.ZipInfo, member) -> np.ndarray:
         if info.file_size > info.compress_size * MAX_DEFLATE_RATIO + HEADER_PEEK:
-            raise ValueError(f"member {info.filename} claims {info.file_size} bytes from {info.compress_size} "
-                             "compressed: more than deflate can produce")
+            raise ValueError(
+                f"member {info.filename} claims {info.file_size} bytes from {info.compress_size} "
+                "compressed: more than deflate can produce"
+            )
         head = member.read(min(info.file_size, HEADER_PEEK))
         _check_sizes(info, head)
         data = head + member.read(info.file_size - len(head))
@@ -174,8 +179,10 @@ class NpzMaps:
         if info.file_size != start + out.nbytes:
             raise ValueError(f"member {info.filename} holds {info.file_size - start} data bytes, not {out.nbytes}")
         view = memoryview(out).cast("B")
-        if os.preadv(self._fd, [view], offset + start) != out.nbytes or zlib.crc32(view, zlib.crc32(
-                head[:start])) != info.CRC:
+        if (
+            os.preadv(self._fd, [view], offset + start) != out.nbytes
+            or zlib.crc32(view, zlib.crc32(head[:start])) != info.CRC
+        ):
             raise ValueError(f"member {info.filename} is truncated or corrupt (CRC-32 mismatch)")
         return True
 

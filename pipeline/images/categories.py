@@ -72,20 +72,107 @@ _FIELD_TYPES: dict[str, type] = {"object": str, "category_id": str, "instrument"
 
 # Verbs and nouns that describe the sound (or the action making it); the object is what comes before the first one.
 SOUND_WORDS = (
-    "accelerating", "acceleration", "baying", "banging", "barking", "beeping", "beeps", "bellowing", "bleating",
-    "bounce", "bow-wow", "braying", "bugling", "burbling", "buzzing", "calling", "caterwauling", "cawing",
-    "chatter", "chirping", "chirrup", "cleaning", "clicking", "clip-clop", "clucking", "cooing", "crackling",
-    "croaking", "crowing", "crying", "digging", "drying", "explosion", "flapping", "flushing", "flyby", "gobbling",
-    "grinding", "growling", "hissing", "honking", "hooting", "horning", "howling", "idling", "igniting", "impact",
-    "knocking", "launch", "laughter", "lowing", "meowing", "mooing", "neighing", "noise", "oinking",
-    "pant-hooting", "passing", "pecking", "purring", "quacking", "rattling", "revving", "ringing", "roaring",
-    "running", "screaming", "shaving", "shooting", "shouting", "singing", "siren", "slamming", "sound", "sounds",
-    "speaking", "speech", "spinning", "squawking", "squealing", "squeaking", "starting", "talking", "trumpeting",
-    "tweeting", "whimpering", "whistling",
+    "accelerating",
+    "acceleration",
+    "baying",
+    "banging",
+    "barking",
+    "beeping",
+    "beeps",
+    "bellowing",
+    "bleating",
+    "bounce",
+    "bow-wow",
+    "braying",
+    "bugling",
+    "burbling",
+    "buzzing",
+    "calling",
+    "caterwauling",
+    "cawing",
+    "chatter",
+    "chirping",
+    "chirrup",
+    "cleaning",
+    "clicking",
+    "clip-clop",
+    "clucking",
+    "cooing",
+    "crackling",
+    "croaking",
+    "crowing",
+    "crying",
+    "digging",
+    "drying",
+    "explosion",
+    "flapping",
+    "flushing",
+    "flyby",
+    "gobbling",
+    "grinding",
+    "growling",
+    "hissing",
+    "honking",
+    "hooting",
+    "horning",
+    "howling",
+    "idling",
+    "igniting",
+    "impact",
+    "knocking",
+    "launch",
+    "laughter",
+    "lowing",
+    "meowing",
+    "mooing",
+    "neighing",
+    "noise",
+    "oinking",
+    "pant-hooting",
+    "passing",
+    "pecking",
+    "purring",
+    "quacking",
+    "rattling",
+    "revving",
+    "ringing",
+    "roaring",
+    "running",
+    "screaming",
+    "shaving",
+    "shooting",
+    "shouting",
+    "singing",
+    "siren",
+    "slamming",
+    "sound",
+    "sounds",
+    "speaking",
+    "speech",
+    "spinning",
+    "squawking",
+    "squealing",
+    "squeaking",
+    "starting",
+    "talking",
+    "trumpeting",
+    "tweeting",
+    "whimpering",
+    "whistling",
 )
 # Verbs that open a label and are followed by the object (`driving buses`, `typing on typewriter`).
-LEADING_VERBS = ("driving", "lighting", "opening or closing", "popping", "sharpen", "splashing", "squishing",
-                 "tapping", "typing on", "using")
+LEADING_VERBS = (
+    "driving",
+    "lighting",
+    "opening or closing",
+    "popping",
+    "sharpen",
+    "splashing",
+    "squishing",
+    "tapping",
+    "typing on",
+    "using",
+)
 # Parts named instead of the whole that makes the sound (`car engine` → `car`).
 PARTS = ("engine", "wheel", "wheels", "wing", "wings")
 
@@ -105,8 +192,15 @@ RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("part → whole", re.compile(rf"^(.+) (?:{_alternation(PARTS)})$"), r"\1"),
 )
 
-IRREGULAR_PLURALS = {"buses": "bus", "children": "child", "geese": "goose", "men": "man", "mice": "mouse",
-                     "people": "person", "women": "woman"}
+IRREGULAR_PLURALS = {
+    "buses": "bus",
+    "children": "child",
+    "geese": "goose",
+    "men": "man",
+    "mice": "mouse",
+    "people": "person",
+    "women": "woman",
+}
 PLURAL_ONLY = frozenset({"bagpipes", "scissors", "timbales"})
 # Ordered suffix rewrites for simple plurals; `bass`, `glass`, `bus`, `tennis` are left as they are.
 SINGULAR_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -340,9 +434,7 @@ def category_report(frame: pd.DataFrame) -> dict[str, Any]:
     """Counts, merges (ids with more than one label), dropped labels with their note, rows per source."""
     depictable = frame["depictable"].astype(bool)
     shown = frame[depictable]
-    merged = {
-        str(cid): sorted(group["label"]) for cid, group in shown.groupby("category_id") if len(group) > 1
-    }
+    merged = {str(cid): sorted(group["label"]) for cid, group in shown.groupby("category_id") if len(group) > 1}
     return {
         "labels": len(frame),
         "objects": int(shown["category_id"].nunique()),
@@ -376,8 +468,9 @@ def run_categories(
     return {**report, "manifest": str(path)}
 
 
-def categories_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                     progress: ProgressFn | None = None) -> dict[str, Any]:
+def categories_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """Map the VGG-SS labels to objects (rules, LLM proposals when configured, reviewed overrides)."""
     propose = None
     if cfg.categories.llm_proposals:

@@ -79,8 +79,6 @@ _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _IMPORT_LOCK = threading.RLock()
 
 
-
-
 class GenerateError(FatalError, ValueError):
     """The generate stage cannot run with this config, shard or prompt set."""
 
@@ -149,7 +147,7 @@ def image_path(image_id: str) -> str:
 def batch_groups(prompts: pd.DataFrame, batch_size: int) -> list[list[dict[str, Any]]]:
     """Rows sorted by image_id, cut into consecutive groups of `batch_size` (the last may be shorter)."""
     rows = sorted(_prompt_records(prompts), key=lambda r: r["image_id"])
-    return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+    return [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
 def _prompt_records(prompts: pd.DataFrame) -> list[dict[str, Any]]:
@@ -177,8 +175,10 @@ def _scheduler_class(name: str) -> type:
     cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         known = sorted(
-            n for n in dir(diffusers)
-            if n.endswith("Scheduler") and isinstance(getattr(diffusers, n, None), type)
+            n
+            for n in dir(diffusers)
+            if n.endswith("Scheduler")
+            and isinstance(getattr(diffusers, n, None), type)
             and issubclass(getattr(diffusers, n), diffusers.SchedulerMixin)
         )
         raise GenerateError(
@@ -194,8 +194,13 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"diffusers": diffusers.__version__, "is4": is4.__version__, "pillow": PIL.__version__,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "diffusers": diffusers.__version__,
+        "is4": is4.__version__,
+        "pillow": PIL.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -295,7 +300,10 @@ def load_records(workdir: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
 
 
 def _valid_record(
-    workdir: Path, image_id: str, fingerprint: str, journals: list[tuple[Path, dict[str, dict[str, Any]]]],
+    workdir: Path,
+    image_id: str,
+    fingerprint: str,
+    journals: list[tuple[Path, dict[str, dict[str, Any]]]],
     hashes: dict[str, str | None],
 ) -> dict[str, Any] | None:
     """The first record (journal name order) of a finished image: ok, current fingerprint, PNG with its sha256."""
@@ -324,8 +332,12 @@ def flag_for(record: dict[str, Any], black_threshold: float) -> tuple[str | None
 
 
 def _manifest_frame(
-    groups: list[list[dict[str, Any]]], settings: dict[str, Any], fingerprints: list[str], cfg: GenerateConfig,
-    workdir: Path, hashes: dict[str, str | None],
+    groups: list[list[dict[str, Any]]],
+    settings: dict[str, Any],
+    fingerprints: list[str],
+    cfg: GenerateConfig,
+    workdir: Path,
+    hashes: dict[str, str | None],
 ) -> pd.DataFrame:
     journals = load_records(workdir)
     rows = []
@@ -335,18 +347,20 @@ def _manifest_frame(
             if rec is None:
                 continue
             flag, reason = flag_for(rec, cfg.black_threshold)
-            rows.append({
-                **{k: r.get(k) for k in PROMPTS.column_names},
-                **settings,
-                "batch_group": g,
-                "batch_size": cfg.batch_size,
-                "versions": json.dumps(rec["versions"], sort_keys=True),
-                "image_path": rec["image_path"],
-                "sha256": rec["sha256"],
-                "mean_pixel": rec["mean_pixel"],
-                "flag": flag,
-                "flag_reason": reason,
-            })
+            rows.append(
+                {
+                    **{k: r.get(k) for k in PROMPTS.column_names},
+                    **settings,
+                    "batch_group": g,
+                    "batch_size": cfg.batch_size,
+                    "versions": json.dumps(rec["versions"], sort_keys=True),
+                    "image_path": rec["image_path"],
+                    "sha256": rec["sha256"],
+                    "mean_pixel": rec["mean_pixel"],
+                    "flag": flag,
+                    "flag_reason": reason,
+                }
+            )
     return pd.DataFrame(rows, columns=list(IMAGES.column_names + IMAGES.optional_names))
 
 
@@ -456,8 +470,13 @@ def run_generate(
     )
 
 
-def _write_images_manifest(workdir: Path, cfg: GenerateConfig, prompts: pd.DataFrame, settings: dict[str, Any],
-                           provenance: Mapping[str, Any] | None) -> tuple[pd.DataFrame, Path]:
+def _write_images_manifest(
+    workdir: Path,
+    cfg: GenerateConfig,
+    prompts: pd.DataFrame,
+    settings: dict[str, Any],
+    provenance: Mapping[str, Any] | None,
+) -> tuple[pd.DataFrame, Path]:
     """Rebuild the `images` manifest from every shard's journal (the rows whose image is valid under `settings`)."""
     groups = batch_groups(prompts, cfg.batch_size)
     fingerprints = [group_fingerprint(settings, group) for group in groups]
@@ -470,8 +489,9 @@ def _write_images_manifest(workdir: Path, cfg: GenerateConfig, prompts: pd.DataF
     return frame, manifest
 
 
-def merge_images(workdir: str | Path, cfg: GenerateConfig, settings: dict[str, Any],
-                 provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def merge_images(
+    workdir: str | Path, cfg: GenerateConfig, settings: dict[str, Any], provenance: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The one writer after all shards ran with `merge=False`: the `images` manifest; its row counts."""
     workdir = Path(workdir)
     prompts = read_manifest(workdir, PROMPTS)
@@ -479,25 +499,43 @@ def merge_images(workdir: str | Path, cfg: GenerateConfig, settings: dict[str, A
     return {"images": len(frame), "pending": len(prompts) - len(frame), "manifest": str(manifest)}
 
 
-def generate_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, shard: tuple[int, int] = (0, 1),
-                   progress: ProgressFn | None = None, merge: bool = True) -> dict[str, Any]:
+def generate_stage(
+    work: Path,
+    cfg: BuildConfig,
+    provenance: dict[str, Any],
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: ProgressFn | None = None,
+    merge: bool = True,
+) -> dict[str, Any]:
     """Images for one shard of the prompts; the images manifest covers every finished shard (unless `merge=False`:
     then `merge_stage` writes it once all shards ran)."""
     if cfg.models.image_generator is None:
         raise ModelError("models.image_generator is not configured (the generate stage needs it)")
-    summary = run_generate(work, cfg.generate, cfg.models.image_generator, shard=shard, progress=progress,
-                           provenance=provenance, merge=merge).as_dict()
+    summary = run_generate(
+        work,
+        cfg.generate,
+        cfg.models.image_generator,
+        shard=shard,
+        progress=progress,
+        provenance=provenance,
+        merge=merge,
+    ).as_dict()
     if merge:
         summary.pop("settings")
     return summary
 
 
-def merge_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The images manifest after every shard ran (`merge=False`), with the shards' totals."""
     settings = [s["settings"] for s in shards]
     if not settings or any(s != settings[0] for s in settings):
-        raise GenerateError("the shards of this generate run used different settings (model, scheduler, device); "
-                            "run them again with one config")
+        raise GenerateError(
+            "the shards of this generate run used different settings (model, scheduler, device); "
+            "run them again with one config"
+        )
     merged = merge_images(work, cfg.generate, settings[0], provenance)
     totals = {k: sum(s[k] for s in shards) for k in ("groups_run", "generated", "reused", "flagged")}
     return {**totals, **merged, "model_revision": settings[0]["model_revision"]}

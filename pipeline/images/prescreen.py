@@ -85,9 +85,7 @@ def _normalise(emb: np.ndarray, name: str) -> np.ndarray:
     return emb / norms
 
 
-def presence_scores(
-    image_emb: np.ndarray, text_emb: np.ndarray, pairs: np.ndarray, logit_scale: float
-) -> np.ndarray:
+def presence_scores(image_emb: np.ndarray, text_emb: np.ndarray, pairs: np.ndarray, logit_scale: float) -> np.ndarray:
     """(N, 2) probabilities of each image's two categories, each against the categories that are not the image's.
 
     `pairs[i] = (a, b)` are row indices into `text_emb`. Column 0 is P(a) in a softmax over {a} ∪ (all \\ {a, b}),
@@ -198,7 +196,6 @@ def clip_embeddings(
 
 
 # --- the stage ------------------------------------------------------------------------------------------------
-
 
 
 def _generation_flag(value: Any) -> str | None:
@@ -316,7 +313,11 @@ def run_prescreen(
             auto_rows[image_id] = {**base, "decision": "pending", "reason": None, "reviewer": None, "decided_at": None}
             continue
         auto_rows[image_id] = {
-            **base, "decision": "reject", "reason": reason, "reviewer": REVIEWER, "decided_at": decided_at,
+            **base,
+            "decision": "reject",
+            "reason": reason,
+            "reviewer": REVIEWER,
+            "decided_at": decided_at,
         }
     verification_path, verification, kept = update_verification(workdir, auto_rows.values(), REVIEWER)
     kept_ids = set(kept)
@@ -333,8 +334,12 @@ def run_prescreen(
 
 def _writes_ledger(workdir: Path, threshold: float | None, flags: Sequence[str | None]) -> bool:
     """Whether the pre-screen writes verification rows: rejects configured, flagged images, or a ledger exists."""
-    return (threshold is not None or any(flags) or log_path(workdir).is_file()
-            or manifest_path(workdir, "verification").is_file())
+    return (
+        threshold is not None
+        or any(flags)
+        or log_path(workdir).is_file()
+        or manifest_path(workdir, "verification").is_file()
+    )
 
 
 def prescreen_intact(work: Path, cfg: BuildConfig) -> bool:
@@ -352,7 +357,8 @@ def prescreen_intact(work: Path, cfg: BuildConfig) -> bool:
     return ledger is not None and ledger_intact(work) and set(images["image_id"]) <= set(ledger["image_id"])
 
 
-def prescreen_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                    progress: ProgressFn | None = None) -> dict[str, Any]:
+def prescreen_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """CLIP scores that order the verification queue; automatic rejects where configured."""
     return run_prescreen(work, cfg.prescreen, cfg.models.prescreen, provenance=provenance)

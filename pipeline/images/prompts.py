@@ -82,9 +82,7 @@ def depictable_categories(categories: pd.DataFrame) -> dict[str, Category]:
     return found
 
 
-def select_categories(
-    available: dict[str, Category], requested: list[str] | None, all_ids: set[str]
-) -> list[Category]:
+def select_categories(available: dict[str, Category], requested: list[str] | None, all_ids: set[str]) -> list[Category]:
     """The categories to pair, sorted by id: all available ones, or those requested (each must be available)."""
     if requested is not None:
         unknown = sorted(set(requested) - set(available))
@@ -194,7 +192,8 @@ def run_prompts(
     }
 
 
-def prompts_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                  progress: ProgressFn | None = None) -> dict[str, Any]:
+def prompts_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """The category-pair prompt set with per-image seeds."""
     return run_prompts(work, cfg.prompts, cfg.seed, provenance=provenance)

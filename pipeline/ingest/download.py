@@ -122,8 +122,15 @@ def _media_probe_args(fmt: dict[str, Any], cfg: DownloadConfig, session: Session
     url, proxy = fmt.get("url"), session.proxy()
     if not url or not re.match(r"https?://", url) or (proxy and not re.match(r"https?://", proxy)):
         return None
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-            "-rw_timeout", str(int(cfg.socket_timeout_s * 1_000_000))]
+    args = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-rw_timeout",
+        str(int(cfg.socket_timeout_s * 1_000_000)),
+    ]
     headers = "".join(f"{k}: {v}\r\n" for k, v in (fmt.get("http_headers") or {}).items())
     if headers:
         args += ["-headers", headers]
@@ -139,8 +146,9 @@ def _probe_content(formats: list[dict[str, Any]], cfg: DownloadConfig, session: 
         if args is None:
             continue
         try:
-            proc = subprocess.run(args, capture_output=True, text=True, errors="replace",
-                                  timeout=cfg.socket_timeout_s + 10)
+            proc = subprocess.run(
+                args, capture_output=True, text=True, errors="replace", timeout=cfg.socket_timeout_s + 10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return ""  # the probe only adds detail; the ffmpeg failure stands as it is
         found = _NOT_MEDIA.search(proc.stderr) if proc.returncode else None
@@ -163,8 +171,7 @@ def _youtube_dl(opts: dict[str, Any]) -> yt_dlp.YoutubeDL:
     return ydl
 
 
-def _ydl_options(cfg: DownloadConfig, session: Session, start: float, end: float, out_dir: Path,
-                 name: str) -> dict:
+def _ydl_options(cfg: DownloadConfig, session: Session, start: float, end: float, out_dir: Path, name: str) -> dict:
     rw_timeout_us = str(int(cfg.socket_timeout_s * 1_000_000))
     return {
         "outtmpl": {"default": str(out_dir / f"{name}.%(ext)s")},
@@ -189,8 +196,9 @@ def _ydl_options(cfg: DownloadConfig, session: Session, start: float, end: float
     }
 
 
-def _download_once(url: str, cfg: DownloadConfig, session: Session, start: float, end: float, work_dir: Path,
-                   name: str) -> Path:
+def _download_once(
+    url: str, cfg: DownloadConfig, session: Session, start: float, end: float, work_dir: Path, name: str
+) -> Path:
     logger = _CollectingLogger()
     media = _MediaUrls()
     opts = _ydl_options(cfg, session, start, end, work_dir, name) | {"logger": logger}
@@ -242,8 +250,7 @@ def download_section(
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
             try:
-                got = _download_once(url, cfg, session, start_sec, start_sec + duration_sec, work_dir,
-                                     dest_stem.name)
+                got = _download_once(url, cfg, session, start_sec, start_sec + duration_sec, work_dir, dest_stem.name)
             except DownloadFailure as failure:
                 if failure.throttling and session.governor is not None:
                     session.throttled_by(ticket, failure.kind)

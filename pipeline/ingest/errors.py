@@ -61,8 +61,11 @@ RULES: tuple[Rule, ...] = (
     _rule(r"confirm your age|age-restricted|age restricted|inappropriate for some users", "age-restricted", True),
     # YouTube's "This video is no longer available because the YouTube account associated with this video has
     # been terminated." (the reason for videos of terminated channels, yt-dlp issue #9367).
-    _rule(r"account associated with this video has been terminated|account has been terminated",
-          "account-terminated", True),
+    _rule(
+        r"account associated with this video has been terminated|account has been terminated",
+        "account-terminated",
+        True,
+    ),
     # YouTube's "…no longer available due to a copyright claim by X" (meeb/tubesync issue #478) and "…who has
     # blocked it in your country on copyright grounds" (chelaxian/tg-ytdlp-bot issue #176).
     _rule(r"copyright", "copyright", True),
@@ -96,8 +99,12 @@ RULES: tuple[Rule, ...] = (
     _rule(r"timed out|timeout", "timeout", False),
     # downloader/external.py: "ffmpeg exited with code N" (a broken source and a broken connection alike).
     _rule(r"ffmpeg exited with code", "ffmpeg-error", False),
-    _rule(r"connection (reset|refused|aborted)|remote end closed|name or service not known|temporary failure in "
-          r"name resolution|network is unreachable|incomplete ?read|bytes read", "network", False),
+    _rule(
+        r"connection (reset|refused|aborted)|remote end closed|name or service not known|temporary failure in "
+        r"name resolution|network is unreachable|incomplete ?read|bytes read",
+        "network",
+        False,
+    ),
 )
 
 # A server error wins over the words of its reason phrase ("HTTP Error 503: Service Unavailable").

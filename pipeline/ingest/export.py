@@ -71,8 +71,10 @@ def export_intact(workdir: str | Path, out_dir: str | Path | None = None) -> boo
         return False
     cache = HashCache(workdir, "clips")
     for clip in ok.itertuples():
-        for src, dst in ((clip.frame_path, out / "frames" / f"{clip.clip_id}.jpg"),
-                         (clip.audio_path, out / "audio" / f"{clip.clip_id}.wav")):
+        for src, dst in (
+            (clip.frame_path, out / "frames" / f"{clip.clip_id}.jpg"),
+            (clip.audio_path, out / "audio" / f"{clip.clip_id}.wav"),
+        ):
             try:
                 if os.path.samefile(workdir / src, dst):
                     continue
@@ -84,8 +86,9 @@ def export_intact(workdir: str | Path, out_dir: str | Path | None = None) -> boo
     return True
 
 
-def export_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+def export_stage(
+    work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """The training layout of the ingested clips (`WORK/exports/vggsound`); it writes no manifest."""
     out, n = export_training_layout(work)
     return {"clips": n, "directory": str(out)}

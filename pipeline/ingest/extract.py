@@ -79,9 +79,7 @@ def _ffmpeg_args(
     video = source_in["v:0"].filter("select", f"lte(t,{midpoint + FRAME_TIME_TOLERANCE_S!r})")
     if frame_size is not None:
         landscape = "lt(ih,iw)"
-        video = video.filter(
-            "scale", w=f"if({landscape},-2,{frame_size})", h=f"if({landscape},{frame_size},-2)"
-        )
+        video = video.filter("scale", w=f"if({landscape},-2,{frame_size})", h=f"if({landscape},{frame_size},-2)")
     frame_out = ffmpeg.output(
         video,
         str(frame_tmp),

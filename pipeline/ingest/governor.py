@@ -157,7 +157,7 @@ class Governor:
             if ticket.granted_at < state.paused_until:
                 return None  # started before the current pause ended: the same episode
             now = self._clock()
-            seconds = min(self.cfg.cooldown_s * 2 ** state.level, self.cfg.cooldown_max_s)
+            seconds = min(self.cfg.cooldown_s * 2**state.level, self.cfg.cooldown_max_s)
             pause = Pause(seconds, state.level, kind)
             state.level += 1
             state.paused_until = now + seconds
@@ -176,8 +176,10 @@ class Governor:
 
     def _give_up_message(self, state: _State) -> str:
         since = state.throttled_since if state.throttled_since is not None else self._clock()
-        return (f"throttled for {format_duration(self._clock() - since)} with no success and the next pause ends "
-                f"after give_up_after_s ({format_duration(self.cfg.give_up_after_s or 0)})")
+        return (
+            f"throttled for {format_duration(self._clock() - since)} with no success and the next pause ends "
+            f"after give_up_after_s ({format_duration(self.cfg.give_up_after_s or 0)})"
+        )
 
 
 def format_duration(seconds: float) -> str:

@@ -19,8 +19,15 @@ RATE_WINDOW_S = 900.0
 class RunMeter:
     """Counts and the recent download rate of one run; thread-safe."""
 
-    def __init__(self, total: int, done: int, cap_per_hour: float | None, *,
-                 clock: Callable[[], float] = time.monotonic, window_s: float = RATE_WINDOW_S) -> None:
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        cap_per_hour: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = RATE_WINDOW_S,
+    ) -> None:
         self.total, self.done, self.cap_per_hour = total, done, cap_per_hour
         self.statuses: Counter[str] = Counter()
         self._clock, self._window = clock, window_s
@@ -62,5 +69,7 @@ class RunMeter:
         cap = f" (cap {self.cap_per_hour:g}/h)" if self.cap_per_hour else ""
         left = self.total - self.done
         eta = format_duration(left * 3600.0 / rate) if rate > 0 and left else "-" if left else "0 s"
-        return (f"ok {self.statuses['ok']} · failed {self.statuses['failed']} · throttled {throttled} · "
-                f"{rate:.0f} clips/h{cap} · ETA {eta}")
+        return (
+            f"ok {self.statuses['ok']} · failed {self.statuses['failed']} · throttled {throttled} · "
+            f"{rate:.0f} clips/h{cap} · ETA {eta}"
+        )

@@ -42,11 +42,15 @@ from is4.pipeline.ingest.subsets import read_id_list, select_rows
 from is4.pipeline.ingest.vggsound_csv import CsvRow, read_vggsound_csv
 from is4.pipeline.stage import ProgressFn
 
-MEDIA_DIRS = {"source": "media/source", "frame": "media/frames", "audio": "media/audio", "spec": "media/spec",
-              "mel": "media/mel"}
+MEDIA_DIRS = {
+    "source": "media/source",
+    "frame": "media/frames",
+    "audio": "media/audio",
+    "spec": "media/spec",
+    "mel": "media/mel",
+}
 log = logging.getLogger(__name__)
-__all__ = ["JOURNAL", "IngestIncomplete", "IngestSummary", "ingest_stage", "merge_ingest", "run_ingest",
-           "shard_slice"]
+__all__ = ["JOURNAL", "IngestIncomplete", "IngestSummary", "ingest_stage", "merge_ingest", "run_ingest", "shard_slice"]
 
 
 class IngestIncomplete(FatalError, RuntimeError):
@@ -94,8 +98,15 @@ def _known_attempts(prior: dict[str, Any] | None) -> int:
     return 1  # fetched before the attempts were journalled: at least one attempt
 
 
-def _process_clip(row: CsvRow, workdir: Path, cfg: IngestConfig, extract_fp: str, session: Session,
-                  prior: dict[str, Any] | None, journal: Journal) -> tuple[dict[str, Any], bool]:
+def _process_clip(
+    row: CsvRow,
+    workdir: Path,
+    cfg: IngestConfig,
+    extract_fp: str,
+    session: Session,
+    prior: dict[str, Any] | None,
+    journal: Journal,
+) -> tuple[dict[str, Any], bool]:
     """(the clip's journal record, whether a section was fetched for it); raises `GiveUp` when the run stops
     before its section could be fetched.
 
@@ -108,18 +119,27 @@ def _process_clip(row: CsvRow, workdir: Path, cfg: IngestConfig, extract_fp: str
     if not fetched:
         record["attempts"] = _known_attempts(prior)
     else:
+
         def downloaded(attempts: int) -> None:
             journal.append({"clip_id": row.clip_id, "status": "downloaded", "retryable": True, "attempts": attempts})
 
         try:
             source, record["attempts"] = download_section(
-                row.ytid, row.start_sec, cfg.extract.clip_seconds,
-                workdir / MEDIA_DIRS["source"] / row.clip_id, cfg.download, session=session,
+                row.ytid,
+                row.start_sec,
+                cfg.extract.clip_seconds,
+                workdir / MEDIA_DIRS["source"] / row.clip_id,
+                cfg.download,
+                session=session,
                 before_final=downloaded,
             )
         except DownloadFailure as failure:
-            return record | {"status": "failed", "reason": str(failure), "retryable": not failure.permanent,
-                             "attempts": failure.attempts}, True
+            return record | {
+                "status": "failed",
+                "reason": str(failure),
+                "retryable": not failure.permanent,
+                "attempts": failure.attempts,
+            }, True
     paths = {
         "frame_path": f"{MEDIA_DIRS['frame']}/{row.clip_id}.jpg",
         "audio_path": f"{MEDIA_DIRS['audio']}/{row.clip_id}.wav",
@@ -157,12 +177,30 @@ def _manifest_rows(rows: list[CsvRow], selected: list[CsvRow], records: dict[str
     for r in rows:
         if r.valid:
             continue
-        out.append({"row": r.row, "clip_id": None, "ytid": r.ytid, "start_sec": r.start_sec, "label": r.label,
-                    "split": r.split, "status": "invalid", "reason": r.error, "retryable": False, "attempts": 0})
+        out.append(
+            {
+                "row": r.row,
+                "clip_id": None,
+                "ytid": r.ytid,
+                "start_sec": r.start_sec,
+                "label": r.label,
+                "split": r.split,
+                "status": "invalid",
+                "reason": r.error,
+                "retryable": False,
+                "attempts": 0,
+            }
+        )
     for r in selected:
         rec = records[r.clip_id]
-        base = {"row": r.row, "clip_id": r.clip_id, "ytid": r.ytid, "start_sec": r.start_sec, "label": r.label,
-                "split": r.split}
+        base = {
+            "row": r.row,
+            "clip_id": r.clip_id,
+            "ytid": r.ytid,
+            "start_sec": r.start_sec,
+            "label": r.label,
+            "split": r.split,
+        }
         out.append(base | {c: rec.get(c) for c in CLIPS.column_names if c not in base})
     return pd.DataFrame(out, columns=list(CLIPS.column_names))
 
@@ -202,10 +240,12 @@ class _Run:
 
 
 def _unknown_errors(records: list[dict[str, Any]], ytids: dict[str, str]) -> dict[str, int]:
-    counts = Counter(message_key(r["reason"].split(":", 1)[1], ytids[r["clip_id"]]) for r in records
-                     if r["status"] == "failed" and reason_kind(r["reason"] or "") == UNKNOWN)
+    counts = Counter(
+        message_key(r["reason"].split(":", 1)[1], ytids[r["clip_id"]])
+        for r in records
+        if r["status"] == "failed" and reason_kind(r["reason"] or "") == UNKNOWN
+    )
     return dict(counts.most_common())
-
 
 
 def _extract_fingerprint(cfg: IngestConfig) -> str:
@@ -234,11 +274,18 @@ def shard_slice(selected: list[CsvRow], shard: tuple[int, int] | None) -> list[C
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise ValueError(f"shard {shard!r} is not (i, n) with 0 <= i < n")
-    return selected[len(selected) * i // n: len(selected) * (i + 1) // n]
+    return selected[len(selected) * i // n : len(selected) * (i + 1) // n]
 
 
-def _download(workdir: Path, cfg: IngestConfig, todo: list[CsvRow], prior: dict[str, dict[str, Any]],
-              journal: Journal, run: _Run, extract_fp: str) -> set[str]:
+def _download(
+    workdir: Path,
+    cfg: IngestConfig,
+    todo: list[CsvRow],
+    prior: dict[str, dict[str, Any]],
+    journal: Journal,
+    run: _Run,
+    extract_fp: str,
+) -> set[str]:
     """Fetch and extract `todo` with `cfg.download.workers` threads; returns the clips that got a record.
 
     Rows are fed to the pool through a bounded window (twice the workers), so memory does not grow with the csv
@@ -249,10 +296,12 @@ def _download(workdir: Path, cfg: IngestConfig, todo: list[CsvRow], prior: dict[
     window = 2 * cfg.download.workers
     inflight: dict[Future, CsvRow] = {}
     with ThreadPoolExecutor(max_workers=cfg.download.workers, thread_name_prefix="is4-ingest") as pool:
+
         def refill() -> None:
             while len(inflight) < window and run.stopped is None and (row := next(rows, None)) is not None:
-                future = pool.submit(_process_clip, row, workdir, cfg, extract_fp, run.session,
-                                     prior.get(row.clip_id), journal)
+                future = pool.submit(
+                    _process_clip, row, workdir, cfg, extract_fp, run.session, prior.get(row.clip_id), journal
+                )
                 inflight[future] = row
 
         refill()
@@ -274,19 +323,29 @@ def _download(workdir: Path, cfg: IngestConfig, todo: list[CsvRow], prior: dict[
 
 def _is_final(record: dict[str, Any] | None, workdir: Path, extract_fp: str) -> bool:
     """A record the manifest can show: a failure of any kind, or an ok clip whose files are all present."""
-    return record is not None and record["status"] in FINAL and (
-        record["status"] == "failed" or finished(record, workdir, extract_fp))
+    return (
+        record is not None
+        and record["status"] in FINAL
+        and (record["status"] == "failed" or finished(record, workdir, extract_fp))
+    )
 
 
-def _write_clips(workdir: Path, csv_path: Path, rows: list[CsvRow], selected: list[CsvRow],
-                 records: dict[str, dict[str, Any]], provenance: Mapping[str, Any] | None) -> str:
+def _write_clips(
+    workdir: Path,
+    csv_path: Path,
+    rows: list[CsvRow],
+    selected: list[CsvRow],
+    records: dict[str, dict[str, Any]],
+    provenance: Mapping[str, Any] | None,
+) -> str:
     frame = _manifest_rows(rows, selected, records)
     facts = {"yt_dlp_version": yt_dlp.version.__version__, "csv_name": csv_path.name}
     return str(write_manifest(workdir, CLIPS, frame, {**(provenance or {}), **facts}))
 
 
-def _summary(rows: list[CsvRow], mine: list[CsvRow], records: dict[str, dict[str, Any]], *, whole: bool,
-             **figures: Any) -> IngestSummary:
+def _summary(
+    rows: list[CsvRow], mine: list[CsvRow], records: dict[str, dict[str, Any]], *, whole: bool, **figures: Any
+) -> IngestSummary:
     """Counts over the clips of `mine` (and the invalid rows, for a run over the `whole` selection)."""
     final = [records[r.clip_id] for r in mine if r.clip_id in records and records[r.clip_id]["status"] in FINAL]
     invalid = [r for r in rows if not r.valid] if whole else []
@@ -351,7 +410,10 @@ def run_ingest(
         manifest = _write_clips(workdir, csv_path, rows, selected, records, provenance)
     pauses = run.session.pauses
     return _summary(
-        rows, mine, records, whole=shard is None,
+        rows,
+        mine,
+        records,
+        whole=shard is None,
         manifest=manifest,
         reused=reused,
         processed=len(got),
@@ -368,8 +430,15 @@ def run_ingest(
     )
 
 
-def merge_ingest_records(csv_path: str | Path, workdir: str | Path, cfg: IngestConfig, *, seed: int = 0,
-                         shards: int = 1, provenance: Mapping[str, Any] | None = None) -> IngestSummary:
+def merge_ingest_records(
+    csv_path: str | Path,
+    workdir: str | Path,
+    cfg: IngestConfig,
+    *,
+    seed: int = 0,
+    shards: int = 1,
+    provenance: Mapping[str, Any] | None = None,
+) -> IngestSummary:
     """Write `clips.parquet` from the journals of every shard, byte-identical to a run in one process.
 
     Raises `IngestIncomplete` when a selected clip has no final record yet (a shard has not finished).
@@ -381,9 +450,11 @@ def merge_ingest_records(csv_path: str | Path, workdir: str | Path, cfg: IngestC
     records = load_records(workdir, extract_fp, current=layout_journals(shards))
     pending = [r.clip_id for r in selected if not _is_final(records.get(r.clip_id), workdir, extract_fp)]
     if pending:
-        raise IngestIncomplete(f"cannot merge the ingest of {csv_path.name}: {len(pending)} of {len(selected)} "
-                               f"clips have no final record yet (first: {pending[0]}); run the missing shards "
-                               f"again (finished clips are kept)")
+        raise IngestIncomplete(
+            f"cannot merge the ingest of {csv_path.name}: {len(pending)} of {len(selected)} "
+            f"clips have no final record yet (first: {pending[0]}); run the missing shards "
+            f"again (finished clips are kept)"
+        )
     manifest = _write_clips(workdir, csv_path, rows, selected, records, provenance)
     return _summary(rows, selected, records, whole=True, manifest=manifest, reused=len(selected), processed=0)
 
@@ -403,13 +474,24 @@ def _where() -> dict[str, Any]:
 def _stage_config(cfg: BuildConfig, url_template: str | None) -> IngestConfig:
     ingest = cfg.ingest
     if url_template is not None:
-        ingest = ingest.model_copy(update={"download": ingest.download.model_copy(update={"url_template": url_template})})
+        ingest = ingest.model_copy(
+            update={"download": ingest.download.model_copy(update={"url_template": url_template})}
+        )
     return ingest
 
 
-def ingest_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, csv_path: Path,
-                 url_template: str | None = None, progress: ProgressFn | None = None, command: str | None = None,
-                 allow_incomplete: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+def ingest_stage(
+    work: Path,
+    cfg: BuildConfig,
+    provenance: dict[str, Any],
+    *,
+    csv_path: Path,
+    url_template: str | None = None,
+    progress: ProgressFn | None = None,
+    command: str | None = None,
+    allow_incomplete: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Ingest `csv_path` (the source the flow or the CLI opened); `url_template` replaces the configured one.
 
     A run that stopped while throttled raises `IngestIncomplete` (the flow must not go on without the clips
@@ -417,20 +499,38 @@ def ingest_stage(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, cs
     With `shard=(i, n)` only that shard's slice is ingested and no manifest is written (`merge_ingest` does); the
     summary then also says which process ran it (`pid`, and `worker`: the Dask worker's address, or None).
     """
-    summary = run_ingest(csv_path, work, _stage_config(cfg, url_template), seed=cfg.seed, progress=progress,
-                         provenance=provenance, command=command, shard=shard)
+    summary = run_ingest(
+        csv_path,
+        work,
+        _stage_config(cfg, url_template),
+        seed=cfg.seed,
+        progress=progress,
+        provenance=provenance,
+        command=command,
+        shard=shard,
+    )
     if not summary.complete and not allow_incomplete:
-        raise IngestIncomplete(f"ingest stopped with {summary.pending} of {summary.selected} clips pending "
-                               f"({summary.stopped}); run the build again later to continue (finished clips are "
-                               f"kept; `is4 ingest --status --workdir {work}` shows where it stands)")
+        raise IngestIncomplete(
+            f"ingest stopped with {summary.pending} of {summary.selected} clips pending "
+            f"({summary.stopped}); run the build again later to continue (finished clips are "
+            f"kept; `is4 ingest --status --workdir {work}` shows where it stands)"
+        )
     out = summary.as_dict()
     if shard is not None:
         out |= {"shard": list(shard), **_where()}
     return out
 
 
-def merge_ingest(work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, csv_path: Path, shards: int,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+def merge_ingest(
+    work: Path,
+    cfg: BuildConfig,
+    provenance: dict[str, Any],
+    *,
+    csv_path: Path,
+    shards: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
     """The `clips` manifest of an ingest run as `shards` shards (`ingest_stage(..., shard=(i, shards))` each)."""
-    return merge_ingest_records(csv_path, work, cfg.ingest, seed=cfg.seed, shards=shards,
-                                provenance=provenance).as_dict()
+    return merge_ingest_records(
+        csv_path, work, cfg.ingest, seed=cfg.seed, shards=shards, provenance=provenance
+    ).as_dict()

@@ -42,8 +42,9 @@ def load_cookies(path: str | Path) -> list[http.cookiejar.Cookie]:
         raise CookiesError(f"{path}: the cookies file is not UTF-8 text") from None
     if not lines or not _MAGIC.match(lines[0]):
         hint = " (it looks like JSON: export cookies.txt instead)" if lines and lines[0][:1] in "[{" else ""
-        raise CookiesError(f"{path} line 1: not a Netscape cookies file: the first line must be "
-                           f"'# Netscape HTTP Cookie File'{hint}")
+        raise CookiesError(
+            f"{path} line 1: not a Netscape cookies file: the first line must be '# Netscape HTTP Cookie File'{hint}"
+        )
     count = 0
     for number, line in enumerate(lines, start=1):
         entry = line.removeprefix("#HttpOnly_")
@@ -70,8 +71,9 @@ def load_cookies(path: str | Path) -> list[http.cookiejar.Cookie]:
 class Session:
     """The governor plus the session settings of `cfg`, handed to every download of a run."""
 
-    def __init__(self, cfg: DownloadConfig, governor: Governor | None = None,
-                 on_pause: Callable[[Pause], None] | None = None) -> None:
+    def __init__(
+        self, cfg: DownloadConfig, governor: Governor | None = None, on_pause: Callable[[Pause], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.governor = governor
         self.on_pause = on_pause

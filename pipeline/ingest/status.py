@@ -44,8 +44,10 @@ def write_run_record(workdir: Path, csv_path: Path, clip_ids: list[str], command
 
 def continue_command(workdir: Path, csv: str) -> str:
     """The command for a run whose record has none (it came from the flow)."""
-    return shlex.join(["is4", "ingest", "--csv", csv, "--workdir", str(workdir.resolve()), "--config", "CONFIG"]) + \
-        "   (CONFIG: the config of the build; or rerun `is4 build`)"
+    return (
+        shlex.join(["is4", "ingest", "--csv", csv, "--workdir", str(workdir.resolve()), "--config", "CONFIG"])
+        + "   (CONFIG: the config of the build; or rerun `is4 build`)"
+    )
 
 
 @dataclass
@@ -60,9 +62,14 @@ class RunStatus:
     retryable: int = 0  # transient failures and pending clips: a rerun tries them
 
     def as_dict(self) -> dict[str, Any]:
-        return {"csv": self.csv, "selected": self.selected, **{s: self.by_status.get(s, 0)
-                for s in ("ok", "failed", "pending")}, "retryable": self.retryable,
-                "failed_by_reason": dict(sorted(self.by_reason.items())), "continue": self.command}
+        return {
+            "csv": self.csv,
+            "selected": self.selected,
+            **{s: self.by_status.get(s, 0) for s in ("ok", "failed", "pending")},
+            "retryable": self.retryable,
+            "failed_by_reason": dict(sorted(self.by_reason.items())),
+            "continue": self.command,
+        }
 
 
 def ingest_status(workdir: str | Path) -> list[RunStatus]:

@@ -127,8 +127,16 @@ def parse_lines(lines: Iterable[str], known_labels: Iterable[str] | None = None)
         clip_id = make_clip_id(ytid, start)
         if clip_id in first_seen:
             rows.append(
-                CsvRow(line_no, ytid, start_raw, label, split, start, None,
-                       f"duplicate: clip {clip_id} already listed on line {first_seen[clip_id]}")
+                CsvRow(
+                    line_no,
+                    ytid,
+                    start_raw,
+                    label,
+                    split,
+                    start,
+                    None,
+                    f"duplicate: clip {clip_id} already listed on line {first_seen[clip_id]}",
+                )
             )
             continue
         first_seen[clip_id] = line_no

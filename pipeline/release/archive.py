@@ -96,9 +96,16 @@ class VerifyReport:
     def summary(self) -> str:
         if self.ok:
             return f"{self.root}: {self.checked} files, all checksums match, every image a complete IS4 item"
-        parts = [f"{label}: {', '.join(paths)}" for label, paths in
-                 (("missing", self.missing), ("extra", self.extra), ("changed", self.changed),
-                  ("invalid", self.invalid)) if paths]
+        parts = [
+            f"{label}: {', '.join(paths)}"
+            for label, paths in (
+                ("missing", self.missing),
+                ("extra", self.extra),
+                ("changed", self.changed),
+                ("invalid", self.invalid),
+            )
+            if paths
+        ]
         return f"{self.root}: " + "; ".join(parts)
 
 
@@ -177,8 +184,11 @@ def _file(root: Path, rel: Any, where: str, what: str, problems: list[str]) -> P
 
 def _box_problem(box: Any, size: int) -> str | None:
     """Why `box` is not `[x1, y1, x2, y2]` with 0 ≤ x1 < x2 ≤ size and 0 ≤ y1 < y2 ≤ size (None when it is)."""
-    numbers = isinstance(box, list) and len(box) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+    numbers = (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+    )
     if not numbers:
         return f"gt_box {box!r} is not four numbers"
     x1, y1, x2, y2 = box
@@ -239,8 +249,9 @@ def check_items(root: Path) -> list[str]:
             problems.append(f"{where}: the instance id is not {{c1}}_{{c2}}_{{n}}_{{category}}")
             continue
         if m["a"] == m["b"] or m["category"] not in (m["a"], m["b"]):
-            problems.append(f"{where}: category {m['category']!r} is not one of the image's two "
-                            f"({m['a']!r}, {m['b']!r})")
+            problems.append(
+                f"{where}: category {m['category']!r} is not one of the image's two ({m['a']!r}, {m['b']!r})"
+            )
         by_image[m["image"]].append(m["category"])
         pairs[m["image"]] = (m["a"], m["b"])
         frame = _file(root, entry["image"], where, "image", problems)
@@ -265,13 +276,20 @@ def check_items(root: Path) -> list[str]:
     for image_id, categories in sorted(by_image.items()):
         expected = sorted(set(pairs[image_id]))
         if sorted(categories) != expected or len(expected) != 2:
-            problems.append(f"image {image_id}: instances {', '.join(f'{image_id}_{c}' for c in sorted(categories))}; "
-                            f"an IS4 item has exactly two, {' and '.join(f'{image_id}_{c}' for c in expected)}")
-    seg = {PurePosixPath(e["image"]).stem for e in _entries(root, "is4_seg.json", problems)
-           if isinstance(e, dict) and isinstance(e.get("image"), str)}
+            problems.append(
+                f"image {image_id}: instances {', '.join(f'{image_id}_{c}' for c in sorted(categories))}; "
+                f"an IS4 item has exactly two, {' and '.join(f'{image_id}_{c}' for c in expected)}"
+            )
+    seg = {
+        PurePosixPath(e["image"]).stem
+        for e in _entries(root, "is4_seg.json", problems)
+        if isinstance(e, dict) and isinstance(e.get("image"), str)
+    }
     if seg != seen:
-        problems.append("is4_seg.json: not the instances of is4_bbox.json (only in seg: "
-                        f"{', '.join(sorted(seg - seen)) or '–'}; only in bbox: {', '.join(sorted(seen - seg)) or '–'})")
+        problems.append(
+            "is4_seg.json: not the instances of is4_bbox.json (only in seg: "
+            f"{', '.join(sorted(seg - seen)) or '–'}; only in bbox: {', '.join(sorted(seen - seg)) or '–'})"
+        )
     return problems
 
 
@@ -301,8 +319,10 @@ def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         if m.issym() or m.islnk():
             target = PurePosixPath(m.linkname)
             outside = target.is_absolute() or ".." in target.parts
-            raise ReleaseError(f"archive member {name!r}: {_member_kind(m)} to {m.linkname!r} refused"
-                               + (" (points outside the release)" if outside else " (a release has no links)"))
+            raise ReleaseError(
+                f"archive member {name!r}: {_member_kind(m)} to {m.linkname!r} refused"
+                + (" (points outside the release)" if outside else " (a release has no links)")
+            )
         if not (m.isfile() or m.isdir()):
             raise ReleaseError(f"archive member {name!r}: {_member_kind(m)} refused")
         norm = p.as_posix()

@@ -154,13 +154,21 @@ def _populate(
         bbox_entries.append({"image": frame_rel, "audio": audio_rel, "gt_box": box})
         seg_entries.append({"image": frame_rel, "audio": audio_rel, "gt_box": mask_rel})
         img = image_rows.get(rec["image_id"], {})
-        hf_rows.append({
-            "instance_id": iid, "image_id": rec["image_id"], "category": rec["category"],
-            "label": None if is_blank(rec.get("label")) else rec["label"], "clip_id": rec["clip_id"],
-            "style": None if is_blank(img.get("style")) else img["style"],
-            "reused": None if is_blank(rec.get("reused")) else bool(rec["reused"]),
-            "image": frame_rel, "audio": audio_rel, "mask": mask_rel, "gt_box": box,
-        })
+        hf_rows.append(
+            {
+                "instance_id": iid,
+                "image_id": rec["image_id"],
+                "category": rec["category"],
+                "label": None if is_blank(rec.get("label")) else rec["label"],
+                "clip_id": rec["clip_id"],
+                "style": None if is_blank(img.get("style")) else img["style"],
+                "reused": None if is_blank(rec.get("reused")) else bool(rec["reused"]),
+                "image": frame_rel,
+                "audio": audio_rel,
+                "mask": mask_rel,
+                "gt_box": box,
+            }
+        )
     _write(root / "is4_bbox.json", json_bytes(bbox_entries))
     _write(root / "is4_seg.json", json_bytes(seg_entries))
 
@@ -175,20 +183,29 @@ def _populate(
         shutil.copyfile(manifest_path(workdir, table), root / "manifests" / f"{table}.parquet")
     used = set(instances["clip_id"].dropna())
     clip_subset = clips[clips["clip_id"].isin(used)]
-    write_manifest(root, CLIPS, clip_subset, {
-        "stage": "release",
-        "subset_of": "clips",
-        "rows": "the clips of the released instances",
-        "source_sha256": sha256_file(manifest_path(workdir, "clips")),
-    })
+    write_manifest(
+        root,
+        CLIPS,
+        clip_subset,
+        {
+            "stage": "release",
+            "subset_of": "clips",
+            "rows": "the clips of the released instances",
+            "source_sha256": sha256_file(manifest_path(workdir, "clips")),
+        },
+    )
 
     # Statistics for the card.
     inst = instances.copy()
-    styles = {r["image_id"]: (r.get("style") if not is_blank(r.get("style")) else "(none)") for r in image_rows.values()}
+    styles = {
+        r["image_id"]: (r.get("style") if not is_blank(r.get("style")) else "(none)") for r in image_rows.values()
+    }
     per_category = {}
     for cat, group in inst.groupby("category", sort=True):
         per_category[str(cat)] = {
-            "instances": len(group), "images": group["image_id"].nunique(), "clips": group["clip_id"].nunique(),
+            "instances": len(group),
+            "images": group["image_id"].nunique(),
+            "clips": group["clip_id"].nunique(),
             "reused": int(group["reused"].fillna(False).astype(bool).sum()) if "reused" in group else 0,
         }
     per_style: dict[str, dict[str, int]] = {}
@@ -210,8 +227,12 @@ def _populate(
         "per_style": per_style,
         "images_excluded": len(excluded),
         "excluded_by_reason": dict(sorted(by_reason.items())),
-        "area_summary": {"min": float(area_arr.min()), "median": float(np.median(area_arr)),
-                         "mean": float(area_arr.mean()), "max": float(area_arr.max())},
+        "area_summary": {
+            "min": float(area_arr.min()),
+            "median": float(np.median(area_arr)),
+            "mean": float(area_arr.mean()),
+            "max": float(area_arr.max()),
+        },
     }
     _write(root / CARD_FIGURES[0], box_area_figure(areas))
     _write(root / CARD_FIGURES[1], categories_figure({c: n["instances"] for c, n in per_category.items()}))
@@ -226,9 +247,10 @@ def _populate(
     models = resolved_models(workdir, images, annotations)
     _write(root / "README.md", render_card(cfg, build_config, stats, models, scores).encode("utf-8"))
 
-    header = "".join(
-        f"#   {m['role']}: {m['model_id']} @ {m['revision'] or '(no revision recorded)'}\n" for m in models
-    ) or "#   (none)\n"
+    header = (
+        "".join(f"#   {m['role']}: {m['model_id']} @ {m['revision'] or '(no revision recorded)'}\n" for m in models)
+        or "#   (none)\n"
+    )
     config_text = (
         f"# IS4 release {cfg.version}: the build configuration (loadable with is4.config.load_config).\n"
         f"# Resolved model revisions recorded in the manifests:\n{header}"

@@ -69,9 +69,9 @@ def _baseline_table(scores: dict[str, dict[str, dict[str, Any]]]) -> str:
     rows = []
     for task in sorted(scores):
         for base in sorted(scores[task]):
-            rows.append([task, base] + [
-                f"{scores[task][base][m]:.2f}" if m in scores[task][base] else "–" for m in metrics
-            ])
+            rows.append(
+                [task, base] + [f"{scores[task][base][m]:.2f}" if m in scores[task][base] else "–" for m in metrics]
+            )
     return _md_table(["task", "baseline"] + metrics, rows)
 
 
@@ -89,30 +89,40 @@ def render_card(
     model_rows = []
     for m in models:
         conf = configured.get(m["role"]) or {}
-        model_rows.append([m["role"], f"`{m['model_id']}`", f"`{conf.get('revision', '')}`" if conf else "–",
-                           f"`{m['revision']}`" if m["revision"] else "–"])
-    cat_rows = [[c, n["instances"], n["images"], n["clips"], n["reused"]]
-                for c, n in sorted(stats["per_category"].items())]
+        model_rows.append(
+            [
+                m["role"],
+                f"`{m['model_id']}`",
+                f"`{conf.get('revision', '')}`" if conf else "–",
+                f"`{m['revision']}`" if m["revision"] else "–",
+            ]
+        )
+    cat_rows = [
+        [c, n["instances"], n["images"], n["clips"], n["reused"]] for c, n in sorted(stats["per_category"].items())
+    ]
     style_rows = [[s, n["images"], n["instances"]] for s, n in sorted(stats["per_style"].items())]
     left_out = stats["images_excluded"]
     exclusions = (
-        "No accepted image was left out." if not left_out else
-        f"{left_out} accepted image{'s were' if left_out != 1 else ' was'} left out; reasons (an image with two "
+        "No accepted image was left out."
+        if not left_out
+        else f"{left_out} accepted image{'s were' if left_out != 1 else ' was'} left out; reasons (an image with two "
         "reasons counts under each; the image ids are in the build's `reports/match.json`):\n\n"
         + _md_table(["reason", "images"], [[f"`{r}`", n] for r, n in stats["excluded_by_reason"].items()])
     )
     area = stats["area_summary"]
     s = cfg.image_size
     if scores is None:
-        baselines = ("Not computed: the evaluation harness scores 224×224 frames and this release has "
-                     f"{s}×{s} frames.")
+        baselines = f"Not computed: the evaluation harness scores 224×224 frames and this release has {s}×{s} frames."
     else:
-        baselines = ("Scores (%) of reference baselines on this release (`is4.pipeline.evaluation.evaluate.baseline_scores`; "
-                     "random: seeded noise, centre: a centred Gaussian, oracle: the ground truth itself):\n\n"
-                     + _baseline_table(scores))
+        baselines = (
+            "Scores (%) of reference baselines on this release (`is4.pipeline.evaluation.evaluate.baseline_scores`; "
+            "random: seeded noise, centre: a centred Gaussian, oracle: the ground truth itself):\n\n"
+            + _baseline_table(scores)
+        )
     stage_lines = [f"{i}. **{s.name}**: {s.summary}" for i, s in enumerate(REGISTRY, start=1)]
-    model_table = (_md_table(["role", "model", "configured", "resolved"], model_rows) if model_rows
-                   else "(none recorded)")
+    model_table = (
+        _md_table(["role", "model", "configured", "resolved"], model_rows) if model_rows else "(none recorded)"
+    )
     template = importlib.resources.files("is4.pipeline.release").joinpath("card_template.md")
     return Template(template.read_text(encoding="utf-8")).substitute(
         title=cfg.title,

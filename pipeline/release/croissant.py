@@ -59,22 +59,42 @@ def croissant_metadata(
     """The Croissant JSON-LD of the release under `root` (its FileObjects hashed from the files there)."""
 
     def file_object(id_: str, rel: str, fmt: str, description: str) -> dict[str, Any]:
-        return {"@type": "cr:FileObject", "@id": id_, "name": id_, "description": description, "contentUrl": rel,
-                "encodingFormat": fmt, "sha256": sha256_file(root / rel)}
+        return {
+            "@type": "cr:FileObject",
+            "@id": id_,
+            "name": id_,
+            "description": description,
+            "contentUrl": rel,
+            "encodingFormat": fmt,
+            "sha256": sha256_file(root / rel),
+        }
 
     def file_set(id_: str, includes: str, fmt: str, description: str) -> dict[str, Any]:
-        return {"@type": "cr:FileSet", "@id": id_, "name": id_, "description": description, "includes": includes,
-                "encodingFormat": fmt}
+        return {
+            "@type": "cr:FileSet",
+            "@id": id_,
+            "name": id_,
+            "description": description,
+            "includes": includes,
+            "encodingFormat": fmt,
+        }
 
     distribution = [
-        file_object("instances-parquet", HF_PARQUET, "application/x-parquet",
-                    "one row per instance; image, audio and mask paths relative to the release root"),
+        file_object(
+            "instances-parquet",
+            HF_PARQUET,
+            "application/x-parquet",
+            "one row per instance; image, audio and mask paths relative to the release root",
+        ),
         file_object("is4-bbox-json", "is4_bbox.json", "application/json", "official box annotations"),
         file_object("is4-seg-json", "is4_seg.json", "application/json", "official mask annotations"),
     ]
     for table in sorted((*COPIED_MANIFESTS, "clips")):
-        distribution.append(file_object(f"manifest-{table}", f"manifests/{table}.parquet", "application/x-parquet",
-                                        f"is4 {table} manifest"))
+        distribution.append(
+            file_object(
+                f"manifest-{table}", f"manifests/{table}.parquet", "application/x-parquet", f"is4 {table} manifest"
+            )
+        )
     distribution += [
         file_set("visual-frames", "visual_frames/*.jpg", "image/jpeg", "frames, one per instance"),
         file_set("audio-wav", "audio_wav/*.wav", "audio/wav", "16 kHz VGGSound clips, one per instance"),
@@ -82,9 +102,15 @@ def croissant_metadata(
     ]
 
     def parquet_field(name: str, data_type: str, description: str, **extra: Any) -> dict[str, Any]:
-        return {"@type": "cr:Field", "@id": f"instances/{name}", "name": name, "description": description,
-                "dataType": data_type, **extra,
-                "source": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": name}}}
+        return {
+            "@type": "cr:Field",
+            "@id": f"instances/{name}",
+            "name": name,
+            "description": description,
+            "dataType": data_type,
+            **extra,
+            "source": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": name}},
+        }
 
     fields = [
         parquet_field("instance_id", "sc:Text", "<image_id>_<category>: the file stem of every file of the instance"),
@@ -92,18 +118,35 @@ def croissant_metadata(
         parquet_field("clip_id", "sc:Text", "VGGSound clip id (<YouTube id>_<start second>)"),
         parquet_field("audio", "sc:Text", "path of the 16 kHz wav, relative to the release root"),
         parquet_field("mask", "sc:Text", "path of the mask JPEG, relative to the release root"),
-        parquet_field("gt_box", "sc:Integer",
-                      f"[x1, y1, x2, y2] pixel edges in the {cfg.image_size}x{cfg.image_size} frame, x2/y2 exclusive",
-                      isArray=True, arrayShape="4"),
-        {"@type": "cr:Field", "@id": "instances/frame_id", "name": "frame_id",
-         "description": "the frame's file stem (joins the frame files to the instance rows)", "dataType": "sc:Text",
-         "source": {"fileSet": {"@id": "visual-frames"}, "extract": {"fileProperty": "filename"},
-                    # Matches the file name and, once joined, the bare stem.
-                    "transform": {"regex": "^(.*?)(?:\\.jpg)?$"}},
-         "references": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": "instance_id"}}},
-        {"@type": "cr:Field", "@id": "instances/image", "name": "image",
-         "description": f"the {cfg.image_size}x{cfg.image_size} frame", "dataType": "sc:ImageObject",
-         "source": {"fileSet": {"@id": "visual-frames"}, "extract": {"fileProperty": "content"}}},
+        parquet_field(
+            "gt_box",
+            "sc:Integer",
+            f"[x1, y1, x2, y2] pixel edges in the {cfg.image_size}x{cfg.image_size} frame, x2/y2 exclusive",
+            isArray=True,
+            arrayShape="4",
+        ),
+        {
+            "@type": "cr:Field",
+            "@id": "instances/frame_id",
+            "name": "frame_id",
+            "description": "the frame's file stem (joins the frame files to the instance rows)",
+            "dataType": "sc:Text",
+            "source": {
+                "fileSet": {"@id": "visual-frames"},
+                "extract": {"fileProperty": "filename"},
+                # Matches the file name and, once joined, the bare stem.
+                "transform": {"regex": "^(.*?)(?:\\.jpg)?$"},
+            },
+            "references": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": "instance_id"}},
+        },
+        {
+            "@type": "cr:Field",
+            "@id": "instances/image",
+            "name": "image",
+            "description": f"the {cfg.image_size}x{cfg.image_size} frame",
+            "dataType": "sc:ImageObject",
+            "source": {"fileSet": {"@id": "visual-frames"}, "extract": {"fileProperty": "content"}},
+        },
     ]
     models = ", ".join(image_models) or "an image generation model"
     return {
@@ -123,12 +166,16 @@ def croissant_metadata(
         "citeAs": f"{cfg.title}, release {cfg.version}. Built with is4-builder {__version__}.",
         "keywords": ["sound source localisation", "audio-visual", "segmentation", "VGGSound", "synthetic images"],
         "distribution": distribution,
-        "recordSet": [{
-            "@type": "cr:RecordSet", "@id": "instances", "name": "instances",
-            "description": "one record per instance: the frame, the object's audio and its box",
-            "key": {"@id": "instances/instance_id"},
-            "field": fields,
-        }],
+        "recordSet": [
+            {
+                "@type": "cr:RecordSet",
+                "@id": "instances",
+                "name": "instances",
+                "description": "one record per instance: the frame, the object's audio and its box",
+                "key": {"@id": "instances/instance_id"},
+                "field": fields,
+            }
+        ],
     }
 
 

@@ -12,20 +12,22 @@ import pyarrow.parquet as pq
 from is4.pipeline.release.archive import check_rel
 from is4.pipeline.release.layout import HF_PARQUET, SAMPLE_RATE, ReleaseError
 
-HF_SCHEMA = pa.schema([
-    pa.field("instance_id", pa.string(), nullable=False),
-    pa.field("image_id", pa.string()),
-    pa.field("category", pa.string()),
-    pa.field("label", pa.string()),
-    pa.field("clip_id", pa.string()),
-    pa.field("style", pa.string()),
-    pa.field("reused", pa.bool_()),
-    # Plain `string`, not `large_string`: datasets casts string paths to Image/Audio, not large strings.
-    pa.field("image", pa.string()),
-    pa.field("audio", pa.string()),
-    pa.field("mask", pa.string()),
-    pa.field("gt_box", pa.list_(pa.int64())),
-])
+HF_SCHEMA = pa.schema(
+    [
+        pa.field("instance_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("clip_id", pa.string()),
+        pa.field("style", pa.string()),
+        pa.field("reused", pa.bool_()),
+        # Plain `string`, not `large_string`: datasets casts string paths to Image/Audio, not large strings.
+        pa.field("image", pa.string()),
+        pa.field("audio", pa.string()),
+        pa.field("mask", pa.string()),
+        pa.field("gt_box", pa.list_(pa.int64())),
+    ]
+)
 
 
 def hf_features(decode_audio: bool = True) -> Any:
@@ -40,12 +42,21 @@ def hf_features(decode_audio: bool = True) -> Any:
         from datasets import Sequence
 
         box = Sequence(Value("int64"), length=4)
-    return Features({
-        "instance_id": Value("string"), "image_id": Value("string"), "category": Value("string"),
-        "label": Value("string"), "clip_id": Value("string"), "style": Value("string"), "reused": Value("bool"),
-        "image": Image(), "audio": Audio(sampling_rate=SAMPLE_RATE, decode=decode_audio), "mask": Image(),
-        "gt_box": box,
-    })
+    return Features(
+        {
+            "instance_id": Value("string"),
+            "image_id": Value("string"),
+            "category": Value("string"),
+            "label": Value("string"),
+            "clip_id": Value("string"),
+            "style": Value("string"),
+            "reused": Value("bool"),
+            "image": Image(),
+            "audio": Audio(sampling_rate=SAMPLE_RATE, decode=decode_audio),
+            "mask": Image(),
+            "gt_box": box,
+        }
+    )
 
 
 def load_as_hf_dataset(release_dir: str | Path, decode_audio: bool = True) -> Any:
@@ -64,13 +75,19 @@ def load_as_hf_dataset(release_dir: str | Path, decode_audio: bool = True) -> An
     table = pq.read_table(source)
     for col in ("image", "audio", "mask"):
         idx = table.schema.get_field_index(col)
-        paths = [None if p is None else str(root / check_rel(p, f"{source} column {col}"))
-                 for p in table.column(col).to_pylist()]
+        paths = [
+            None if p is None else str(root / check_rel(p, f"{source} column {col}"))
+            for p in table.column(col).to_pylist()
+        ]
         table = table.set_column(idx, pa.field(col, pa.string()), pa.array(paths, type=pa.string()))
     with tempfile.TemporaryDirectory(prefix="is4-hf-") as tmp:
         data_file = Path(tmp) / "instances.parquet"
         pq.write_table(table, data_file)
         return datasets.load_dataset(
-            "parquet", data_files=str(data_file), split="train", features=hf_features(decode_audio),
-            keep_in_memory=True, cache_dir=str(Path(tmp) / "cache"),
+            "parquet",
+            data_files=str(data_file),
+            split="train",
+            features=hf_features(decode_audio),
+            keep_in_memory=True,
+            cache_dir=str(Path(tmp) / "cache"),
         )

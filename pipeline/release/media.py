@@ -65,8 +65,9 @@ def mask_jpeg(path: Path, width: int, height: int, size: int, instance_id: str) 
         coverage = np.asarray(Image.fromarray(binary.astype(np.float32)).resize((size, size), Image.Resampling.BOX))
         resized = Image.fromarray(np.where(coverage > 0, 255, 0).astype(np.uint8))
     else:
-        resized = Image.fromarray(np.where(binary, 255, 0).astype(np.uint8)).resize((size, size),
-                                                                                     Image.Resampling.NEAREST)
+        resized = Image.fromarray(np.where(binary, 255, 0).astype(np.uint8)).resize(
+            (size, size), Image.Resampling.NEAREST
+        )
     return jpeg_bytes(resized)
 
 
