@@ -1,0 +1,5 @@
+"""`python -m is4.cli` (what `torchrun -m is4.cli train …` runs)."""
+
+from is4.cli import app
+
+app()

@@ -1,0 +1,84 @@
+"""`is4 review`: FiftyOne review sessions (verify, sync) and resuming builds paused for reviewers (done)."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from is4.cli._common import (
+    ConfigOption,
+    ReviewerOption,
+    WorkdirOption,
+    cli_errors,
+    config_and_workdir,
+    console,
+    print_summary,
+)
+
+app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.", no_args_is_help=True)
+
+
+def _review_config(config: Path | None, workdir: Path | None, address: str | None = None, port: int | None = None):
+    cfg, work = config_and_workdir(config, workdir)
+    overrides = {k: v for k, v in (("address", address), ("port", port)) if v is not None}
+    return cfg.review.model_copy(update=overrides), work, cfg
+
+
+@app.command("verify")
+@cli_errors
+def verify(
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    view: Annotated[
+        str, typer.Option(help="saved view: to-verify, accepted, rejected, to-annotate, annotated, needs-fix")
+    ] = "to-verify",
+    reviewer: ReviewerOption = getpass.getuser(),
+    address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="App port (default: the config's)")] = None,
+) -> None:
+    """Open the FiftyOne App on a saved view of this build (tag samples `accept` / `reject:<reason>`)."""
+    from is4.annotation import review
+
+    rcfg, work, cfg = _review_config(config, workdir, address, port)
+    review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
+    console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
+    review.launch(work, rcfg, view, wait=True)
+
+
+@app.command("sync")
+@cli_errors
+def sync(
+    config: ConfigOption = None, workdir: WorkdirOption = None, reviewer: ReviewerOption = getpass.getuser()
+) -> None:
+    """Write reviewers' decisions (FiftyOne tags) into the `verification` manifest."""
+    from is4.annotation import review
+
+    rcfg, work, _ = _review_config(config, workdir)
+    print_summary("review sync", review.sync(work, rcfg, reviewer))
+
+
+@app.command("done")
+@cli_errors
+def done(
+    reviewer: ReviewerOption = getpass.getuser(),
+    note: Annotated[str, typer.Option(help="a note for the build's record")] = "",
+    flow_run: Annotated[str | None, typer.Option(help="resume only this flow run id")] = None,
+) -> None:
+    """Resume `build-is4` runs paused for reviewers (on the Prefect server in PREFECT_API_URL)."""
+    from prefect.settings import get_current_settings
+
+    from is4.flows.review import ResumeError, resume_paused_builds
+
+    if not get_current_settings().api.url:
+        raise ResumeError(
+            "PREFECT_API_URL is not set: `is4 review done` resumes builds paused on a Prefect server "
+            "(`is4 serve`); an in-process `is4 build` does not pause, it stops: run it again after "
+            "`is4 review sync`"
+        )
+    resumed = resume_paused_builds(reviewer, note, flow_run)
+    console.print(f"resumed {len(resumed)} paused build(s): {', '.join(resumed) or '-'}")
+    if not resumed:
+        raise typer.Exit(code=1)
