@@ -1,9 +1,9 @@
 """The `build-is4` Prefect flow: the declared stages in order, each a cached task (`flows/tasks.py`).
 
-Most stages run through one uniform path; the few that really differ have a hook here: ingest opens its source
-(the demo's loopback server lives only as long as the stage) and exports the training layout, generate is mapped
-over shards and caption over item shards (each a subflow on the configured task runner, `flows/cluster.py`), verify
-applies the automatic policy or pauses for reviewers, annotate refreshes the review dataset.
+Most stages run through one uniform path: a sharded stage (`Stage.merge`) as a subflow of shards and its merge on
+the configured task runner (`flows/cluster.py`), any other as one task. The few that really differ have a hook here:
+ingest opens its source (the demo's loopback server lives only as long as the stage) and exports the training
+layout, verify applies the automatic policy or pauses for reviewers, annotate refreshes the review dataset.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def resolve_workdir(cfg: BuildConfig, workdir: str | None) -> Path:
 
 
 def _uniform(run: StageRunner, stage: Stage) -> dict[str, Any]:
-    return {stage.name: run(stage)}
+    return {stage.name: run_sharded(run, stage) if stage.sharded else run(stage)}
 
 
 def _ingest(run: StageRunner, stage: Stage) -> dict[str, Any]:
@@ -47,10 +47,6 @@ def _ingest(run: StageRunner, stage: Stage) -> dict[str, Any]:
     return results
 
 
-def _generate(run: StageRunner, stage: Stage) -> dict[str, Any]:
-    return {stage.name: run_sharded(run, stage, merge=False)}  # the subflow's merge writes the manifest
-
-
 def _verify(run: StageRunner, stage: Stage) -> dict[str, Any]:
     if run.cfg.review.mode == "auto":
         return _uniform(run, stage)
@@ -64,17 +60,7 @@ def _annotate(run: StageRunner, stage: Stage) -> dict[str, Any]:
     return results
 
 
-def _caption(run: StageRunner, stage: Stage) -> dict[str, Any]:
-    return {stage.name: run_sharded(run, stage, merge=False)}
-
-
-HOOKS: dict[str, Hook] = {
-    "ingest": _ingest,
-    "generate": _generate,
-    "verify": _verify,
-    "annotate": _annotate,
-    "caption": _caption,
-}
+HOOKS: dict[str, Hook] = {"ingest": _ingest, "verify": _verify, "annotate": _annotate}
 
 
 @flow(name="build-is4")

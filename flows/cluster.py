@@ -1,8 +1,8 @@
 """Sharded stages as subflows on the configured task runner: local threads, or Dask through `prefect-dask`.
 
-A sharded stage (ingest, generate, caption) is one subflow of `build-is4` named after the stage: it maps one cached
-`stage_task` per shard `(i, n)` over the runner, waits for every shard, then runs the stage's merge in the flow
-process (the one writer of the stage's manifest). The Dask cluster exists only while that subflow runs, never
+A sharded stage (one whose declaration names a merge, `Stage.merge`) is one subflow of `build-is4` named after the
+stage: it maps one cached `stage_task` per `Shard(i, n)` over the runner, waits for every shard, then runs the
+stage's merge in the flow process (the one writer of the stage's manifest). The Dask cluster exists only while that subflow runs, never
 across the human-review pause. The graph stays flat: the flow submits the shards, nothing waits inside a worker.
 
 `execution.runner: dask` needs the `[cluster]` extra. With `execution.dask.address` set, the workers are other
@@ -29,39 +29,6 @@ from is4.manifests.errors import FatalError
 from is4.pipeline.registry import stage as declared
 from is4.pipeline.stage import Stage
 
-
-def _merge_ingest(
-    work: Path,
-    cfg: BuildConfig,
-    provenance: dict[str, Any],
-    shards: list[dict[str, Any]],
-    *,
-    csv_path: str,
-    **_options: Any,
-) -> dict[str, Any]:
-    from is4.pipeline.ingest.run import merge_ingest
-
-    return merge_ingest(work, cfg, provenance, csv_path=Path(csv_path), shards=len(shards))
-
-
-def _merge_generate(
-    work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]], **_options: Any
-) -> dict[str, Any]:
-    from is4.pipeline.images.generate import merge_stage
-
-    return merge_stage(work, cfg, provenance, shards)
-
-
-def _merge_caption(
-    work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]], **_options: Any
-) -> dict[str, Any]:
-    from is4.pipeline.captions.run import merge_stage
-
-    return merge_stage(work, cfg, provenance, shards)
-
-
-# The one writer of each sharded stage's manifest, run in the flow process once all its shards are done.
-MERGES = {"ingest": _merge_ingest, "generate": _merge_generate, "caption": _merge_caption}
 # Worker facts compared against the flow's before any shard is mapped.
 _CHECKED = ("is4", "torch", "diffusers", "transformers", "prefect", "python")
 
@@ -187,7 +154,7 @@ def merge_task(
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """The one writer of a sharded stage's manifest, after all its shards: publishes the merged summary."""
-    summary = MERGES[name](Path(workdir), config, provenance, shards, **options)
+    summary = declared(name).load_merge()(Path(workdir), config, provenance, shards, **options)
     return publish(f"{name}-merged", f"{name} (merged)", summary)
 
 
@@ -205,9 +172,6 @@ def sharded_flow(
         client = context.task_runner.client  # type: ignore[union-attr]
         workers = check_workers(client, environment_facts())
         check_resources(client, name, config.execution.resources.get(name))  # type: ignore[call-overload]
-    if name == "ingest" and n == 1:
-        # One shard: the single-file journal (`state/ingest.jsonl`), as `is4 ingest` writes it.
-        options = {**options, "shard": None}
     with _annotated(config, stage):
         shards = run.shards(stage, n, provenance, **options)
     return {

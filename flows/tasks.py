@@ -19,6 +19,7 @@ from prefect.tasks import exponential_backoff
 from is4.config import BuildConfig
 from is4.manifests.errors import FatalError
 from is4.pipeline.registry import stage as declared
+from is4.pipeline.shard import Shard
 from is4.pipeline.stage import Stage, cache_key
 
 PREFECT_STATE_DIR = "state/prefect"
@@ -148,17 +149,19 @@ class StageRunner:
     def shards(
         self, stage: Stage, n: int, provenance: dict[str, Any] | None = None, **options: Any
     ) -> list[dict[str, Any]]:
-        """One task run per shard `(i, n)`, concurrently (Prefect `.map` on the flow's task runner), each with its
-        own key (the shard, never in the stage's provenance); `options` go to every shard; results in order."""
+        """One task run per shard `Shard(i, n)` with `merge=False`, concurrently (Prefect `.map` on the flow's task
+        runner), each with its own key (the shard, never in the stage's provenance); `options` go to every shard;
+        results in order."""
         provenance = provenance or stage.provenance(self.cfg, self.work)
+        shards = [Shard(i, n) for i in range(n)]
         futures = self._task(stage).map(
             unmapped(stage.name),
             unmapped(str(self.work)),
             unmapped(self.cfg),
             unmapped(provenance),
             # One shard: the whole stage's key and label (its `<stage>-summary` artifact), as an unsharded run.
-            [cache_key(provenance, self.work, **({"shard": f"{i}/{n}"} if n > 1 else {})) for i in range(n)],
-            [f"{stage.name} {i}/{n}" if n > 1 else stage.name for i in range(n)],
-            [{"shard": (i, n), **options} for i in range(n)],
+            [cache_key(provenance, self.work, **({} if s.whole else {"shard": str(s)})) for s in shards],
+            [stage.name if s.whole else f"{stage.name} {s}" for s in shards],
+            [{"shard": s, "merge": False, **options} for s in shards],
         )
         return [future.result() for future in futures]

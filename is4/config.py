@@ -237,8 +237,8 @@ class GenerateConfig(StrictModel):
     black_threshold: float = Field(4.0, ge=0, le=255, description="mean pixel value under which an image is black")
 
 
+# The stages whose declaration names a merge (`pipeline/registry.py`); a test keeps the two equal.
 ShardedStage = Literal["ingest", "generate", "caption"]
-ResourceStage = Literal["ingest", "generate", "caption"]
 
 
 class DaskConfig(StrictModel):
@@ -262,9 +262,9 @@ class ExecutionConfig(StrictModel):
     runner: Literal["local", "dask"] = "local"
     dask: DaskConfig = DaskConfig()
     shards: dict[ShardedStage, Annotated[int, Field(ge=1, le=1024)]] = Field(
-        {}, description="disjoint shards per stage (ingest, generate, caption); 1 when not given"
+        {}, description="disjoint shards per sharded stage (`is4 stages` names them); 1 when not given"
     )
-    resources: dict[ResourceStage, dict[str, float]] = Field(
+    resources: dict[ShardedStage, dict[str, float]] = Field(
         {}, description="Dask worker resources each shard task of a stage needs, e.g. {generate: {GPU: 1}}"
     )
     torch_threads: int | None = Field(

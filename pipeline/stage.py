@@ -50,6 +50,15 @@ class StageEntry(Protocol):
         ...
 
 
+class MergeEntry(Protocol):
+    def __call__(
+        self, work: Path, cfg: BuildConfig, provenance: dict[str, Any], shards: list[dict[str, Any]], **options: Any
+    ) -> dict[str, Any]:
+        """Write the stage's manifests from what every shard of one run left (`shards`: their summaries, in order;
+        `options`: those every shard ran with); return the stage's summary."""
+        ...
+
+
 def _no_files(_cfg: BuildConfig) -> dict[str, Path | None]:
     return {}
 
@@ -61,6 +70,9 @@ class Stage:
     name: str
     summary: str
     entry: str  # "module:function", a StageEntry
+    # "module:function", a MergeEntry: the stage runs as shards (`entry(..., shard=Shard(i, n), merge=False)` each,
+    # `execution.shards` of them), then this writes its manifests. None: the stage runs in one piece.
+    merge: str | None = None
     config: tuple[str, ...] = ()  # BuildConfig sections (ALL_SECTIONS: all of it)
     models: tuple[str, ...] | Callable[[BuildConfig], tuple[str, ...]] = ()  # ModelsConfig roles
     reads: tuple[str, ...] = ()  # manifests read
@@ -72,15 +84,26 @@ class Stage:
     # Settings that cannot change the output (worker counts, where a server listens), per section, as pydantic's
     # `model_dump(exclude=...)` takes them.
     exclude: Mapping[str, Any] = field(default_factory=dict)
-    intact: Callable[[Path, BuildConfig], bool] | None = None  # replaces the manifest check (release, verify)
+    # "module:function", `(work, cfg) -> bool`: replaces the manifest check (release, verify)
+    intact: str | None = None
     unlisted_paths: tuple[str, ...] = ()  # path columns whose files may be deleted (ingest's source videos)
     # The manifests whose checksums enter the key; the registry derives it from `reads` (`registry.keyed_inputs`).
     keyed_inputs: tuple[str, ...] | None = None
 
     def load(self) -> StageEntry:
         """The entry function, imported now."""
-        module, _, attr = self.entry.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _load(self.entry)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the stage runs as shards and a merge."""
+        return self.merge is not None
+
+    def load_merge(self) -> MergeEntry:
+        """The merge function, imported now (a sharded stage's)."""
+        if self.merge is None:
+            raise ValueError(f"stage {self.name} is not sharded")
+        return _load(self.merge)
 
     def model_roles(self, cfg: BuildConfig) -> tuple[str, ...]:
         """The model roles this run uses (a stage may use a model only when a setting asks for it)."""
@@ -122,10 +145,10 @@ class Stage:
     ) -> dict[str, Any]:
         """Run the entry, then record the sha256 of every file its manifests list (what `outputs_intact` checks).
 
-        A shard writes no manifest (the stage's merge does, and the flow records after it): nothing to record.
+        A shard run with `merge=False` writes no manifest (the stage's merge does, and the flow records after it).
         """
         summary = self.load()(work, cfg, provenance, progress=progress, **options)
-        if options.get("shard") is None:
+        if options.get("merge", True):
             record_outputs(work, self)
         return summary
 
@@ -136,11 +159,16 @@ class Stage:
         resume logic makes it again.
         """
         if self.intact is not None:
-            return self.intact(work, cfg)
+            return _load(self.intact)(work, cfg)
         record = _read_record(work, self.name)
         return all(
             [manifest_intact(work, table, skip=self.unlisted_paths, record=record.get(table)) for table in self.writes]
         )  # a list: every table is checked (and its damage removed)
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def cache_key(provenance: Mapping[str, Any], work: Path, **extra: Any) -> str:

@@ -237,6 +237,14 @@ def undecided(workdir: str | Path) -> list[str]:
     return sorted(set(images) - decided)
 
 
+def all_decided(work: Path, _cfg: BuildConfig) -> bool:
+    """The verify stage's outputs are intact: the ledger projects the decision log and no image is undecided."""
+    try:
+        return ledger_intact(work) and not undecided(work)
+    except FatalError:
+        return False
+
+
 def verify_stage(
     work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
 ) -> dict[str, Any]:

@@ -27,12 +27,11 @@ from is4.pipeline.images.generate import (
     NSFW_REASON,
     GenerateError,
     batch_groups,
-    journal_path,
     load_pipeline,
-    parse_shard,
     run_generate,
     scheduler_class,
 )
+from is4.pipeline.shard import Shard
 
 TINY = "tiny-random:stable-diffusion"
 PAIRS = [("cello", "dog"), ("cello", "piano"), ("dog", "piano")]
@@ -161,11 +160,11 @@ def test_float32_is_batch_variant_here(reference: Path, tmp_path: Path) -> None:
 
 def test_two_shards_match_one_run_in_float32(reference: Path, tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path / "sharded")
-    first = run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=(0, 2))
+    first = run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=Shard(0, 2))
     # Groups 0 and 2 (4 images) are shard 0's; the manifest so far lists only them.
     assert (first.groups, first.generated, first.images, first.pending) == (2, 4, 4, 2)
     assert len(read_manifest(workdir, "images")) == 4
-    second = run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=(1, 2))
+    second = run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=Shard(1, 2))
     assert (second.groups, second.generated, second.images, second.pending) == (1, 2, N_IMAGES, 0)
     assert pngs(workdir) == pngs(reference)
     assert manifest_bytes(workdir) == manifest_bytes(reference)
@@ -182,7 +181,7 @@ def test_rerun_after_kill_regenerates_only_missing_images(reference: Path, tmp_p
     shutil.copytree(reference, workdir)
     groups = batch_groups(read_manifest(workdir, PROMPTS), 2)
     deleted = groups[1][0]["image_id"]  # its PNG is gone
-    journal = journal_path(workdir, (0, 1))
+    journal = workdir / JOURNAL_DIR / Shard().journal_name()
     lines = journal.read_text().splitlines(keepends=True)
     unrecorded = json.loads(lines[-1])["image_id"]  # killed while writing its record: a torn last line
     assert unrecorded == groups[2][-1]["image_id"]
@@ -208,7 +207,7 @@ def test_rerun_after_kill_regenerates_only_missing_images(reference: Path, tmp_p
 
 def test_shard_0_then_full_run_reuses_shard_0(reference: Path, tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path / "partial")
-    run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=(0, 2))
+    run_generate(workdir, small_cfg(), ModelRef(model_id=TINY), shard=Shard(0, 2))
     before = _mtimes(workdir)
     summary = run_generate(workdir, small_cfg(), ModelRef(model_id=TINY))
     assert (summary.groups, summary.groups_run, summary.generated, summary.reused) == (3, 1, 2, 4)
@@ -367,29 +366,6 @@ def test_unknown_scheduler_is_a_clear_error(tmp_path: Path) -> None:
     assert scheduler_class("DDIMScheduler").__name__ == "DDIMScheduler"
 
 
-def test_parse_shard() -> None:
-    assert parse_shard("0/1") == (0, 1)
-    assert parse_shard("1/4") == (1, 4)
-    assert parse_shard(" 3 / 4 ") == (3, 4)
-    for text, message in [
-        ("4/4", r"0 <= i < 4"),
-        ("5/4", r"0 <= i < 4"),
-        ("0/0", "at least 1"),
-        ("-1/2", "form i/n"),
-        ("1", "form i/n"),
-        ("a/b", "form i/n"),
-        ("1/2/3", "form i/n"),
-        ("", "form i/n"),
-    ]:
-        with pytest.raises(GenerateError, match=message):
-            parse_shard(text)
-
-
-def test_run_generate_rejects_a_bad_shard(tmp_path: Path) -> None:
-    with pytest.raises(GenerateError, match="0 <= i < 2"):
-        run_generate(make_workdir(tmp_path / "w"), small_cfg(), ModelRef(model_id=TINY), shard=(2, 2))
-
-
 def test_missing_prompts_manifest_is_a_clear_error(tmp_path: Path) -> None:
     from is4.manifests.io import ManifestError
 
@@ -409,7 +385,7 @@ def test_progress_reports_every_group(tmp_path: Path) -> None:
 
 
 def test_journal_is_per_shard(reference: Path) -> None:
-    records = [json.loads(line) for line in journal_path(reference, (0, 1)).read_text().splitlines()]
+    records = [json.loads(line) for line in (reference / JOURNAL_DIR / Shard().journal_name()).read_text().splitlines()]
     assert sorted(r["image_id"] for r in records) == sorted(prompts_frame()["image_id"])
     assert all(r["status"] == "ok" and r["shard"] == "0/1" for r in records)
     assert sorted(os.listdir(reference / JOURNAL_DIR)) == ["shard-0-of-1.jsonl"]

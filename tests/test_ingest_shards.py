@@ -6,7 +6,6 @@ in one process, whatever the shard count and whichever journals a clip appears i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ from is4.config import BuildConfig, DownloadConfig, IngestConfig
 from is4.manifests.io import manifest_path, read_manifest
 from is4.manifests.journal import Journal
 from is4.pipeline.ingest.journals import JOURNAL, load_records, shard_journal
-from is4.pipeline.ingest.run import IngestIncomplete, ingest_stage, merge_ingest, run_ingest, shard_slice
-from is4.pipeline.ingest.vggsound_csv import parse_lines
+from is4.pipeline.ingest.run import IngestIncomplete, ingest_stage, merge_ingest, run_ingest
+from is4.pipeline.shard import Shard
 from tests.conftest import GOOD_IDS, MISSING_ID, PRIVATE_ID
 
 ROWS = [
@@ -44,16 +43,6 @@ def _media(work: Path) -> dict[str, bytes]:
     return {f"{sub}/{p.name}": p.read_bytes() for sub in MEDIA for p in sorted((work / "media" / sub).iterdir())}
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
-def test_shard_slices_are_contiguous_and_cover_the_selection_once(n: int) -> None:
-    selected = [r for r in parse_lines([f"{GOOD_IDS[0]},{s},dog barking,train" for s in range(7)]) if r.valid]
-    slices = [shard_slice(selected, (i, n)) for i in range(n)]
-    assert [r for s in slices for r in s] == selected  # in csv order, each row once
-    assert max(map(len, slices)) - min(map(len, slices)) <= 1
-    with pytest.raises(ValueError, match="0 <= i < n"):
-        shard_slice(selected, (n, n))
-
-
 def test_three_shards_and_a_merge_give_the_bytes_of_one_run(media_server, tmp_path: Path) -> None:
     csv = tmp_path / "rows.csv"
     csv.write_text("\n".join(ROWS) + "\n")
@@ -61,15 +50,15 @@ def test_three_shards_and_a_merge_give_the_bytes_of_one_run(media_server, tmp_pa
     provenance = {"stage": "ingest", "config_sha256": "x"}
     one, three = tmp_path / "one", tmp_path / "three"
     whole = ingest_stage(one, cfg, provenance, csv_path=csv)
-    assert whole["complete"] and whole["manifest"] and "pid" not in whole
+    assert whole["complete"] and whole["manifest"] and "shard" not in whole
 
-    shards = [ingest_stage(three, cfg, provenance, csv_path=csv, shard=(i, 3)) for i in range(3)]
+    shards = [ingest_stage(three, cfg, provenance, csv_path=csv, shard=Shard(i, 3)) for i in range(3)]
     assert not manifest_path(three, "clips").exists(), "a shard never writes the manifest"
     assert sorted(p.name for p in (three / "state/ingest").iterdir()) == [f"shard-{i}-of-3.jsonl" for i in range(3)]
     assert not (three / JOURNAL).exists()
     assert [s["selected"] for s in shards] == [2, 2, 2] and sum(s["processed"] for s in shards) == 6
-    assert all(s["pid"] == os.getpid() and s["worker"] is None and s["manifest"] is None for s in shards)
-    merged = merge_ingest(three, cfg, provenance, csv_path=csv, shards=3)
+    assert [s["shard"] for s in shards] == ["0/3", "1/3", "2/3"] and all(s["manifest"] is None for s in shards)
+    merged = merge_ingest(three, cfg, provenance, shards, csv_path=csv)
     assert (merged["ok"], merged["failed"], merged["invalid"]) == (whole["ok"], whole["failed"], whole["invalid"])
     assert manifest_path(three, "clips").read_bytes() == manifest_path(one, "clips").read_bytes()
     assert _media(three) == _media(one)
@@ -82,15 +71,14 @@ def test_merge_refuses_while_a_shard_has_not_run(media_server, tmp_path: Path) -
     csv.write_text("\n".join(ROWS) + "\n")
     cfg = _build_cfg(media_server)
     work = tmp_path / "work"
-    for i in (0, 2):
-        ingest_stage(work, cfg, {}, csv_path=csv, shard=(i, 3))
+    shards = [ingest_stage(work, cfg, {}, csv_path=csv, shard=Shard(i, 3)) for i in (0, 2)]
     with pytest.raises(IngestIncomplete, match=r"2 of 6 clips have no final record"):
-        merge_ingest(work, cfg, {}, csv_path=csv, shards=3)
+        merge_ingest(work, cfg, {}, [shards[0], {}, shards[1]], csv_path=csv)  # shard 1/3 never ran
     assert not manifest_path(work, "clips").exists()
     # A rerun with another layout redoes only the missing slice: the others' journals are read.
-    again = run_ingest(csv, work, cfg.ingest, shard=(0, 1))
-    assert (again.reused, again.processed) == (4, 2)
-    merge_ingest(work, cfg, {}, csv_path=csv, shards=1)
+    again = run_ingest(csv, work, cfg.ingest, merge=False)
+    assert (again.reused, again.processed) == (4, 2) and again.manifest is None
+    merge_ingest(work, cfg, {}, [again.as_dict()], csv_path=csv)
     assert len(read_manifest(work, "clips")) == len(ROWS)
 
 
@@ -115,16 +103,18 @@ def test_precedence_between_journals_is_by_outcome_then_layout_never_by_file_nam
     gone = {"status": "failed", "retryable": False, "attempts": 1, "reason": "not-found: x"}
     # The legacy journal sorts first, shard-9 last: neither position may decide.
     _write(work, JOURNAL, [{"clip_id": "a", **retry}, _ok("b", attempts=2), {"clip_id": "c", **retry}])
-    _write(work, shard_journal((9, 10)), [_ok("a"), {"clip_id": "b", **retry}, _ok("c")])
-    _write(work, shard_journal((0, 10)), [{"clip_id": "c", **gone}, {"clip_id": "d", **retry}])
-    _write(work, shard_journal((1, 2)), [{"clip_id": "d", "status": "downloaded", "retryable": True, "attempts": 1}])
+    _write(work, shard_journal(Shard(9, 10)), [_ok("a"), {"clip_id": "b", **retry}, _ok("c")])
+    _write(work, shard_journal(Shard(0, 10)), [{"clip_id": "c", **gone}, {"clip_id": "d", **retry}])
+    _write(
+        work, shard_journal(Shard(1, 2)), [{"clip_id": "d", "status": "downloaded", "retryable": True, "attempts": 1}]
+    )
     records = load_records(work)
     assert records["a"]["status"] == "ok"  # ok with its files beats a retryable failure
     assert records["b"]["attempts"] == 2  # ... wherever it is
     assert records["c"] == {"clip_id": "c", **gone}  # permanent failure beats ok-with-files-missing
     # Equals: the current layout's journal wins, whichever it is.
-    assert load_records(work, current=[shard_journal((1, 2))])["d"]["status"] == "downloaded"
-    assert load_records(work, current=[shard_journal((0, 10))])["d"]["status"] == "failed"
+    assert load_records(work, current=[shard_journal(Shard(1, 2))])["d"]["status"] == "downloaded"
+    assert load_records(work, current=[shard_journal(Shard(0, 10))])["d"]["status"] == "failed"
 
 
 def test_is4_ingest_shards_by_hand_then_one_run_writes_the_manifest_fetching_nothing(

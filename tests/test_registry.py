@@ -6,10 +6,11 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from is4.config import STAGES, BuildConfig, parse_config
+from is4.config import STAGES, BuildConfig, ShardedStage, parse_config
 from is4.manifests.io import manifest_path, write_manifest
 from is4.pipeline.registry import BY_NAME, REGISTRY, keyed_inputs
 from is4.pipeline.stage import Stage, cache_key
@@ -30,6 +31,13 @@ def test_every_declaration_is_complete_and_loads(stage: Stage) -> None:
     cfg = BuildConfig()
     assert set(stage.config) <= set(BuildConfig.model_fields) | {"*"}
     assert set(stage.model_roles(cfg)) <= set(type(cfg.models).model_fields)
+
+
+def test_the_sharded_stages_are_those_with_a_merge_and_the_config_names_them() -> None:
+    sharded = [s for s in REGISTRY if s.sharded]
+    assert {s.name for s in sharded} == set(get_args(ShardedStage))
+    assert all(callable(s.load_merge()) for s in sharded)
+    assert not BY_NAME["export"].sharded
 
 
 def test_a_ledger_read_is_keyed_on_the_earlier_writers() -> None:

@@ -57,6 +57,7 @@ from is4.pipeline.captions.object_phrase import PROMPT_VERSION, render_object_pr
 from is4.pipeline.common.batching import release_device_memory, run_in_batches
 from is4.pipeline.common.llm import normalise_phrase
 from is4.pipeline.common.models import ModelError, resolve_model
+from is4.pipeline.shard import JOURNAL_GLOB, Shard
 from is4.pipeline.stage import ProgressFn
 
 JOURNAL_DIR = "state/captions"
@@ -260,7 +261,7 @@ def pick_record(candidates: Any, key: str) -> dict[str, Any] | None:
 def role_journals(work: Path, role: str) -> list[Path]:
     """Every journal of a role: the single-file layout (`<role>.jsonl`) first, then the shards' in name order."""
     legacy = work / JOURNAL_DIR / f"{role}.jsonl"
-    return [legacy] * legacy.exists() + sorted((work / JOURNAL_DIR / role).glob("shard-*-of-*.jsonl"))
+    return [legacy] * legacy.exists() + sorted((work / JOURNAL_DIR / role).glob(f"{JOURNAL_GLOB}.jsonl"))
 
 
 def known_records(work: Path, role: str) -> dict[str, list[dict[str, Any]]]:
@@ -270,14 +271,6 @@ def known_records(work: Path, role: str) -> dict[str, list[dict[str, Any]]]:
         for item_id, record in Journal(path, "item_id").load().items():
             known.setdefault(item_id, []).append(record)
     return known
-
-
-def shard_slice(items: list[CaptionItem], shard: tuple[int, int]) -> list[CaptionItem]:
-    """Shard i of n: the i-th contiguous range of the items sorted by id (`len*i//n` to `len*(i+1)//n`)."""
-    i, n = shard
-    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
-        raise CaptionError(f"shard {shard!r} is not (i, n) with 0 <= i < n")
-    return items[len(items) * i // n : len(items) * (i + 1) // n]
 
 
 def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +346,7 @@ def run_captions(
     workdir: str | Path,
     cfg: BuildConfig,
     *,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
     merge: bool = True,
     progress: ProgressFn | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -363,9 +356,8 @@ def run_captions(
     work = Path(workdir)
     ccfg = cfg.captions
     refs, identities = _identities(work, cfg)
-    items = shard_slice(collect_items(work, ccfg), shard)
-    i, n = shard
-    journals = {role: Journal(work / JOURNAL_DIR / role / f"shard-{i}-of-{n}.jsonl", "item_id") for role in ROLES}
+    items = shard.slice(collect_items(work, ccfg))
+    journals = {role: Journal(work / JOURNAL_DIR / role / shard.journal_name(), "item_id") for role in ROLES}
     hashes = InputHashes(work, load_hash_cache(work))
     errors: dict[str, list[str]] = {item.item_id: [] for item in items}
     results: dict[str, RoleResult] = {}
@@ -395,7 +387,7 @@ def run_captions(
         known=known_records(work, "object_phrase"),
         progress=progress,
     )
-    summary = {"shard": f"{i}/{n}", "items": len(items), **_role_counts(results)}
+    summary = {"shard": str(shard), "items": len(items), **_role_counts(results)}
     if merge:
         summary |= merge_captions(work, cfg, provenance)
     return summary
@@ -499,7 +491,10 @@ _HASH_DIR = "input-hashes"
 def load_hash_cache(work: Path) -> dict[str, dict[str, Any]]:
     """The remembered input hashes of every shard (entries are checked against size + mtime before use)."""
     known: dict[str, dict[str, Any]] = {}
-    for path in [work / JOURNAL_DIR / _HASH_CACHE, *sorted((work / JOURNAL_DIR / _HASH_DIR).glob("shard-*.json"))]:
+    for path in [
+        work / JOURNAL_DIR / _HASH_CACHE,
+        *sorted((work / JOURNAL_DIR / _HASH_DIR).glob(f"{JOURNAL_GLOB}.json")),
+    ]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -509,9 +504,9 @@ def load_hash_cache(work: Path) -> dict[str, dict[str, Any]]:
     return known
 
 
-def _save_hash_cache(work: Path, shard: tuple[int, int], known: dict[str, dict[str, Any]]) -> None:
+def _save_hash_cache(work: Path, shard: Shard, known: dict[str, dict[str, Any]]) -> None:
     # One file per shard: concurrent shards never rewrite each other's file.
-    path = work / JOURNAL_DIR / _HASH_DIR / f"shard-{shard[0]}-of-{shard[1]}.json"
+    path = work / JOURNAL_DIR / _HASH_DIR / shard.journal_name(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(known, sort_keys=True).encode())
 
@@ -522,7 +517,7 @@ def caption_stage(
     provenance: dict[str, Any],
     *,
     progress: ProgressFn | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
     merge: bool = True,
 ) -> dict[str, Any]:
     """Image captions, audio captions and the sounding object's phrase for training clips (and IS4 instances)."""

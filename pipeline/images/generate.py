@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -67,20 +66,19 @@ from is4.manifests.journal import Journal
 from is4.manifests.lock import manifest_lock
 from is4.manifests.schema import IMAGES, PROMPTS
 from is4.pipeline.common.models import ModelError, resolve_model, torch_device_and_dtype
+from is4.pipeline.shard import JOURNAL_GLOB, Shard
 from is4.pipeline.stage import ProgressFn
 
 ROLE = "image_generator"
 IMAGE_DIR = "media/images"
 JOURNAL_DIR = "state/generate"
-JOURNAL_GLOB = "shard-*-of-*.jsonl"
 PNG_COMPRESS_LEVEL = 6
 NSFW_REASON = "safety checker: nsfw_content_detected (diffusers returned a black image)"
-_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _IMPORT_LOCK = threading.RLock()
 
 
 class GenerateError(FatalError, ValueError):
-    """The generate stage cannot run with this config, shard or prompt set."""
+    """The generate stage cannot run with this config or prompt set."""
 
 
 @dataclass
@@ -104,37 +102,8 @@ class GenerateSummary:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Shards, groups, scheduler
+# Groups, scheduler
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`"1/4"` → `(1, 4)`: shard i of n, with 0 <= i < n."""
-    match = _SHARD_RE.fullmatch(text) if isinstance(text, str) else None
-    if not match:
-        raise GenerateError(f"shard {text!r} is not of the form i/n (e.g. 0/4)")
-    return check_shard((int(match[1]), int(match[2])))
-
-
-def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    """Validate a (i, n) shard: n >= 1 and 0 <= i < n."""
-    try:
-        i, n = shard
-    except (TypeError, ValueError):
-        raise GenerateError(f"shard {shard!r} is not a pair (i, n)") from None
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (i, n)):
-        raise GenerateError(f"shard {shard!r}: i and n must be integers")
-    if n < 1:
-        raise GenerateError(f"shard {i}/{n}: the number of shards n must be at least 1")
-    if not 0 <= i < n:
-        raise GenerateError(f"shard {i}/{n}: the shard index i must satisfy 0 <= i < {n}")
-    return i, n
-
-
-def journal_path(workdir: str | Path, shard: tuple[int, int]) -> Path:
-    """`WORK/state/generate/shard-{i}-of-{n}.jsonl`."""
-    i, n = shard
-    return Path(workdir) / JOURNAL_DIR / f"shard-{i}-of-{n}.jsonl"
 
 
 def image_path(image_id: str) -> str:
@@ -296,7 +265,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def load_records(workdir: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
     """The latest record per image of every shard journal under `state/generate/`, journals in name order."""
-    return [(p, Journal(p, "image_id").load()) for p in sorted((workdir / JOURNAL_DIR).glob(JOURNAL_GLOB))]
+    return [(p, Journal(p, "image_id").load()) for p in sorted((workdir / JOURNAL_DIR).glob(f"{JOURNAL_GLOB}.jsonl"))]
 
 
 def _valid_record(
@@ -374,7 +343,7 @@ def run_generate(
     cfg: GenerateConfig,
     model: ModelRef,
     *,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
     progress: ProgressFn | None = None,
     provenance: Mapping[str, Any] | None = None,
     merge: bool = True,
@@ -388,7 +357,6 @@ def run_generate(
     import torch
 
     workdir = Path(workdir)
-    i, n = check_shard(shard)
     scheduler_class(cfg.scheduler)  # fail before loading anything
     prompts = read_manifest(workdir, PROMPTS)
     groups = batch_groups(prompts, cfg.batch_size)
@@ -402,14 +370,14 @@ def run_generate(
     fingerprints = [group_fingerprint(settings, group) for group in groups]
     run_versions = versions()
 
-    mine = [g for g in range(len(groups)) if g % n == i]
-    journal = Journal(journal_path(workdir, (i, n)), "image_id")
+    mine = shard.interleaved(range(len(groups)))
+    journal = Journal(workdir / JOURNAL_DIR / shard.journal_name(), "image_id")
     journals = load_records(workdir)
     hashes: dict[str, str | None] = {}
     total = sum(len(groups[g]) for g in mine)
     done = generated = reused = flagged = groups_run = 0
     if progress:
-        progress(0, total, f"shard {i}/{n}: {len(mine)} groups")
+        progress(0, total, f"shard {shard}: {len(mine)} groups")
     for g in mine:
         group, fingerprint = groups[g], fingerprints[g]
         finished = {r["image_id"]: _valid_record(workdir, r["image_id"], fingerprint, journals, hashes) for r in group}
@@ -438,7 +406,7 @@ def run_generate(
                 "sha256": digest,
                 "fingerprint": fingerprint,
                 "batch_group": g,
-                "shard": f"{i}/{n}",
+                "shard": str(shard),
                 "nsfw": nsfw,
                 "mean_pixel": round(float(image.mean(dtype=np.float64)), 4),
                 "versions": run_versions,
@@ -456,7 +424,7 @@ def run_generate(
         frame, manifest = _write_images_manifest(workdir, cfg, prompts, settings, provenance)
         images, pending = len(frame), len(prompts) - len(frame)
     return GenerateSummary(
-        shard=f"{i}/{n}",
+        shard=str(shard),
         groups=len(mine),
         groups_run=groups_run,
         generated=generated,
@@ -504,7 +472,7 @@ def generate_stage(
     cfg: BuildConfig,
     provenance: dict[str, Any],
     *,
-    shard: tuple[int, int] = (0, 1),
+    shard: Shard = Shard(),
     progress: ProgressFn | None = None,
     merge: bool = True,
 ) -> dict[str, Any]:

@@ -58,11 +58,10 @@ def _ids_csv(ok: pd.DataFrame) -> str:
     return ok[["clip_id", "label", "split"]].to_csv(index=False, lineterminator="\n")
 
 
-def export_intact(workdir: str | Path, out_dir: str | Path | None = None) -> bool:
+def export_intact(workdir: Path, _cfg: BuildConfig | None = None) -> bool:
     """True when the export lists exactly the manifest's ok clips and each file is that clip's current file (the
     same hard link, or a copy with the same content): a frame redone since the export makes it stale."""
-    workdir = Path(workdir)
-    out = Path(out_dir) if out_dir is not None else workdir / DEFAULT_EXPORT_DIR
+    out = workdir / DEFAULT_EXPORT_DIR
     try:
         ok = read_manifest(workdir, "clips").query("status == 'ok'").sort_values("clip_id")
         if (out / "ids.csv").read_text(encoding="utf-8") != _ids_csv(ok):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from is4.manifests.journal import Journal
+from is4.pipeline.shard import JOURNAL_GLOB, Shard
 
 JOURNAL = "state/ingest.jsonl"  # the journal of a run over the whole selection
 SHARD_DIR = "state/ingest"
@@ -27,24 +28,24 @@ OUTPUT_KEYS = ("frame_path", "audio_path", "spec_path", "mel_path")
 FINAL = ("ok", "failed")
 
 
-def shard_journal(shard: tuple[int, int] | None) -> str:
-    """The journal (relative to WORK) that the run of `shard` writes; None: the whole selection's."""
-    if shard is None:
-        return JOURNAL
-    i, n = shard
-    return f"{SHARD_DIR}/shard-{i}-of-{n}.jsonl"
+def shard_journal(shard: Shard) -> str:
+    """The journal (relative to WORK) that the run of `shard` writes; the whole run's is `JOURNAL`."""
+    return JOURNAL if shard.whole else f"{SHARD_DIR}/{shard.journal_name()}"
 
 
 def layout_journals(shards: int) -> tuple[str, ...]:
-    """The journals a run split into `shards` writes (a 1-shard run may be either form)."""
-    names = tuple(shard_journal((i, shards)) for i in range(shards))
-    return (JOURNAL, *names) if shards == 1 else names
+    """The journals a run split into `shards` writes (a 1-shard run may also have the shard form of older runs)."""
+    if shards == 1:
+        return (JOURNAL, f"{SHARD_DIR}/{Shard().journal_name()}")
+    return tuple(shard_journal(Shard(i, shards)) for i in range(shards))
 
 
 def all_journals(workdir: Path) -> list[str]:
     """Every ingest journal present in `workdir`, in name order."""
     found = [JOURNAL] if (workdir / JOURNAL).is_file() else []
-    return found + sorted(p.relative_to(workdir).as_posix() for p in (workdir / SHARD_DIR).glob("shard-*.jsonl"))
+    return found + sorted(
+        p.relative_to(workdir).as_posix() for p in (workdir / SHARD_DIR).glob(f"{JOURNAL_GLOB}.jsonl")
+    )
 
 
 def finished(record: dict[str, Any] | None, workdir: Path, extract_fp: str | None = None) -> bool:

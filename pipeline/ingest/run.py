@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from is4.pipeline.ingest.session import Session
 from is4.pipeline.ingest.status import JOURNAL, write_run_record
 from is4.pipeline.ingest.subsets import read_id_list, select_rows
 from is4.pipeline.ingest.vggsound_csv import CsvRow, read_vggsound_csv
+from is4.pipeline.shard import Shard
 from is4.pipeline.stage import ProgressFn
 
 MEDIA_DIRS = {
@@ -50,7 +50,7 @@ MEDIA_DIRS = {
     "mel": "media/mel",
 }
 log = logging.getLogger(__name__)
-__all__ = ["JOURNAL", "IngestIncomplete", "IngestSummary", "ingest_stage", "merge_ingest", "run_ingest", "shard_slice"]
+__all__ = ["JOURNAL", "IngestIncomplete", "IngestSummary", "ingest_stage", "merge_ingest", "run_ingest"]
 
 
 class IngestIncomplete(FatalError, RuntimeError):
@@ -267,16 +267,6 @@ def _select(csv_path: Path, cfg: IngestConfig, seed: int) -> tuple[list[CsvRow],
     return rows, selected
 
 
-def shard_slice(selected: list[CsvRow], shard: tuple[int, int] | None) -> list[CsvRow]:
-    """The rows shard (i, n) ingests: the i-th contiguous slice of the selection, in csv order."""
-    if shard is None:
-        return selected
-    i, n = shard
-    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise ValueError(f"shard {shard!r} is not (i, n) with 0 <= i < n")
-    return selected[len(selected) * i // n : len(selected) * (i + 1) // n]
-
-
 def _download(
     workdir: Path,
     cfg: IngestConfig,
@@ -373,7 +363,8 @@ def run_ingest(
     progress: ProgressFn | None = None,
     provenance: Mapping[str, Any] | None = None,
     command: str | None = None,
-    shard: tuple[int, int] | None = None,
+    shard: Shard = Shard(),
+    merge: bool = True,
 ) -> IngestSummary:
     """Ingest the clips of a VGGSound-format csv into `workdir`; resumes from the journals of earlier runs.
 
@@ -382,14 +373,15 @@ def run_ingest(
     `give_up_after_s` returns with `complete=False`: its remaining clips have no record (pending), the manifest is
     not written, and a rerun (`command`, kept for `is4 ingest --status`) continues.
 
-    With `shard=(i, n)` only the i-th slice of the selection is ingested, into that shard's own journal, and no
-    manifest is written: `merge_ingest` writes it once every shard is done.
+    With `shard=Shard(i, n)` (n > 1) only the i-th slice of the selection is ingested, into that shard's own journal,
+    and no manifest is written: `merge_ingest` writes it once every shard is done. `merge=False`: no manifest either
+    (the flow's merge writes it).
     """
     workdir = Path(workdir)
     csv_path = Path(csv_path)
     ffmpeg_tools_dir()  # fail now, not in a worker, when there is no ffmpeg
     rows, selected = _select(csv_path, cfg, seed)
-    mine = shard_slice(selected, shard)
+    mine = shard.slice(selected)
     workdir.mkdir(parents=True, exist_ok=True)
     extract_fp = _extract_fingerprint(cfg)
     journal = Journal(workdir / shard_journal(shard), key_field="clip_id")
@@ -406,14 +398,14 @@ def run_ingest(
     pending = sum(r.clip_id not in got for r in todo)
     records = load_records(workdir, extract_fp, current=(shard_journal(shard),))
     manifest = None
-    if shard is None and not pending:
+    if shard.whole and merge and not pending:
         manifest = _write_clips(workdir, csv_path, rows, selected, records, provenance)
     pauses = run.session.pauses
     return _summary(
         rows,
         mine,
         records,
-        whole=shard is None,
+        whole=shard.whole,
         manifest=manifest,
         reused=reused,
         processed=len(got),
@@ -459,18 +451,6 @@ def merge_ingest_records(
     return _summary(rows, selected, records, whole=True, manifest=manifest, reused=len(selected), processed=0)
 
 
-def _where() -> dict[str, Any]:
-    """The process that ran a shard (for the flow's summary; never in a manifest)."""
-    worker = None
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except (ImportError, ValueError):  # not installed, or not inside a Dask worker
-        pass
-    return {"pid": os.getpid(), "worker": worker}
-
-
 def _stage_config(cfg: BuildConfig, url_template: str | None) -> IngestConfig:
     ingest = cfg.ingest
     if url_template is not None:
@@ -490,14 +470,15 @@ def ingest_stage(
     progress: ProgressFn | None = None,
     command: str | None = None,
     allow_incomplete: bool = False,
-    shard: tuple[int, int] | None = None,
+    shard: Shard = Shard(),
+    merge: bool = True,
 ) -> dict[str, Any]:
     """Ingest `csv_path` (the source the flow or the CLI opened); `url_template` replaces the configured one.
 
     A run that stopped while throttled raises `IngestIncomplete` (the flow must not go on without the clips
     manifest) unless `allow_incomplete` (the `is4 ingest` command, which says how to continue and exits 0).
-    With `shard=(i, n)` only that shard's slice is ingested and no manifest is written (`merge_ingest` does); the
-    summary then also says which process ran it (`pid`, and `worker`: the Dask worker's address, or None).
+    With `shard=Shard(i, n)` (n > 1) only that shard's slice is ingested and no manifest is written (`merge_ingest`
+    writes it), nor with `merge=False`.
     """
     summary = run_ingest(
         csv_path,
@@ -508,6 +489,7 @@ def ingest_stage(
         provenance=provenance,
         command=command,
         shard=shard,
+        merge=merge,
     )
     if not summary.complete and not allow_incomplete:
         raise IngestIncomplete(
@@ -515,22 +497,19 @@ def ingest_stage(
             f"({summary.stopped}); run the build again later to continue (finished clips are "
             f"kept; `is4 ingest --status --workdir {work}` shows where it stands)"
         )
-    out = summary.as_dict()
-    if shard is not None:
-        out |= {"shard": list(shard), **_where()}
-    return out
+    return summary.as_dict() if shard.whole else {**summary.as_dict(), "shard": str(shard)}
 
 
 def merge_ingest(
     work: Path,
     cfg: BuildConfig,
     provenance: dict[str, Any],
+    shards: list[dict[str, Any]],
     *,
-    csv_path: Path,
-    shards: int,
-    progress: ProgressFn | None = None,
+    csv_path: str | Path,
+    url_template: str | None = None,
 ) -> dict[str, Any]:
-    """The `clips` manifest of an ingest run as `shards` shards (`ingest_stage(..., shard=(i, shards))` each)."""
+    """The `clips` manifest after every shard of `ingest_stage` ran (`shards`: their summaries, in order)."""
     return merge_ingest_records(
-        csv_path, work, cfg.ingest, seed=cfg.seed, shards=shards, provenance=provenance
+        csv_path, work, cfg.ingest, seed=cfg.seed, shards=len(shards), provenance=provenance
     ).as_dict()
