@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from is4.config import GenerateConfig, ModelRef  # noqa: E402
 from is4.manifests.ids import derive_seed  # noqa: E402
 from is4.pipeline.common.models import resolve_model  # noqa: E402
-from is4.pipeline.demo.tiny_models import tiny_clip_tokenizer  # noqa: E402
+from is4.pipeline.common.tiny_models import tiny_clip_tokenizer  # noqa: E402
 from is4.pipeline.images.generate import generate_group, load_pipeline, versions  # noqa: E402
 
 BATCH_SIZES = (1, 4, 8)

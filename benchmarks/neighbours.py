@@ -52,7 +52,7 @@ def _real_models(root: Path) -> tuple[ModelRef, ModelRef]:
         CLIPProcessor,
     )
 
-    from is4.pipeline.demo.tiny_models import tiny_clip_tokenizer
+    from is4.pipeline.common.tiny_models import tiny_clip_tokenizer
 
     torch.manual_seed(0)
     clip_dir, ast_dir = root / "clip-b16", root / "ast-base"

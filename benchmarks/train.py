@@ -146,7 +146,7 @@ def acl_gpu(steps: int, batch: int) -> None:
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
     from is4.config import ACLConfig
-    from is4.pipeline.demo.tiny_models import tiny_clip_tokenizer
+    from is4.pipeline.common.tiny_models import tiny_clip_tokenizer
     from is4.trainers.acl import ACLModel, audio_frames
     from is4.trainers.beats import BEATs, BEATsConfig
 

@@ -65,7 +65,7 @@ def check_model(ref: ModelRef | None, role: str, stage_name: str) -> None:
         raise PreflightError(f"models.{role} is not configured (stage {stage_name} needs it)")
     model_id = ref.model_id
     if model_id.startswith(TINY_PREFIX):
-        from is4.pipeline.demo.tiny_models import TINY_BUILDERS  # imports torch, which the stage loads anyway
+        from is4.pipeline.common.tiny_models import TINY_BUILDERS  # imports torch, which the stage loads anyway
 
         kind = model_id.removeprefix(TINY_PREFIX)
         if kind not in TINY_BUILDERS:

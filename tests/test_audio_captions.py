@@ -25,7 +25,7 @@ from is4.pipeline.captions.audio import (
     read_audio,
 )
 from is4.pipeline.common.models import ModelError
-from is4.pipeline.demo.tiny_models import build_tiny_qwen2_audio
+from is4.pipeline.common.tiny_models import build_tiny_qwen2_audio
 
 RATE = 16000
 

@@ -7,8 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from is4.pipeline.demo.tiny_models import build_tiny_beats
-from is4.trainers.beats import BEATs, BEATsConfig, BEATsError, load_beats
+from is4.trainers.beats import BEATs, BEATsConfig, BEATsError, build_tiny_beats, load_beats
 
 # A small config with every optional part of the released AS2M fine-tuned checkpoint switched on.
 FULL = {

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from is4.config import ModelRef
 from is4.pipeline.captions.image import Blip2Captioner, CaptionInputError
 from is4.pipeline.common.models import ModelError, resolve_model
-from is4.pipeline.demo.tiny_models import build_tiny_blip2, tiny_opt_tokenizer
+from is4.pipeline.common.tiny_models import build_tiny_blip2, tiny_opt_tokenizer
 
 TINY = ModelRef(model_id="tiny-random:blip2")
 PROMPT = "a photo of"

@@ -14,7 +14,7 @@ from is4.pipeline.common.llm import (
     object_name_proposer,
     prepare_tokenizer_for_generation,
 )
-from is4.pipeline.demo.tiny_models import build_tiny_mistral, tiny_mistral_tokenizer
+from is4.pipeline.common.tiny_models import build_tiny_mistral, tiny_mistral_tokenizer
 
 # Four prompts of clearly different token lengths, so batches of them are padded.
 MESSAGES = [

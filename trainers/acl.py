@@ -497,10 +497,11 @@ def load_audio_backbone(spec: str, workdir: str | Path) -> nn.Module:
     """BEATs from `beats:<path>`, a path, or `tiny-random:beats` (built into WORK/models)."""
     from is4.config import ModelRef
     from is4.pipeline.common.models import resolve_model
-    from is4.trainers.beats import load_beats
+    from is4.trainers.beats import build_tiny_beats, load_beats
 
     if spec.startswith("tiny-random:"):
-        return load_beats(resolve_model(ModelRef(model_id=spec), workdir, "audio_encoder").path)
+        ref = ModelRef(model_id=spec)
+        return load_beats(resolve_model(ref, workdir, "audio_encoder", {"beats": build_tiny_beats}).path)
     path = Path(spec.removeprefix("beats:")).expanduser()
     if not path.exists():
         raise TrainError(f"train.acl.audio_encoder: BEATs checkpoint {path} does not exist (give beats:<path to .pt>)")

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from is4.config import ModelRef
 from is4.manifests.checksum import sha256_file
 from is4.manifests.errors import FatalError
 from is4.manifests.lock import manifest_lock
-from is4.pipeline.demo.tiny_models import TINY_BUILDERS
+from is4.pipeline.common.tiny_models import TINY_BUILDERS
 
 TINY_PREFIX = "tiny-random:"
 MODELS_DIR = "models"
@@ -91,10 +92,10 @@ def directory_revision(path: Path) -> str:
     return f"sha256:{digest.hexdigest()[:32]}"
 
 
-def _build_tiny(kind: str, workdir: Path) -> Path:
-    builder = TINY_BUILDERS.get(kind)
+def _build_tiny(kind: str, workdir: Path, builders: Mapping[str, Callable[[Path, int], Path]]) -> Path:
+    builder = builders.get(kind)
     if builder is None:
-        raise ModelError(f"unknown tiny model kind {kind!r}; known: {', '.join(sorted(TINY_BUILDERS))}")
+        raise ModelError(f"unknown tiny model kind {kind!r}; known: {', '.join(sorted(builders))}")
     target = workdir / MODELS_DIR / f"tiny-random-{kind}"
     if target.is_dir():
         return target
@@ -124,13 +125,20 @@ def _from_hub(ref: ModelRef) -> Path:
         ) from None
 
 
-def resolve_model(ref: ModelRef | None, workdir: str | Path, role: str) -> ResolvedModel:
-    """The local files and exact revision of the model configured for `role` (e.g. `image_generator`)."""
+def resolve_model(
+    ref: ModelRef | None,
+    workdir: str | Path,
+    role: str,
+    tiny_builders: Mapping[str, Callable[[Path, int], Path]] = TINY_BUILDERS,
+) -> ResolvedModel:
+    """The local files and exact revision of the model configured for `role` (e.g. `image_generator`).
+
+    `tiny_builders` builds `tiny-random:<kind>` (a layer above, e.g. the trainers' BEATs, passes its own)."""
     if ref is None:
         raise ModelError(f"models.{role} is not configured")
     workdir = Path(workdir)
     if ref.model_id.startswith(TINY_PREFIX):
-        path = _build_tiny(ref.model_id.removeprefix(TINY_PREFIX), workdir)
+        path = _build_tiny(ref.model_id.removeprefix(TINY_PREFIX), workdir, tiny_builders)
         return ResolvedModel(ref.model_id, path, directory_revision(path))
     local = Path(ref.model_id).expanduser()
     if local.is_dir():

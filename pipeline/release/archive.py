@@ -19,8 +19,7 @@ import numpy as np
 import yaml
 
 from is4.manifests.checksum import sha256_file
-from is4.pipeline.release.card import MASK_THRESHOLD
-from is4.pipeline.release.layout import ReleaseError
+from is4.pipeline.release.layout import MASK_THRESHOLD, ReleaseError
 
 SUMS_NAME = "SHA256SUMS"
 DEFAULT_FRAME = 224  # the frame size when a release ships no build-config.yaml

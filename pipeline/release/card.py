@@ -15,9 +15,7 @@ from is4 import __version__
 from is4.config import ReleaseConfig
 from is4.manifests.io import is_blank, manifest_path, read_manifest
 from is4.pipeline.registry import REGISTRY
-from is4.pipeline.release.layout import CC_BY_4
-
-MASK_THRESHOLD = 127  # a released mask pixel is object where its value is > 127
+from is4.pipeline.release.layout import CC_BY_4, MASK_THRESHOLD
 
 _NOT_METRICS = frozenset({"gt", "instances", "images"})
 

@@ -12,6 +12,7 @@ HF_PARQUET = "hf/instances.parquet"
 COPIED_MANIFESTS = ("categories", "images", "verification", "annotations", "instances")
 CC_BY_4 = "https://creativecommons.org/licenses/by/4.0/"
 RELEASES_DIR = "releases"
+MASK_THRESHOLD = 127  # a released mask pixel is object where its value is > 127
 
 
 def release_paths(workdir: Path, version: str) -> tuple[Path, Path]:
