@@ -102,3 +102,16 @@ def test_is4_stages_prints_the_graph_in_order() -> None:
     assert "reads  annotations, verification, images, clips, categories" in match
     assert "writes instances" in match and "seed   yes" in match
     assert "models detector, segmenter" in result.stdout
+    lines = result.stdout.splitlines()
+    sharded = [line.split()[1].removeprefix("execution.shards.").rstrip(",") for line in lines if "shards " in line]
+    assert sharded == [s.name for s in REGISTRY if s.sharded] == ["ingest", "generate", "caption"]
+
+
+def test_every_sharded_stage_takes_a_shard_and_rejects_a_bad_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from is4.cli import app
+
+    for name in ("generate", "caption"):
+        result = CliRunner().invoke(app, [name, "--workdir", str(tmp_path), "--shard", "3/2"])
+        assert result.exit_code == 2 and "shard 3/2: the shard index i must satisfy 0 <= i < 2" in result.output

@@ -8,7 +8,7 @@ work directory); 130 when interrupted (Ctrl-C: the run stops within `INTERRUPT_G
 journaled, and the same command continues).
 
 Every command that writes into a work directory holds its lock (`manifests.lock.workdir_lock`) for the whole run;
-`generate --shard i/n` and `ingest --csv PART` hold only their part (and share the directory with other parts,
+`--shard i/n` (of a sharded stage) and `ingest --csv PART` hold only their part (and share the directory with other parts,
 e.g. shards started by hand on several machines). Read-only commands (`manifests`, `stages`, `eval`,
 `release verify`, `ingest --status`) and the review commands (which only merge decisions under the verification
 manifest's own lock, and run beside a build paused for reviewers) take none.
@@ -37,7 +37,6 @@ app.command("export")(stages.export)
 app.command("demo-media")(stages.demo_media)
 app.command("manifests")(stages.manifests)
 app.command("stages")(stages.stages)
-app.command("generate")(stages.generate)
 app.add_typer(review.app, name="review")
 app.add_typer(annotate.app, name="annotate")
 app.add_typer(release.app, name="release")

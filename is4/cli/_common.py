@@ -157,7 +157,7 @@ def run_stage(
 
     declared = stage(name)
     shard = options.get("shard")
-    part = f"shard {shard[0]}/{shard[1]} of {name}" if shard is not None and shard[1] > 1 else lock_part
+    part = f"shard {shard} of {name}" if shard is not None and not shard.whole else lock_part
     with writing(cfg, work, f"is4 {name}" + (f" ({part})" if part else ""), [name], part=part):
         provenance = declared.provenance(cfg, work, files=files)
         with progress_bar(name) as progress:

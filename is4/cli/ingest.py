@@ -43,6 +43,7 @@ def ingest(
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
     from is4.config import BuildConfig, ConfigError, load_config
     from is4.pipeline.ingest.invocation import IngestInvocation
+    from is4.pipeline.shard import Shard
 
     if status:
         _print_status(workdir)
@@ -65,12 +66,7 @@ def ingest(
     )
     cfg = invocation.apply(load_config(config) if config else BuildConfig())
     command = invocation.continue_command()
-    sharding = {}
-    if shard is not None:
-        from is4.pipeline.images.generate import parse_shard
-
-        sharding = {"shard": parse_shard(shard)}
-    part = invocation.lock_part
+    part, sharding = invocation.lock_part, Shard() if shard is None else Shard.parse(shard)
     summary = run_stage(
         "ingest",
         cfg,
@@ -80,7 +76,7 @@ def ingest(
         csv_path=csv,
         command=command,
         allow_incomplete=True,
-        **sharding,
+        shard=sharding,
     )
     if not summary["complete"]:
         console.print(
@@ -89,9 +85,9 @@ def ingest(
             highlight=False,
         )
         return
-    if shard is not None:
+    if not sharding.whole:
         console.print(
-            f"shard {shard} done; once every shard is, the same command without --shard writes the clips "
+            f"shard {sharding} done; once every shard is, the same command without --shard writes the clips "
             f"manifest (and the export) from all their journals",
             highlight=False,
         )

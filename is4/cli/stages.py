@@ -1,5 +1,5 @@
-"""Stage commands: one `is4 <stage>` per declared stage of the common shape, `generate`, `export`, `demo-media`, and
-the read-only `manifests` and `stages`."""
+"""Stage commands: one `is4 <stage>` per declared stage of the common shape (`--shard i/n` where the stage is
+sharded), `export`, `demo-media`, and the read-only `manifests` and `stages`."""
 
 from __future__ import annotations
 
@@ -22,15 +22,28 @@ from is4.cli._common import (
 from is4.manifests.errors import Is4Error
 
 # Stages whose commands take options of their own, written out in their modules (verify's is `is4 review`).
-WRITTEN_OUT = ("ingest", "generate", "verify", "annotate", "release")
+WRITTEN_OUT = ("ingest", "verify", "annotate", "release")
+ShardOption = Annotated[
+    str,
+    typer.Option(
+        help="i/n: run the i-th of n disjoint shards (0-based), e.g. on several machines; the manifest then covers "
+        "every finished shard"
+    ),
+]
 
 
-def _uniform_command(name: str, summary: str) -> Callable[..., None]:
+def _uniform_command(name: str, summary: str, sharded: bool) -> Callable[..., None]:
     def command(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
         run_stage(name, *config_and_workdir(config, workdir))
 
-    command.__doc__ = summary
-    return cli_errors(command)
+    def sharded_command(config: ConfigOption = None, workdir: WorkdirOption = None, shard: ShardOption = "0/1") -> None:
+        from is4.pipeline.shard import Shard
+
+        run_stage(name, *config_and_workdir(config, workdir), shard=Shard.parse(shard))
+
+    chosen = sharded_command if sharded else command
+    chosen.__doc__ = summary
+    return cli_errors(chosen)
 
 
 def register_uniform_commands(app: typer.Typer) -> None:
@@ -42,21 +55,8 @@ def register_uniform_commands(app: typer.Typer) -> None:
             reads = ", ".join(declared.reads) or "-"
             writes = ", ".join(declared.writes) or "-"
             app.command(declared.name, help=f"{declared.summary}. Reads: {reads}. Writes: {writes}.")(
-                _uniform_command(declared.name, declared.summary)
+                _uniform_command(declared.name, declared.summary, declared.sharded)
             )
-
-
-@cli_errors
-def generate(
-    config: ConfigOption = None,
-    workdir: WorkdirOption = None,
-    shard: Annotated[str, typer.Option(help="i/n: generate the i-th of n disjoint shards (0-based)")] = "0/1",
-) -> None:
-    """Stable Diffusion images for the prompts (PNG + the `images` manifest with full provenance)."""
-    from is4.pipeline.images.generate import parse_shard
-
-    parsed = parse_shard(shard)
-    run_stage("generate", *config_and_workdir(config, workdir), shard=parsed)
 
 
 @cli_errors
@@ -141,6 +141,7 @@ def stages(config: ConfigOption = None) -> None:
             ("config", sections),
             ("models", ", ".join(s.model_roles(cfg))),
             ("seed", "yes" if s.seed else ""),
+            ("shards", f"execution.shards.{s.name}, or --shard i/n" if s.sharded else ""),
         ]
         for label, value in details:
             if value:
