@@ -1,14 +1,13 @@
 """The `train` Prefect flow: `is4 train` as a flow run (one process, or `nproc` torchrun ranks), with the per-epoch
 metrics published as artifacts; `serve_train` / `deploy_train` make a deployment a (GPU) work pool can run.
 
-Usage: `python -m is4.flows.train serve --config FILE [--name NAME]` serves it to the API in PREFECT_API_URL;
-`python -m is4.flows.train deploy --config FILE --work-pool POOL` registers it with a work pool whose workers
-run it where the GPUs are (the project must be installed there; the flow runs from this source tree).
+`is4 serve-train --config FILE [--name NAME]` serves it to the API in PREFECT_API_URL; `is4 deploy-train --config
+FILE --work-pool POOL` registers it with a work pool whose workers run it where the GPUs are (the project must be
+installed there; the flow runs from this source tree).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -99,24 +98,3 @@ def deploy_train(config_path: str, work_pool: str, name: str = "default", **para
     train_flow.from_source(source=str(source), entrypoint="flows/train.py:train_flow").deploy(
         name=name, work_pool_name=work_pool, parameters={"config_path": str(Path(config_path).resolve()), **parameters}
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m is4.flows.train serve|deploy ...`."""
-    parser = argparse.ArgumentParser(prog="python -m is4.flows.train")
-    parser.add_argument("action", choices=("serve", "deploy"))
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--name", default="default")
-    parser.add_argument("--work-pool")
-    parser.add_argument("--nproc", type=int, default=1)
-    args = parser.parse_args(argv)
-    if args.action == "serve":
-        serve_train(args.config, args.name, nproc=args.nproc)
-    else:
-        if not args.work_pool:
-            parser.error("deploy needs --work-pool")
-        deploy_train(args.config, args.work_pool, args.name, nproc=args.nproc)
-
-
-if __name__ == "__main__":
-    main()

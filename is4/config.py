@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from is4.classes import vggsound_labels, vggss_labels
-from is4.manifests.checksum import json_sha256
 from is4.manifests.errors import FatalError
 
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
@@ -534,7 +533,7 @@ class TrainConfig(StrictModel):
     acl: ACLConfig = ACLConfig()
 
 
-# The build's stages in pipeline order; `is4.pipeline.stages.REGISTRY` declares each of them (a test keeps the two equal).
+# The build's stages in pipeline order; `is4.pipeline.registry.REGISTRY` declares each of them (a test keeps the two equal).
 StageName = Literal[
     "ingest",
     "categories",
@@ -571,13 +570,6 @@ class BuildConfig(StrictModel):
     # Left out of every dump, so out of provenance, cache keys and the release's build-config.yaml.
     execution: ExecutionConfig = Field(ExecutionConfig(), exclude=True)
     train: TrainConfig = TrainConfig()
-
-    def fingerprint(self, *sections: str) -> str:
-        """sha256 of the canonical JSON of the whole config, or of the named top-level sections."""
-        data = self.model_dump(mode="json")
-        if sections:
-            data = {name: data[name] for name in sections}
-        return json_sha256(data)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

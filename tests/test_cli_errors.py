@@ -45,6 +45,8 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--config", str(tmp / f"{MISSING}.yaml")],
         "neighbours": ["neighbours", "--config", str(bad_config), *w],
         "train": ["train", "--config", str(tmp / f"{MISSING}.yaml"), *w],
+        "serve-train": ["serve-train", "--config", str(bad_config)],
+        "deploy-train": ["deploy-train", "--config", str(tmp / f"{MISSING}.yaml"), "--work-pool", "gpu"],
         "predict": [
             "predict",
             "--run",

@@ -1,4 +1,5 @@
-"""`is4 train` (a localisation method on the manifests, DDP under torchrun) and `is4 predict` (heatmaps)."""
+"""`is4 train` (a localisation method on the manifests, DDP under torchrun), `is4 serve-train` / `is4 deploy-train`
+(the `train` Prefect flow as a deployment) and `is4 predict` (heatmaps)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,38 @@ def train(
     if rank0:
         last = summary.pop("last") or {}
         print_summary("train", {**summary, **{f"last {k}": v for k, v in last.items() if k != "epoch"}})
+
+
+TrainConfigOption = Annotated[Path, typer.Option(help="build config (YAML) with a `train` section")]
+DeploymentOption = Annotated[str, typer.Option(help="deployment name: run it as 'train/<name>'")]
+NprocOption = Annotated[int, typer.Option(min=1, help="torchrun ranks per flow run (1: in the flow's process)")]
+
+
+@cli_errors
+def serve_train(config: TrainConfigOption, name: DeploymentOption = "default", nproc: NprocOption = 1) -> None:
+    """Serve a deployment of the `train` flow to the Prefect API in PREFECT_API_URL (runs until stopped)."""
+    from is4.config import load_config
+
+    load_config(config)
+    from is4.flows.train import serve_train as serve
+
+    serve(str(config), name, nproc=nproc)
+
+
+@cli_errors
+def deploy_train(
+    config: TrainConfigOption,
+    work_pool: Annotated[str, typer.Option(help="the Prefect work pool whose workers run it (e.g. on GPU machines)")],
+    name: DeploymentOption = "default",
+    nproc: NprocOption = 1,
+) -> None:
+    """Register a deployment of the `train` flow with a work pool (its workers run this source tree)."""
+    from is4.config import load_config
+
+    load_config(config)
+    from is4.flows.train import deploy_train as deploy
+
+    deploy(str(config), work_pool, name, nproc=nproc)
 
 
 @cli_errors

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 MAX_ATTEMPTS = 2
 
-ProgressFn = Callable[[int, int], None]
+BatchProgressFn = Callable[[int, int], None]  # (done, total); a stage's ProgressFn also takes a message
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -60,7 +60,7 @@ class BatchOutcome(Generic[T]):
 
 
 def run_in_batches(
-    inputs: Sequence[object], fn: Callable[[list], list[T]], batch_size: int, *, progress: ProgressFn | None = None
+    inputs: Sequence[object], fn: Callable[[list], list[T]], batch_size: int, *, progress: BatchProgressFn | None = None
 ) -> BatchOutcome[T]:
     """Apply `fn` to `inputs` in order, in batches of `batch_size`, with the out-of-memory and retry policy above."""
     if batch_size < 1:

@@ -30,11 +30,6 @@ def mel_scale(freq_hz: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(freq_hz, dtype=np.float64) / 700.0)
 
 
-def inverse_mel_scale(mel: np.ndarray | float) -> np.ndarray:
-    """Inverse of `mel_scale`, in Hz."""
-    return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
-
-
 def mel_band_edges(sample_rate: int = 16000, n_mels: int = 128) -> np.ndarray:
     """Mel-scale (left, centre, right) points of each triangle, shape (n_mels, 3): equally spaced in mel."""
     mel_low, mel_high = mel_scale(LOW_FREQ_HZ), mel_scale(sample_rate / 2)
