@@ -1,44 +1,13 @@
 """The generate stage: `prompts` manifest → Stable Diffusion images → `images` manifest, sharded and resumable.
 
-Work directory layout written here (paths in the manifest are relative to WORK):
-`media/images/{image_id}.png`, `state/generate/shard-{i}-of-{n}.jsonl` (one resume journal per shard, so no two
-processes ever append to one file) and `manifests/images.parquet`.
-
-**Batch groups, and why.** Batched inference is not bitwise batch-invariant in float32: measured here on the tiny
-SD-1.x model (CPU, torch 2.13, diffusers 0.42, 64×64, 4 steps), the same prompt and seed give images that differ
-by up to 1.7e-6 between a batch of 1 and a batch of 4, which flips 2 of 49,152 uint8 pixel values (so a different
-PNG). The same run gave differences of the same size between 1 and 2 CPU threads. In float64 both were identical.
-So what an image's bytes depend on must be fixed by the data, not by how a run was split, stopped or resumed:
-
-- Rows sorted by `image_id` are cut into fixed *groups* of `cfg.batch_size` (the last one may be shorter); group g
-  belongs to shard `g % n`. A group is always generated as one batch, with one `torch.Generator(device)` per
-  image seeded with the row's `seed`, so each image's initial noise depends only on its row (diffusers'
-  `randn_tensor` draws each batch item from its own generator).
-- Resume works per group: a group whose images all exist (PNG present, a journal record from any shard with a
-  matching sha256 and a matching *group fingerprint*) is skipped; otherwise the whole group is recomputed and
-  only its missing images are written. The group fingerprint hashes the generation settings (model revision,
-  scheduler and its config, steps, guidance, size, dtype, device, compile, safety checker) and the group's
-  members (image id, prompt, negative prompt, seed), so a change to any of them regenerates the group.
-
-Hence n shards, interrupted and resumed runs and one uninterrupted run write the same bytes, for any dtype and
-device, given the same hardware, thread count and library versions (float32 results also depend on those; the
-journal records the thread count, the manifest the versions). Changing `batch_size` or the prompt set changes
-the groups and therefore (in float32) pixels: such images are regenerated, never mixed with stale ones.
-
-**Manifest.** At the end of every shard run the `images` manifest is rebuilt, under a lock, from the journals of
-all shards: every prompt row with a valid record (PNG present, sha256 and group fingerprint matching the current
-config) is a row, with full provenance columns. So the last shard to finish leaves the complete manifest, and
-its bytes do not depend on the sharding. Images of other shards not yet (re)generated under the current config
-are left out until their shard runs.
-
-**Flags.** The checkpoint's safety checker (kept when `cfg.safety_checker` and it has one) makes diffusers return
-a black image for an `nsfw_content_detected` hit: that image is kept and flagged `nsfw`, never dropped silently.
-An image whose mean pixel value is under `cfg.black_threshold` is flagged `black`.
-
-**Attention and compile.** diffusers' `Attention` picks `AttnProcessor2_0` (torch's
-`F.scaled_dot_product_attention`) by default whenever torch has it (`attention_processor.py`,
-`Attention.__init__`), for the UNet and the VAE, and transformers' CLIP text encoder uses its `sdpa`
-implementation by default, so nothing is set here. `cfg.compile` wraps the UNet in `torch.compile`.
+Writes `media/images/{image_id}.png`, one resume journal per shard (`state/generate/shard-{i}-of-{n}.jsonl`) and
+`manifests/images.parquet`. Why images are generated in fixed batch groups, how resume and shards keep the bytes
+of one uninterrupted run, and how flags work: docs/architecture.md, "Image stages". In short: float32 batched
+inference is not bitwise batch-invariant (measured on the tiny SD-1.x model, CPU, torch 2.13, diffusers 0.42: up
+to 1.7e-6 between batch 1 and 4, 2 of 49,152 uint8 values flipped; float64 invariant), so rows sorted by
+`image_id` are cut into fixed groups of `cfg.batch_size`, each always one batch with one generator per image;
+a group is skipped only when all its images have a journal record with their sha256 and the group fingerprint
+(the generation settings and the group's members), else it is recomputed whole.
 """
 
 from __future__ import annotations
