@@ -92,8 +92,8 @@ def mapped_noops(n: int) -> float:
 
 
 def _import_stages() -> None:
-    import is4.pipeline.captions.run  # noqa: F401
-    import is4.pipeline.ingest.run  # noqa: F401
+    import is4.pipeline.captions.caption  # noqa: F401
+    import is4.pipeline.ingest.ingest  # noqa: F401
 
 
 def _warm(cluster: LocalCluster) -> None:

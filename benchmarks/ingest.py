@@ -41,7 +41,7 @@ from is4.pipeline.demo.synthetic_media import Segment, make_video
 from is4.pipeline.ingest.audio_features import log_mel, log_spectrogram
 from is4.pipeline.ingest.download import download_section
 from is4.pipeline.ingest.extract import FRAME_TIME_TOLERANCE_S, INT16_FULL_SCALE, extract_clip
-from is4.pipeline.ingest.run import JOURNAL, IngestSummary, run_ingest
+from is4.pipeline.ingest.ingest import JOURNAL, IngestSummary, run_ingest
 
 SIZE = (640, 360)  # a typical 360p source
 LABELS = ("dog barking", "playing cello", "cat meowing", "playing acoustic guitar")

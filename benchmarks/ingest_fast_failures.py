@@ -26,7 +26,7 @@ import yt_dlp
 
 from is4.config import DownloadConfig, IngestConfig
 from is4.pipeline.ingest import download
-from is4.pipeline.ingest.run import run_ingest
+from is4.pipeline.ingest.ingest import run_ingest
 
 
 def _handler(latency_s: float) -> type[BaseHTTPRequestHandler]:

@@ -14,8 +14,8 @@ from is4.pipeline.stage import ALL_SECTIONS, Stage
 INGEST = Stage(
     "ingest",
     "VGGSound clips: csv rows validated, 10-s sections downloaded, centre frame, 16 kHz wav and spectrograms extracted",
-    "is4.pipeline.ingest.run:ingest_stage",
-    merge="is4.pipeline.ingest.run:merge_ingest",
+    "is4.pipeline.ingest.ingest:ingest_stage",
+    merge="is4.pipeline.ingest.ingest:merge_ingest",
     config=("ingest",),
     seed=True,
     writes=("clips",),
@@ -124,8 +124,8 @@ CAPTION = Stage(
     "caption",
     "LLM guidance for training (image caption, audio caption, sounding-object phrase) per VGGSound clip "
     "and IS4 instance",
-    "is4.pipeline.captions.run:caption_stage",
-    merge="is4.pipeline.captions.run:merge_stage",
+    "is4.pipeline.captions.caption:caption_stage",
+    merge="is4.pipeline.captions.caption:merge_stage",
     config=("captions",),
     models=("image_captioner", "audio_captioner", "object_phrase"),
     reads=("clips", "instances"),
@@ -144,10 +144,10 @@ NEIGHBOURS = Stage(
 RELEASE = Stage(
     "release",
     "the official-format release with manifests, card, Croissant metadata and checksums, verified",
-    "is4.pipeline.release.stage:release_stage",
+    "is4.pipeline.release.release:release_stage",
     config=ALL_SECTIONS,  # the release ships the whole build config
     reads=("instances", "annotations", "images", "clips", "categories", "verification", "prescreen"),
-    intact="is4.pipeline.release.stage:release_intact",
+    intact="is4.pipeline.release.release:release_intact",
 )
 
 

@@ -19,8 +19,8 @@ from scipy.io import wavfile
 from is4.config import BuildConfig, parse_config
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.schema import CLIPS, INSTANCES
+from is4.pipeline.captions.caption import CaptionError, collect_items, run_captions, text_flag
 from is4.pipeline.captions.object_phrase import PROMPT_VERSION
-from is4.pipeline.captions.run import CaptionError, collect_items, run_captions, text_flag
 from is4.pipeline.common.llm import normalise_phrase
 
 SR = 16000

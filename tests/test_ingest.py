@@ -17,7 +17,7 @@ from scipy.io import wavfile
 from is4.config import DownloadConfig, IngestConfig
 from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.ingest.export import export_training_layout
-from is4.pipeline.ingest.run import JOURNAL, run_ingest
+from is4.pipeline.ingest.ingest import JOURNAL, run_ingest
 from is4.pipeline.ingest.status import ingest_status
 from tests.conftest import (
     COLOURS,

@@ -8,7 +8,7 @@ import pytest
 
 from is4.config import DownloadConfig, IngestConfig
 from is4.manifests.io import read_manifest
-from is4.pipeline.ingest.run import run_ingest
+from is4.pipeline.ingest.ingest import run_ingest
 from tests.conftest import CORRUPT_ID, GOOD_IDS
 
 

@@ -15,8 +15,8 @@ import pytest
 from is4.config import BuildConfig, DownloadConfig, IngestConfig
 from is4.manifests.io import manifest_path, read_manifest
 from is4.manifests.journal import Journal
+from is4.pipeline.ingest.ingest import IngestIncomplete, ingest_stage, merge_ingest, run_ingest
 from is4.pipeline.ingest.journals import JOURNAL, load_records, shard_journal
-from is4.pipeline.ingest.run import IngestIncomplete, ingest_stage, merge_ingest, run_ingest
 from is4.pipeline.shard import Shard
 from tests.conftest import GOOD_IDS, MISSING_ID, PRIVATE_ID
 

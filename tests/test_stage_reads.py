@@ -13,7 +13,7 @@ import pytest
 
 from is4.config import load_config
 from is4.manifests.io import MANIFEST_DIR, manifest_path, read_manifest, read_provenance, write_manifest
-from is4.pipeline.captions.run import collect_items
+from is4.pipeline.captions.caption import collect_items
 from is4.pipeline.ingest.sources import open_ingest_source
 from is4.pipeline.registry import EXPORT, REGISTRY
 from is4.pipeline.stage import Stage

@@ -29,7 +29,7 @@ from is4.manifests.io import manifest_path, read_manifest
 from is4.manifests.journal import Journal
 from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler, Throttle
 from is4.pipeline.ingest.governor import GiveUp, Governor
-from is4.pipeline.ingest.run import JOURNAL, IngestIncomplete, ingest_stage, run_ingest
+from is4.pipeline.ingest.ingest import JOURNAL, IngestIncomplete, ingest_stage, run_ingest
 from is4.pipeline.ingest.session import CookiesError, Session, load_cookies
 from is4.pipeline.registry import BY_NAME
 from tests.conftest import GOOD_IDS
@@ -276,7 +276,7 @@ def test_sixty_clips_through_a_server_that_rate_limits_twice_all_end_ok(
     cap_per_s, window = 3.0, 30.0
     csv = _csv(tmp_path / "sixty.csv", 60)
     messages: list[str] = []
-    caplog.set_level(logging.WARNING, logger="is4.pipeline.ingest.run")
+    caplog.set_level(logging.WARNING, logger="is4.pipeline.ingest.ingest")
     # 20 watch pages per 30 s, then 429 for 1 s: 60 clips at up to 3/s are refused after the 20th and the 40th.
     with MediaServer(video_dir, throttle=Throttle(limit=20, window_s=window, cooldown_s=1.0)) as server:
         cfg = _ingest_cfg(server.page_template("throttled"), max_videos_per_hour=cap_per_s * 3600)
