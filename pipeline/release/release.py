@@ -37,7 +37,7 @@ def release_stage(
 ) -> dict[str, Any]:
     """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it."""
     path = build_release(work, cfg.release, cfg.model_dump(mode="json"))
-    archive = path.with_name(path.name + ".tar.gz")
+    _, archive = release_paths(work, cfg.release.version)
     report = verify_release(archive)
     if not report.ok:
         raise ReleaseError(f"release {archive} does not verify: {report.summary()}")
