@@ -84,6 +84,7 @@ class GlobalBatchSampler(Sampler):
 
 def build_optimiser(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     """`train.optimizer` over `params`: Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled)."""
+    assert cfg.lr is not None and cfg.weight_decay is not None, "get_method resolves the method's optimiser settings"
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 

@@ -551,8 +551,10 @@ class JSAMethod(TrainMethod):
         return {"frame": eval_frame(frame, self.jcfg), "spec": log_spectrogram(wav, sample_rate, self.jcfg)}
 
     def heatmaps(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        assert isinstance(model, JSAModel)
         return model.heatmaps(batch["frame"], batch["spec"])
 
     def embeddings(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """The retrieval features of a batch of `eval_item`s: {"image", "audio"} L2-normalised target slots."""
+        assert isinstance(model, JSAModel)
         return model.embeddings(batch["frame"], batch["spec"])
