@@ -12,9 +12,15 @@
    (CLIPSeg ViT-B/16 at 352, BEATs over 10 s, batch 8 per GPU as in the code) in AMP against float32, an estimate of
    20 epochs of VGG-SS 144k on 2 GPUs, and the vision tower once per image (ours) against once per audio (the code).
 
+5. `--method jsa`: the loader alone and whole training steps of JSA beside the alignment method's, same clips,
+   batch, frame size and threads (tiny CPU trunks); with `--gpu`, the paper's sizes (two ResNet-18s, 224x224 frames,
+   257x501 spectrograms, 5 slot iterations, decoders) at batch 256 in AMP against float32 (AdamW), and an estimate of
+   an epoch of VGGSound 144k on one GPU.
+
 Run by hand:  python benchmarks/train.py [--clips N] [--steps K]
               python benchmarks/train.py --gpu [--gpu-steps K] [--gpu-batch B]
               python benchmarks/train.py --method acl [--gpu]
+              python benchmarks/train.py --method jsa [--gpu] [--gpu-batch 256]
 """
 
 from __future__ import annotations
@@ -211,20 +217,101 @@ def acl_gpu(steps: int, batch: int) -> None:
             print(f"acl gpu grounding forward, vision tower {label}: {(time.perf_counter() - t0) / steps:.3f} s")
 
 
+# --- `--method jsa` ----------------------------------------------------------------------------------------------
+
+
+def _jsa_cfg(**over) -> TrainConfig:
+    """The alignment test's tiny CPU section with `method: jsa` and a JSA trunk of the same size (64 px, 8x8 tokens)."""
+    jsa = {"image_size": 64, "width": 16, "blocks": [1, 1, 0, 0], "strides": [1, 2, 1, 1], "dim": 32}
+    section = synthetic.tiny_train_section(None, method="jsa", jsa={**jsa, "audio_seconds": 1.0, "fn_k": 4}, **over)
+    return TrainConfig.model_validate(section, strict=False)
+
+
+def _loader_rate(cfg: TrainConfig, work: Path, steps: int) -> float:
+    method = get_method(cfg, 0)
+    ds = method.train_dataset(work)
+    sampler = GlobalBatchSampler(len(ds), cfg.batch_size, 1, 0, 0, steps)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=method.collate)
+    t0 = time.perf_counter()
+    n = sum(len(next(iter(b.values()))) for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def jsa_cpu(clips: int, steps: int) -> None:
+    """JSA beside the alignment method on the same synthetic clips: loader samples/s and training-step samples/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        synthetic.write_workdir(work, clips)
+        steps = min(steps, clips // 24)
+        for name, make in (("alignment", _cfg), ("jsa", _jsa_cfg)):
+            loader = _loader_rate(make(num_workers=1), work, steps)
+            cfg = make(num_workers=1, epochs=1, max_steps_per_epoch=steps)
+            summary = train(cfg, work, seed=0, run_dir=work / f"run-{name}", progress=False)
+            seconds = summary["last"]["seconds"]
+            print(
+                f"{name:9s} tiny CPU, batch 24, 1 worker: loader {loader:7.1f} samples/s, training step "
+                f"{seconds / steps:6.3f} s ({steps * 24 / seconds:6.1f} samples/s)"
+            )
+
+
+def jsa_gpu(steps: int, batch: int) -> None:
+    """The paper's sizes on CUDA at `batch`: AMP (fp16 autocast + GradScaler) against float32, AdamW 5e-5 / 1e-2."""
+    from is4.config import JSAConfig
+    from is4.trainers.jsa import JSAModel, parameter_counts
+
+    dev = torch.device("cuda")
+    frames = torch.randn(batch, 3, 224, 224, device=dev)
+    specs = torch.randn(batch, 1, 257, 501, device=dev)
+    keys = torch.arange(batch, device=dev)
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = JSAModel(JSAConfig()).to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        torch.cuda.reset_peak_memory_stats()
+        for i in range(steps + 3):
+            if i == 3:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with torch.autocast("cuda", enabled=amp):
+                loss = model({"frame": frames, "spec": specs, "mask_key": keys})["loss"]
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        torch.cuda.synchronize()
+        per_step = (time.perf_counter() - t0) / steps
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(
+            f"jsa gpu {'AMP fp16' if amp else 'float32 '} batch {batch}: {batch / per_step:8.1f} samples/s "
+            f"({per_step:.3f} s/step), peak {peak:.1f} GiB; an epoch of 144k clips ~ "
+            f"{144_000 / batch * per_step / 60:.1f} min (model only, {parameter_counts(model)['training']:,} params)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=240)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--gpu-steps", type=int, default=20)
-    parser.add_argument("--gpu-batch", type=int, default=128)
-    parser.add_argument("--method", choices=("alignment", "acl"), default="alignment")
+    parser.add_argument("--gpu-batch", type=int, default=None, help="default 128 (alignment), 256 (jsa, the paper's)")
+    parser.add_argument("--method", choices=("alignment", "acl", "jsa"), default="alignment")
     args = parser.parse_args()
+    if args.method == "jsa":
+        if args.gpu:
+            if not torch.cuda.is_available():
+                sys.exit("--gpu: no CUDA device here")
+            jsa_gpu(args.gpu_steps, args.gpu_batch or 256)
+        else:
+            print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+            jsa_cpu(args.clips, args.steps)
+        return
     if args.method == "acl":
         if args.gpu:
             if not torch.cuda.is_available():
                 sys.exit("--gpu: no CUDA device here")
-            acl_gpu(args.gpu_steps, min(args.gpu_batch, 8))
+            acl_gpu(args.gpu_steps, min(args.gpu_batch or 8, 8))
         else:
             print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
             acl_cpu(min(args.clips, 48), args.steps)
@@ -232,7 +319,7 @@ def main() -> None:
     if args.gpu:
         if not torch.cuda.is_available():
             sys.exit("--gpu: no CUDA device here")
-        gpu(args.gpu_steps, args.gpu_batch)
+        gpu(args.gpu_steps, args.gpu_batch or 128)
         return
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:

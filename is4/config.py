@@ -509,6 +509,74 @@ class ACLConfig(StrictModel):
     heatmap_size: int = Field(224, description="maps are bicubic-resized to this before the sigmoid (the code's)")
 
 
+# `train.jsa.preset: jsa_official`: the official code's value of every setting where it differs from the paper
+# (InhoKim429/JSA; the note's disagreement table). Keys given explicitly in the config win over the preset.
+JSA_OFFICIAL = {
+    "iqr_alpha": 0.4,
+    "infer_sharpening": 0.1,
+    "squared_error": "mean",
+    "recon_stop_gradient": True,
+    "fn_include_self": True,
+    "mask_sampling": "bernoulli",
+    "augment": "official",
+    "train_log_eps": 1e-8,
+}
+
+
+class JSAConfig(StrictModel):
+    """Joint Slot Attention (Kim et al., CVPR'25). Defaults follow the paper; each setting where the official code
+    (InhoKim429/JSA) differs names the code's value, and `preset: jsa_official` selects all of them."""
+
+    preset: Literal["paper", "jsa_official"] = Field("paper", description="jsa_official: the code's values below")
+    image_size: int = Field(224, description="frames resized (test) / cropped (official augment) to this")
+    width: int = Field(64, description="ResNet-18 base width (64 = the paper's; tests use 8-16)")
+    blocks: list[int] = Field([2, 2, 2, 2], description="basic blocks per stage (2,2,2,2 = ResNet-18)")
+    strides: list[int] = Field([1, 2, 2, 2], description="stage strides: layer4 stride 2 -> 7x7 at 224")
+    norm: Literal["batch", "group"] = Field("batch", description="group: batch-independent (exact DDP parity)")
+    dim: int = Field(512, description="slot / token dimension d (the 1x1 projection convs' output)")
+    iterations: int = Field(5, ge=1, description="slot-attention iterations N")
+    slot_weights: Literal["per_modality", "shared"] = Field(
+        "per_modality",
+        description="per_modality: own q/k/v, GRU, MLP, LNs per modality (code; the paper's 6.84 M-parameter count)",
+    )
+    mask_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of input tokens replaced by mask tokens")
+    mask_sampling: Literal["exact", "bernoulli"] = Field(
+        "exact", description="exact: round(ratio x tokens) per item (paper '10 %'); code: bernoulli per token"
+    )
+    tau: float = 0.03
+    fn_k: int = Field(20, ge=1, description="k of the reciprocal k-NN false-negative mask (Eq. 12-13)")
+    fn_include_self: bool = Field(False, description="code: true (top-k includes the item, k-1 neighbours)")
+    weight_match: float = Field(100.0, description="paper lambda1 (the code's lam3)")
+    weight_div: float = Field(0.1, description="paper lambda2 (the code's lam2)")
+    weight_recon: float = Field(0.1, description="paper lambda3 (the code's lam1)")
+    squared_error: Literal["sum", "mean"] = Field(
+        "sum", description="L_match / L_recon: sum = squared L2 norms per item (paper); code: mean (MSE)"
+    )
+    recon_stop_gradient: bool = Field(False, description="code: true (detached reconstruction target)")
+    iqr_alpha: float = Field(0.6, ge=0.0, le=1.0, description="IQR weight of the audio map (paper); code: 0.4")
+    infer_sharpening: float = Field(1.0, gt=0.0, description="test-time attention-logit scale; code: 0.1")
+    heatmap_size: int = Field(224, description="maps are bicubic-resized to this and min-max normalised")
+    augment: Literal["none", "official"] = Field(
+        "none", description="paper: none stated; official: crop, blur, flip, jitter, grey + freq/time masks"
+    )
+    audio_seconds: float = Field(5.0, description="the centre window of the clip (tiled if shorter)")
+    train_log_eps: float = Field(1e-7, description="log(S + eps) of training spectrograms; code: 1e-8 (test 1e-7)")
+    pretrained_vision: ConfigPath | None = Field(None, description="a local ImageNet ResNet-18 state dict (.pt)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("preset") == "jsa_official":
+            return {**JSA_OFFICIAL, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _even_dim(self) -> JSAConfig:
+        if self.dim % 2:
+            raise ValueError(f"dim must be even (two halves of the decoders' position embedding), got {self.dim}")
+        return self
+
+
 class TrainConfig(StrictModel):
     """`is4 train`: a method trained on the manifests of a work directory."""
 
@@ -519,8 +587,11 @@ class TrainConfig(StrictModel):
     epochs: int = Field(50, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cut each epoch short (tiny configs)")
     batch_size: int = Field(128, ge=1, description="global batch (all ranks): not published, chosen")
-    lr: float = 1e-4
-    weight_decay: float = Field(0.0, description="not published, chosen")
+    optimizer: Literal["adam", "adamw"] | None = Field(
+        None, description="none: the method's (adamw for jsa, adam otherwise); adam's weight decay is L2"
+    )
+    lr: float | None = Field(None, description="none: the method's (jsa 5e-5, otherwise 1e-4)")
+    weight_decay: float | None = Field(None, description="none: the method's (jsa 1e-2, otherwise 0: not published)")
     num_workers: int = Field(2, ge=0, description="loader workers per rank")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(
@@ -531,6 +602,7 @@ class TrainConfig(StrictModel):
     eval: TrainEvalConfig = TrainEvalConfig()
     alignment: AlignmentConfig = AlignmentConfig()
     acl: ACLConfig = ACLConfig()
+    jsa: JSAConfig = JSAConfig()
 
 
 # The build's stages in pipeline order; `is4.pipeline.registry.REGISTRY` declares each of them (a test keeps the two equal).

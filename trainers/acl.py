@@ -173,11 +173,17 @@ def feature_mask(logits: torch.Tensor, threshold: float, tau: float) -> torch.Te
 
 
 def infonce(
-    pred: torch.Tensor, target: torch.Tensor, temperature: float, labels: torch.Tensor | None = None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+    labels: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of the anchors `pred` against all `target` rows (cosine logits / temperature); the positive of anchor
-    i is target `labels[i]` (default i)."""
+    i is target `labels[i]` (default i); `exclude[i, j]` true drops target j from anchor i's negatives."""
     logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
     labels = torch.arange(len(pred), device=pred.device) if labels is None else labels
     return F.cross_entropy(logits, labels)
 

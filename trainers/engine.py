@@ -1,8 +1,9 @@
 """The training engine: torchrun DDP, the loop, AMP, checkpoints and resume, the metrics log, the eval hook.
 
 `train(cfg, workdir)` runs in every process that torchrun starts (or alone): it joins the process group (gloo on the
-CPU, nccl on CUDA), builds the method's model and data, wraps the model in DDP and calls the loss THROUGH the
-wrapper (so gradients are averaged across ranks; negatives are gathered by the method). Each epoch:
+CPU, nccl on CUDA), builds the method's model and data and the optimiser (`train.optimizer`: Adam, or AdamW with
+decoupled weight decay; settings left unset are the method's published ones), wraps the model in DDP and calls the
+loss THROUGH the wrapper (so gradients are averaged across ranks; negatives are gathered by the method). Each epoch:
 
 - the sampler's order is a permutation seeded by (seed, epoch); global batch `train.batch_size` is cut from it and
   rank r takes rows r, r + W, ... of each global batch (so W ranks see the same samples per step as one process);
@@ -56,7 +57,8 @@ def config_hash(cfg: TrainConfig, seed: int) -> tuple[str, dict]:
 
 
 def default_run_dir(workdir: Path, cfg: TrainConfig, seed: int) -> Path:
-    """WORK/runs/<method>-<first 10 hex of the config hash>."""
+    """WORK/runs/<method>-<first 10 hex of the config hash> (of the config with the method's optimiser defaults)."""
+    cfg = get_method(cfg, seed).cfg
     return workdir / "runs" / f"{cfg.method}-{config_hash(cfg, seed)[0][:10]}"
 
 
@@ -78,6 +80,13 @@ class GlobalBatchSampler(Sampler):
         for step in range(self.start, self.steps):
             rows = order[step * self.batch : (step + 1) * self.batch]
             yield rows[self.rank :: self.world].tolist()
+
+
+def build_optimiser(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """`train.optimizer` over `params`: Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled)."""
+    assert cfg.lr is not None and cfg.weight_decay is not None, "get_method resolves the method's optimiser settings"
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -139,9 +148,8 @@ def train(
 ) -> dict:
     """Train `cfg.method` on WORK's manifests; returns the run summary (run dir, epochs, last and best scores)."""
     workdir = Path(workdir)
-    if method_name:
-        cfg = cfg.model_copy(update={"method": method_name})
-    method = get_method(cfg, seed)
+    method = get_method(cfg, seed, method_name)
+    cfg = method.cfg  # the optimiser settings the config left unset are the method's
     world = dist.setup(cfg.device, cfg.cpu_threads)
     try:
         return _train(method, cfg, workdir, seed, world, run_dir, resume, progress)
@@ -174,7 +182,7 @@ def _train(
     torch.manual_seed(seed)
     model = method.build_model().to(world.device)
     params = method.trainable_parameters(model)
-    optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimiser = build_optimiser(params, cfg)
     cuda = world.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp)
     start_epoch, history, best = 0, [], None

@@ -14,6 +14,8 @@ wrapper, checkpoints, resume, the metrics log and the evaluation hook. A method 
   `set_epoch(epoch)` method; every random choice of an item comes from `trainers.data.item_rng(seed, epoch,
   clip_id, view)`, so items do not depend on worker count, rank, order or resume. `collate(items)` makes a batch
   (default: `torch.utils.data.default_collate`). Build it from `trainers.data.ClipIndex` / `AVClips`.
+- `optimiser_defaults`: the published optimiser (`adam` / `adamw`), lr and weight decay, used where the config leaves
+  them unset; `get_method` resolves them, so the method's `cfg` (and the engine's) holds the values a run uses.
 - `trainable_parameters(model)` -> what the optimiser steps (default: every parameter with `requires_grad`).
 - `saved_state(model)` / `load_saved_state(model, state)` -> the tensors a checkpoint keeps (default: the whole
   `state_dict`; ACL keeps only its trainable parts) and their strict reload. Checkpoints are read with
@@ -64,6 +66,8 @@ class TrainMethod(ABC):
     """One training method: its model, data view, losses, checkpoint formats and inference heatmaps."""
 
     name: ClassVar[str]
+    # The published optimiser of the method: what `train.optimizer` / `lr` / `weight_decay` left unset (None) mean.
+    optimiser_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0}
 
     def __init__(self, cfg: TrainConfig, seed: int):
         self.cfg = cfg
@@ -114,6 +118,7 @@ class TrainMethod(ABC):
 METHODS: dict[str, str] = {
     "alignment": "is4.trainers.align:AlignmentMethod",
     "acl": "is4.trainers.acl:ACLMethod",
+    "jsa": "is4.trainers.jsa:JSAMethod",
 }
 
 
@@ -123,9 +128,12 @@ def method_names() -> Iterable[str]:
 
 
 def get_method(cfg: TrainConfig, seed: int, name: str | None = None) -> TrainMethod:
-    """The method `name` (default `cfg.method`) set up with `cfg`; an unknown name is a `TrainError`."""
+    """The method `name` (default `cfg.method`) set up with `cfg`, whose unset optimiser settings are filled with the
+    method's `optimiser_defaults` (the method's `cfg` is that resolved config); an unknown name is a `TrainError`."""
     name = name or cfg.method
     if name not in METHODS:
         raise TrainError(f"unknown training method {name!r} (known: {', '.join(method_names())})")
-    module, _, cls = METHODS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(cfg, seed)
+    module, _, cls_name = METHODS[name].partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    unset = {k: v for k, v in cls.optimiser_defaults.items() if getattr(cfg, k) is None}
+    return cls(cfg.model_copy(update={"method": name, **unset}), seed)

@@ -86,11 +86,14 @@ def colour_jitter(
     return img
 
 
-def gaussian_blur(img: torch.Tensor, rng: np.random.Generator, sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
-    """SimCLR's blur: kernel about 10% of the side, sigma uniform in `sigma` (scaled to the image size / 224)."""
+def gaussian_blur(
+    img: torch.Tensor, rng: np.random.Generator, sigma: tuple[float, float] = (0.1, 2.0), kernel: int | None = None
+) -> torch.Tensor:
+    """SimCLR's blur: kernel about 10% of the side (or `kernel`), sigma uniform in `sigma` (scaled to the image size
+    / 224)."""
     side = img.shape[-1]
     s = rng.uniform(*sigma) * side / 224
-    k = max(3, (side // 10) | 1)
+    k = kernel or max(3, (side // 10) | 1)
     x = torch.arange(k, dtype=torch.float32) - k // 2
     g = torch.exp(-(x**2) / (2 * s * s))
     g = g / g.sum()

@@ -23,7 +23,9 @@ from is4.cli._common import (
 def train(
     config: Annotated[Path, typer.Option(help="build config (YAML) with a `train` section")],
     workdir: WorkdirOption = None,
-    method: Annotated[str | None, typer.Option(help="training method (default: train.method), e.g. alignment")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="training method (default: train.method): alignment, acl, jsa")
+    ] = None,
     run: Annotated[
         Path | None,
         typer.Option(
