@@ -164,10 +164,12 @@ def whole_command(tmp: Path, maps, boxes, ids, repeats: int, ref: dict) -> tuple
     ):
         if "baselines.json" in label:  # as a built release ships them (scored once, at build time; not timed)
             from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
-            from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL
+            from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL, REFERENCE
 
             (release / BASELINES_FILE).write_text(
-                json.dumps({"protocol": DEFAULT_PROTOCOL, "scores": baseline_scores(release)})
+                json.dumps(
+                    {"protocol": DEFAULT_PROTOCOL, "maps": REFERENCE.map_path, "scores": baseline_scores(release)}
+                )
             )
         log(label)
         out = tmp / "scores.json"

@@ -19,7 +19,7 @@ from is4.pipeline.release.layout import CC_BY_4
 
 MASK_THRESHOLD = 127  # a released mask pixel is object where its value is > 127
 
-_NOT_METRICS = frozenset({"gt", "instances", "images"})
+_NOT_METRICS = frozenset({"gt", "instances", "images", "empty_regions", "left_out"})
 
 
 def resolved_models(workdir: Path, images: pd.DataFrame, annotations: pd.DataFrame) -> list[dict[str, str]]:
