@@ -172,7 +172,15 @@ def score_source(
             def select(normalised, ranks):
                 return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
 
-        rows = metrics.score_rows(flat, full, half, protocol, select=select, mask_empty_area=fallback[start:stop])
+        rows = metrics.score_rows(
+            flat,
+            full,
+            half,
+            protocol,
+            select=select,
+            mask_empty_area=fallback[start:stop],
+            mask_metrics=truth.gt == "mask",
+        )
         for key, values in rows.items():
             per[key][start:stop] = values
 

@@ -494,6 +494,19 @@ def split_regions(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return gt == 1, (half if half.any() else None)
 
 
+def _cut_counts(maps, thr, index, full, half) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted pixels, intersection, weighted intersection) per row of `maps > thr` (index < 0: every pixel)."""
+    pred = np.greater(maps, thr[:, None], out=scratch("pred", maps.shape, bool))
+    pred[index < 0] = True
+    n_pred = _row_count(pred)
+    if half is None:
+        inter = _row_count(np.logical_and(pred, full, out=pred))
+        return n_pred, inter, inter.astype(np.float64)
+    inter_half = _row_count(pred & half)
+    inter_full = _row_count(np.logical_and(pred, full, out=pred))
+    return n_pred, inter_full + inter_half, inter_full + 0.5 * inter_half
+
+
 def score_rows(
     flat: np.ndarray,
     full: np.ndarray,
@@ -502,11 +515,13 @@ def score_rows(
     beta2: float = BETA2,
     select=rank_values,
     mask_empty_area: np.ndarray | None = None,
+    mask_metrics: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-instance scores of (n, P) maps against their regions: `full` (n, P) bool where the ground truth is 1 and
-    `half` (n, P) bool where it is 0.5 (a consensus map) or None. The maps are first normalised as the protocol's
-    map path says (`normalise_rows`); `select(maps, ranks)` gives the cut values of the normalised maps
-    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent).
+    `half` (n, P) bool where it is 0.5 (a consensus map) or None. The maps are normalised as the protocol's map path
+    says (`normalise_rows`) before the box cuts; `select(maps, ranks)` gives the cut values of the normalised maps
+    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent). With `mask_metrics`
+    the mask metrics cut the maps as they are (the reference mask evaluator takes the resized, unnormalised maps).
 
     Keys: `gt_area` (non-zero ground-truth pixels), and for the top-50 % and the adaptive (`_adaptive`) cut:
     `iou` (the weighted IoU of the module docstring), `miou` (inter / (union + eps) of the region), `fscore` (F of
@@ -517,42 +532,40 @@ def score_rows(
     evaluator's own fallback, default H·W // 2); F-scores NaN (the F-measure leaves such instances out).
     """
     protocol = get_protocol(protocol)
-    flat = normalise_rows(flat, protocol)
-    n, n_px = flat.shape
+    maps = normalise_rows(flat, protocol)
+    n, n_px = maps.shape
     region = full if half is None else full | half
     area = _row_count(region)
     empty = area == 0
     n_full = area if half is None else _row_count(full)
     gt_sum = n_full + (0.0 if half is None else 0.5 * (area - n_full))
     cuts = {"": np.full(n, protocol.top_half_index(n_px)), "_adaptive": protocol.adaptive_index(n_px, area)}
-    values = select(flat, [np.maximum(index, 0) for index in cuts.values()])
+    ranks = [np.maximum(index, 0) for index in cuts.values()]
     out: dict[str, np.ndarray] = {"gt_area": area}
-    for (suffix, index), thr in zip(cuts.items(), values):
-        pred = np.greater(flat, thr[:, None], out=scratch("pred", flat.shape, bool))
-        pred[index < 0] = True
-        n_pred = _row_count(pred)
-        if half is None:
-            inter = _row_count(np.logical_and(pred, full, out=pred))
-            weighted = inter.astype(np.float64)
-        else:
-            inter_half = _row_count(pred & half)
-            inter_full = _row_count(np.logical_and(pred, full, out=pred))
-            inter, weighted = inter_full + inter_half, inter_full + 0.5 * inter_half
-        # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64.
-        denom = gt_sum + (n_pred - inter)
-        out["iou" + suffix] = np.divide(weighted, denom, out=np.zeros(n), where=denom > 0)
-        out["miou" + suffix] = inter / ((n_pred + area - inter) + protocol.miou_eps)
-        out["fscore" + suffix] = _fscore_from_counts(inter, n_pred, area, beta2)
-        out["miou" + suffix][empty] = (n_px - n_pred[empty]) / (n_px + protocol.miou_eps)
-        out["fscore" + suffix][empty] = np.nan
+    raw = mask_metrics and protocol.map_path != "exact"
+    mask_maps = np.asarray(flat, dtype=np.float32) if raw else maps
+    passes = [(maps, select(maps, ranks), True, not raw)] + (
+        [(mask_maps, rank_values(mask_maps, ranks), False, True)] if raw else []
+    )
+    for rows, values, boxes, masks in passes:
+        for (suffix, index), thr in zip(cuts.items(), values):
+            n_pred, inter, weighted = _cut_counts(rows, thr, index, full, half)
+            if boxes:  # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64
+                denom = gt_sum + (n_pred - inter)
+                out["iou" + suffix] = np.divide(weighted, denom, out=np.zeros(n), where=denom > 0)
+            if masks:
+                out["miou" + suffix] = inter / ((n_pred + area - inter) + protocol.miou_eps)
+                out["fscore" + suffix] = _fscore_from_counts(inter, n_pred, area, beta2)
+                out["miou" + suffix][empty] = (n_px - n_pred[empty]) / (n_px + protocol.miou_eps)
+                out["fscore" + suffix][empty] = np.nan
     out["fscore_frame"] = _fscore_from_counts(area, np.full(n, n_px), area, beta2)
     out["fscore_frame"][empty] = np.nan
     rows = np.flatnonzero(empty)
     if rows.size:  # the mask evaluator's adaptive cut of an empty region keeps its own number of pixels
         keep = np.full(rows.size, n_px // 2) if mask_empty_area is None else np.asarray(mask_empty_area)[rows]
         index = np.clip(n_px - keep.astype(np.int64), 0, n_px - 1)
-        (thr,) = select(flat[rows], [index])
-        n_pred = _row_count(flat[rows] > thr[:, None])
+        (thr,) = rank_values(mask_maps[rows], [index])
+        n_pred = _row_count(mask_maps[rows] > thr[:, None])
         out["miou_adaptive"][rows] = (n_px - n_pred) / (n_px + protocol.miou_eps)
     return out
 
@@ -588,7 +601,9 @@ def per_instance(
     def run(start: int) -> None:
         stop = min(start + chunk, n)
         full, half = split_regions(flat_gt[start:stop])
-        rows = score_rows(flat_maps[start:stop], full, half, protocol, beta2, mask_empty_area=fallback[start:stop])
+        rows = score_rows(
+            flat_maps[start:stop], full, half, protocol, beta2, mask_empty_area=fallback[start:stop], mask_metrics=True
+        )
         for key, values in rows.items():
             out[key][start:stop] = values
 
