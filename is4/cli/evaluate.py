@@ -8,6 +8,10 @@ from typing import Annotated
 import typer
 
 from is4.cli._common import cli_errors, console
+from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
+from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
+
+_DEFAULT_IDS = "; ".join(f"{f.name}: {f.default_ids}" for f in FORMATS if f.default_ids)
 
 
 @cli_errors
@@ -22,9 +26,7 @@ def evaluate(
     predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
     benchmark: Annotated[
         str | None,
-        typer.Option(
-            help="is4, vggss, flickr, avsbench-s4, avsbench-ms3, vpo-ss or vpo-ms (default: what the file names say)"
-        ),
+        typer.Option(help=f"{', '.join(BENCHMARKS)} (default: what the file names say)"),
     ] = None,
     gt: Annotated[
         str | None,
@@ -37,7 +39,31 @@ def evaluate(
             "(cuts keep exactly K pixels, tie-safe)"
         ),
     ] = "reference",
-    output: Annotated[Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here")] = None,
+    ids: Annotated[
+        str | None,
+        typer.Option(
+            help="score only the instances an id list names (one id a line, or a CSV's first field); "
+            f"'auto': the authors' default list beside the ground truth ({_DEFAULT_IDS})"
+        ),
+    ] = None,
+    empty: Annotated[
+        str,
+        typer.Option(
+            help=f"{' or '.join(EMPTY_RULES)}: instances whose region is empty (a box clipped away, [0, 0, 0, 0], "
+            "a black mask) are scored as failures as the authors score them (default), or left out"
+        ),
+    ] = "score",
+    maps: Annotated[
+        str | None,
+        typer.Option(help="; ".join(f"{k}: {v}" for k, v in MAP_PATHS.items()) + " (default: the protocol's)"),
+    ] = None,
+    miou_mean: Annotated[
+        str | None,
+        typer.Option("--miou-mean", help="; ".join(f"{k}: {v}" for k, v in MIOU_MEANS.items())),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here, at full precision")
+    ] = None,
     per_instance: Annotated[
         Path | None, typer.Option("--per-instance", help="write per-instance IoUs as Parquet here")
     ] = None,
@@ -51,10 +77,10 @@ def evaluate(
     from is4.pipeline.evaluation.formats import load_ground_truth
 
     try:
-        rules = metrics.get_protocol(protocol)
+        rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean)
     except ValueError as exc:
-        raise ev.EvaluationError(f"--protocol: {exc}") from None
-    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules)
+        raise ev.EvaluationError(f"--protocol / --maps / --miou-mean: {exc}") from None
+    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
     scored = ev.score_file(truth, predictions, rules)
     reference = {}
     if baselines:
@@ -62,8 +88,11 @@ def evaluate(
             kind: base.summary for kind, base in ev.score_baselines(truth, rules).items()
         }
     rows = {"model": scored.summary, **reference}
+    notes = [f"{len(truth.empty)} empty regions scored as failures"] if truth.empty else []
+    notes += [f"{len(truth.excluded)} instances left out"] if truth.excluded else []
     console.print(
-        f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}",
+        f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}, maps {rules.map_path}"
+        + "".join(f"; {note}" for note in notes),
         soft_wrap=True,
         highlight=False,
         markup=False,

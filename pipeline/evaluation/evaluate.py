@@ -42,6 +42,7 @@ from is4.pipeline.evaluation import metrics
 from is4.pipeline.evaluation.errors import EvaluationError, EvaluationWarning, few
 from is4.pipeline.evaluation.formats import IS4_FILES, GroundTruth, load_ground_truth
 from is4.pipeline.evaluation.predictions import MapProblem, NpzMaps, prepare_map
+from is4.pipeline.evaluation.tasks import LABELS
 
 __all__ = [
     "EvaluationError",
@@ -241,22 +242,6 @@ def evaluate(
 # --- the table and the per-instance file --------------------------------------------------------------------
 
 
-_LABELS = {
-    "ciou": "cIoU",
-    "ciou_adaptive": "cIoU-adap",
-    "auc": "AUC",
-    "auc_adaptive": "AUC-adap",
-    "iiou": "IIoU",
-    "iiou_adaptive": "IIoU-adap",
-    "iauc": "IAUC",
-    "iauc_adaptive": "IAUC-adap",
-    "miou": "mIoU",
-    "fscore": "F",
-    "miou_adaptive": "mIoU-adap",
-    "fscore_adaptive": "F-adap",
-}
-
-
 def _rows(results, prefix: str = "") -> list[tuple[str, dict]]:
     if any(key in results for key in metrics.METRIC_KEYS):
         return [(prefix or "model", results)]
@@ -276,7 +261,7 @@ def format_table(results: Mapping) -> str:
     if not rows:
         raise ValueError("no results to format")
     keys = [k for k in metrics.METRIC_KEYS + metrics.MASK_METRIC_KEYS if any(k in r for _, r in rows)]
-    header = ["", "gt", "instances", "images"] + [_LABELS[k] for k in keys]
+    header = ["", "gt", "instances", "images"] + [LABELS[k] for k in keys]
     body = []
     for name, r in rows:
         cells = [name, str(r.get("gt", "")), str(r.get("instances", "")), str(r.get("images", "-"))]
@@ -441,8 +426,8 @@ def shipped_baselines(truth: GroundTruth, protocol: str | metrics.Protocol) -> d
     """
     folder = truth.source if truth.source.is_dir() else truth.source.parent
     path = folder / BASELINES_FILE
-    if truth.benchmark != "is4" or not path.is_file():
-        return None
+    if truth.benchmark != "is4" or truth.excluded or not path.is_file():
+        return None  # a subset (an id list, empty regions left out) is scored afresh
     shipped = json.loads(path.read_text(encoding="utf-8"))
     protocol = metrics.get_protocol(protocol)
     if shipped.get("protocol") != protocol.name or shipped.get("maps") != protocol.map_path:
