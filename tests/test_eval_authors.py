@@ -349,8 +349,14 @@ def test_lvs_map_path_scores_one_minus_normalised_negative(tmp_path):
     assert result["ciou"] == pytest.approx(np.mean(np.array(ciou) >= 0.5) * 100, abs=TOL_PP)
 
 
-def test_readme_lists_the_declared_formats():
+def test_readme_lists_the_declared_formats_and_tasks():
     from pathlib import Path
 
+    from is4.pipeline.evaluation.formats import FORMATS
+    from is4.pipeline.evaluation.tasks import TASK, tasks_table
+
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert formats_table() in readme
+    assert formats_table() in readme and tasks_table() in readme
+    for fmt in FORMATS:
+        assert set(fmt.tasks) <= set(TASK), fmt.name
+        assert {TASK[t].gt for t in fmt.tasks} <= set(fmt.gt), fmt.name
