@@ -223,10 +223,9 @@ def test_s4_masks_of_any_size_per_batch_miou(tmp_path, adaptive):
     assert_close(result, box_metrics(maps, gt_maps, [f"{n}.jpg" for n in names]))
 
     # The per-instance mean is a named option, and differs.
-    plain = ev.evaluate(
-        tmp_path, tmp_path / "maps.npz", gt="mask", protocol=metrics.get_protocol("reference", miou_mean="instance")
-    )
-    per = ev.score_file(load_ground_truth(tmp_path, "mask"), tmp_path / "maps.npz").per_instance
+    instance = metrics.get_protocol("reference", miou_mean="instance")
+    plain = ev.evaluate(tmp_path, tmp_path / "maps.npz", gt="mask", protocol=instance)
+    per = ev.score_file(load_ground_truth(tmp_path, "mask"), tmp_path / "maps.npz", instance).per_instance
     assert plain["miou" + suffix] == pytest.approx(np.mean(per["miou" + suffix]) * 100, abs=1e-9)
     assert plain["miou" + suffix] != result["miou" + suffix]
 

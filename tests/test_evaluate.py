@@ -470,4 +470,35 @@ def test_eval_command_prints_baselines_and_writes_outputs(release, tmp_path):
     result = CliRunner().invoke(
         app, ["eval", "--release", str(release), "--predictions", str(predictions), "--protocol", "sorted"]
     )
-    assert result.exit_code == 2 and "--protocol: protocol must be one of reference, exact-k" in result.output
+    assert (
+        result.exit_code == 2
+        and "--protocol / --maps / --miou-mean: protocol must be one of reference, exact-k" in (result.output)
+    )
+
+
+def test_eval_command_subsets_reports_empty_regions_and_quotes_messages_verbatim(release, tmp_path):
+    predictions = save(tmp_path / "oracle.npz", box_oracle())
+    entries = json.loads((release / "is4_bbox.json").read_text())
+    entries[1]["gt_box"] = [0, 0, 0, 0]  # an empty region, as in the authors' ms3_box.json
+    (release / "is4_bbox.json").write_text(json.dumps(entries))
+    (tmp_path / "ids.txt").write_text("img0001_dog\nimg0001_cat\nimg0002_car\n")
+    out = tmp_path / "scores.json"
+    args = ["eval", "--release", str(release), "--predictions", str(predictions), "--output", str(out)]
+    result = CliRunner().invoke(app, [*args, "--ids", str(tmp_path / "ids.txt"), "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    assert "1 empty regions scored as failures; 1 instances left out" in result.output.splitlines()[0]
+    written = json.loads(out.read_text())
+    assert (written["instances"], written["empty_regions"], written["left_out"]) == (3, 1, 1)
+    assert written["ciou_adaptive"] == pytest.approx(200 / 3, abs=1e-12)  # full precision: 66.66666666666667
+    assert written["ciou_adaptive"] != round(written["ciou_adaptive"], 4)
+
+    result = CliRunner().invoke(app, [*args, "--empty", "exclude", "--maps", "lvs", "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert (written["instances"], written["left_out"], written["maps"]) == (3, 1, "lvs")
+
+    entries[1]["gt_box"] = [0, 0, None, 10]
+    (release / "is4_bbox.json").write_text(json.dumps(entries))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "boxes are not [x1, y1, x2, y2] (four finite numbers): img0001_cat [0, 0, None, 10]" in result.output
