@@ -10,6 +10,7 @@ import typer
 from is4.cli._common import cli_errors, console
 from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
 from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
+from is4.pipeline.evaluation.tasks import TASK
 
 _DEFAULT_IDS = "; ".join(f"{f.name}: {f.default_ids}" for f in FORMATS if f.default_ids)
 
@@ -23,7 +24,19 @@ def evaluate(
             help="a release directory, the authors' IS4 folder, or a benchmark's ground-truth file or folder",
         ),
     ],
-    predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
+    predictions: Annotated[
+        Path | None, typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation)")
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(help=f"{', '.join(TASK)} (segmentation: localisation with --gt mask)"),
+    ] = "localisation",
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz of `ids`, `audio`, `image` (or `audio/<kind>`, `image/<kind>`) for retrieval, alignment"
+        ),
+    ] = None,
     benchmark: Annotated[
         str | None,
         typer.Option(help=f"{', '.join(BENCHMARKS)} (default: what the file names say)"),
@@ -71,7 +84,8 @@ def evaluate(
         bool, typer.Option(help="score the random, centre and oracle baselines beside the model")
     ] = True,
 ) -> None:
-    """Score heatmaps on a benchmark: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score for masks) in percent, beside baselines."""
+    """Score a model on a benchmark: heatmaps (cIoU, AUC, IIoU, IAUC; + mIoU, F-score for masks) beside baselines,
+    or embeddings (retrieval Recall@K beside chance; alignment and magnitude)."""
     from is4.pipeline.evaluation import evaluate as ev
     from is4.pipeline.evaluation import metrics
     from is4.pipeline.evaluation.formats import load_ground_truth
@@ -80,6 +94,17 @@ def evaluate(
         rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean)
     except ValueError as exc:
         raise ev.EvaluationError(f"--protocol / --maps / --miou-mean: {exc}") from None
+    if task not in TASK:
+        raise ev.EvaluationError(f"--task must be one of {', '.join(TASK)}, not {task!r}")
+    if task in ("retrieval", "alignment"):
+        if embeddings is None:
+            raise ev.EvaluationError(f"--task {task} needs --embeddings FILE")
+        _embedding_task(task, load_ground_truth(release_dir, benchmark=benchmark, ids=ids), embeddings, output)
+        return
+    if predictions is None:
+        raise ev.EvaluationError(f"--task {task} needs --predictions FILE")
+    if task == "segmentation":
+        gt = "mask"
     truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
     scored = ev.score_file(truth, predictions, rules)
     reference = {}
@@ -105,3 +130,20 @@ def evaluate(
         atomic_write_json(output, {**scored.summary, **baseline_rows})
     if per_instance:
         ev.write_per_instance(per_instance, scored)
+
+
+def _embedding_task(task: str, truth, embeddings: Path, output: Path | None) -> None:
+    """Retrieval or alignment on the ground truth's instances: print the table, write the JSON."""
+    from is4.pipeline.evaluation import retrieval
+
+    result = retrieval.retrieval(truth, embeddings) if task == "retrieval" else retrieval.alignment(truth, embeddings)
+    table = retrieval.format_retrieval(result) if task == "retrieval" else retrieval.format_alignment(result)
+    head = f"{truth.benchmark}: {task} over {len(truth)} instances ({truth.source})"
+    if task == "retrieval":
+        head += f", {result['classes']} classes"
+    console.print(head, soft_wrap=True, highlight=False, markup=False)
+    console.print(table, soft_wrap=True, highlight=False, markup=False)
+    if output:
+        from is4.manifests.atomic import atomic_write_json
+
+        atomic_write_json(output, {"task": task, **result})

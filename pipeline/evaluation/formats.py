@@ -76,6 +76,7 @@ class GroundTruth:
     packed: np.ndarray | None = None
     empty: list[str] = field(default_factory=list)  # instances whose region is empty in the 224×224 frame
     excluded: list[str] = field(default_factory=list)  # instances left out (`empty="exclude"`, an id list)
+    classes: list[str] | None = None  # each instance's class where the file names one (VGG-SS `class`)
     _single: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +112,7 @@ class GroundTruth:
             image_ids=None if self.image_ids is None else [self.image_ids[i] for i in keep],
             boxes=None if self.boxes is None else [self.boxes[i] for i in keep],
             packed=None if self.packed is None else self.packed[keep],
+            classes=None if self.classes is None else [self.classes[i] for i in keep],
             empty=[i for i in self.empty if i in kept],
             excluded=self.excluded + excluded,
         )
@@ -390,7 +392,7 @@ def _read_entry_list(path: Path, root: Path, benchmark: str, gt: str | None, box
 
 def _read_vggss(path: Path, root: Path, benchmark: str, gt: str | None, box_rule: str) -> GroundTruth:
     entries = _read_json_list(path)
-    ids, boxes, bad = [], [], []
+    ids, boxes, bad, classes = [], [], [], []
     for pos, entry in enumerate(entries):
         name = entry.get("file") if isinstance(entry, dict) else None
         raw = entry.get("bbox") if isinstance(entry, dict) else None
@@ -398,6 +400,7 @@ def _read_vggss(path: Path, root: Path, benchmark: str, gt: str | None, box_rule
             bad.append(f"entry {pos}" + (f" ({name})" if isinstance(name, str) else ""))
             continue
         ids.append(name)
+        classes.append(str(entry.get("class", "")))
         clipped = (np.clip(np.array(raw, dtype=np.float64).reshape(-1, 4), 0, 1) * S).astype(int)
         boxes.append(clipped.astype(np.float64))
     if bad:
@@ -405,7 +408,7 @@ def _read_vggss(path: Path, root: Path, benchmark: str, gt: str | None, box_rule
             f"{path}: {len(bad)} entries lack a 'file' and a 'bbox' list of [x1, y1, x2, y2] in [0, 1]: {few(bad)}"
         )
     _no_duplicates(path, ids)
-    return GroundTruth("vggss", "box", path, ids, None, box_rule, boxes=boxes, combine="union")
+    return GroundTruth("vggss", "box", path, ids, None, box_rule, boxes=boxes, combine="union", classes=classes)
 
 
 def _flickr_boxes(file: Path) -> list[list[int]]:
@@ -593,7 +596,7 @@ FORMATS: tuple[Format, ...] = (
         aliases=vggss_aliases,
         default_ids="ours_vggss.txt",
         default_ids_note="all 5,158 clips for the other methods; `ours_vggss.txt` (4,655) for the authors' own model",
-        tasks=("localisation",),
+        tasks=("localisation", "retrieval", "alignment"),
     ),
     Format(
         "is4",
@@ -602,6 +605,7 @@ FORMATS: tuple[Format, ...] = (
         _read_entry_list,
         ("box", "mask"),
         _ENTRY_IDS,
+        tasks=("localisation", "segmentation", "retrieval", "alignment"),
     ),
     Format(
         "flickr",

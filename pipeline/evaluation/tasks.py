@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Task:
-    """One evaluation task: `inputs` (what the user gives), `gt` (box or mask ground truth), `metrics` as
+    """One evaluation task: `inputs` (what the user gives), `gt` (box or mask ground truth; "any": only the
+    instance ids and their classes), `metrics` as
     (key in the result, column label) pairs, in percent, in table order."""
 
     name: str
@@ -47,6 +48,20 @@ TASKS: tuple[Task, ...] = (
         "mask",
         _BOX + (("miou", "mIoU"), ("fscore", "F"), ("miou_adaptive", "mIoU-adap"), ("fscore_adaptive", "F-adap")),
         "the localisation metrics on the mask, plus mIoU and the F-score (β² = 0.3) at both cuts",
+    ),
+    Task(
+        "retrieval",
+        "`--embeddings`: an `.npz` of `ids`, `audio`, `image` (or `audio/<kind>`, `image/<kind>`)",
+        "any",
+        tuple((f"{d}_r{k}", f"{d.upper().replace('2', '→')} R@{k}") for d in ("a2i", "i2a") for k in (1, 5, 10)),
+        "Recall@K, a hit = one of the top K (cosine) has the query's class; chance level printed beside",
+    ),
+    Task(
+        "alignment",
+        "`--embeddings`, as retrieval",
+        "any",
+        (("alignment", "alignment"), ("magnitude_mean", "magnitude"), ("magnitude_std", "magnitude std")),
+        "mean positive-pair cosine; modality-gap norm, mean ± std over pairs",
     ),
 )
 TASK = {t.name: t for t in TASKS}
