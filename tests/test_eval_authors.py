@@ -359,3 +359,34 @@ def test_readme_lists_the_declared_formats_and_tasks():
     for fmt in FORMATS:
         assert set(fmt.tasks) <= set(TASK), fmt.name
         assert {TASK[t].gt for t in fmt.tasks} - {"any"} <= set(fmt.gt), fmt.name
+
+
+# --- JSA's fixed-threshold protocol --------------------------------------------------------------------------
+
+
+def test_fixed_threshold_protocol_equals_the_jsa_loop(tmp_path):
+    """JSA test_model.py 160–193 and utils.py 22–41: bicubic (align_corners=False) to 224, `normalize_img`,
+    `pred >= 0.6`, IoU as cal_CIOU, cIoU = finalize_AP50 (IoU >= 0.5), AUC over 0.05·i."""
+    names = [f"img{i:03d}_{c}" for i in range(30) for c in ("a", "b")]
+    rng = np.random.default_rng(13)
+    boxes = [[int(x), int(y), int(x) + int(w), int(y) + int(w)] for x, y, w in rng.integers(0, 120, (len(names), 3))]
+    write_entries(tmp_path / "vpo_ms_bbox.json", names, boxes)
+    maps = small_maps(len(names), 14, size=(7, 7))
+    np.savez(tmp_path / "maps.npz", **dict(zip(names, maps)))
+    heat = F.interpolate(torch.from_numpy(maps)[:, None], size=(S, S), mode="bicubic", align_corners=False).numpy()
+    for theta in (0.6, 0.3):
+        ious = []
+        for m, box in zip(heat[:, 0], boxes):
+            pred = normalize_img(m)
+            infer = (pred >= theta).astype(np.float64)
+            gt = bbox2gtmap([box])
+            ious.append(np.sum(infer * gt) / (np.sum(gt) + np.sum(infer * (gt == 0))))
+        thr = [0.05 * i for i in range(21)]
+        rules = metrics.get_protocol("fixed", threshold=None if theta == 0.6 else theta)
+        result = ev.evaluate(tmp_path, tmp_path / "maps.npz", protocol=rules)
+        assert result["protocol"] == "fixed" and "ciou_adaptive" not in result
+        assert result["ciou"] == pytest.approx(np.mean(np.array(ious) >= 0.5) * 100, abs=TOL_PP)
+        want_auc = sk_auc(thr, [np.sum(np.array(ious) >= t) / len(ious) for t in thr]) * 100
+        assert result["auc"] == pytest.approx(want_auc, abs=TOL_PP)
+    with pytest.raises(ValueError, match="fixed protocol only"):
+        metrics.get_protocol("reference", threshold=0.5)

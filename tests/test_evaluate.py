@@ -472,7 +472,8 @@ def test_eval_command_prints_baselines_and_writes_outputs(release, tmp_path):
     )
     assert (
         result.exit_code == 2
-        and "--protocol / --maps / --miou-mean: protocol must be one of reference, exact-k" in (result.output)
+        and "--protocol / --maps / --miou-mean / --threshold: protocol must be one of reference, exact-k"
+        in (result.output)
     )
 
 

@@ -48,8 +48,8 @@ def evaluate(
     protocol: Annotated[
         str,
         typer.Option(
-            help="reference (the papers' evaluation code, the default) or exact-k "
-            "(cuts keep exactly K pixels, tie-safe)"
+            help="reference (the IS3 / IS4 authors' evaluation code, the default), exact-k (cuts keep exactly K "
+            "pixels, tie-safe) or fixed (JSA's: pixels >= --threshold of the min-max normalised bicubic map)"
         ),
     ] = "reference",
     ids: Annotated[
@@ -69,6 +69,9 @@ def evaluate(
     maps: Annotated[
         str | None,
         typer.Option(help="; ".join(f"{k}: {v}" for k, v in MAP_PATHS.items()) + " (default: the protocol's)"),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="the fixed protocol's threshold θ (default 0.6, JSA's official code)")
     ] = None,
     miou_mean: Annotated[
         str | None,
@@ -91,9 +94,9 @@ def evaluate(
     from is4.pipeline.evaluation.formats import load_ground_truth
 
     try:
-        rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean)
+        rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean, threshold=threshold)
     except ValueError as exc:
-        raise ev.EvaluationError(f"--protocol / --maps / --miou-mean: {exc}") from None
+        raise ev.EvaluationError(f"--protocol / --maps / --miou-mean / --threshold: {exc}") from None
     if task not in TASK:
         raise ev.EvaluationError(f"--task must be one of {', '.join(TASK)}, not {task!r}")
     if task in ("retrieval", "alignment"):

@@ -90,6 +90,7 @@ MAP_PATHS = {
     "lvs": "float32 OpenCV INTER_LINEAR resize, then 1 - normalize(-map) in float32 (the authors' validate_lvs(), "
     "their own checkpoints on VGG-SS)",
     "exact": "bilinear in float64 on the map's own values, no normalisation (exact-k)",
+    "jsa": "float32 torch bicubic (align_corners=False), then min-max in float32 (JSA's test_model.py; fixed)",
 }
 MIOU_MEANS = {
     "batch": "mean of per-batch means over batches of 64 in file order (the authors' test loader)",
@@ -111,6 +112,7 @@ class Protocol:
     fscore_max: bool  # True: max over FSCORE_THRESHOLDS of the mean F; False: mean F of the binarised map
     map_path: str = "validate"  # how a map is resized and normalised before the cuts: a key of MAP_PATHS
     miou_mean: str = "batch"  # how mIoU averages: a key of MIOU_MEANS
+    threshold: float | None = None  # "fixed": keep the pixels >= threshold of the normalised map; no adaptive cut
 
     def top_half_index(self, n_px: int) -> int:
         """Ascending rank of the top-50 % cut value: the map keeps `pred > sorted[index]`."""
@@ -144,11 +146,29 @@ EXACT_K = Protocol(
     map_path="exact",
     miou_mean="instance",
 )
-PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K)}
+FIXED = Protocol(
+    "fixed",
+    tuple(0.05 * i for i in range(21)),
+    align_corners=False,
+    box_rule="slice",
+    keep_k=False,
+    miou_eps=1e-7,
+    fscore_max=True,
+    map_path="jsa",
+    miou_mean="instance",
+    threshold=0.6,
+)
+PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K, FIXED)}
 DEFAULT_PROTOCOL = REFERENCE.name
 
 
-def get_protocol(protocol: str | Protocol, *, map_path: str | None = None, miou_mean: str | None = None) -> Protocol:
+def get_protocol(
+    protocol: str | Protocol,
+    *,
+    map_path: str | None = None,
+    miou_mean: str | None = None,
+    threshold: float | None = None,
+) -> Protocol:
     """The Protocol named `protocol` (or `protocol` itself), with the named options changed; ValueError naming the
     known ones otherwise."""
     if not isinstance(protocol, Protocol):
@@ -159,8 +179,15 @@ def get_protocol(protocol: str | Protocol, *, map_path: str | None = None, miou_
         raise ValueError(f"map path must be one of {', '.join(MAP_PATHS)}, not {map_path!r}")
     if miou_mean is not None and miou_mean not in MIOU_MEANS:
         raise ValueError(f"mIoU mean must be one of {', '.join(MIOU_MEANS)}, not {miou_mean!r}")
+    if threshold is not None and protocol.threshold is None:
+        raise ValueError(f"a threshold applies to the fixed protocol only, not {protocol.name!r}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the threshold must lie in [0, 1] (the map is min-max normalised), not {threshold}")
     return dataclasses.replace(
-        protocol, map_path=map_path or protocol.map_path, miou_mean=miou_mean or protocol.miou_mean
+        protocol,
+        map_path=map_path or protocol.map_path,
+        miou_mean=miou_mean or protocol.miou_mean,
+        threshold=protocol.threshold if threshold is None else threshold,
     )
 
 
@@ -271,8 +298,22 @@ def resize_cv2(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
     return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
 
 
+def resize_bicubic_torch(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
+    """`torch.nn.functional.interpolate(maps, size, mode="bicubic", align_corners=False)` on float32 (H, W) or
+    (N, H, W) maps, computed by torch itself (JSA's official test code resizes so)."""
+    import torch
+
+    maps = np.asarray(maps, dtype=np.float32)
+    batch = torch.from_numpy(maps.reshape(-1, 1, *maps.shape[-2:]).copy())
+    with torch.no_grad():
+        out = torch.nn.functional.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False)
+    return out.numpy().reshape(*maps.shape[:-2], size, size)
+
+
 def resize_map(arr: np.ndarray, protocol: Protocol, size: int = FRAME) -> np.ndarray:
     """One map (H, W) resized to size × size as `protocol.map_path` says (float32, float64 for "exact")."""
+    if protocol.map_path == "jsa":
+        return resize_bicubic_torch(arr, size)
     if protocol.map_path == "validate":
         return resize_torch(arr, size)
     if protocol.map_path == "lvs":
@@ -286,7 +327,7 @@ def normalise_rows(flat: np.ndarray, protocol: Protocol) -> np.ndarray:
     `normalize_img` leaves it. Both are monotone, so they only merge values that float32 cannot tell apart."""
     if protocol.map_path == "exact":
         return flat
-    x = np.asarray(flat, dtype=np.float32)
+    x = np.asarray(flat, dtype=np.float32)  # "validate", "jsa": min-max; "lvs": 1 - normalize(-map)
     if protocol.map_path == "lvs":
         x = -x
     lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
@@ -542,7 +583,11 @@ def score_rows(
     cuts = {"": np.full(n, protocol.top_half_index(n_px)), "_adaptive": protocol.adaptive_index(n_px, area)}
     ranks = [np.maximum(index, 0) for index in cuts.values()]
     out: dict[str, np.ndarray] = {"gt_area": area}
-    raw = mask_metrics and protocol.map_path != "exact"
+    if protocol.threshold is not None:  # fixed: `map >= θ` on the normalised map, one cut, for every metric
+        cuts = {"": np.zeros(n, dtype=np.int64)}
+        below = np.nextafter(np.float32(protocol.threshold), np.float32(-np.inf))
+        select = lambda _maps, _ranks: [np.full(n, below, dtype=np.float32)]  # noqa: E731  `> below` is `>= θ`
+    raw = mask_metrics and protocol.map_path != "exact" and protocol.threshold is None
     mask_maps = np.asarray(flat, dtype=np.float32) if raw else maps
     passes = [(maps, select(maps, ranks), True, not raw)] + (
         [(mask_maps, rank_values(mask_maps, ranks), False, True)] if raw else []
@@ -561,7 +606,9 @@ def score_rows(
     out["fscore_frame"] = _fscore_from_counts(area, np.full(n, n_px), area, beta2)
     out["fscore_frame"][empty] = np.nan
     rows = np.flatnonzero(empty)
-    if rows.size:  # the mask evaluator's adaptive cut of an empty region keeps its own number of pixels
+    if (
+        rows.size and "miou_adaptive" in out
+    ):  # the mask evaluator's adaptive cut of an empty region keeps its own number of pixels
         keep = np.full(rows.size, n_px // 2) if mask_empty_area is None else np.asarray(mask_empty_area)[rows]
         index = np.clip(n_px - keep.astype(np.int64), 0, n_px - 1)
         (thr,) = rank_values(mask_maps[rows], [index])
@@ -727,7 +774,7 @@ def summarise(
     protocol = get_protocol(protocol)
     thresholds = protocol.thresholds
     result: dict[str, float] = {}
-    for suffix in ("", "_adaptive"):
+    for suffix in ("",) if protocol.threshold is not None else ("", "_adaptive"):
         ious = np.asarray(instance_scores["iou" + suffix], dtype=np.float64)
         result["ciou" + suffix] = np.count_nonzero(ious >= SUCCESS_IOU) / ious.size
         result["auc" + suffix] = auc(success_curve(ious, thresholds), thresholds)
