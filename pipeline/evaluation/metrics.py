@@ -625,8 +625,10 @@ def per_instance(
     beta2: float = BETA2,
     chunk: int = CHUNK,
     workers: int | None = None,
+    mask_metrics: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1).
+    """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1); without
+    `mask_metrics` the mask scores come from the box cuts (the reference cuts the raw maps for them: a second pass).
 
     Keys as `score_rows`. The batch is scored in chunks of `chunk` instances (bounding memory) on `workers`
     threads (default: the CPU count, at most 8; NumPy releases the GIL in the heavy loops). Results do not depend
@@ -649,7 +651,13 @@ def per_instance(
         stop = min(start + chunk, n)
         full, half = split_regions(flat_gt[start:stop])
         rows = score_rows(
-            flat_maps[start:stop], full, half, protocol, beta2, mask_empty_area=fallback[start:stop], mask_metrics=True
+            flat_maps[start:stop],
+            full,
+            half,
+            protocol,
+            beta2,
+            mask_empty_area=fallback[start:stop],
+            mask_metrics=mask_metrics,
         )
         for key, values in rows.items():
             out[key][start:stop] = values
@@ -811,5 +819,5 @@ def score(
         raise ValueError(f"{maps.shape[0]} maps but {len(image_ids)} image ids")
     if maps.shape[0] == 0:
         raise ValueError("nothing to score: no instances")
-    scores = per_instance(maps, gt, protocol=protocol, workers=workers)
+    scores = per_instance(maps, gt, protocol=protocol, workers=workers, mask_metrics=with_mask_metrics)
     return summarise(scores, image_ids, protocol=protocol, with_mask_metrics=with_mask_metrics, decimals=decimals)
