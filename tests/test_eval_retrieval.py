@@ -122,3 +122,52 @@ def test_eval_command_retrieval_and_bad_embeddings(tmp_path):
     assert result.exit_code == 2 and "no embeddings for 120 of 120 instances" in result.output
     result = CliRunner().invoke(app, args[:-2])
     assert result.exit_code == 2 and "--task retrieval needs --embeddings FILE" in result.output
+
+
+def test_embeddings_of_an_alignment_model_and_of_released_weights(tmp_path):
+    """`TrainMethod.embeddings` for the alignment method: the backbone features s_A pools (average-pooled image map,
+    max-pooled audio) and the projected ones; weights without heads (the authors' release) give backbone only."""
+    import torch
+    import yaml
+
+    from is4.config import TrainConfig
+    from is4.trainers import synthetic
+    from is4.trainers.method import get_method
+    from is4.trainers.predict import release_inputs, write_embeddings
+
+    release = synthetic.write_release(tmp_path / "rel", 4)
+    section = synthetic.tiny_train_section(None, alignment__width=8)
+    method = get_method(TrainConfig.model_validate(section, strict=False), 0)
+    model = method.build_model().eval()
+    out = tmp_path / "emb.npz"
+    assert write_embeddings(method, model, release, out) == ["backbone", "projected"]
+    with np.load(out) as data:
+        ids = list(data["ids"])
+        iid, frame_path, wav_path = release_inputs(release)[2]
+        assert ids[2] == iid and data["audio/projected"].shape == (8, 32)
+        from is4.trainers.data import read_frame, read_wav
+
+        item = method.collate([method.eval_item(read_frame(frame_path, "f"), *read_wav(wav_path, "w"))])
+        with torch.no_grad():
+            v = model.encode_image(item["frame"]).mean(dim=(2, 3))[0].numpy()
+            a = model.encode_audio(item["spec"])[0].numpy()
+        np.testing.assert_allclose(data["image/backbone"][2], v, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(data["audio/backbone"][2], a, rtol=1e-5, atol=1e-6)
+
+    # the authors' format (no heads) through the CLI: backbone features only, and it says so
+    method.export(model, tmp_path / "ours.pth.tar")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"train": section}))
+    res = CliRunner().invoke(
+        app,
+        ["embed", "--weights", str(tmp_path / "ours.pth.tar"), "--config", str(config), "--release", str(release)]
+        + ["--out", str(tmp_path / "authors.npz")],
+    )
+    assert res.exit_code == 0, res.output
+    assert "backbone features only" in res.output
+    with np.load(tmp_path / "authors.npz") as data:
+        assert sorted(data.files) == ["audio/backbone", "ids", "image/backbone"]
+    res = CliRunner().invoke(
+        app, ["eval", "--release", str(release), "--task", "retrieval", "--embeddings", str(tmp_path / "authors.npz")]
+    )
+    assert res.exit_code == 0 and "backbone" in res.output, res.output

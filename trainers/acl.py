@@ -467,6 +467,17 @@ class ACLModel(nn.Module):
         logits = F.interpolate(logits, size=(size, size), mode="bicubic")
         return self.masker_i.heatmap(logits)[:, 0]
 
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio-driven embedding A, masked-image embedding v_i of each image under its own audio's mask): the
+        two vectors L_ACL_I compares, B × D each."""
+        audio = self.encode_audio(fbank)
+        activations, _ = self.vision(images)
+        rows = torch.arange(len(images), device=images.device)
+        hard = self.masker_i(self.ground(activations, audio, images.shape[-1]), None)
+        v_i = self.grounder.clip.get_image_features(pixel_values=images * hard[rows, rows].unsqueeze(1))
+        return audio, (v_i.pooler_output if hasattr(v_i, "pooler_output") else v_i)
+
     # --- the public code's checkpoint format ---
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """`{'audio_proj': ..., 'masker_i': ...}`: ACL-SSL's `Param_{epoch}.pth` format."""
@@ -675,3 +686,6 @@ class ACLMethod(TrainMethod):
 
     def heatmaps(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model.heatmaps(batch["image"], batch["fbank"])
+
+    def embeddings(self, model: nn.Module, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {"acl": model.embed(batch["image"], batch["fbank"])}

@@ -97,8 +97,8 @@ def chance(labels, ks=KS) -> dict[str, float]:
     n = codes.size
     out = {}
     for k in ks:
-        k = min(k, n)
-        miss = np.array([math.comb(n - c, k) / math.comb(n, k) for c in counts])
+        drawn = min(k, n)  # a pool smaller than K: every item is retrieved
+        miss = np.array([math.comb(n - c, drawn) / math.comb(n, drawn) for c in counts])
         out[f"r{k}"] = float(np.mean(1.0 - miss[codes]) * 100.0)
     return out
 
