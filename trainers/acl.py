@@ -470,12 +470,16 @@ class ACLModel(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio-driven embedding A, masked-image embedding v_i of each image under its own audio's mask): the
-        two vectors L_ACL_I compares, B × D each."""
+        two vectors L_ACL_I compares, B × D each. The mask is the masker's hard mask without Gumbel noise,
+        `w·M^G + b > 0`, so an item's embeddings do not depend on the batch or a random draw."""
         audio = self.encode_audio(fbank)
         activations, _ = self.vision(images)
-        rows = torch.arange(len(images), device=images.device)
-        hard = self.masker_i(self.ground(activations, audio, images.shape[-1]), None)
-        v_i = self.grounder.clip.get_image_features(pixel_values=images * hard[rows, rows].unsqueeze(1))
+        size = images.shape[-1]
+        logits = self.grounder.decoder(activations, audio).logits.reshape(len(images), 1, *images.shape[-2:])
+        if logits.shape[-1] != size:
+            logits = F.interpolate(logits, size=(size, size), mode="bicubic")
+        hard = (logits * self.masker_i.w + self.masker_i.b > 0).to(images.dtype)
+        v_i = self.grounder.clip.get_image_features(pixel_values=images * hard)
         return audio, (v_i.pooler_output if hasattr(v_i, "pooler_output") else v_i)
 
     # --- the public code's checkpoint format ---
