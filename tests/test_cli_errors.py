@@ -45,6 +45,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--config", str(tmp / f"{MISSING}.yaml")],
         "neighbours": ["neighbours", "--config", str(bad_config), *w],
         "train": ["train", "--config", str(tmp / f"{MISSING}.yaml"), *w],
+        "embed": ["embed", "--run", str(tmp / MISSING), "--release", str(tmp / MISSING), "--out", str(tmp / "e.npz")],
         "predict": [
             "predict",
             "--run",
