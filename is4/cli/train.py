@@ -92,6 +92,7 @@ def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path
     if run is not None:
         method, model, ckpt = load_run_model(run, checkpoint)
         return method, model, {"method": ckpt["method"], "epoch": ckpt["epoch"]}
+    assert weights is not None
     cfg, _ = config_and_workdir(config, None)
     method = get_method(cfg.train, cfg.seed)
     model = method.build_model()

@@ -168,7 +168,7 @@ def score_source(
         select = metrics.rank_values
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
-            ordered = [metrics.normalise_rows(o[None], protocol)[0] for o in ordered]  # monotone: still sorted
+            ordered = [metrics.normalise_rows(o[None], protocol)[0] for o in ordered if o is not None]  # still sorted
 
             def select(normalised, ranks):
                 return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
