@@ -8,7 +8,7 @@ uncompressed `.npz` (`np.savez`), in a temporary directory.
 Timed, best of `--repeats`:
 
 - **reference loop**: the reference evaluation's semantics one sample at a time, as its test loop does it: the
-  ground-truth box as `gt[int(y1):int(y2), int(x1):int(x2)] = 1`, `np.sort` of the map twice (the top-50 % cut
+  map min-max normalised in float32 (`utils.normalize_img`), the ground-truth box as `gt[int(y1):int(y2), int(x1):int(x2)] = 1`, `np.sort` of the map twice (the top-50 % cut
   `pred > s[int(H*W/2)]` and the adaptive `pred > s[H*W - area]`), IoU = sum(bin·gt) / (sum(gt) + sum(bin·(gt==0))),
   then in Python the success rates, the trapezoid AUC over `[0.05*i for i in range(21)]` and the per-image minimum;
 - `metrics.score` on the maps in memory (the default protocol), on 1 thread and on `--threads`;
@@ -17,11 +17,15 @@ Timed, best of `--repeats`:
   `--no-baselines`, as it runs by default on a folder without `baselines.json` (scoring the random, centre and
   oracle baselines too: the authors' release), and on one with it (a release this builder made).
 
-All must give the same numbers (in memory to 1e-9 percentage points, the command's JSON to its 4 decimals); the
+All must give the same numbers (in memory and in the command's full-precision JSON, to 1e-9 percentage points); the
 command's peak resident memory is printed beside the size of all maps in float64. Goals (issue 11): scoring ≥ 10×
 and the whole command ≥ 5× faster than the reference loop.
 
-Run by hand:  python benchmarks/eval.py [--images 3240] [--repeats 1] [--seed 0] [--threads N]
+Retrieval (`--clips`, default VGG-SS's 5,158 clips in 221 classes, 512-d embeddings): `retrieval._hits` in both
+directions against a per-query loop of the protocol's semantics (normalise, one dot product per pool item, a stable
+argsort, the label check), same hit counts required; goal ≥ 10×. `--only retrieval` skips the localisation part.
+
+Run by hand:  python benchmarks/eval.py [--images 3240] [--repeats 1] [--seed 0] [--threads N] [--clips 5158]
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ def reference_loop(maps, boxes, ids) -> dict:
     n_px = S * S
     ious: dict[str, list[float]] = {"": [], "_adaptive": []}
     for pred, (x1, y1, x2, y2) in zip(maps, boxes.tolist()):
+        lo, hi = pred.min(), pred.max()
+        pred = (pred - lo) / (hi - lo) if hi != lo else pred  # utils.normalize_img, in float32 as the authors'
         gt = np.zeros((S, S))
         gt[int(y1) : int(y2), int(x1) : int(x2)] = 1
         gt_nums = int((gt != 0).sum())
@@ -164,10 +170,12 @@ def whole_command(tmp: Path, maps, boxes, ids, repeats: int, ref: dict) -> tuple
     ):
         if "baselines.json" in label:  # as a built release ships them (scored once, at build time; not timed)
             from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
-            from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL
+            from is4.pipeline.evaluation.metrics import DEFAULT_PROTOCOL, REFERENCE
 
             (release / BASELINES_FILE).write_text(
-                json.dumps({"protocol": DEFAULT_PROTOCOL, "scores": baseline_scores(release)})
+                json.dumps(
+                    {"protocol": DEFAULT_PROTOCOL, "maps": REFERENCE.map_path, "scores": baseline_scores(release)}
+                )
             )
         log(label)
         out = tmp / "scores.json"
@@ -177,11 +185,47 @@ def whole_command(tmp: Path, maps, boxes, ids, repeats: int, ref: dict) -> tuple
             seconds, rss = run_command(command)
             best, label_peak = min(best, seconds), max(label_peak, rss)
         written = json.loads(out.read_text())
-        ok = all(written[k] == round(ref[k], 4) for k in KEYS)
+        ok = all(abs(written[k] - ref[k]) <= 1e-9 for k in KEYS)
         same &= ok
         peak = max(peak, label_peak)
         rows.append((label, best, f"JSON {'equal' if ok else 'DIFFERENT'}, peak {label_peak / 1024:.0f} MiB"))
     return rows, same, peak, npz.stat().st_size / 2**20
+
+
+def retrieval_speed(n_clips: int, seed: int, repeats: int) -> bool:
+    """Print retrieval's timing against the per-query loop; True when both give the same hit counts."""
+    from is4.pipeline.evaluation import retrieval
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 221, n_clips)
+    centres = rng.standard_normal((221, 512))
+    audio = centres[labels] + rng.standard_normal((n_clips, 512)) * 2
+    image = centres[labels] + rng.standard_normal((n_clips, 512)) * 2
+
+    def loop():
+        hits = np.zeros(3, dtype=np.int64)
+        for queries, pool in ((audio, image), (image, audio)):
+            pool_n = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+            for q in range(n_clips):
+                sims = pool_n @ (queries[q] / np.linalg.norm(queries[q]))
+                ranked = np.argsort(-sims, kind="stable")
+                hits += [bool((labels[ranked[:k]] == labels[q]).any()) for k in retrieval.KS]
+        return hits
+
+    def vectorised():
+        a = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+        v = image / np.linalg.norm(image, axis=1, keepdims=True)
+        return retrieval._hits(a, v, labels) + retrieval._hits(v, a, labels)
+
+    log(f"retrieval over {n_clips} clips: per-query loop")
+    t_loop, want = timed(loop, repeats)
+    log("retrieval: vectorised")
+    t_vec, got = timed(vectorised, repeats)
+    same = bool((want == got).all())
+    print(f"retrieval: {n_clips} clips, 512-d, a2i + i2a R@1/5/10")
+    print(f"{'per-query loop (stable argsort per query)':<44}{t_loop:>9.2f}")
+    print(f"{'retrieval._hits':<44}{t_vec:>9.2f}{t_loop / t_vec:>17.1f}×  hits {'equal' if same else 'DIFFERENT'}")
+    return same
 
 
 def main() -> None:
@@ -190,8 +234,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each method; the best is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="threads of the vectorised score (0: CPU count, ≤ 8)")
+    parser.add_argument("--clips", type=int, default=5158, help="retrieval pool size; default 5158 (VGG-SS)")
+    parser.add_argument("--only", choices=("localisation", "retrieval"), default=None)
     args = parser.parse_args()
     threads = args.threads or min(8, os.cpu_count() or 1)
+    if args.only != "localisation" and not retrieval_speed(args.clips, args.seed, args.repeats):
+        sys.exit(1)
+    if args.only == "retrieval":
+        return
 
     log(f"making {2 * args.images} random 224×224 maps and IS4-like boxes")
     maps, boxes, ids = make_data(args.images, args.seed)

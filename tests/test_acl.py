@@ -266,3 +266,20 @@ def test_keyed_batch_loss_does_not_depend_on_the_order(model):
     for term in ("acl_i", "acl_f", "area_reg", "caption", "loss"):
         assert a[term].item() == pytest.approx(b[term].item(), rel=1e-5), term
     model.train()
+
+
+def test_embeddings_are_the_audio_and_each_images_own_masked_embedding(model):
+    """`ACLMethod.embeddings`: the audio-driven embedding A and v_i, the CLIP image embedding of the image masked by
+    its own audio's hard mask (the pair L_ACL_I compares); a batch gives each item what it gives alone."""
+    model.eval()
+    x = batch(n=3, seed=7)
+    with torch.no_grad():
+        audio, image = model.embed(x["image"], x["fbank"])
+        assert torch.allclose(audio, model.encode_audio(x["fbank"]), atol=1e-6)
+        for i in range(3):
+            a_i, v_i = model.embed(x["image"][i : i + 1], x["fbank"][i : i + 1])
+            assert torch.allclose(image[i], v_i[0], atol=1e-5) and torch.allclose(audio[i], a_i[0], atol=1e-6)
+        plain = model.grounder.clip.get_image_features(pixel_values=x["image"])
+        plain = plain.pooler_output if hasattr(plain, "pooler_output") else plain
+    assert image.shape == plain.shape and not torch.allclose(image, plain)
+    model.train()

@@ -47,6 +47,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "train": ["train", "--config", str(tmp / f"{MISSING}.yaml"), *w],
         "serve-train": ["serve-train", "--config", str(bad_config)],
         "deploy-train": ["deploy-train", "--config", str(tmp / f"{MISSING}.yaml"), "--work-pool", "gpu"],
+        "embed": ["embed", "--run", str(tmp / MISSING), "--release", str(tmp / MISSING), "--out", str(tmp / "e.npz")],
         "predict": [
             "predict",
             "--run",

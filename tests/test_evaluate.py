@@ -101,21 +101,28 @@ def test_load_ground_truth_jpeg_masks(release):
 
 
 def test_ground_truth_errors_name_instances(tmp_path):
-    bad = dict(INSTANCES, img0002_car=[50, 10, 40, 30])  # x1 > x2
-    with pytest.raises(EvaluationError, match=r"img0002_car \[50, 10, 40, 30\]") as err:
-        load_ground_truth(make_release(tmp_path / "b", bad), "box")
+    rel = make_release(tmp_path / "b")
+    entries = json.loads((rel / "is4_bbox.json").read_text())
+    entries[3]["gt_box"] = [50, 10, "40", 30]  # not a number
+    (rel / "is4_bbox.json").write_text(json.dumps(entries))
+    with pytest.raises(EvaluationError, match=r"img0002_car \[50, 10, '40', 30\]") as err:
+        load_ground_truth(rel, "box")
     assert err.value.instances == ["img0002_car"]
 
-    outside = dict(INSTANCES, img0001_cat=[300, 0, 310, 20])  # nothing inside the frame
-    with (
-        pytest.warns(EvaluationWarning, match="reach outside"),
-        pytest.raises(EvaluationError, match="empty ground-truth region.*img0001_cat"),
-    ):
-        load_ground_truth(make_release(tmp_path / "c", outside), "box")
+    # An empty region (x1 > x2, or nothing inside the frame) is read and counted, as the authors read it.
+    outside = dict(INSTANCES, img0001_cat=[300, 0, 310, 20], img0002_car=[50, 10, 40, 30])
+    with pytest.warns(EvaluationWarning, match="reach outside"):
+        truth = load_ground_truth(make_release(tmp_path / "c", outside), "box")
+    assert truth.empty == ["img0001_cat", "img0002_car"] and len(truth) == 4
+    with pytest.warns(EvaluationWarning, match="reach outside"):
+        kept = load_ground_truth(make_release(tmp_path / "c2", outside), "box", empty="exclude")
+    assert kept.instance_ids == ["img0001_dog", "img0002_bird"] and kept.excluded == ["img0001_cat", "img0002_car"]
 
     rel = make_release(tmp_path / "d")
-    Image.new("L", (100, 100), 255).save(rel / "gt_masks" / "img0001_dog.jpg")
-    with pytest.raises(EvaluationError, match=r"img0001_dog \(gt_masks/img0001_dog.jpg is 100×100"):
+    Image.new("L", (100, 100), 255).save(rel / "gt_masks" / "img0001_dog.jpg")  # any size is read, resized to 224
+    assert regions(load_ground_truth(rel, "mask"))[0].all()
+    (rel / "gt_masks" / "img0001_dog.jpg").write_bytes(b"not an image")
+    with pytest.raises(EvaluationError, match=r"img0001_dog \(cannot read gt_masks/img0001_dog.jpg"):
         load_ground_truth(rel, "mask")
     (rel / "gt_masks" / "img0001_cat.jpg").unlink()
     with pytest.raises(EvaluationError, match="1 of 4 mask files are not inside .* by name.*img0001_cat.jpg"):
@@ -158,7 +165,7 @@ def test_oracle_npz_scores(release, tmp_path):
     ref = ev.evaluate(release, path)  # the default: the reference protocol
     assert ref["protocol"] == "reference"
     assert ref["ciou"] == ref["iiou"] == ref["ciou_adaptive"] == ref["iiou_adaptive"] == 100.0
-    assert ref["auc_adaptive"] == 97.5  # IoU (A - 1) / A fails only the last threshold, 1.0
+    assert ref["auc_adaptive"] == pytest.approx(97.5, abs=1e-9)  # IoU (A - 1) / A fails only the last threshold, 1.0
 
 
 def test_model_ignoring_sound_end_to_end(release, tmp_path):
@@ -318,7 +325,9 @@ def test_baseline_scores(release):
     # at most 1/3 in IoU, so it never reaches 0.5 on the box ground truth.
     assert scores["box"]["centre"]["ciou"] == 0.0
     reference = ev.baseline_scores(release)  # the default protocol: an oracle's adaptive AUC stops at 97.5
-    assert reference["box"]["oracle"]["ciou"] == 100.0 and reference["box"]["oracle"]["auc_adaptive"] == 97.5
+    assert reference["box"]["oracle"]["ciou"] == 100.0 and reference["box"]["oracle"]["auc_adaptive"] == pytest.approx(
+        97.5, abs=1e-9
+    )
 
 
 def test_oracle_maps_for_large_regions():
@@ -343,10 +352,10 @@ def test_oracle_maps_for_large_regions():
 def test_baseline_sorted_values_are_the_sorted_maps(release):
     truth = load_ground_truth(release, "mask")
     for kind in ("centre", "oracle"):
-        source = ev.BaselineMaps(kind, truth, align_corners=True)
+        source = ev.BaselineMaps(kind, truth, metrics.REFERENCE)
         for iid in IDS:
             np.testing.assert_array_equal(source.sorted_map(iid), np.sort(source.read(iid).ravel()), err_msg=kind)
-    assert ev.BaselineMaps("random", truth, align_corners=True).sorted_map(IDS[0]) is None
+    assert ev.BaselineMaps("random", truth, metrics.REFERENCE).sorted_map(IDS[0]) is None
 
 
 def test_written_baselines_evaluate_like_baseline_scores(release, tmp_path):
@@ -461,4 +470,36 @@ def test_eval_command_prints_baselines_and_writes_outputs(release, tmp_path):
     result = CliRunner().invoke(
         app, ["eval", "--release", str(release), "--predictions", str(predictions), "--protocol", "sorted"]
     )
-    assert result.exit_code == 2 and "--protocol: protocol must be one of reference, exact-k" in result.output
+    assert (
+        result.exit_code == 2
+        and "--protocol / --maps / --miou-mean / --threshold: protocol must be one of reference, exact-k"
+        in (result.output)
+    )
+
+
+def test_eval_command_subsets_reports_empty_regions_and_quotes_messages_verbatim(release, tmp_path):
+    predictions = save(tmp_path / "oracle.npz", box_oracle())
+    entries = json.loads((release / "is4_bbox.json").read_text())
+    entries[1]["gt_box"] = [0, 0, 0, 0]  # an empty region, as in the authors' ms3_box.json
+    (release / "is4_bbox.json").write_text(json.dumps(entries))
+    (tmp_path / "ids.txt").write_text("img0001_dog\nimg0001_cat\nimg0002_car\n")
+    out = tmp_path / "scores.json"
+    args = ["eval", "--release", str(release), "--predictions", str(predictions), "--output", str(out)]
+    result = CliRunner().invoke(app, [*args, "--ids", str(tmp_path / "ids.txt"), "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    assert "1 empty regions scored as failures; 1 instances left out" in result.output.splitlines()[0]
+    written = json.loads(out.read_text())
+    assert (written["instances"], written["empty_regions"], written["left_out"]) == (3, 1, 1)
+    assert written["ciou_adaptive"] == pytest.approx(200 / 3, abs=1e-12)  # full precision: 66.66666666666667
+    assert written["ciou_adaptive"] != round(written["ciou_adaptive"], 4)
+
+    result = CliRunner().invoke(app, [*args, "--empty", "exclude", "--maps", "lvs", "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert (written["instances"], written["left_out"], written["maps"]) == (3, 1, "lvs")
+
+    entries[1]["gt_box"] = [0, 0, None, 10]
+    (release / "is4_bbox.json").write_text(json.dumps(entries))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "boxes are not [x1, y1, x2, y2] (four finite numbers): img0001_cat [0, 0, None, 10]" in result.output

@@ -385,8 +385,10 @@ def test_score_rejects_bad_input():
         score(rows_ramp()[None], box_mask([TOP, TOP]), ["a"])
     with pytest.raises(ValueError, match="image ids"):
         score(rows_ramp()[None], gt, ["a", "b"])
-    with pytest.raises(ValueError, match="empty ground-truth region"):
-        score(rows_ramp()[None], np.zeros((1, S, S), dtype=bool), ["a"])
+    # An empty region is no error: the reference scores it as a failure (IoU 0 at both cuts).
+    empty = score(rows_ramp()[None], np.zeros((1, S, S), dtype=bool), None, decimals=None)
+    assert empty["ciou"] == 0.0 and empty["ciou_adaptive"] == 0.0
+    assert empty["auc"] == pytest.approx(2.5)  # only the threshold 0 succeeds: 0.05 · (1 + 0) / 2
 
 
 # --- exact-k: vectorised against a per-sample loop ----------------------------------------------------------

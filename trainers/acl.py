@@ -473,6 +473,21 @@ class ACLModel(nn.Module):
         logits = F.interpolate(logits, size=(size, size), mode="bicubic")
         return self.masker_i.heatmap(logits)[:, 0]
 
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio-driven embedding A, masked-image embedding v_i of each image under its own audio's mask): the
+        two vectors L_ACL_I compares, B × D each. The mask is the masker's hard mask without Gumbel noise,
+        `w·M^G + b > 0`, so an item's embeddings do not depend on the batch or a random draw."""
+        audio = self.encode_audio(fbank)
+        activations, _ = self.vision(images)
+        size = images.shape[-1]
+        logits = self.grounder.decoder(activations, audio).logits.reshape(len(images), 1, *images.shape[-2:])
+        if logits.shape[-1] != size:
+            logits = F.interpolate(logits, size=(size, size), mode="bicubic")
+        hard = (logits * self.masker_i.w + self.masker_i.b > 0).to(images.dtype)
+        v_i = self.grounder.clip.get_image_features(pixel_values=images * hard)
+        return audio, (v_i.pooler_output if hasattr(v_i, "pooler_output") else v_i)
+
     # --- the public code's checkpoint format ---
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """`{'audio_proj': ..., 'masker_i': ...}`: ACL-SSL's `Param_{epoch}.pth` format."""
@@ -682,3 +697,6 @@ class ACLMethod(TrainMethod):
 
     def heatmaps(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model.heatmaps(batch["image"], batch["fbank"])
+
+    def embeddings(self, model: nn.Module, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {"acl": model.embed(batch["image"], batch["fbank"])}

@@ -60,6 +60,7 @@ class AlignModel(nn.Module):
         c = self.imgnet.out_channels
         self.proj_v = _head(c, cfg.proj_dim)
         self.proj_a = _head(c, cfg.proj_dim)
+        self.has_heads = True  # False once a checkpoint without projection heads (the authors' release) is loaded
 
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, C, h, w) feature maps."""
@@ -97,6 +98,17 @@ class AlignModel(nn.Module):
                     sa = sa + F.cross_entropy(pa[:, j] @ pv_all[:, i].T / tau, labels)
         loss = self.cfg.sl_weight * sl + self.cfg.sa_weight * sa
         return {"loss": loss, "sl": sl.detach(), "sa": sa.detach()}
+
+    @torch.no_grad()
+    def embed(self, frames: torch.Tensor, specs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"backbone": (max-pooled a, average-pooled v), "projected": (p_a(a), p_v(avg v))}: the features s_A
+        compares (Eq. 4), before and after the heads; "projected" only when the heads were trained or loaded."""
+        v = self.encode_image(frames).mean(dim=(2, 3))
+        a = self.encode_audio(specs)
+        out = {"backbone": (a, v)}
+        if self.has_heads:
+            out["projected"] = (self.proj_a(a), self.proj_v(v))
+        return out
 
     @torch.no_grad()
     def heatmap(self, frames: torch.Tensor, specs: torch.Tensor) -> torch.Tensor:
@@ -219,6 +231,9 @@ class AlignmentMethod(TrainMethod):
     def heatmaps(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model.heatmap(batch["frame"], batch["spec"])
 
+    def embeddings(self, model: nn.Module, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return model.embed(batch["frame"], batch["spec"])
+
 
 def _load(path: Path) -> dict:
     try:
@@ -252,6 +267,7 @@ def load_author_checkpoint(model: AlignModel, path: Path) -> None:
             f"{tuple(own[bad[0]].shape)} (train.alignment.width / blocks)"
         )
     model.load_state_dict(kept, strict=False)
+    model.has_heads = any(k.startswith(("proj_v.", "proj_a.")) for k in kept)
 
 
 def load_imagenet_resnet(trunk: ResNet, path: Path) -> None:

@@ -27,6 +27,9 @@ wrapper, checkpoints, resume, the metrics log and the evaluation hook. A method 
   wav: float32 mono in [-1, 1]); `heatmaps(model, batch)` -> (B, h, w) float tensor, higher = more likely the
   sounding object, covering the whole frame at any resolution (the harness resizes; `is4.trainers.predict` writes
   the `.npz` that `is4 eval` reads).
+- `embeddings(model, batch)` (optional) -> `{kind: (audio (B, D), image (B, D))}` for a batch of `eval_item`s, the
+  features retrieval and alignment score (`is4.trainers.embed` writes the `.npz` that `is4 eval --task retrieval`
+  reads); a method without embeddings raises `TrainError`.
 
 Bad inputs raise `TrainError` (a `FatalError`): one line naming the file, row or setting.
 """
@@ -112,6 +115,10 @@ class TrainMethod(ABC):
     @abstractmethod
     def heatmaps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """(B, h, w) maps for a batch of `eval_item`s; `model` is unwrapped and in eval mode."""
+
+    def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{kind: (audio (B, D), image (B, D))} for a batch of `eval_item`s (e.g. "backbone", "projected")."""
+        raise TrainError(f"the {self.name} method gives no embeddings (retrieval and alignment need them)")
 
 
 # name -> "module:Class", imported on use so that one method's dependencies never load for another.

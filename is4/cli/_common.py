@@ -34,7 +34,10 @@ def fail(exc: BaseException) -> typer.Exit:
     message = str(exc)
     if isinstance(exc, OSError) and exc.filename:
         message = f"{exc.filename}: {exc.strerror}"
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.text import Text
+
+    # The message verbatim: no console markup, so that `[x1, y1, x2, y2]` in it is printed as written.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

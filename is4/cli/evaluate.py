@@ -8,6 +8,11 @@ from typing import Annotated
 import typer
 
 from is4.cli._common import cli_errors, console
+from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
+from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
+from is4.pipeline.evaluation.tasks import TASK
+
+_DEFAULT_IDS = "; ".join(f"{f.name}: {f.default_ids}" for f in FORMATS if f.default_ids)
 
 
 @cli_errors
@@ -19,12 +24,22 @@ def evaluate(
             help="a release directory, the authors' IS4 folder, or a benchmark's ground-truth file or folder",
         ),
     ],
-    predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id")],
+    predictions: Annotated[
+        Path | None, typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation)")
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(help=f"{', '.join(TASK)} (segmentation: localisation with --gt mask)"),
+    ] = "localisation",
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz of `ids`, `audio`, `image` (or `audio/<kind>`, `image/<kind>`) for retrieval, alignment"
+        ),
+    ] = None,
     benchmark: Annotated[
         str | None,
-        typer.Option(
-            help="is4, vggss, flickr, avsbench-s4, avsbench-ms3, vpo-ss or vpo-ms (default: what the file names say)"
-        ),
+        typer.Option(help=f"{', '.join(BENCHMARKS)} (default: what the file names say)"),
     ] = None,
     gt: Annotated[
         str | None,
@@ -33,11 +48,38 @@ def evaluate(
     protocol: Annotated[
         str,
         typer.Option(
-            help="reference (the papers' evaluation code, the default) or exact-k "
-            "(cuts keep exactly K pixels, tie-safe)"
+            help="reference (the IS3 / IS4 authors' evaluation code, the default), exact-k (cuts keep exactly K "
+            "pixels, tie-safe) or fixed (JSA's: pixels >= --threshold of the min-max normalised bicubic map)"
         ),
     ] = "reference",
-    output: Annotated[Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here")] = None,
+    ids: Annotated[
+        str | None,
+        typer.Option(
+            help="score only the instances an id list names (one id a line, or a CSV's first field); "
+            f"'auto': the authors' default list beside the ground truth ({_DEFAULT_IDS})"
+        ),
+    ] = None,
+    empty: Annotated[
+        str,
+        typer.Option(
+            help=f"{' or '.join(EMPTY_RULES)}: instances whose region is empty (a box clipped away, [0, 0, 0, 0], "
+            "a black mask) are scored as failures as the authors score them (default), or left out"
+        ),
+    ] = "score",
+    maps: Annotated[
+        str | None,
+        typer.Option(help="; ".join(f"{k}: {v}" for k, v in MAP_PATHS.items()) + " (default: the protocol's)"),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="the fixed protocol's threshold θ (default 0.6, JSA's official code)")
+    ] = None,
+    miou_mean: Annotated[
+        str | None,
+        typer.Option("--miou-mean", help="; ".join(f"{k}: {v}" for k, v in MIOU_MEANS.items())),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here, at full precision")
+    ] = None,
     per_instance: Annotated[
         Path | None, typer.Option("--per-instance", help="write per-instance IoUs as Parquet here")
     ] = None,
@@ -45,16 +87,28 @@ def evaluate(
         bool, typer.Option(help="score the random, centre and oracle baselines beside the model")
     ] = True,
 ) -> None:
-    """Score heatmaps on a benchmark: cIoU, AUC, IIoU, IAUC (+ mIoU, F-score for masks) in percent, beside baselines."""
+    """Score a model on a benchmark: heatmaps (cIoU, AUC, IIoU, IAUC; + mIoU, F-score for masks) beside baselines,
+    or embeddings (retrieval Recall@K beside chance; alignment and magnitude)."""
     from is4.pipeline.evaluation import evaluate as ev
     from is4.pipeline.evaluation import metrics
     from is4.pipeline.evaluation.formats import load_ground_truth
 
     try:
-        rules = metrics.get_protocol(protocol)
+        rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean, threshold=threshold)
     except ValueError as exc:
-        raise ev.EvaluationError(f"--protocol: {exc}") from None
-    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules)
+        raise ev.EvaluationError(f"--protocol / --maps / --miou-mean / --threshold: {exc}") from None
+    if task not in TASK:
+        raise ev.EvaluationError(f"--task must be one of {', '.join(TASK)}, not {task!r}")
+    if task in ("retrieval", "alignment"):
+        if embeddings is None:
+            raise ev.EvaluationError(f"--task {task} needs --embeddings FILE")
+        _embedding_task(task, load_ground_truth(release_dir, benchmark=benchmark, ids=ids), embeddings, output)
+        return
+    if predictions is None:
+        raise ev.EvaluationError(f"--task {task} needs --predictions FILE")
+    if task == "segmentation":
+        gt = "mask"
+    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
     scored = ev.score_file(truth, predictions, rules)
     reference = {}
     if baselines:
@@ -62,8 +116,11 @@ def evaluate(
             kind: base.summary for kind, base in ev.score_baselines(truth, rules).items()
         }
     rows = {"model": scored.summary, **reference}
+    notes = [f"{len(truth.empty)} empty regions scored as failures"] if truth.empty else []
+    notes += [f"{len(truth.excluded)} instances left out"] if truth.excluded else []
     console.print(
-        f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}",
+        f"{truth.benchmark} {truth.gt} ground truth ({truth.source}), protocol {rules.name}, maps {rules.map_path}"
+        + "".join(f"; {note}" for note in notes),
         soft_wrap=True,
         highlight=False,
         markup=False,
@@ -76,3 +133,20 @@ def evaluate(
         atomic_write_json(output, {**scored.summary, **baseline_rows})
     if per_instance:
         ev.write_per_instance(per_instance, scored)
+
+
+def _embedding_task(task: str, truth, embeddings: Path, output: Path | None) -> None:
+    """Retrieval or alignment on the ground truth's instances: print the table, write the JSON."""
+    from is4.pipeline.evaluation import retrieval
+
+    result = retrieval.retrieval(truth, embeddings) if task == "retrieval" else retrieval.alignment(truth, embeddings)
+    table = retrieval.format_retrieval(result) if task == "retrieval" else retrieval.format_alignment(result)
+    head = f"{truth.benchmark}: {task} over {len(truth)} instances ({truth.source})"
+    if task == "retrieval":
+        head += f", {result['classes']} classes"
+    console.print(head, soft_wrap=True, highlight=False, markup=False)
+    console.print(table, soft_wrap=True, highlight=False, markup=False)
+    if output:
+        from is4.manifests.atomic import atomic_write_json
+
+        atomic_write_json(output, {"task": task, **result})

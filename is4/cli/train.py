@@ -101,23 +101,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
 ) -> None:
     """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
-    from is4.trainers.engine import load_run_model
-    from is4.trainers.method import TrainError, get_method
     from is4.trainers.predict import write_heatmaps
 
-    if (run is None) == (weights is None):
-        raise TrainError("give one of --run (a training run) or --weights (an authors'-format checkpoint)")
-    if run is not None:
-        method, model, ckpt = load_run_model(run, checkpoint)
-        facts = {"method": ckpt["method"], "epoch": ckpt["epoch"]}
-    else:
-        assert weights is not None
-        cfg, _ = config_and_workdir(config, None)
-        method = get_method(cfg.train, cfg.seed)
-        model = method.build_model()
-        method.import_checkpoint(model, weights)
-        model.eval()
-        facts = {"method": cfg.train.method, "weights": str(weights)}
+    method, model, facts = _model(run, checkpoint, weights, config)
     with progress_bar("predict") as progress:
         n = write_heatmaps(
             method,
@@ -129,3 +115,52 @@ def predict(
             progress=lambda done, total: progress(done, total, "instances"),
         )
     print_summary("predict", {**facts, "maps": n, "out": str(out)})
+
+
+def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path | None):
+    """(method, model in eval mode, facts to print) from a training run or an authors'-format checkpoint."""
+    from is4.trainers.engine import load_run_model
+    from is4.trainers.method import TrainError, get_method
+
+    if (run is None) == (weights is None):
+        raise TrainError("give one of --run (a training run) or --weights (an authors'-format checkpoint)")
+    if run is not None:
+        method, model, ckpt = load_run_model(run, checkpoint)
+        return method, model, {"method": ckpt["method"], "epoch": ckpt["epoch"]}
+    assert weights is not None
+    cfg, _ = config_and_workdir(config, None)
+    method = get_method(cfg.train, cfg.seed)
+    model = method.build_model()
+    method.import_checkpoint(model, weights)
+    model.eval()
+    return method, model, {"method": cfg.train.method, "weights": str(weights)}
+
+
+@cli_errors
+def embed(
+    release_dir: Annotated[Path, typer.Option("--release", help="a release directory or benchmark ground truth")],
+    out: Annotated[Path, typer.Option(help="the embeddings .npz to write (what `is4 eval --embeddings` reads)")],
+    run: Annotated[Path | None, typer.Option(help="a run directory of `is4 train`")] = None,
+    checkpoint: Annotated[str, typer.Option(help="with --run: best, last, or a checkpoint file")] = "best",
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="instead of --run: an authors'-format checkpoint, shaped by --config's train section"),
+    ] = None,
+    config: ConfigOption = None,
+    batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
+) -> None:
+    """Write the audio and image embeddings of every benchmark instance (retrieval, alignment) with a model."""
+    from is4.trainers.predict import write_embeddings
+
+    method, model, facts = _model(run, checkpoint, weights, config)
+    with progress_bar("embed") as progress:
+        kinds = write_embeddings(
+            method,
+            model,
+            release_dir,
+            out,
+            batch_size=batch_size,
+            progress=lambda done, total: progress(done, total, "instances"),
+        )
+    note = {"note": "no projection heads in the weights: backbone features only"} if kinds == ["backbone"] else {}
+    print_summary("embed", {**facts, "kinds": ", ".join(kinds), "out": str(out), **note})

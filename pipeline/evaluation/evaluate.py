@@ -42,6 +42,7 @@ from is4.pipeline.evaluation import metrics
 from is4.pipeline.evaluation.errors import EvaluationError, EvaluationWarning, few
 from is4.pipeline.evaluation.formats import IS4_FILES, GroundTruth, load_ground_truth
 from is4.pipeline.evaluation.predictions import MapProblem, NpzMaps, prepare_map
+from is4.pipeline.evaluation.tasks import LABELS
 
 __all__ = [
     "EvaluationError",
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 BASELINES = ("random", "centre", "oracle")
-BASELINES_FILE = "baselines.json"  # what a release ships: {"protocol": name, "scores": baseline_scores(...)}
+BASELINES_FILE = "baselines.json"  # a release ships {"protocol": name, "maps": map path, "scores": baseline_scores()}
 BASELINE_SEED = 20240
 RANDOM_GRID = 14
 CENTRE_GRID = 28
@@ -76,10 +77,25 @@ class Scored:
 
 
 def _summary(truth: GroundTruth, protocol: metrics.Protocol, per: dict) -> dict:
-    head = {"benchmark": truth.benchmark, "protocol": protocol.name, "gt": truth.gt, "instances": len(truth)}
+    """The result of one scoring: what was scored (benchmark, protocol and its map path, instances, images, empty
+    regions scored, instances left out) and the metrics in percent at full precision."""
+    head = {
+        "benchmark": truth.benchmark,
+        "protocol": protocol.name,
+        "maps": protocol.map_path,
+        "gt": truth.gt,
+        "instances": len(truth),
+        "empty_regions": len(truth.empty),
+        "left_out": len(truth.excluded),
+    }
+    if truth.gt == "mask":
+        head["miou_mean"] = protocol.miou_mean
     if truth.image_ids is not None:
         head["images"] = len(set(truth.image_ids))
-    return {**head, **metrics.summarise(per, truth.image_ids, protocol=protocol, with_mask_metrics=truth.gt == "mask")}
+    scores = metrics.summarise(
+        per, truth.image_ids, protocol=protocol, with_mask_metrics=truth.gt == "mask", decimals=None
+    )
+    return {**head, **scores}
 
 
 def score_source(
@@ -115,6 +131,7 @@ def score_source(
     constant: list[int] = []
 
     direct = hasattr(source, "read_into")
+    fallback = metrics.mask_empty_area(n, protocol)
     presorted = getattr(source, "sorted_map", None)  # a source that knows its maps' sorted values (baselines)
 
     def run(start: int) -> None:
@@ -128,7 +145,7 @@ def score_source(
                         bad = int(np.count_nonzero(~np.isfinite(chunk[row])))
                         raise MapProblem("NaN/inf values", f"{bad} pixels")
                     continue
-                ready = prepare_map(source.read(ids[i]), align_corners=protocol.align_corners)
+                ready = prepare_map(source.read(ids[i]), protocol)
             except MapProblem as problem:
                 problems.append((i, problem))
                 continue
@@ -151,11 +168,21 @@ def score_source(
         select = metrics.rank_values
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
+            ordered = [metrics.normalise_rows(o[None], protocol)[0] for o in ordered if o is not None]  # still sorted
 
-            def select(_, ranks):
-                return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=flat.dtype) for rank in ranks]
+            def select(normalised, ranks):
+                return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
 
-        for key, values in metrics.score_rows(flat, full, half, protocol, select=select).items():
+        rows = metrics.score_rows(
+            flat,
+            full,
+            half,
+            protocol,
+            select=select,
+            mask_empty_area=fallback[start:stop],
+            mask_metrics=truth.gt == "mask",
+        )
+        for key, values in rows.items():
             per[key][start:stop] = values
 
     metrics.map_chunks(run, n, CHUNK, workers)
@@ -196,35 +223,23 @@ def evaluate(
     *,
     benchmark: str | None = None,
     protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+    ids: str | Path | None = None,
+    empty: str = "score",
     workers: int | None = None,
 ) -> dict:
     """Score an `.npz` of heatmaps on a benchmark's boxes (`gt="box"`) or masks (`gt="mask"`).
 
-    `release_dir`: a directory or a ground-truth file (see `formats`). Returns `{"benchmark", "protocol", "gt",
-    "instances", "images" (grouped benchmarks), <metric>: percent, …}` with the keys of `metrics.summarise`.
+    `release_dir`: a directory or a ground-truth file (see `formats`); `ids` and `empty` as
+    `formats.load_ground_truth`. Returns `{"benchmark", "protocol", "maps", "gt", "instances", "empty_regions",
+    "left_out", "images" (where images hold several instances), <metric>: percent, …}` at full precision, with
+    the keys of `metrics.summarise`.
     """
     protocol = metrics.get_protocol(protocol)
-    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=protocol)
+    truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=protocol, ids=ids, empty=empty)
     return score_file(truth, predictions_path, protocol, workers=workers).summary
 
 
 # --- the table and the per-instance file --------------------------------------------------------------------
-
-
-_LABELS = {
-    "ciou": "cIoU",
-    "ciou_adaptive": "cIoU-adap",
-    "auc": "AUC",
-    "auc_adaptive": "AUC-adap",
-    "iiou": "IIoU",
-    "iiou_adaptive": "IIoU-adap",
-    "iauc": "IAUC",
-    "iauc_adaptive": "IAUC-adap",
-    "miou": "mIoU",
-    "fscore": "F",
-    "miou_adaptive": "mIoU-adap",
-    "fscore_adaptive": "F-adap",
-}
 
 
 def _rows(results, prefix: str = "") -> list[tuple[str, dict]]:
@@ -246,7 +261,7 @@ def format_table(results: Mapping) -> str:
     if not rows:
         raise ValueError("no results to format")
     keys = [k for k in metrics.METRIC_KEYS + metrics.MASK_METRIC_KEYS if any(k in r for _, r in rows)]
-    header = ["", "gt", "instances", "images"] + [_LABELS[k] for k in keys]
+    header = ["", "gt", "instances", "images"] + [LABELS[k] for k in keys]
     body = []
     for name, r in rows:
         cells = [name, str(r.get("gt", "")), str(r.get("instances", "")), str(r.get("images", "-"))]
@@ -324,22 +339,22 @@ def oracle_maps(regions: np.ndarray) -> np.ndarray:
 class BaselineMaps:
     """A map source (`keys`, `read`) for one reference baseline on one ground truth.
 
-    `read` gives the maps as stored (random and centre at low resolution, as a model's); with `align_corners`
-    (True / False: the protocol's resizing) it gives them resized to 224×224 already, the centre map resized once.
+    `read` gives the maps as stored (random and centre at low resolution, as a model's); with a `protocol` it gives
+    them resized to 224×224 already (its map path), the centre map resized once.
     """
 
-    def __init__(self, kind: str, truth: GroundTruth, align_corners: bool | None = None):
+    def __init__(self, kind: str, truth: GroundTruth, protocol: metrics.Protocol | None = None):
         if kind not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not {kind!r}")
-        self.kind, self.truth, self.align_corners = kind, truth, align_corners
+        self.kind, self.truth, self.protocol = kind, truth, protocol
         self._index = {iid: i for i, iid in enumerate(truth.instance_ids)}
         self._centre = self._sized(centre_map())
         self._sorted: np.ndarray | None = None
 
     def _sized(self, arr: np.ndarray) -> np.ndarray:
-        if self.align_corners is None:
+        if self.protocol is None:
             return arr
-        return metrics.resize_bilinear(arr, metrics.FRAME, align_corners=self.align_corners)
+        return metrics.resize_map(arr, self.protocol)
 
     def keys(self):
         """The ground truth's instance ids."""
@@ -379,7 +394,7 @@ def score_baselines(
     protocol = metrics.get_protocol(protocol)
     return {
         kind: score_source(
-            truth, BaselineMaps(kind, truth, protocol.align_corners), protocol, name=f"{kind} baseline", workers=workers
+            truth, BaselineMaps(kind, truth, protocol), protocol, name=f"{kind} baseline", workers=workers
         )
         for kind in BASELINES
     }
@@ -411,10 +426,11 @@ def shipped_baselines(truth: GroundTruth, protocol: str | metrics.Protocol) -> d
     """
     folder = truth.source if truth.source.is_dir() else truth.source.parent
     path = folder / BASELINES_FILE
-    if truth.benchmark != "is4" or not path.is_file():
-        return None
+    if truth.benchmark != "is4" or truth.excluded or not path.is_file():
+        return None  # a subset (an id list, empty regions left out) is scored afresh
     shipped = json.loads(path.read_text(encoding="utf-8"))
-    if shipped.get("protocol") != metrics.get_protocol(protocol).name:
+    protocol = metrics.get_protocol(protocol)
+    if shipped.get("protocol") != protocol.name or shipped.get("maps") != protocol.map_path:
         return None
     return shipped["scores"].get(truth.gt)
 

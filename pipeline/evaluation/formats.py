@@ -1,39 +1,48 @@
 """Ground truth of the localisation benchmarks, read from their public formats into one `GroundTruth`.
 
-`load_ground_truth(path, gt, benchmark=…, protocol=…)` takes a directory (a release, the authors' IS4 folder, a
-benchmark's annotation folder) or the ground-truth file itself. The benchmark is the one named, else the one the
-file names say (`vggss`, `synthetic3240` / `is4`, `s4`, `ms3`, `vpo_ss`, `vpo_ms`, an `Annotations/` folder of
-XML files), else the one the entries' shape says (VGG-SS, Flickr XML); `gt` (box or mask) likewise.
+Every benchmark is one declared `Format` (the `FORMATS` table at the end: how its files are named and read, the
+instance id rule, the IIoU grouping, the id lists it accepts, the authors' default id list, the tasks it
+supports); `formats_table()` renders them for the README and the CLI help lists `BENCHMARKS`. Adding a benchmark
+is one reader and one `Format(...)` here (docs/architecture.md, "Adding a benchmark or a task").
 
-- **is4** (`is4_bbox.json` / `is4_seg.json`, or the authors' `synthetic3240_bbox.json` / `_seg.json`): a JSON list,
-  one entry per instance, `{"image": ".../visual_frames/<id>.jpg", "audio": ".../audio_wav/<id>.wav", "gt_box":
-  [x1, y1, x2, y2]}` in pixels of the 224×224 frame, or `"gt_box": ".../gt_masks/<id>.jpg"` (a 224×224 mask, object
-  where grey > 127). Paths may be relative to the folder (this project's releases) or absolute paths from another
-  machine (the authors' files): every file is looked up by its name inside the folder (`<folder>/<parent>/<name>`,
-  `<folder>/<name>`, then in a folder of that parent name anywhere below). The instance id is the file stem of `image`;
-  the image of an instance is its id less the last `_<category>` part (IIoU / IAUC group by it).
-- **avsbench-s4, avsbench-ms3, vpo-ss, vpo-ms**: the same entry shape (box or mask JSONs); one instance per image
-  (no IIoU / IAUC).
-- **vggss** (`vggss.json`): `[{"file": "<clip id>", "class": …, "bbox": [[x1, y1, x2, y2], …]}, …]` with
-  coordinates normalised to [0, 1]; each box becomes `(np.clip(box, 0, 1) * 224).astype(int)` and the region is
-  the union of the clip's boxes (the VGG-SS convention of the public LVS / EZ-VSL evaluation code).
-- **flickr** (Flickr-SoundNet test set: `Annotations/<image id>.xml`, several annotators' `<bbox>` elements with
-  `xmin ymin xmax ymax` in the 256×256 annotation frame): each coordinate becomes `int(224 * v / 256)` and the
-  region is the annotation consensus of the public LVS / EZ-VSL code: the boxes' count map halved and capped at 1
-  (1 where two or more annotators agree, 0.5 where one does). The instance id is the file stem.
+`load_ground_truth(path, gt, benchmark=…, protocol=…, ids=…, empty=…)` takes a directory (a release, the
+authors' `metadata/` folder, a benchmark's annotation folder) or the ground-truth file itself. The benchmark is
+the one named, else the first format whose name pattern matches the file names, else the one the entries' shape
+says (VGG-SS, Flickr XML); `gt` (box or mask) likewise. Everything is read as the authors' evaluation code reads it
+(kaistmm/SSLalignment `datasets_lvs.load_all_bboxes` / `bbox2gtmap`, the test loader's mask reading):
 
-Every malformed entry, duplicate instance, missing mask file and empty region is named in an EvaluationError.
+- **is4, avsbench-s4, avsbench-ms3, vpo-ss, vpo-ms** (`is4_bbox.json`, the authors' `synthetic3240_bbox.json`,
+  `s4_box.json`, `ms3_seg.json`, `vpo_ms_bbox.json`, …): a JSON list, one entry per instance, `{"image":
+  ".../<id>.jpg", "audio": …, "gt_box": [x1, y1, x2, y2]}` in pixels of the 224×224 frame (drawn as
+  `gt[int(y1):int(y2), int(x1):int(x2)] = 1`), or `"gt_box": ".../<id>.png"` a mask of any size, read as
+  `np.array(Image.open(f).resize((224, 224))) >= 128` (`read_mask`). Paths may be relative to the folder or
+  absolute paths from another machine: every file is looked up by its name inside the folder. The instance id is
+  the file stem of `image`; IIoU / IAUC group instances by the authors' short name, the id less its last `_part`,
+  and are reported wherever an image holds more than one instance.
+- **vggss** (`vggss.json`): `[{"file": "<ytid>_<start s>", "class": …, "bbox": [[x1, y1, x2, y2], …]}, …]`
+  normalised to [0, 1]; each box becomes `(np.clip(box, 0, 1) * 224).astype(int)`, the region is their union.
+  Id lists may name a clip in the authors' `<ytid>_<start ms>_<end ms>` form (`ours_vggss.txt`).
+- **flickr** (`Annotations/<id>.xml`): every `<bbox>` grandchild of the root, its first child skipped and the next
+  four read in order as x1, y1, x2, y2 in the 256×256 annotation frame, each `int(224 * v / 256)`; the region is
+  the annotators' consensus: the boxes' count map halved and capped at 1.
+
+An instance whose region is empty in the 224×224 frame (a VGG-SS box clipped away, a `[0, 0, 0, 0]` box, a black
+mask) is kept and scored as the authors score it, a failure (`GroundTruth.empty` counts them; `empty="exclude"`
+leaves them out). `ids` (an id list, `read_id_list`) keeps the instances it names. Malformed entries, duplicate
+instances, missing or unreadable mask files are named in an EvaluationError.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -41,12 +50,10 @@ import numpy as np
 from is4.pipeline.evaluation import metrics
 from is4.pipeline.evaluation.errors import EvaluationError, EvaluationWarning, few
 
-BENCHMARKS = ("is4", "vggss", "flickr", "avsbench-s4", "avsbench-ms3", "vpo-ss", "vpo-ms")
 GT_KINDS = ("box", "mask")
 IS4_FILES = {"box": ("is4_bbox.json", "synthetic3240_bbox.json"), "mask": ("is4_seg.json", "synthetic3240_seg.json")}
-GROUPED = ("is4",)  # benchmarks whose instances group into images (IIoU / IAUC)
-BOX_ONLY = ("vggss", "flickr")
 FLICKR_FRAME = 256
+EMPTY_RULES = ("score", "exclude")  # an instance whose region is empty: scored as a failure (the authors), or left out
 S = metrics.FRAME
 
 
@@ -67,6 +74,9 @@ class GroundTruth:
     boxes: list[np.ndarray] | None = None
     combine: str = "union"
     packed: np.ndarray | None = None
+    empty: list[str] = field(default_factory=list)  # instances whose region is empty in the 224×224 frame
+    excluded: list[str] = field(default_factory=list)  # instances left out (`empty="exclude"`, an id list)
+    classes: list[str] | None = None  # each instance's class where the file names one (VGG-SS `class`)
     _single: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +101,22 @@ class GroundTruth:
             return counts >= 2, (half if half.any() else None)
         return counts > 0, None
 
+    def subset(self, keep: np.ndarray, excluded: list[str]) -> GroundTruth:
+        """The instances at the indices `keep` (in this order), with `excluded` added to those left out."""
+        keep = np.asarray(keep, dtype=np.int64)
+        ids = [self.instance_ids[i] for i in keep]
+        kept = set(ids)
+        return replace(
+            self,
+            instance_ids=ids,
+            image_ids=None if self.image_ids is None else [self.image_ids[i] for i in keep],
+            boxes=None if self.boxes is None else [self.boxes[i] for i in keep],
+            packed=None if self.packed is None else self.packed[keep],
+            classes=None if self.classes is None else [self.classes[i] for i in keep],
+            empty=[i for i in self.empty if i in kept],
+            excluded=self.excluded + excluded,
+        )
+
     def areas(self) -> np.ndarray:
         """(N,) non-zero ground-truth pixels per instance."""
         if self._single is not None:
@@ -107,21 +133,9 @@ class GroundTruth:
 
 
 def benchmark_of_name(name: str) -> str | None:
-    """The benchmark a file or folder name says, or None."""
+    """The benchmark a file or folder name says (the first declared format whose `pattern` matches), or None."""
     n = name.lower()
-    if "vggss" in n:
-        return "vggss"
-    if "synthetic3240" in n or re.search(r"(^|[^a-z0-9])is4", n):
-        return "is4"
-    if "flickr" in n or n == "annotations":
-        return "flickr"
-    if match := re.search(r"vpo[-_ ]?(ss|ms)", n):
-        return f"vpo-{match.group(1)}"
-    if "ms3" in n:
-        return "avsbench-ms3"
-    if re.search(r"(^|[^a-z0-9])s4", n):
-        return "avsbench-s4"
-    return None
+    return next((f.name for f in FORMATS if re.search(f.pattern, n)), None)
 
 
 def _gt_of_name(name: str) -> str | None:
@@ -149,7 +163,7 @@ def _candidates(root: Path) -> list[tuple[Path, str, str | None]]:
         for path in sorted(depth):
             bench = benchmark_of_name(path.name)
             if bench:
-                found.append((path, bench, "box" if bench in BOX_ONLY else _gt_of_name(path.name)))
+                found.append((path, bench, "box" if FORMAT[bench].gt == ("box",) else _gt_of_name(path.name)))
         if found:
             break
     return found
@@ -172,7 +186,7 @@ def find_ground_truth(
         raise EvaluationError(f"{path}: no such file or directory")
     if path.is_file() or (path.is_dir() and benchmark in (None, "flickr") and _xml_folder(path) == path):
         bench = benchmark or benchmark_of_name(path.name) or benchmark_of_name(path.parent.name)
-        kind = gt or ("box" if bench in BOX_ONLY else _gt_of_name(path.name))
+        kind = gt or ("box" if bench and FORMAT[bench].gt == ("box",) else _gt_of_name(path.name))
         return path, bench or _benchmark_of_entries(path), kind
     found = _candidates(path)
     if benchmark:
@@ -301,9 +315,20 @@ def _off_frame_warning(path: Path, ids: list[str], boxes: list[np.ndarray]) -> N
         )
 
 
-def _read_masks(path: Path, finder: FileFinder, ids: list[str], refs: list) -> np.ndarray:
+def read_mask(file: Path) -> np.ndarray:
+    """A mask file as the authors read it: `np.array(Image.open(f).resize((224, 224))) >= 128` (Pillow's default
+    filter: nearest for palette and 1-bit images, bicubic otherwise; a palette image compares its indices). A
+    colour image, which their loader cannot use, is read as its grey level."""
     from PIL import Image
 
+    with Image.open(file) as img:
+        grey = np.asarray(img.resize((S, S)))
+        if grey.ndim != 2:
+            grey = np.asarray(img.convert("L").resize((S, S)))
+    return grey >= 128
+
+
+def _read_masks(path: Path, finder: FileFinder, ids: list[str], refs: list) -> np.ndarray:
     packed = np.zeros((len(ids), S * S // 8), dtype=np.uint8)
     bad, missing = [], []
     for i, (iid, ref) in enumerate(zip(ids, refs)):
@@ -315,15 +340,9 @@ def _read_masks(path: Path, finder: FileFinder, ids: list[str], refs: list) -> n
             missing.append((iid, ref))
             continue
         try:
-            with Image.open(file) as img:
-                grey = np.asarray(img.convert("L"))
+            packed[i] = np.packbits(read_mask(file).reshape(-1))
         except (OSError, ValueError) as exc:
             bad.append((iid, f"cannot read {ref}: {exc}"))
-            continue
-        if grey.shape != (S, S):
-            bad.append((iid, f"{ref} is {grey.shape[1]}×{grey.shape[0]}, not {S}×{S}"))
-            continue
-        packed[i] = np.packbits(grey.reshape(-1) > 127)
     if missing:
         raise EvaluationError(
             f"{path}: {len(missing)} of {len(ids)} mask files are not inside {finder.root} "
@@ -356,18 +375,13 @@ def _read_entry_list(path: Path, root: Path, benchmark: str, gt: str | None, box
         )
     finder = FileFinder(root)
     _check_frame(finder, entries[0]["image"])
-    image_ids = [iid.rsplit("_", 1)[0] for iid in ids] if benchmark in GROUPED else None
-    common = dict(benchmark=benchmark, gt=gt, source=path, instance_ids=ids, image_ids=image_ids, box_rule=box_rule)
+    common = dict(benchmark=benchmark, gt=gt, source=path, instance_ids=ids, image_ids=None, box_rule=box_rule)
     if gt == "mask":
         return GroundTruth(**common, packed=_read_masks(path, finder, ids, [e["gt_box"] for e in entries]))
-    bad = [
-        (iid, e["gt_box"])
-        for iid, e in zip(ids, entries)
-        if not (_is_box(e["gt_box"]) and e["gt_box"][0] < e["gt_box"][2] and e["gt_box"][1] < e["gt_box"][3])
-    ]
-    if bad:
+    bad = [(iid, e["gt_box"]) for iid, e in zip(ids, entries) if not _is_box(e["gt_box"])]
+    if bad:  # a box with x1 >= x2 or y1 >= y2 is read: its region is empty, as in the authors' code
         raise EvaluationError(
-            f"{path}: {len(bad)} boxes are not [x1, y1, x2, y2] with x1 < x2, y1 < y2: "
+            f"{path}: {len(bad)} boxes are not [x1, y1, x2, y2] (four finite numbers): "
             f"{few(bad, lambda b: f'{b[0]} {b[1]!r}')}",
             [b[0] for b in bad],
         )
@@ -376,46 +390,47 @@ def _read_entry_list(path: Path, root: Path, benchmark: str, gt: str | None, box
     return GroundTruth(**common, boxes=boxes)
 
 
-def _read_vggss(path: Path, box_rule: str) -> GroundTruth:
+def _read_vggss(path: Path, root: Path, benchmark: str, gt: str | None, box_rule: str) -> GroundTruth:
     entries = _read_json_list(path)
-    ids, boxes, bad = [], [], []
+    ids, boxes, bad, classes = [], [], [], []
     for pos, entry in enumerate(entries):
         name = entry.get("file") if isinstance(entry, dict) else None
         raw = entry.get("bbox") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not isinstance(raw, list) or not raw or not all(map(_is_box, raw)):
+        if not isinstance(name, str) or not isinstance(raw, list) or not all(map(_is_box, raw)):
             bad.append(f"entry {pos}" + (f" ({name})" if isinstance(name, str) else ""))
             continue
         ids.append(name)
-        boxes.append((np.clip(np.array(raw, dtype=np.float64), 0, 1) * S).astype(int).astype(np.float64))
+        classes.append(str(entry.get("class", "")))
+        clipped = (np.clip(np.array(raw, dtype=np.float64).reshape(-1, 4), 0, 1) * S).astype(int)
+        boxes.append(clipped.astype(np.float64))
     if bad:
         raise EvaluationError(
-            f"{path}: {len(bad)} entries lack a 'file' and a non-empty 'bbox' list of "
-            f"[x1, y1, x2, y2] in [0, 1]: {few(bad)}"
+            f"{path}: {len(bad)} entries lack a 'file' and a 'bbox' list of [x1, y1, x2, y2] in [0, 1]: {few(bad)}"
         )
     _no_duplicates(path, ids)
-    return GroundTruth("vggss", "box", path, ids, None, box_rule, boxes=boxes, combine="union")
+    return GroundTruth("vggss", "box", path, ids, None, box_rule, boxes=boxes, combine="union", classes=classes)
 
 
 def _flickr_boxes(file: Path) -> list[list[int]]:
+    """The boxes of one Flickr-SoundNet annotation as the authors read it: every `<bbox>` grandchild of the root
+    (`<annotation><object><bbox>…`), its first child skipped and the next four read in order as x1, y1, x2, y2,
+    each `int(224 * int(text) / 256)`; other grandchildren are ignored."""
     root = ET.parse(file).getroot()
     boxes = []
-    for bbox in root.iter("bbox"):
-        children = list(bbox)
-        named = {child.tag: child.text for child in children}
-        texts = (
-            [named[k] for k in ("xmin", "ymin", "xmax", "ymax")]
-            if {"xmin", "ymin", "xmax", "ymax"} <= set(named)
-            else [child.text for child in children[1:5]]
-        )  # the public code's order: skip the first child
-        if len(texts) != 4:
-            raise ValueError(f"a <bbox> with {len(children)} children")
-        boxes.append([int(S * int((t or "").strip()) / FLICKR_FRAME) for t in texts])
+    for child in root:
+        for bbox in child:
+            if bbox.tag != "bbox":
+                continue
+            values = list(bbox)[1:]
+            if len(values) != 4:
+                raise ValueError(f"a <bbox> with {len(values)} values after its first child, not 4")
+            boxes.append([int(S * int((v.text or "").strip()) / FLICKR_FRAME) for v in values])
     if not boxes:
-        raise ValueError("no <bbox>")
+        raise ValueError("no <bbox> under the root's children")
     return boxes
 
 
-def _read_flickr(path: Path, box_rule: str) -> GroundTruth:
+def _read_flickr(path: Path, root: Path, benchmark: str, gt: str | None, box_rule: str) -> GroundTruth:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() == ".xml")
     ids, boxes, bad = [], [], []
     for file in files:
@@ -431,33 +446,219 @@ def _read_flickr(path: Path, box_rule: str) -> GroundTruth:
     return GroundTruth("flickr", "box", path, ids, None, box_rule, boxes=boxes, combine="consensus")
 
 
+def read_id_list(path: str | Path) -> list[str]:
+    """The ids of an id list: one per line, or the first field of each CSV row (`flickr_test.csv` holds
+    `<id>,<count>`); blank lines are skipped. Reads the authors' `ours_vggss.txt`, `flickr_test.csv`,
+    `vggss_heard_test.csv` / `vggss_unheard_test.csv` as shipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot read the id list: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EvaluationError(f"{path}: the id list is not UTF-8 text: {exc}") from None
+    ids = [row[0].strip() for row in csv.reader(text.splitlines()) if row and row[0].strip()]
+    if not ids:
+        raise EvaluationError(f"{path}: the id list holds no ids")
+    return ids
+
+
+def _select(truth: GroundTruth, fmt: Format, wanted: list[str], source: Path) -> GroundTruth:
+    """The instances an id list names (matched by id or by one of the format's `aliases`), in ground-truth order;
+    ids that name no instance are reported in a warning, as the authors' loader drops them."""
+    index: dict[str, int] = {}
+    for i, iid in enumerate(truth.instance_ids):
+        for name in (iid, *(fmt.aliases(iid) if fmt.aliases else ())):
+            index.setdefault(name, i)
+    picked = {index[w] for w in wanted if w in index}
+    unknown = [w for w in wanted if w not in index]
+    if not picked:
+        raise EvaluationError(f"{source}: none of its {len(wanted)} ids is an instance of {truth.source}")
+    if unknown:
+        warnings.warn(
+            f"{source}: {len(unknown)} of {len(wanted)} ids are not in {truth.source.name} (left out): {few(unknown)}",
+            EvaluationWarning,
+            stacklevel=3,
+        )
+    keep = sorted(picked)
+    left = [iid for i, iid in enumerate(truth.instance_ids) if i not in picked]
+    return truth.subset(np.array(keep, dtype=np.int64), left)
+
+
+def _group(ids: list[str], rule: str) -> list[str] | None:
+    """Image ids for IIoU / IAUC: the authors' short name (`'_'.join(id.split('_')[:-1])`) when the format groups
+    and some image holds more than one instance, else None."""
+    if rule != "last-part":
+        return None
+    images = ["_".join(iid.split("_")[:-1]) for iid in ids]
+    return images if len(set(images)) < len(images) else None
+
+
+def find_default_ids(truth: GroundTruth) -> Path:
+    """The authors' default id list of the benchmark (`Format.default_ids`) beside the ground truth file."""
+    fmt = FORMAT[truth.benchmark]
+    folder = truth.source if truth.source.is_dir() else truth.source.parent
+    if not fmt.default_ids:
+        raise EvaluationError(f"{truth.benchmark} has no default id list: name one with --ids FILE")
+    for place in (folder, folder.parent):
+        if (place / fmt.default_ids).is_file():
+            return place / fmt.default_ids
+    raise EvaluationError(f"{folder}: no {fmt.default_ids} (the authors' default id list of {truth.benchmark}) here")
+
+
 def load_ground_truth(
     path: str | Path,
     gt: str | None = None,
     *,
     benchmark: str | None = None,
     protocol: str | metrics.Protocol = metrics.DEFAULT_PROTOCOL,
+    ids: str | Path | None = None,
+    empty: str = "score",
 ) -> GroundTruth:
     """Read a benchmark's ground truth (see the module docstring); boxes are rasterised by `protocol`'s rule.
 
-    Raises EvaluationError naming unreadable files, malformed entries, duplicates, missing mask files and empty
-    regions, and for frames (where present; the first is checked) that are not 224×224.
+    `ids`: an id list (`read_id_list`; "auto": the format's `default_ids` beside the file) keeps only the
+    instances it names. `empty`: an instance whose region is empty in the 224×224 frame (a box clipped away, a
+    `[0, 0, 0, 0]` box, a black mask) is scored as the authors score it, a failure ("score", counted in
+    `GroundTruth.empty`), or left out ("exclude"). Raises EvaluationError naming unreadable files, malformed
+    entries, duplicates, missing mask files, and frames (where present; the first is checked) that are not 224×224.
     """
+    if empty not in EMPTY_RULES:
+        raise EvaluationError(f"empty must be one of {', '.join(EMPTY_RULES)}, not {empty!r}")
     box_rule = metrics.get_protocol(protocol).box_rule
     path = Path(path)
     file, bench, kind = find_ground_truth(path, gt, benchmark)
-    if bench in BOX_ONLY and kind == "mask":
-        raise EvaluationError(f"{file}: {bench} has box ground truth only")
-    if bench == "vggss":
-        truth = _read_vggss(file, box_rule)
-    elif bench == "flickr":
-        truth = _read_flickr(file, box_rule)
-    else:
-        truth = _read_entry_list(file, path if path.is_dir() else file.parent, bench, kind, box_rule)
-    empty = [iid for iid, area in zip(truth.instance_ids, truth.areas()) if area == 0]
-    if empty:
-        raise EvaluationError(
-            f"{file}: {len(empty)} instances have an empty ground-truth region in the {S}×{S} frame: {few(empty)}",
-            empty,
-        )
+    fmt = FORMAT[bench]
+    if kind is not None and kind not in fmt.gt:
+        raise EvaluationError(f"{file}: {bench} has {' and '.join(fmt.gt)} ground truth only")
+    truth = fmt.reader(file, path if path.is_dir() else file.parent, bench, kind, box_rule)
+    truth.image_ids = _group(truth.instance_ids, fmt.grouping)
+    if ids is not None:
+        source = find_default_ids(truth) if str(ids) == "auto" else Path(ids)
+        truth = _select(truth, fmt, read_id_list(source), source)
+    truth.empty = [iid for iid, area in zip(truth.instance_ids, truth.areas()) if area == 0]
+    if empty == "exclude" and truth.empty:
+        gone = set(truth.empty)
+        keep = [i for i, iid in enumerate(truth.instance_ids) if iid not in gone]
+        if not keep:
+            raise EvaluationError(f"{file}: every instance has an empty region; nothing is left to score")
+        truth = truth.subset(np.array(keep, dtype=np.int64), sorted(gone))
     return truth
+
+
+# --- the declared formats -----------------------------------------------------------------------------------
+
+
+def vggss_aliases(clip_id: str) -> tuple[str, ...]:
+    """The other name of a VGG-SS clip `<ytid>_<start s>` in the authors' lists: `<ytid>_<start ms>_<end ms>`
+    (their `vgg_filename`: `name[:11]`, start × 1000, (start + 10) × 1000)."""
+    try:
+        start = int(clip_id[12:])
+    except ValueError:
+        return ()
+    return (f"{clip_id[:11]}_{start * 1000}_{(start + 10) * 1000}",)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One benchmark's ground-truth format: how it is found, read, named, grouped and subset, and what it scores.
+
+    `reader(file, root, benchmark, gt or None, box_rule)` returns a GroundTruth; `pattern` is a regex on a
+    lower-cased file or folder name that says the benchmark (formats are tried in declaration order);
+    `grouping` is "last-part" (IIoU / IAUC over the authors' short name, reported where an image has several
+    instances) or "none"; `aliases(id)` gives the other names an id list may use; `default_ids` is the authors'
+    default id list (a file name, `--ids auto`); `tasks` are the evaluation tasks (`tasks.TASKS`) it supports.
+    """
+
+    name: str
+    files: str
+    pattern: str
+    reader: Callable[[Path, Path, str, str | None, str], GroundTruth]
+    gt: tuple[str, ...]
+    id_rule: str
+    grouping: str = "last-part"
+    aliases: Callable[[str], tuple[str, ...]] | None = None
+    default_ids: str | None = None
+    default_ids_note: str = "all instances"
+    tasks: tuple[str, ...] = ("localisation", "segmentation")
+
+
+_ENTRY_IDS = "file stem of `image`"
+FORMATS: tuple[Format, ...] = (
+    Format(
+        "vggss",
+        "`vggss.json`: `[{file, class, bbox: [[x1, y1, x2, y2] in 0…1, …]}]`",
+        r"vggss",
+        _read_vggss,
+        ("box",),
+        "`file` (`<ytid>_<start s>`); id lists may use `<ytid>_<start ms>_<end ms>`",
+        grouping="none",
+        aliases=vggss_aliases,
+        default_ids="ours_vggss.txt",
+        default_ids_note="all 5,158 clips for the other methods; `ours_vggss.txt` (4,655) for the authors' own model",
+        tasks=("localisation", "retrieval", "alignment"),
+    ),
+    Format(
+        "is4",
+        "`is4_bbox.json` / `is4_seg.json` (the authors' `synthetic3240_bbox.json` / `_seg.json`)",
+        r"synthetic3240|(^|[^a-z0-9])is4",
+        _read_entry_list,
+        ("box", "mask"),
+        _ENTRY_IDS,
+        tasks=("localisation", "segmentation", "retrieval", "alignment"),
+    ),
+    Format(
+        "flickr",
+        "`Annotations/<id>.xml` (Flickr-SoundNet test set)",
+        r"flickr|^annotations$",
+        _read_flickr,
+        ("box",),
+        "the XML file's stem",
+        grouping="none",
+        default_ids="flickr_test.csv",
+        default_ids_note="`flickr_test.csv` (250 ids)",
+        tasks=("localisation",),
+    ),
+    Format(
+        "vpo-ss",
+        "`vpo_ss_bbox.json` / `vpo_ss_seg.json`",
+        r"vpo[-_ ]?ss",
+        _read_entry_list,
+        ("box", "mask"),
+        _ENTRY_IDS,
+    ),
+    Format(
+        "vpo-ms",
+        "`vpo_ms_bbox.json` / `vpo_ms_seg.json`",
+        r"vpo[-_ ]?ms",
+        _read_entry_list,
+        ("box", "mask"),
+        _ENTRY_IDS,
+    ),
+    Format("avsbench-ms3", "`ms3_box.json` / `ms3_seg.json`", r"ms3", _read_entry_list, ("box", "mask"), _ENTRY_IDS),
+    Format(
+        "avsbench-s4",
+        "`s4_box.json` / `s4_seg.json`",
+        r"(^|[^a-z0-9])s4",
+        _read_entry_list,
+        ("box", "mask"),
+        _ENTRY_IDS,
+    ),
+)
+FORMAT = {f.name: f for f in FORMATS}
+BENCHMARKS = tuple(FORMAT)
+
+
+def formats_table() -> str:
+    """The declared formats as the Markdown table of README "Scoring a model"."""
+    lines = [
+        "| benchmark | files | ground truth | instance id | IIoU / IAUC | authors' id list | tasks |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in FORMATS:
+        grouping = "by `id` less its last `_part`" if f.grouping == "last-part" else "no"
+        tasks = ", ".join(f.tasks)
+        lines.append(
+            f"| {f.name} | {f.files} | {', '.join(f.gt)} | {f.id_rule} | {grouping} | {f.default_ids_note} | {tasks} |"
+        )
+    return "\n".join(lines)

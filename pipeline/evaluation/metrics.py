@@ -22,8 +22,15 @@ for boxes, their AVSBench-style mask evaluator for masks), so that numbers can s
   threshold, then the maximum over thresholds; P = inter / |pred| (0 when nothing is predicted), R = inter / A,
   F = (1 + β²)·P·R / (β²·P + R), 0 when P = R = 0;
 - the ground-truth box is `gt[int(y1):int(y2), int(x1):int(x2)] = 1` (numpy slicing of each `int()`-truncated
-  coordinate: a negative one counts from the far edge, as in the reference); a map that is not 224×224 is resized
-  bilinearly with `align_corners=True`, as the reference test code resizes model outputs.
+  coordinate: a negative one counts from the far edge, as in the reference);
+- the map path (`MAP_PATHS`): by default ("validate", the authors' test.py `validate()`) a map is float32, resized
+  to 224×224 as `torch.nn.functional.interpolate(bilinear, align_corners=True)` computes it (bit for bit,
+  `resize_torch`), then min-max normalised in float32 before the cuts (float32 rounding may merge values: the
+  reference cuts the normalised map); "lvs" (their `validate_lvs()`, used for their own checkpoints on VGG-SS)
+  resizes with OpenCV's INTER_LINEAR (`resize_cv2`) and scores `1 - normalize(-map)`;
+- empty regions are scored, not refused: IoU 0, the adaptive cut at H·W // 2 pixels; for masks the reference's
+  no-object mIoU (pixels left out / H·W) with its own adaptive fallback (half the batch size), F-scores left out;
+- mIoU averages per-batch means over batches of 64 in file order (`MIOU_MEANS`, "instance" is the plain mean).
 
 **`exact-k`** is this project's tie-safe variant: a cut keeps exactly K pixels (those strictly above the (K+1)-th
 largest value; a tied group at the cut is dropped whole, so ties never depend on pixel position), with K = half
@@ -38,7 +45,7 @@ pixels") would compute. Side by side:
 | AUC thresholds | `[0.05*i for i in range(21)]` (binary floats: an IoU of exactly 0.15 fails 0.15000000000000002) | `arange(21) / 20` (exact ratios) |
 | AUC | trapezoid over the thresholds (sklearn.metrics.auc) | the same trapezoid |
 | box → region | `gt[int(y1):int(y2), int(x1):int(x2)] = 1` | pixels whose centre lies in [x1, x2) × [y1, y2), clipped to the frame |
-| resizing | bilinear, `align_corners=True` | bilinear, half-pixel centres (`align_corners=False`) |
+| resizing | float32 torch bilinear, `align_corners=True`, then float32 min-max | float64 bilinear, half-pixel centres |
 | mIoU | mean of inter / (union + 1e-7) | mean IoU |
 | F-score | max over 255 thresholds of the mean F (threshold 0: the whole frame) | mean F of the binarised map |
 
@@ -53,6 +60,7 @@ float32, as the reference compares its float32 model outputs).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -76,25 +84,46 @@ PER_INSTANCE_KEYS = ("iou", "iou_adaptive", "miou", "miou_adaptive", "fscore", "
 FSCORE_THRESHOLDS = np.linspace(0, 1 - 1e-10, 255)  # the reference F-measure's thresholds on a binarised map
 
 
+MAP_PATHS = {
+    "validate": "float32 `interpolate(bilinear, align_corners=True)` as torch computes it, then min-max in float32 "
+    "(the authors' test.py validate())",
+    "lvs": "float32 OpenCV INTER_LINEAR resize, then 1 - normalize(-map) in float32 (the authors' validate_lvs(), "
+    "their own checkpoints on VGG-SS)",
+    "exact": "bilinear in float64 on the map's own values, no normalisation (exact-k)",
+    "jsa": "float32 torch bicubic (align_corners=False), then min-max in float32 (JSA's test_model.py; fixed)",
+}
+MIOU_MEANS = {
+    "batch": "mean of per-batch means over batches of 64 in file order (the authors' test loader)",
+    "instance": "mean over instances",
+}
+MIOU_BATCH = 64  # the authors' test loader's batch size
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One set of scoring rules (see the module docstring for the two that exist)."""
 
     name: str
     thresholds: tuple[float, ...]  # AUC thresholds
-    align_corners: bool  # bilinear resizing of maps that are not FRAME × FRAME
+    align_corners: bool  # bilinear resizing of maps that are not FRAME × FRAME (map path "exact")
     box_rule: str  # "slice" (reference) or "centre" (exact-k), see `box_mask`
     keep_k: bool  # True: a cut keeps exactly K pixels; False: `pred > s[int(N/2)]` / `s[N - A]`
     miou_eps: float  # inter / (union + eps)
     fscore_max: bool  # True: max over FSCORE_THRESHOLDS of the mean F; False: mean F of the binarised map
+    map_path: str = "validate"  # how a map is resized and normalised before the cuts: a key of MAP_PATHS
+    miou_mean: str = "batch"  # how mIoU averages: a key of MIOU_MEANS
+    threshold: float | None = None  # "fixed": keep the pixels >= threshold of the normalised map; no adaptive cut
 
     def top_half_index(self, n_px: int) -> int:
         """Ascending rank of the top-50 % cut value: the map keeps `pred > sorted[index]`."""
         return n_px - int(round(n_px / 2)) - 1 if self.keep_k else int(n_px / 2)
 
     def adaptive_index(self, n_px: int, area: np.ndarray) -> np.ndarray:
-        """Ascending rank of the adaptive cut value for ground-truth areas `area` (-1: keep every pixel)."""
-        return n_px - np.asarray(area, dtype=np.int64) - (1 if self.keep_k else 0)
+        """Ascending rank of the adaptive cut value for ground-truth areas `area` (-1: keep every pixel); an empty
+        region (area 0) is cut as the reference cuts it, at half the pixels (`H·W // 2`)."""
+        area = np.asarray(area, dtype=np.int64)
+        area = np.where(area == 0, n_px // 2, area)
+        return n_px - area - (1 if self.keep_k else 0)
 
 
 REFERENCE = Protocol(
@@ -114,18 +143,52 @@ EXACT_K = Protocol(
     keep_k=True,
     miou_eps=0.0,
     fscore_max=False,
+    map_path="exact",
+    miou_mean="instance",
 )
-PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K)}
+FIXED = Protocol(
+    "fixed",
+    tuple(0.05 * i for i in range(21)),
+    align_corners=False,
+    box_rule="slice",
+    keep_k=False,
+    miou_eps=1e-7,
+    fscore_max=True,
+    map_path="jsa",
+    miou_mean="instance",
+    threshold=0.6,
+)
+PROTOCOLS = {p.name: p for p in (REFERENCE, EXACT_K, FIXED)}
 DEFAULT_PROTOCOL = REFERENCE.name
 
 
-def get_protocol(protocol: str | Protocol) -> Protocol:
-    """The Protocol named `protocol` (or `protocol` itself); ValueError naming the known ones otherwise."""
-    if isinstance(protocol, Protocol):
-        return protocol
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    return PROTOCOLS[protocol]
+def get_protocol(
+    protocol: str | Protocol,
+    *,
+    map_path: str | None = None,
+    miou_mean: str | None = None,
+    threshold: float | None = None,
+) -> Protocol:
+    """The Protocol named `protocol` (or `protocol` itself), with the named options changed; ValueError naming the
+    known ones otherwise."""
+    if not isinstance(protocol, Protocol):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        protocol = PROTOCOLS[protocol]
+    if map_path is not None and map_path not in MAP_PATHS:
+        raise ValueError(f"map path must be one of {', '.join(MAP_PATHS)}, not {map_path!r}")
+    if miou_mean is not None and miou_mean not in MIOU_MEANS:
+        raise ValueError(f"mIoU mean must be one of {', '.join(MIOU_MEANS)}, not {miou_mean!r}")
+    if threshold is not None and protocol.threshold is None:
+        raise ValueError(f"a threshold applies to the fixed protocol only, not {protocol.name!r}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the threshold must lie in [0, 1] (the map is min-max normalised), not {threshold}")
+    return dataclasses.replace(
+        protocol,
+        map_path=map_path or protocol.map_path,
+        miou_mean=miou_mean or protocol.miou_mean,
+        threshold=protocol.threshold if threshold is None else threshold,
+    )
 
 
 # --- geometry -----------------------------------------------------------------------------------------------
@@ -169,6 +232,108 @@ def resize_bilinear(maps: np.ndarray, size: int | tuple[int, int] = FRAME, *, al
     bottom *= ly[:, None]
     top += bottom  # (1 - ly) · upper row + ly · lower row, as torch orders it
     return top.astype(dtype)
+
+
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 `a * b + c` rounded once, as a fused multiply-add: the product of two float32 values is exact in
+    float64, so only the sum rounds (twice, float64 then float32: different from one rounding in about 2**-29 of
+    cases)."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i0, i1, lambda0, lambda1) of torch's bilinear `align_corners=True` along one axis, in float32 as
+    ATen's UpSample.h computes them (`area_pixel_compute_scale`, `guard_index_and_lambda`)."""
+    f32 = np.float32
+    scale = f32(f32(n_in - 1) / f32(n_out - 1)) if n_out > 1 else f32(0)
+    real = scale * np.arange(n_out, dtype=f32)
+    i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
+    lam1 = np.clip(real - i0.astype(f32), f32(0), f32(1)).astype(f32)
+    return i0, i0 + (i0 < n_in - 1), (f32(1) - lam1).astype(f32), lam1
+
+
+def resize_torch(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
+    """`torch.nn.functional.interpolate(maps, size, mode="bilinear", align_corners=True)` on float32 maps
+    (H, W) or (N, H, W), bit for bit as torch's CPU kernel computes it: along the width, then the height, each step
+    `fma(v0, lambda0, v1 * lambda1)` in float32 (the contraction its compiled kernel makes)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    x0, x1, lx0, lx1 = _torch_axis(maps.shape[-1], size)
+    y0, y1, ly0, ly1 = _torch_axis(maps.shape[-2], size)
+
+    def row(rows: np.ndarray) -> np.ndarray:
+        return _fma32(rows[..., x0], lx0, rows[..., x1] * lx1)
+
+    top, bottom = row(maps[..., y0, :]), row(maps[..., y1, :])
+    return _fma32(top, ly0[:, None], bottom * ly1[:, None])
+
+
+@functools.lru_cache(maxsize=64)
+def _cv2_axis(n_in: int, n_out: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i0, i1, w0, w1) of OpenCV's INTER_LINEAR along one axis (imgproc resize.cpp `resizeGeneric`): source
+    position `(float)((d + 0.5) * (n_in / n_out)⁻¹ - 0.5)`, weights `1 - f`, `f` in float32; indices clamped to the
+    axis. Along the width (`clamp`) a position before the first or at / after the last pixel takes that pixel
+    with weight 1; along the height the rows are clamped but the weights are kept."""
+    scale = 1.0 / (n_out / n_in)
+    pos = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(pos).astype(np.int64)
+    frac = (pos - i0.astype(np.float32)).astype(np.float32)
+    if clamp:
+        low, high = i0 < 0, i0 >= n_in - 1
+        frac[low | high] = 0
+        i0 = np.where(low, 0, np.where(high, n_in - 1, i0))
+    i1 = np.clip(i0 + 1, 0, n_in - 1)
+    i0 = np.clip(i0, 0, n_in - 1)
+    return i0, i1, (np.float32(1) - frac).astype(np.float32), frac
+
+
+def resize_cv2(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
+    """`cv2.resize(map, (size, size), interpolation=cv2.INTER_LINEAR)` on float32 maps (H, W) or (N, H, W): each
+    row along the width (`S[x0]·w0 + S[x1]·w1`, a border pixel copied), then two rows combined (`R0·b0 + R1·b1`),
+    in float32 without fused multiply-adds (OpenCV is not installed here: written from its resize.cpp)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    x0, x1, wx0, wx1 = _cv2_axis(maps.shape[-1], size, True)
+    y0, y1, wy0, wy1 = _cv2_axis(maps.shape[-2], size, False)
+    rows = maps[..., x0] * wx0 + maps[..., x1] * wx1
+    return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+
+
+def resize_bicubic_torch(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
+    """`torch.nn.functional.interpolate(maps, size, mode="bicubic", align_corners=False)` on float32 (H, W) or
+    (N, H, W) maps, computed by torch itself (JSA's official test code resizes so)."""
+    import torch
+
+    maps = np.asarray(maps, dtype=np.float32)
+    batch = torch.from_numpy(maps.reshape(-1, 1, *maps.shape[-2:]).copy())
+    with torch.no_grad():
+        out = torch.nn.functional.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False)
+    return out.numpy().reshape(*maps.shape[:-2], size, size)
+
+
+def resize_map(arr: np.ndarray, protocol: Protocol, size: int = FRAME) -> np.ndarray:
+    """One map (H, W) resized to size × size as `protocol.map_path` says (float32, float64 for "exact")."""
+    if protocol.map_path == "jsa":
+        return resize_bicubic_torch(arr, size)
+    if protocol.map_path == "validate":
+        return resize_torch(arr, size)
+    if protocol.map_path == "lvs":
+        return resize_cv2(arr, size)
+    return resize_bilinear(arr, size, align_corners=protocol.align_corners)
+
+
+def normalise_rows(flat: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """(n, P) maps as `protocol.map_path` scores them: float32 min-max `(v - min) / (max - min)` ("validate"),
+    float32 `1 - normalize(-v)` ("lvs"), unchanged ("exact"). A constant row stays as it is, as the reference's
+    `normalize_img` leaves it. Both are monotone, so they only merge values that float32 cannot tell apart."""
+    if protocol.map_path == "exact":
+        return flat
+    x = np.asarray(flat, dtype=np.float32)  # "validate", "jsa": min-max; "lvs": 1 - normalize(-map)
+    if protocol.map_path == "lvs":
+        x = -x
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    span = np.where(hi == lo, np.float32(1), hi - lo)
+    out = np.where(hi == lo, x, (x - lo) / span)
+    return np.float32(1) - out if protocol.map_path == "lvs" else out
 
 
 def _slice_bounds(values: np.ndarray, size: int) -> np.ndarray:
@@ -370,6 +535,19 @@ def split_regions(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return gt == 1, (half if half.any() else None)
 
 
+def _cut_counts(maps, thr, index, full, half) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted pixels, intersection, weighted intersection) per row of `maps > thr` (index < 0: every pixel)."""
+    pred = np.greater(maps, thr[:, None], out=scratch("pred", maps.shape, bool))
+    pred[index < 0] = True
+    n_pred = _row_count(pred)
+    if half is None:
+        inter = _row_count(np.logical_and(pred, full, out=pred))
+        return n_pred, inter, inter.astype(np.float64)
+    inter_half = _row_count(pred & half)
+    inter_full = _row_count(np.logical_and(pred, full, out=pred))
+    return n_pred, inter_full + inter_half, inter_full + 0.5 * inter_half
+
+
 def score_rows(
     flat: np.ndarray,
     full: np.ndarray,
@@ -377,42 +555,65 @@ def score_rows(
     protocol: str | Protocol,
     beta2: float = BETA2,
     select=rank_values,
+    mask_empty_area: np.ndarray | None = None,
+    mask_metrics: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-instance scores of (n, P) maps against their regions: `full` (n, P) bool where the ground truth is 1 and
-    `half` (n, P) bool where it is 0.5 (a consensus map) or None. `select(flat, ranks)` gives the cut values
-    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent).
+    `half` (n, P) bool where it is 0.5 (a consensus map) or None. The maps are normalised as the protocol's map path
+    says (`normalise_rows`) before the box cuts; `select(maps, ranks)` gives the cut values of the normalised maps
+    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent). With `mask_metrics`
+    the mask metrics cut the maps as they are (the reference mask evaluator takes the resized, unnormalised maps).
 
     Keys: `gt_area` (non-zero ground-truth pixels), and for the top-50 % and the adaptive (`_adaptive`) cut:
     `iou` (the weighted IoU of the module docstring), `miou` (inter / (union + eps) of the region), `fscore` (F of
     the binarised map); `fscore_frame`: F of the whole frame as the prediction (the reference F's threshold 0).
+
+    An empty region is scored as the reference scores it: IoU 0; the adaptive cut at half the pixels; mIoU of the
+    complement, `(pixels left out) / (H·W + eps)`, its adaptive cut keeping `mask_empty_area` pixels (the mask
+    evaluator's own fallback, default H·W // 2); F-scores NaN (the F-measure leaves such instances out).
     """
     protocol = get_protocol(protocol)
-    n, n_px = flat.shape
+    maps = normalise_rows(flat, protocol)
+    n, n_px = maps.shape
     region = full if half is None else full | half
     area = _row_count(region)
-    if n and area.min() == 0:
-        raise ValueError(f"{int(np.count_nonzero(area == 0))} instances have an empty ground-truth region")
+    empty = area == 0
     n_full = area if half is None else _row_count(full)
     gt_sum = n_full + (0.0 if half is None else 0.5 * (area - n_full))
     cuts = {"": np.full(n, protocol.top_half_index(n_px)), "_adaptive": protocol.adaptive_index(n_px, area)}
-    values = select(flat, [np.maximum(index, 0) for index in cuts.values()])
+    ranks = [np.maximum(index, 0) for index in cuts.values()]
     out: dict[str, np.ndarray] = {"gt_area": area}
-    for (suffix, index), thr in zip(cuts.items(), values):
-        pred = np.greater(flat, thr[:, None], out=scratch("pred", flat.shape, bool))
-        pred[index < 0] = True
-        n_pred = _row_count(pred)
-        if half is None:
-            inter = _row_count(np.logical_and(pred, full, out=pred))
-            weighted = inter.astype(np.float64)
-        else:
-            inter_half = _row_count(pred & half)
-            inter_full = _row_count(np.logical_and(pred, full, out=pred))
-            inter, weighted = inter_full + inter_half, inter_full + 0.5 * inter_half
-        # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64.
-        out["iou" + suffix] = weighted / (gt_sum + (n_pred - inter))
-        out["miou" + suffix] = inter / ((n_pred + area - inter) + protocol.miou_eps)
-        out["fscore" + suffix] = _fscore_from_counts(inter, n_pred, area, beta2)
+    if protocol.threshold is not None:  # fixed: `map >= θ` on the normalised map, one cut, for every metric
+        cuts = {"": np.zeros(n, dtype=np.int64)}
+        below = np.nextafter(np.float32(protocol.threshold), np.float32(-np.inf))
+        select = lambda _maps, _ranks: [np.full(n, below, dtype=np.float32)]  # noqa: E731  `> below` is `>= θ`
+    raw = mask_metrics and protocol.map_path != "exact" and protocol.threshold is None
+    mask_maps = np.asarray(flat, dtype=np.float32) if raw else maps
+    passes = [(maps, select(maps, ranks), True, not raw)] + (
+        [(mask_maps, rank_values(mask_maps, ranks), False, True)] if raw else []
+    )
+    for rows, values, boxes, masks in passes:
+        for (suffix, index), thr in zip(cuts.items(), values):
+            n_pred, inter, weighted = _cut_counts(rows, thr, index, full, half)
+            if boxes:  # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64
+                denom = gt_sum + (n_pred - inter)
+                out["iou" + suffix] = np.divide(weighted, denom, out=np.zeros(n), where=denom > 0)
+            if masks:
+                out["miou" + suffix] = inter / ((n_pred + area - inter) + protocol.miou_eps)
+                out["fscore" + suffix] = _fscore_from_counts(inter, n_pred, area, beta2)
+                out["miou" + suffix][empty] = (n_px - n_pred[empty]) / (n_px + protocol.miou_eps)
+                out["fscore" + suffix][empty] = np.nan
     out["fscore_frame"] = _fscore_from_counts(area, np.full(n, n_px), area, beta2)
+    out["fscore_frame"][empty] = np.nan
+    rows = np.flatnonzero(empty)
+    if (
+        rows.size and "miou_adaptive" in out
+    ):  # the mask evaluator's adaptive cut of an empty region keeps its own number of pixels
+        keep = np.full(rows.size, n_px // 2) if mask_empty_area is None else np.asarray(mask_empty_area)[rows]
+        index = np.clip(n_px - keep.astype(np.int64), 0, n_px - 1)
+        (thr,) = rank_values(mask_maps[rows], [index])
+        n_pred = _row_count(mask_maps[rows] > thr[:, None])
+        out["miou_adaptive"][rows] = (n_px - n_pred) / (n_px + protocol.miou_eps)
     return out
 
 
@@ -424,8 +625,10 @@ def per_instance(
     beta2: float = BETA2,
     chunk: int = CHUNK,
     workers: int | None = None,
+    mask_metrics: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1).
+    """Per-instance scores (N,) of (N, H, W) maps against (N, H, W) ground truth (bool, or 0 / 0.5 / 1); without
+    `mask_metrics` the mask scores come from the box cuts (the reference cuts the raw maps for them: a second pass).
 
     Keys as `score_rows`. The batch is scored in chunks of `chunk` instances (bounding memory) on `workers`
     threads (default: the CPU count, at most 8; NumPy releases the GIL in the heavy loops). Results do not depend
@@ -442,11 +645,21 @@ def per_instance(
     flat_maps, flat_gt = maps.reshape(n, h * w), gt.reshape(n, h * w)
     out = {key: np.zeros(n) for key in PER_INSTANCE_KEYS}
     out["gt_area"] = np.zeros(n, dtype=np.int64)
+    fallback = mask_empty_area(n, protocol, h * w)
 
     def run(start: int) -> None:
         stop = min(start + chunk, n)
         full, half = split_regions(flat_gt[start:stop])
-        for key, values in score_rows(flat_maps[start:stop], full, half, protocol, beta2).items():
+        rows = score_rows(
+            flat_maps[start:stop],
+            full,
+            half,
+            protocol,
+            beta2,
+            mask_empty_area=fallback[start:stop],
+            mask_metrics=mask_metrics,
+        )
+        for key, values in rows.items():
             out[key][start:stop] = values
 
     map_chunks(run, n, chunk, workers)
@@ -515,12 +728,45 @@ def image_success(ious, image_index, threshold: float = SUCCESS_IOU) -> np.ndarr
 
 
 def _mean_fscore(scores: dict, suffix: str, protocol: Protocol) -> float:
-    binarised = float(np.mean(scores["fscore" + suffix]))
+    kept = ~np.isnan(scores["fscore" + suffix])  # empty regions are left out, as the reference F-measure does
+    if not kept.any():
+        return float("nan")
+    binarised = float(np.mean(scores["fscore" + suffix][kept]))
     if not protocol.fscore_max:
         return binarised
     # A binarised map thresholded at t >= 0: the whole frame at t = 0, the binarised map itself for 0 < t <= 1.
-    curve = np.where(FSCORE_THRESHOLDS > 0, binarised, float(np.mean(scores["fscore_frame"])))
+    curve = np.where(FSCORE_THRESHOLDS > 0, binarised, float(np.mean(scores["fscore_frame"][kept])))
     return float(curve.max())
+
+
+def batch_sizes(n: int, protocol: str | Protocol) -> np.ndarray:
+    """(n,) the size of the test batch each instance falls in (file order): MIOU_BATCH for "batch" mIoU (the last
+    batch smaller), n otherwise."""
+    protocol = get_protocol(protocol)
+    if protocol.miou_mean != "batch":
+        return np.full(n, n)
+    index = np.arange(n)
+    return np.minimum(MIOU_BATCH, n - (index // MIOU_BATCH) * MIOU_BATCH)
+
+
+def mask_empty_area(n: int, protocol: str | Protocol, n_px: int = FRAME * FRAME) -> np.ndarray:
+    """(n,) pixels the adaptive mask cut keeps on an empty region: the reference mask evaluator's fallback, half
+    its batch's size (`int(B * 1 / 2)`, B = the batch's size, as it reads the batch tensor's shape), or H·W // 2."""
+    protocol = get_protocol(protocol)
+    if protocol.miou_mean != "batch":
+        return np.full(n, n_px // 2)
+    return batch_sizes(n, protocol) // 2
+
+
+def mean_miou(values, protocol: str | Protocol) -> float:
+    """mIoU from per-instance values: the mean of per-batch means over batches of MIOU_BATCH in order ("batch",
+    the reference's `sum(batch means) / number of batches`) or the plain mean ("instance")."""
+    values = np.asarray(values, dtype=np.float64)
+    if get_protocol(protocol).miou_mean != "batch":
+        return float(np.mean(values))
+    starts = np.arange(0, values.size, MIOU_BATCH)
+    sums = np.add.reduceat(values, starts)
+    return float(np.sum(sums / np.minimum(MIOU_BATCH, values.size - starts)) / starts.size)
 
 
 def summarise(
@@ -536,7 +782,7 @@ def summarise(
     protocol = get_protocol(protocol)
     thresholds = protocol.thresholds
     result: dict[str, float] = {}
-    for suffix in ("", "_adaptive"):
+    for suffix in ("",) if protocol.threshold is not None else ("", "_adaptive"):
         ious = np.asarray(instance_scores["iou" + suffix], dtype=np.float64)
         result["ciou" + suffix] = np.count_nonzero(ious >= SUCCESS_IOU) / ious.size
         result["auc" + suffix] = auc(success_curve(ious, thresholds), thresholds)
@@ -545,7 +791,7 @@ def summarise(
             result["iiou" + suffix] = np.count_nonzero(image_ious >= SUCCESS_IOU) / image_ious.size
             result["iauc" + suffix] = auc(success_curve(image_ious, thresholds), thresholds)
         if with_mask_metrics:
-            result["miou" + suffix] = float(np.mean(instance_scores["miou" + suffix]))
+            result["miou" + suffix] = mean_miou(instance_scores["miou" + suffix], protocol)
             result["fscore" + suffix] = _mean_fscore(instance_scores, suffix, protocol)
     order = METRIC_KEYS + (MASK_METRIC_KEYS if with_mask_metrics else ())
     percent = {key: float(result[key]) * 100.0 for key in order if key in result}
@@ -573,5 +819,5 @@ def score(
         raise ValueError(f"{maps.shape[0]} maps but {len(image_ids)} image ids")
     if maps.shape[0] == 0:
         raise ValueError("nothing to score: no instances")
-    scores = per_instance(maps, gt, protocol=protocol, workers=workers)
+    scores = per_instance(maps, gt, protocol=protocol, workers=workers, mask_metrics=with_mask_metrics)
     return summarise(scores, image_ids, protocol=protocol, with_mask_metrics=with_mask_metrics, decimals=decimals)

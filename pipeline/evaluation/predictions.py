@@ -3,7 +3,7 @@
 Format: one NumPy `.npz` archive (`np.savez` or `np.savez_compressed`), key = instance id (the file stem of the
 ground truth's `image`, the VGG-SS `file`, the Flickr annotation's stem), value = a 2-D array (height, width) of
 real numbers (float, integer or bool), higher meaning "more likely the sounding object", covering the whole image;
-any resolution (resized bilinearly to 224×224 as the protocol says); every value finite; no pickled objects.
+any resolution (resized to 224×224 as the protocol's map path says, `metrics.MAP_PATHS`); every value finite; no pickled objects.
 """
 
 from __future__ import annotations
@@ -198,9 +198,10 @@ class NpzMaps:
         self.close()
 
 
-def prepare_map(arr: np.ndarray, *, align_corners: bool) -> np.ndarray:
-    """A map ready to score: (224, 224), float32 or float64 (integers and bools exactly as float64), resized
-    bilinearly (`align_corners` as the protocol says) when it has another shape. MapProblem when it cannot be."""
+def prepare_map(arr: np.ndarray, protocol: metrics.Protocol) -> np.ndarray:
+    """A map ready to score: (224, 224), resized when it has another shape as the protocol's map path says
+    (`metrics.resize_map`); float32 under the reference map paths (the authors' maps are float32 tensors), else
+    float32 or float64 (integers and bools exactly as float64). MapProblem when it cannot be."""
     arr = np.asarray(arr)
     if arr.ndim != 2 or 0 in arr.shape:
         raise MapProblem("not 2-D", f"shape {arr.shape}")
@@ -209,8 +210,10 @@ def prepare_map(arr: np.ndarray, *, align_corners: bool) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise MapProblem("NaN/inf values", f"{int(np.count_nonzero(~np.isfinite(arr)))} pixels")
     size = metrics.FRAME
+    if protocol.map_path != "exact":
+        arr = arr.astype(np.float32, copy=False)
     if arr.shape != (size, size):
-        return metrics.resize_bilinear(arr, size, align_corners=align_corners)
+        return metrics.resize_map(arr, protocol, size)
     if arr.dtype in (np.float32, np.float64):
         return arr
     return arr.astype(np.float64)

@@ -243,7 +243,10 @@ def _populate(
     # The evaluation harness scores the official 224×224 frame; other frame sizes get no baseline table.
     scores = baseline_scores(root) if size == metrics.FRAME else None
     if scores is not None:  # `is4 eval` shows them beside a model's scores without scoring them again
-        _write(root / BASELINES_FILE, json_bytes({"protocol": metrics.DEFAULT_PROTOCOL, "scores": scores}))
+        _write(
+            root / BASELINES_FILE,
+            json_bytes({"protocol": metrics.DEFAULT_PROTOCOL, "maps": metrics.REFERENCE.map_path, "scores": scores}),
+        )
     models = resolved_models(workdir, images, annotations)
     _write(root / "README.md", render_card(cfg, build_config, stats, models, scores).encode("utf-8"))
 

@@ -17,7 +17,7 @@ from is4.manifests.io import is_blank, manifest_path, read_manifest
 from is4.pipeline.registry import REGISTRY
 from is4.pipeline.release.layout import CC_BY_4, MASK_THRESHOLD
 
-_NOT_METRICS = frozenset({"gt", "instances", "images"})
+_NOT_METRICS = frozenset({"gt", "instances", "images", "empty_regions", "left_out"})
 
 
 def resolved_models(workdir: Path, images: pd.DataFrame, annotations: pd.DataFrame) -> list[dict[str, str]]:
