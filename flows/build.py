@@ -64,9 +64,10 @@ HOOKS: dict[str, Hook] = {"ingest": _ingest, "verify": _verify, "annotate": _ann
 
 
 @flow(name="build-is4")
-def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
-    """Build IS4 and its training data into one work directory, stage by stage (config `stages`)."""
-    cfg = load_config(config_path)
+def build_is4(config_path: str, workdir: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Build IS4 and its training data into one work directory, stage by stage (config `stages`); `overrides` are
+    `key.path=value` settings applied over the file (`is4 build --set`)."""
+    cfg = load_config(config_path, overrides or ())
     require_api(cfg)  # before any stage: a dask build that would lose its records refuses at once
     work = resolve_workdir(cfg, workdir)
     work.mkdir(parents=True, exist_ok=True)

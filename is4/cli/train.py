@@ -11,6 +11,7 @@ import typer
 
 from is4.cli._common import (
     ConfigOption,
+    SetOption,
     WorkdirOption,
     cli_errors,
     config_and_workdir,
@@ -34,12 +35,13 @@ def train(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run from its last checkpoint")] = False,
+    overrides: SetOption = None,
 ) -> None:
     """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
     -m is4.cli train ...`); checkpoints, metrics and per-epoch scores go to the run directory."""
     from is4.trainers.engine import train as run_training
 
-    cfg, work = config_and_workdir(config, workdir)
+    cfg, work = config_and_workdir(config, workdir, overrides)
     rank0 = os.environ.get("RANK", "0") == "0"
     summary = run_training(
         cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume, progress=rank0
@@ -97,6 +99,7 @@ def predict(
     config: ConfigOption = None,
     gt: Annotated[str, typer.Option(help="box or mask: which ground truth lists the instances")] = "box",
     batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
+    overrides: SetOption = None,
 ) -> None:
     """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
     from is4.trainers.engine import load_run_model
@@ -110,7 +113,7 @@ def predict(
         facts = {"method": ckpt["method"], "epoch": ckpt["epoch"]}
     else:
         assert weights is not None
-        cfg, _ = config_and_workdir(config, None)
+        cfg, _ = config_and_workdir(config, None, overrides, writes=False)
         method = get_method(cfg.train, cfg.seed)
         model = method.build_model()
         method.import_checkpoint(model, weights)
