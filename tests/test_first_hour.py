@@ -156,3 +156,26 @@ def test_release_push_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     offline = runner.invoke(app, ["release", "push", str(release), "--repo-id", "org/is4"])
     assert offline.exit_code == 2 and "offline" in offline.output.lower()
     assert "hf_not_a_real_token" not in offline.output
+
+
+def test_the_build_summary_says_what_was_made_and_dropped(tmp_path: Path) -> None:
+    from is4.config import ReleaseConfig
+    from is4.manifests.io import read_manifest
+    from is4.pipeline.summary import build_summary
+
+    work = _matched_workdir(tmp_path / "work")
+    cfg = load_config(None, ["release.version=0.1.0"])
+    before = build_summary(work, cfg)
+    assert not any(line.startswith("release:") for line in before)  # no release yet
+    build_release(work, ReleaseConfig(version="0.1.0"), BUILD_CONFIG)
+    lines = build_summary(work, cfg)
+    verification = read_manifest(work, "verification")
+    instances = read_manifest(work, "instances")
+    accepted = int((verification["decision"] == "accept").sum())
+    rejected = len(verification) - accepted
+    assert lines[0].startswith("clips: ok: ")
+    assert f"images: {len(read_manifest(work, 'images'))} generated" in lines
+    assert any(line.startswith(f"verified: {accepted} accepted, {rejected} rejected") for line in lines)
+    release = next(line for line in lines if line.startswith("release:"))
+    assert f"{instances['image_id'].nunique()} images, {len(instances)} instances in " in release
+    assert release.endswith("(+ is4-0.1.0.tar.gz)")

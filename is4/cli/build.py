@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from is4.cli._common import SetOption, cli_errors, console, print_summary
+from is4.cli._common import SetOption, cli_errors, console
 
 
 @cli_errors
@@ -21,15 +21,20 @@ def build(
     from is4.api import build as run_build
 
     results = run_build(config, workdir, overrides or ())
+    from is4.api import BUILD_LOG
+    from is4.config import load_config
+    from is4.pipeline.summary import build_summary
+
+    work = Path(results["workdir"])
+    ran = [name for name, summary in results.items() if isinstance(summary, dict)]
+    cached = [name for name in ran if results[name].get("cached")]
     console.rule("build-is4 finished")
-    console.print(f"work directory: {results['workdir']}")
-    for stage, summary in results.items():
-        if isinstance(summary, dict) and summary.get("cached"):
-            console.print(
-                f"{stage}: cached (its outputs are intact and its inputs unchanged: not run again)", highlight=False
-            )
-        elif isinstance(summary, dict):
-            print_summary(stage, summary)
+    console.print(
+        f"{len(ran)} stages, {len(cached)} reused from an earlier run; work directory {work}", highlight=False
+    )
+    for line in build_summary(work, load_config(config, overrides or ())):
+        console.print(f"  {line}", highlight=False)
+    console.print(f"third-party warnings: {work / BUILD_LOG}; per-stage counts: {work / 'reports'}", highlight=False)
 
 
 @cli_errors
