@@ -15,7 +15,8 @@ _QUIET = ("py.warnings", "transformers", "diffusers", "accelerate", "torchvision
 
 @contextmanager
 def third_party_to_log(path: Path) -> Iterator[None]:
-    """Send Python warnings and the model libraries' log records to `path` instead of the terminal, for the block."""
+    """Send Python warnings and the model libraries' log records to `path` instead of the terminal, and hide their
+    download/loading progress bars, for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -24,8 +25,10 @@ def third_party_to_log(path: Path) -> Iterator[None]:
     from transformers.utils import logging as transformers_logging
 
     libraries = (transformers_logging, diffusers_logging)
+    bars = [library.is_progress_bar_enabled() for library in libraries]
     for library in libraries:
         library.disable_default_handler()
+        library.disable_progress_bar()  # "Loading pipeline components…": the stages log their own progress
     saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in _QUIET]
     for logger, _, _ in saved:
         logger.handlers, logger.propagate = [handler], False
@@ -36,8 +39,10 @@ def third_party_to_log(path: Path) -> Iterator[None]:
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
-        for library in libraries:
+        for library, bar in zip(libraries, bars):
             library.enable_default_handler()
+            if bar:
+                library.enable_progress_bar()
         handler.close()
 
 

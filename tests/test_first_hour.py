@@ -179,3 +179,27 @@ def test_the_build_summary_says_what_was_made_and_dropped(tmp_path: Path) -> Non
     release = next(line for line in lines if line.startswith("release:"))
     assert f"{instances['image_id'].nunique()} images, {len(instances)} instances in " in release
     assert release.endswith("(+ is4-0.1.0.tar.gz)")
+
+
+def test_third_party_warnings_go_to_the_build_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from is4.api import third_party_to_log
+
+    log = tmp_path / "logs" / "build.log"
+    with third_party_to_log(log):
+        warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
+        transformers_logging.get_logger("transformers.image_processing").warning("requires torchvision")
+        diffusers_logging.get_logger("diffusers.models").warning("accelerate was not found")
+        assert not transformers_logging.is_progress_bar_enabled()
+    out, err = capfd.readouterr()
+    text = log.read_text()
+    for message in ("a library deprecation", "requires torchvision", "accelerate was not found"):
+        assert message in text and message not in out + err
+    # Afterwards the libraries log to the terminal again.
+    transformers_logging.get_logger("transformers.image_processing").warning("after the build")
+    assert "after the build" in capfd.readouterr().err and "after the build" not in log.read_text()
+    assert transformers_logging.is_progress_bar_enabled()
