@@ -18,21 +18,21 @@ def build(
 ) -> None:
     """Run the whole `build-is4` flow in-process (the Prefect API in PREFECT_API_URL, else a temporary local one
     for the run; nothing to start by hand)."""
-    from is4.api import build as run_build
-
-    results = run_build(config, workdir, overrides or ())
     from is4.api import BUILD_LOG
+    from is4.api import build as run_build
     from is4.config import load_config
     from is4.pipeline.summary import build_summary
 
+    results = run_build(config, workdir, overrides or ())
+    cfg = load_config(config, overrides or ())
     work = Path(results["workdir"])
-    ran = [name for name, summary in results.items() if isinstance(summary, dict)]
+    ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
     cached = [name for name in ran if results[name].get("cached")]
     console.rule("build-is4 finished")
     console.print(
         f"{len(ran)} stages, {len(cached)} reused from an earlier run; work directory {work}", highlight=False
     )
-    for line in build_summary(work, load_config(config, overrides or ())):
+    for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
     console.print(f"third-party warnings: {work / BUILD_LOG}; per-stage counts: {work / 'reports'}", highlight=False)
 
