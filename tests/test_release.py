@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -366,6 +367,15 @@ def test_hf_dataset_loads(built: tuple[Path, Path], tmp_path: Path, monkeypatch:
         assert isinstance(ds.features["image"], HFImage) and isinstance(ds.features["mask"], HFImage)
         assert isinstance(ds.features["audio"], Audio) and ds.features["audio"].sampling_rate == 16000
     bbox = {Path(e["image"]).stem: e["gt_box"] for e in json.loads((rel / "is4_bbox.json").read_text())}
+    # Another release of the same name in the same datasets cache: its own rows, not the first one's.
+    other = tmp_path / "other" / copy.name
+    shutil.copytree(rel, other)
+    _drop_one_image(other)
+    cache = str(tmp_path / "shared-cache")
+    first = datasets.load_dataset(str(copy), split="test", cache_dir=cache)
+    second = datasets.load_dataset(str(other), split="test", cache_dir=cache)
+    assert (first.num_rows, second.num_rows) == (len(_instances(work)), len(_instances(work)) - 2)
+
     for row in loaded:
         iid = row["instance_id"]
         assert row["image"].size == (224, 224)  # decoded for real
@@ -378,6 +388,19 @@ def test_hf_dataset_loads(built: tuple[Path, Path], tmp_path: Path, monkeypatch:
         rate, samples = read_wav_bytes(row["audio"]["bytes"])
         assert rate == 16000 and len(samples) == 8000
         assert np.array_equal(samples, wavfile.read(rel / "audio_wav" / f"{iid}.wav")[1])
+
+
+def _drop_one_image(release: Path) -> None:
+    """Remove the first image's two instances from the parquet file and the card's row count."""
+    table = pq.read_table(release / "hf/instances.parquet")
+    first = table.column("image_id")[0].as_py()
+    keep = [i for i, image in enumerate(table.column("image_id").to_pylist()) if image != first]
+    pq.write_table(table.take(keep), release / "hf/instances.parquet", compression="zstd")
+    card = (release / "README.md").read_text()
+    n = table.num_rows
+    card = card.replace(f"num_examples: {n}\n", f"num_examples: {n - 2}\n", 1)
+    size = (release / "hf/instances.parquet").stat().st_size
+    (release / "README.md").write_text(re.sub(r"download_size: \d+", f"download_size: {size}", card, count=1))
 
 
 def test_card_config_and_figures(built: tuple[Path, Path]) -> None:

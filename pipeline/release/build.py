@@ -240,6 +240,7 @@ def _populate(
             by_reason[reason] = by_reason.get(reason, 0) + 1
     stats = {
         "instances": len(inst),
+        "hf_parquet_bytes": (root / HF_PARQUET).stat().st_size,
         "images": int(inst["image_id"].nunique()),
         "categories": int(inst["category"].nunique()),
         "clips": len(used),

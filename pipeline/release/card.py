@@ -126,7 +126,9 @@ def render_card(
         _md_table(["role", "model", "configured", "resolved"], model_rows) if model_rows else "(none recorded)"
     )
     template = importlib.resources.files("is4.pipeline.release").joinpath("card_template.md")
-    front = yaml.safe_dump(card_metadata(cfg.title, stats["instances"]), sort_keys=False, allow_unicode=True)
+    front = yaml.safe_dump(
+        card_metadata(cfg.title, stats["instances"], stats["hf_parquet_bytes"]), sort_keys=False, allow_unicode=True
+    )
     return f"---\n{front}---\n\n" + Template(template.read_text(encoding="utf-8")).substitute(
         title=cfg.title,
         version=v,

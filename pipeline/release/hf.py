@@ -67,8 +67,13 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
-def card_metadata(title: str, instances: int) -> dict[str, Any]:
-    """The card's YAML block: what the Hub and `datasets.load_dataset` read (configs, features, licence, tasks)."""
+def card_metadata(title: str, instances: int, parquet_bytes: int) -> dict[str, Any]:
+    """The card's YAML block: what the Hub and `datasets.load_dataset` read (configs, features, licence, tasks).
+
+    The split's row count (which `datasets` checks on loading) and the parquet file's size enter `datasets`' cache
+    key: without them two releases of the same name (the demo's and the paper's `is4-0.1.0`) would share one cache
+    entry, and loading the second would return the first's rows.
+    """
     return {
         "pretty_name": title,
         "license": "cc-by-4.0",
@@ -77,7 +82,12 @@ def card_metadata(title: str, instances: int) -> dict[str, Any]:
         "tags": ["audio-visual", "sound-source-localization", "vggsound", "synthetic-images"],
         "size_categories": [_size_category(instances)],
         "configs": [{"config_name": "default", "data_files": [{"split": HF_SPLIT, "path": HF_PARQUET}]}],
-        "dataset_info": {"config_name": "default", "features": HF_YAML_FEATURES},
+        "dataset_info": {
+            "config_name": "default",
+            "features": HF_YAML_FEATURES,
+            "splits": [{"name": HF_SPLIT, "num_examples": instances}],
+            "download_size": parquet_bytes,
+        },
     }
 
 
