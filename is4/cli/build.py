@@ -27,10 +27,9 @@ def build(
     cfg = load_config(config, overrides or ())
     work = Path(results["workdir"])
     ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
-    cached = [name for name in ran if results[name].get("cached")]
     console.rule("build-is4 finished")
     console.print(
-        f"{len(ran)} stages, {len(cached)} reused from an earlier run; work directory {work}", highlight=False
+        f"{len(ran)} stages done (unchanged ones reused from the cache); work directory {work}", highlight=False
     )
     for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
