@@ -106,6 +106,9 @@ def test_set_overrides_reach_the_command_and_are_validated() -> None:
     bad = runner.invoke(app, ["stages", "--config", str(DEMO), "--set", "train.epochz=5"])
     assert bad.exit_code == 2
     assert "with --set train.epochz=5: invalid config train.epochz: Extra inputs are not permitted" in _flat(bad.output)
+    # The same on a command that runs the flow: refused before Prefect starts.
+    build = runner.invoke(app, ["build", "--config", str(DEMO), "--set", "seed=nope"])
+    assert build.exit_code == 2 and "with --set seed=nope: invalid config seed:" in _flat(build.output)
 
 
 def test_stages_shows_where_a_work_directory_stands(tmp_path: Path) -> None:

@@ -28,9 +28,8 @@ def build(
     work = Path(results["workdir"])
     ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
     console.rule("build-is4 finished")
-    console.print(
-        f"{len(ran)} stages done (unchanged ones reused from the cache); work directory {work}", highlight=False
-    )
+    console.print(f"work directory: {work}", highlight=False)
+    console.print(f"{len(ran)} stages done (unchanged ones reused from the cache)", highlight=False)
     for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
     console.print(f"third-party warnings: {work / BUILD_LOG}; per-stage counts: {work / 'reports'}", highlight=False)
