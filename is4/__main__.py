@@ -2,4 +2,5 @@
 
 from is4.cli import app
 
-app(prog_name="is4")
+if __name__ == "__main__":  # not when imported (e.g. by pkgutil.walk_packages)
+    app(prog_name="is4")
