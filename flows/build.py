@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from is4.config import BuildConfig, load_config
 from is4.flows.cluster import require_api, run_sharded
@@ -64,18 +64,20 @@ HOOKS: dict[str, Hook] = {"ingest": _ingest, "verify": _verify, "annotate": _ann
 
 
 @flow(name="build-is4")
-def build_is4(config_path: str, workdir: str | None = None) -> dict[str, Any]:
-    """Build IS4 and its training data into one work directory, stage by stage (config `stages`)."""
-    cfg = load_config(config_path)
+def build_is4(config_path: str, workdir: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Build IS4 and its training data into one work directory, stage by stage (config `stages`); `overrides` are
+    `key.path=value` settings applied over the file (`is4 build --set`)."""
+    cfg = load_config(config_path, overrides or ())
     require_api(cfg)  # before any stage: a dask build that would lose its records refuses at once
     work = resolve_workdir(cfg, workdir)
     work.mkdir(parents=True, exist_ok=True)
     run = StageRunner(work, cfg)
     results: dict[str, Any] = {"workdir": str(work), "profile": cfg.profile}
-    for stage in REGISTRY:
-        if stage.name in cfg.stages:
-            results |= HOOKS.get(stage.name, _uniform)(run, stage)
-            record_outputs(work, stage)  # also after a sharded stage's merge: what `outputs_intact` checks next
-            if results.get("verify", {}).get("status") == WAITING:
-                break  # later stages need the reviewers' decisions
+    planned = [stage for stage in REGISTRY if stage.name in cfg.stages]
+    for number, stage in enumerate(planned, start=1):
+        get_run_logger().info("build-is4 stage %d/%d: %s", number, len(planned), stage.name)
+        results |= HOOKS.get(stage.name, _uniform)(run, stage)
+        record_outputs(work, stage)  # also after a sharded stage's merge: what `outputs_intact` checks next
+        if results.get("verify", {}).get("status") == WAITING:
+            break  # later stages need the reviewers' decisions
     return results

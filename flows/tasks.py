@@ -20,9 +20,8 @@ from is4.config import BuildConfig
 from is4.manifests.errors import FatalError
 from is4.pipeline.registry import stage as declared
 from is4.pipeline.shard import Shard
-from is4.pipeline.stage import Stage, cache_key
+from is4.pipeline.stage import PREFECT_STATE_DIR, Stage, cache_key
 
-PREFECT_STATE_DIR = "state/prefect"
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
 NOT_RETRIED = (
     FatalError,

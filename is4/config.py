@@ -6,7 +6,10 @@ resolved against the current working directory of the process that runs the buil
 
 from __future__ import annotations
 
+import copy
+import datetime
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -328,6 +331,9 @@ class ReleaseConfig(StrictModel):
     version: str = Field("0.1.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
     image_size: int = Field(224, ge=32, description="side of the released square frames (boxes are in this frame)")
     title: str = "IS4: Interactive Semi-Synthetic Sound Source"
+    date: datetime.date | None = Field(
+        None, description="publication date (Croissant datePublished), set with the version so the bytes stay fixed"
+    )
 
 
 class ImageCaptionConfig(StrictModel):
@@ -696,6 +702,42 @@ def read_yaml(path: str | Path, what: str, error: type[Exception]) -> object:
         raise error(f"{path}: not valid YAML: {exc}") from None
 
 
-def load_config(path: str | Path) -> BuildConfig:
-    """Load and validate a YAML config file."""
-    return parse_config(read_yaml(path, "config", ConfigError), str(path))
+def apply_overrides(data: object, overrides: Sequence[str]) -> object:
+    """`data` with each `key.path=value` override set (the value read as YAML: `5`, `true`, `null`, `[a, b]`);
+    missing mappings on the path are created. A malformed override or a path through a non-mapping raises
+    ConfigError; the keys and values themselves are validated with the rest of the config."""
+    if not overrides:
+        return data
+    result = copy.deepcopy(data) if data is not None else {}
+    if not isinstance(result, dict):
+        return result  # parse_config reports the top level
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {override!r}: expected key.path=value (e.g. train.epochs=5)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from None
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part.strip(), {})
+            if child is None:
+                child = node[part.strip()] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {override!r}: {where} is not a section (it is {child!r})")
+            node = child
+        node[parts[-1].strip()] = value
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
+    """Load and validate a YAML config file (None: the built-in defaults) with `key.path=value` overrides applied
+    (`apply_overrides`); errors name the file, the override and the bad key."""
+    data = read_yaml(path, "config", ConfigError) if path is not None else {}
+    source = str(path) if path is not None else "built-in defaults"
+    if overrides:
+        source += " with " + " ".join(f"--set {o}" for o in overrides)
+    return parse_config(apply_overrides(data, overrides), source)

@@ -27,6 +27,7 @@ from is4.manifests.schema import TABLES
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 ALL_SECTIONS = ("*",)  # `config=ALL_SECTIONS`: the whole build config is an input (the release ships it)
+PREFECT_STATE_DIR = "state/prefect"  # the flow's task results, one file per cache key (`cache_key`)
 OUTPUTS_DIR = "state/outputs"  # per stage: the sha256 of each file its manifests list, as it finished
 # Path columns whose file's sha256 the manifest records itself (table → path column → checksum column).
 CHECKSUM_COLUMNS: dict[str, dict[str, str]] = {"images": {"image_path": "sha256"}}

@@ -23,6 +23,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
     bad_config = tmp / "bad.yaml"
     w = ["--workdir", str(tmp / "empty-work")]
     return {
+        "init": ["init", str(bad_config)],  # a file, not a directory
         "ingest": ["ingest", "--csv", str(tmp / f"{MISSING}.csv"), *w],
         "export": ["export", *w],
         "demo-media": ["demo-media", "--out", str(tmp / "m"), "--config", str(tmp / f"{MISSING}.yaml")],
@@ -39,6 +40,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "caption": ["caption", *w],
         "release": ["release", *w],
         "release verify": ["release", "verify", str(tmp / f"{MISSING}.tar.gz")],
+        "release push": ["release", "push", str(tmp / MISSING), "--repo-id", "org/is4"],
         "stages": ["stages", "--config", str(bad_config)],
         "eval": ["eval", "--release", str(tmp / MISSING), "--predictions", str(tmp / f"{MISSING}.npz")],
         "build": ["build", "--config", str(bad_config)],

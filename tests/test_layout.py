@@ -74,6 +74,9 @@ def test_the_wheel_ships_real_files_and_imports_everything(wheel: Path, tmp_path
         "is4/annotation/plugin/fiftyone.yml",
         "is4/pipeline/release/card_template.md",
         "is4/data/vggss_classes.txt",
+        "is4/configs/demo.yaml",  # `is4 init` writes them for a pip-only user
+        "is4/configs/paper.yaml",
+        "is4/configs/category_overrides.yaml",
     ):
         assert expected in names
     assert not any(n.startswith(("pipeline/", "flows/", "tests/")) for n in names), "only the is4 namespace"

@@ -3,10 +3,12 @@ Croissant metadata and loading with Hugging Face datasets."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -35,6 +36,7 @@ from is4.pipeline.release import (
     verify_release,
     write_archive,
 )
+from is4.pipeline.release.hf import read_wav_bytes
 from is4.pipeline.release.media import mask_jpeg, scale_box
 from tests.test_match import (
     ACCEPTED,
@@ -48,7 +50,7 @@ from tests.test_match import (
     make_workdir,
 )
 
-CFG = ReleaseConfig(version="0.1.0")
+CFG = ReleaseConfig(version="0.1.0", date=datetime.date(2026, 12, 7))
 NAME = "is4-0.1.0"
 BUILD_CONFIG = parse_config(
     {
@@ -301,24 +303,27 @@ def test_croissant_validates(built: tuple[Path, Path]) -> None:
 
     work, rel = built
     path = rel / "croissant.json"
-    validate_croissant(path, expected_records=len(_instances(work)))
+    assert validate_croissant(path, expected_records=len(_instances(work))) == []  # no warning either
     meta = json.loads(path.read_text())
     assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.1"
+    assert meta["datePublished"] == "2026-12-07"  # the configured date, not the build's clock
     objects = {d["contentUrl"]: d for d in meta["distribution"] if d["@type"] == "cr:FileObject"}
     for url, obj in objects.items():
         assert obj["sha256"] == hashlib.sha256((rel / url).read_bytes()).hexdigest()
-    fields = {f["name"] for f in meta["recordSet"][0]["field"]}
-    assert {"instance_id", "image", "audio", "gt_box"} <= fields
+    types = {f["name"]: f["dataType"] for f in meta["recordSet"][0]["field"]}
+    assert types["image"] == "sc:ImageObject" and types["mask"] == "sc:ImageObject"
+    assert types["audio"] == "sc:AudioObject" and types["gt_box"] == "cr:BoundingBox"
 
     bbox = {Path(e["image"]).stem: e for e in json.loads((rel / "is4_bbox.json").read_text())}
     records = list(mlc.Dataset(jsonld=path).records("instances"))
     assert len(records) == len(bbox)
     for rec in records:
         iid = rec["instances/instance_id"].decode()
-        assert list(rec["instances/gt_box"]) == bbox[iid]["gt_box"]
-        assert rec["instances/audio"].decode() == bbox[iid]["audio"]
+        assert rec["instances/gt_box"] == [float(v) for v in bbox[iid]["gt_box"]]
+        assert rec["instances/audio"] == (rel / bbox[iid]["audio"]).read_bytes()  # the wav file itself
         assert rec["instances/image"].size == (224, 224)
-        assert rec["instances/frame_id"].decode() == iid
+        with Image.open(rel / "gt_masks" / f"{iid}.jpg") as mask:
+            assert np.array_equal(np.asarray(rec["instances/mask"]), np.asarray(mask))
 
     # An invalid document fails the validation with mlcroissant's message.
     broken = dict(meta)
@@ -339,30 +344,63 @@ def test_croissant_validates(built: tuple[Path, Path]) -> None:
         validate_croissant(bad)
 
 
-def test_hf_dataset_loads(built: tuple[Path, Path]) -> None:
+def test_hf_dataset_loads(built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain `datasets.load_dataset(<release dir>)` reads the card's YAML: typed columns, media that decode
+    anywhere (embedded), audio that needs no torchcodec."""
+    import datasets
     from datasets import Audio
     from datasets import Image as HFImage
 
     work, rel = built
-    schema = pq.read_schema(rel / "hf/instances.parquet")
-    assert schema.field("image").type == pa.string() and schema.field("audio").type == pa.string()
+    card = (rel / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["configs"][0]["data_files"] == [{"split": "test", "path": "hf/instances.parquet"}]
+    assert meta["license"] == "cc-by-4.0" and "image-segmentation" in meta["task_categories"]
 
-    ds = load_as_hf_dataset(rel)
-    assert ds.num_rows == len(_instances(work))
-    assert isinstance(ds.features["image"], HFImage) and isinstance(ds.features["mask"], HFImage)
-    assert isinstance(ds.features["audio"], Audio) and ds.features["audio"].sampling_rate == 16000
+    copy = tmp_path / "moved"  # from another directory, as from the Hub: nothing may depend on paths
+    shutil.copytree(rel, copy)
+    monkeypatch.chdir(tmp_path)
+    loaded = datasets.load_dataset(str(copy), split="test", cache_dir=str(tmp_path / "cache"))
+    for ds in (loaded, load_as_hf_dataset(copy)):
+        assert ds.num_rows == len(_instances(work))
+        assert isinstance(ds.features["image"], HFImage) and isinstance(ds.features["mask"], HFImage)
+        assert isinstance(ds.features["audio"], Audio) and ds.features["audio"].sampling_rate == 16000
     bbox = {Path(e["image"]).stem: e["gt_box"] for e in json.loads((rel / "is4_bbox.json").read_text())}
+    # Another release of the same name in the same datasets cache: its own rows, not the first one's.
+    other = tmp_path / "other" / copy.name
+    shutil.copytree(rel, other)
+    _drop_one_image(other)
+    cache = str(tmp_path / "shared-cache")
+    first = datasets.load_dataset(str(copy), split="test", cache_dir=cache)
+    second = datasets.load_dataset(str(other), split="test", cache_dir=cache)
+    assert (first.num_rows, second.num_rows) == (len(_instances(work)), len(_instances(work)) - 2)
 
-    raw = ds.cast_column("audio", Audio(decode=False))
-    for row in raw:
-        image = row["image"]  # decoded for real
-        assert image.size == (224, 224)
-        with Image.open(rel / "visual_frames" / f"{row['instance_id']}.jpg") as im:
-            assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(im.convert("RGB")))
-        assert row["gt_box"] == bbox[row["instance_id"]]
-        rate, samples = wavfile.read(row["audio"]["path"])
+    for row in loaded:
+        iid = row["instance_id"]
+        assert row["image"].size == (224, 224)  # decoded for real
+        with Image.open(rel / "visual_frames" / f"{iid}.jpg") as im:
+            assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(im.convert("RGB")))
+        with Image.open(rel / "gt_masks" / f"{iid}.jpg") as im:
+            assert np.array_equal(np.asarray(row["mask"]), np.asarray(im))
+        assert row["gt_box"] == bbox[iid]
+        assert row["audio"]["path"] == f"audio_wav/{iid}.wav"
+        rate, samples = read_wav_bytes(row["audio"]["bytes"])
         assert rate == 16000 and len(samples) == 8000
-        assert Path(row["audio"]["path"]).name == f"{row['instance_id']}.wav"
+        assert np.array_equal(samples, wavfile.read(rel / "audio_wav" / f"{iid}.wav")[1])
+
+
+def _drop_one_image(release: Path) -> None:
+    """Remove the first image's two instances from the parquet file and the card's row count."""
+    table = pq.read_table(release / "hf/instances.parquet")
+    first = table.column("image_id")[0].as_py()
+    keep = [i for i, image in enumerate(table.column("image_id").to_pylist()) if image != first]
+    pq.write_table(table.take(keep), release / "hf/instances.parquet", compression="zstd")
+    card = (release / "README.md").read_text()
+    n = table.num_rows
+    card = card.replace(f"num_examples: {n}\n", f"num_examples: {n - 2}\n", 1)
+    size = (release / "hf/instances.parquet").stat().st_size
+    (release / "README.md").write_text(re.sub(r"download_size: \d+", f"download_size: {size}", card, count=1))
 
 
 def test_card_config_and_figures(built: tuple[Path, Path]) -> None:
@@ -379,10 +417,15 @@ def test_card_config_and_figures(built: tuple[Path, Path]) -> None:
     )
     assert attribution in quoted  # the packaged attribution text, verbatim (as a blockquote)
     assert "| box | oracle |" in card and "| mask | random |" in card
-    assert "card/box_area.png" in card and "card/categories.png" in card
-    for fig in ("card/box_area.png", "card/categories.png"):
+    assert "card/box_area.png" in card and "card/categories.png" in card and "card/samples.png" in card
+    for fig in ("card/box_area.png", "card/categories.png", "card/samples.png"):
         with Image.open(rel / fig) as im:
             assert im.format == "PNG" and "Software" not in im.info
+    with Image.open(rel / "card/samples.png") as im:  # the gallery: each object of an image in a colour of its own
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    for colour in ((0xE8, 0x47, 0x4C), (0x3B, 0x8B, 0xD9)):
+        assert (pixels == colour).all(axis=1).sum() > 100
+    assert "The first 3 images by id" in card
 
     config_text = (rel / "build-config.yaml").read_text()
     assert yaml.safe_load(config_text) == BUILD_CONFIG

@@ -17,6 +17,7 @@ manifest's own lock, and run beside a build paused for reviewers) take none.
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import typer
 
@@ -32,6 +33,26 @@ __all__ = ["INTERRUPT_GRACE_S", "app"]
 app = typer.Typer(
     help="Build the IS4 benchmark and its VGGSound training data.", no_args_is_help=True, pretty_exceptions_enable=False
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from is4 import __version__
+
+        typer.echo(f"is4-builder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Build the IS4 benchmark and its VGGSound training data."""
+
+
+app.command("init")(stages.init)
 app.command("ingest")(ingest.ingest)
 app.command("export")(stages.export)
 app.command("demo-media")(stages.demo_media)

@@ -26,6 +26,14 @@ P = ParamSpec("P")
 
 ConfigOption = Annotated[Path | None, typer.Option(help="build config (YAML); default: built-in defaults")]
 WorkdirOption = Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable; validated like the file)",
+    ),
+]
 ReviewerOption = Annotated[str, typer.Option(help="who is reviewing (recorded with every decision)")]
 
 
@@ -117,11 +125,20 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-def config_and_workdir(config: Path | None, workdir: Path | None):
-    """The config (`config`, else the built-in defaults) and the work directory (`workdir`, else the config's)."""
-    from is4.config import BuildConfig, load_config
+def config_and_workdir(
+    config: Path | None, workdir: Path | None, overrides: list[str] | None = None, *, writes: bool = True
+):
+    """The config (`config`, else the built-in defaults, with `--set` overrides) and the work directory
+    (`workdir`, else the config's). A command that `writes` refuses to run with neither `--config` nor `--workdir`:
+    the built-in defaults would write into ./work of wherever it was started."""
+    from is4.config import ConfigError, load_config
 
-    cfg = load_config(config) if config else BuildConfig()
+    if writes and config is None and workdir is None:
+        raise ConfigError(
+            "give --config (e.g. configs/demo.yaml) or --workdir: without either, the built-in defaults would "
+            "write into ./work"
+        )
+    cfg = load_config(config, overrides or ())
     return cfg, Path(workdir or cfg.workdir)
 
 

@@ -10,6 +10,7 @@ import typer
 from is4.cli._common import (
     ConfigOption,
     ReviewerOption,
+    SetOption,
     WorkdirOption,
     cli_errors,
     config_and_workdir,
@@ -23,10 +24,12 @@ app = typer.Typer(help="SAM masks for the objects of accepted images.", invoke_w
 
 @app.callback()
 @cli_errors
-def annotate(ctx: typer.Context, config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+def annotate(
+    ctx: typer.Context, config: ConfigOption = None, workdir: WorkdirOption = None, overrides: SetOption = None
+) -> None:
     """Automatic proposals: detector boxes → SAM masks (the `annotations` manifest and reports/annotation_qa.json)."""
     if ctx.invoked_subcommand is None:
-        run_stage("annotate", *config_and_workdir(config, workdir))
+        run_stage("annotate", *config_and_workdir(config, workdir, overrides))
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
@@ -63,12 +66,13 @@ def refine(
     point: Annotated[list[str] | None, typer.Option(help="x,y,label in image pixels (repeatable)")] = None,
     box: Annotated[str | None, typer.Option(help="x1,y1,x2,y2 in image pixels (default: the current box)")] = None,
     reviewer: ReviewerOption = getpass.getuser(),
+    overrides: SetOption = None,
 ) -> None:
     """Re-run SAM with clicks for one instance, or for the clicks annotators left in FiftyOne."""
     from is4.annotation import review
     from is4.annotation.annotate import refine_instance
 
-    cfg, work = config_and_workdir(config, workdir)
+    cfg, work = config_and_workdir(config, workdir, overrides)
     with writing(cfg, work, "is4 annotate refine", []):
         if instance:
             jobs = [(instance, [parse_point(p) for p in point or []], parse_box(box) if box else None)]

@@ -7,37 +7,32 @@ from typing import Annotated
 
 import typer
 
-from is4.cli._common import cli_errors, console, print_summary, writing
+from is4.cli._common import SetOption, cli_errors, console
 
 
 @cli_errors
 def build(
     config: Annotated[Path, typer.Option(help="build config (YAML), e.g. configs/demo.yaml")],
     workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Run the whole `build-is4` flow in-process (the Prefect API in PREFECT_API_URL, else a temporary local one
     for the run; nothing to start by hand)."""
+    from is4.api import BUILD_LOG
+    from is4.api import build as run_build
     from is4.config import load_config
+    from is4.pipeline.summary import build_summary
 
-    cfg = load_config(config)  # fail fast, before Prefect starts its local API
-    from is4.flows.cluster import require_api
-
-    require_api(cfg)  # a Dask cluster elsewhere cannot reach a temporary server on this machine's loopback
-    with writing(cfg, Path(workdir or cfg.workdir).expanduser().resolve(), "is4 build") as work:
-        from is4.flows.build import build_is4
-        from is4.flows.server import prefect_api
-
-        with prefect_api():
-            results = build_is4(config_path=str(config.resolve()), workdir=str(work))
+    results = run_build(config, workdir, overrides or ())
+    cfg = load_config(config, overrides or ())
+    work = Path(results["workdir"])
+    ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
     console.rule("build-is4 finished")
-    console.print(f"work directory: {results['workdir']}")
-    for stage, summary in results.items():
-        if isinstance(summary, dict) and summary.get("cached"):
-            console.print(
-                f"{stage}: cached (its outputs are intact and its inputs unchanged: not run again)", highlight=False
-            )
-        elif isinstance(summary, dict):
-            print_summary(stage, summary)
+    console.print(f"work directory: {work}", highlight=False)
+    console.print(f"{len(ran)} stages done (unchanged ones reused from the cache)", highlight=False)
+    for line in build_summary(work, cfg):
+        console.print(f"  {line}", highlight=False)
+    console.print(f"third-party warnings: {work / BUILD_LOG}; per-stage counts: {work / 'reports'}", highlight=False)
 
 
 @cli_errors
@@ -45,12 +40,17 @@ def serve(
     config: Annotated[Path, typer.Option(help="build config the deployment runs with")],
     name: Annotated[str, typer.Option(help="deployment name: run it as 'build-is4/<name>'")] = "default",
     workdir: Annotated[Path | None, typer.Option(help="work directory (default: the config's workdir)")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Serve a deployment of `build-is4` to the Prefect API in PREFECT_API_URL (runs until stopped)."""
     from is4.config import load_config
 
-    load_config(config)
+    load_config(config, overrides or ())
     from is4.flows.build import build_is4
 
-    params = {"config_path": str(config.resolve()), "workdir": str(workdir.resolve()) if workdir else None}
+    params = {
+        "config_path": str(config.resolve()),
+        "workdir": str(workdir.resolve()) if workdir else None,
+        "overrides": overrides or None,
+    }
     build_is4.serve(name=name, parameters=params)

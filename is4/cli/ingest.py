@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from is4.cli._common import cli_errors, console, run_stage
+from is4.cli._common import SetOption, cli_errors, console, run_stage
 
 
 @cli_errors
@@ -39,9 +39,10 @@ def ingest(
             "and write no manifest; a run without --shard then writes it, fetching nothing again"
         ),
     ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Download, validate and extract the clips of a VGGSound csv into the `clips` manifest."""
-    from is4.config import BuildConfig, ConfigError, load_config
+    from is4.config import ConfigError, load_config
     from is4.pipeline.ingest.invocation import IngestInvocation
     from is4.pipeline.shard import Shard
 
@@ -64,7 +65,7 @@ def ingest(
         export=export,
         shard=shard,
     )
-    cfg = invocation.apply(load_config(config) if config else BuildConfig())
+    cfg = invocation.apply(load_config(config, overrides or ()))
     command = invocation.continue_command()
     part, sharding = invocation.lock_part, Shard() if shard is None else Shard.parse(shard)
     summary = run_stage(

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from is4.cli._common import ConfigOption, WorkdirOption, cli_errors, config_and_workdir, console, run_stage
+from is4.cli._common import (
+    ConfigOption,
+    SetOption,
+    WorkdirOption,
+    cli_errors,
+    config_and_workdir,
+    console,
+    run_stage,
+)
 
 app = typer.Typer(help="The reproducible IS4 release.", invoke_without_command=True)
 
@@ -19,14 +27,32 @@ def release(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     version: Annotated[str | None, typer.Option(help="release version (default: the config's)")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Build WORK/releases/is4-<version>/ and its archive, then verify it."""
     if ctx.invoked_subcommand is not None:
         return
-    cfg, work = config_and_workdir(config, workdir)
+    cfg, work = config_and_workdir(config, workdir, overrides)
     if version:
         cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"version": version})})
     run_stage("release", cfg, work)
+
+
+@app.command("push")
+@cli_errors
+def push(
+    path: Annotated[Path, typer.Argument(help="a release directory (WORK/releases/is4-<version>)")],
+    repo_id: Annotated[str, typer.Option(help="Hugging Face dataset repository, ORG/NAME")],
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to push to (created if missing; default main)")] = None,
+) -> None:
+    """Upload a verified release to a Hugging Face dataset repository in one commit (token: HF_TOKEN or
+    `hf auth login`); `datasets.load_dataset("ORG/NAME")` then returns its instances."""
+    from is4.pipeline.release.push import hub_token, plan_push, push_release
+
+    plan = plan_push(path, repo_id, private=private, revision=revision)
+    url = push_release(plan, hub_token())
+    console.print(f"pushed {len(plan.files)} files of {path} to {repo_id}: {url}", highlight=False)
 
 
 @app.command("verify")

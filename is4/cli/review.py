@@ -11,6 +11,7 @@ import typer
 from is4.cli._common import (
     ConfigOption,
     ReviewerOption,
+    SetOption,
     WorkdirOption,
     cli_errors,
     config_and_workdir,
@@ -21,8 +22,14 @@ from is4.cli._common import (
 app = typer.Typer(help="Human verification and mask review in FiftyOne review sessions.", no_args_is_help=True)
 
 
-def _review_config(config: Path | None, workdir: Path | None, address: str | None = None, port: int | None = None):
-    cfg, work = config_and_workdir(config, workdir)
+def _review_config(
+    config: Path | None,
+    workdir: Path | None,
+    overrides: list[str] | None,
+    address: str | None = None,
+    port: int | None = None,
+):
+    cfg, work = config_and_workdir(config, workdir, overrides)
     overrides = {k: v for k, v in (("address", address), ("port", port)) if v is not None}
     return cfg.review.model_copy(update=overrides), work, cfg
 
@@ -38,11 +45,12 @@ def verify(
     reviewer: ReviewerOption = getpass.getuser(),
     address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="App port (default: the config's)")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Open the FiftyOne App on a saved view of this build (tag samples `accept` / `reject:<reason>`)."""
     from is4.annotation import review
 
-    rcfg, work, cfg = _review_config(config, workdir, address, port)
+    rcfg, work, cfg = _review_config(config, workdir, overrides, address, port)
     review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
     console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
     review.launch(work, rcfg, view, wait=True)
@@ -51,12 +59,15 @@ def verify(
 @app.command("sync")
 @cli_errors
 def sync(
-    config: ConfigOption = None, workdir: WorkdirOption = None, reviewer: ReviewerOption = getpass.getuser()
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    reviewer: ReviewerOption = getpass.getuser(),
+    overrides: SetOption = None,
 ) -> None:
     """Write reviewers' decisions (FiftyOne tags) into the `verification` manifest."""
     from is4.annotation import review
 
-    rcfg, work, _ = _review_config(config, workdir)
+    rcfg, work, _ = _review_config(config, workdir, overrides)
     print_summary("review sync", review.sync(work, rcfg, reviewer))
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from is4.cli._common import (
     ConfigOption,
+    SetOption,
     WorkdirOption,
     cli_errors,
     config_and_workdir,
@@ -33,13 +34,18 @@ ShardOption = Annotated[
 
 
 def _uniform_command(name: str, summary: str, sharded: bool) -> Callable[..., None]:
-    def command(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-        run_stage(name, *config_and_workdir(config, workdir))
+    def command(config: ConfigOption = None, workdir: WorkdirOption = None, overrides: SetOption = None) -> None:
+        run_stage(name, *config_and_workdir(config, workdir, overrides))
 
-    def sharded_command(config: ConfigOption = None, workdir: WorkdirOption = None, shard: ShardOption = "0/1") -> None:
+    def sharded_command(
+        config: ConfigOption = None,
+        workdir: WorkdirOption = None,
+        shard: ShardOption = "0/1",
+        overrides: SetOption = None,
+    ) -> None:
         from is4.pipeline.shard import Shard
 
-        run_stage(name, *config_and_workdir(config, workdir), shard=Shard.parse(shard))
+        run_stage(name, *config_and_workdir(config, workdir, overrides), shard=Shard.parse(shard))
 
     chosen = sharded_command if sharded else command
     chosen.__doc__ = summary
@@ -57,6 +63,20 @@ def register_uniform_commands(app: typer.Typer) -> None:
             app.command(declared.name, help=f"{declared.summary}. Reads: {reads}. Writes: {writes}.")(
                 _uniform_command(declared.name, declared.summary, declared.sharded)
             )
+
+
+@cli_errors
+def init(
+    directory: Annotated[Path, typer.Argument(help="project directory (created if missing)")],
+    force: Annotated[bool, typer.Option(help="overwrite configs already there")] = False,
+) -> None:
+    """Write the shipped example configs (configs/demo.yaml, configs/paper.yaml, the category overrides) into a
+    project directory, to start from an installed package."""
+    from is4.starter import write_starter
+
+    for path in write_starter(directory, force=force):
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"next: cd {directory} && is4 build --config configs/demo.yaml", highlight=False)
 
 
 @cli_errors
@@ -79,12 +99,13 @@ def demo_media(
     config: Annotated[Path, typer.Option(help="config whose ingest.demo_media section to use")] = Path(
         "configs/demo.yaml"
     ),
+    overrides: SetOption = None,
 ) -> None:
     """Make the synthetic demo videos and their vggsound-format csv (without serving them)."""
     from is4.config import load_config
     from is4.pipeline.demo.demo_media import make_demo_media
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides or ())
     demo = cfg.ingest.demo_media
     media = make_demo_media(
         out,
@@ -121,18 +142,36 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
         raise typer.Exit(code=2)
 
 
+_STATUS_STYLE = {"cached": "green", "stale": "yellow", "not run": "red", "off": "dim"}
+
+
 @cli_errors
-def stages(config: ConfigOption = None) -> None:
-    """The stages of `build-is4` in order: what each reads and writes, its config, models and other input files."""
+def stages(
+    config: ConfigOption = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="also show where this work directory stands: cached, stale, not run, off")
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """The stages of `build-is4` in order: what each reads and writes, its config, models and other input files;
+    with --workdir, whether a build would reuse each stage's outputs (cached) or run it again (stale, not run)."""
     from is4.pipeline.registry import EXPORT, REGISTRY
     from is4.pipeline.stage import ALL_SECTIONS
 
-    cfg, _ = config_and_workdir(config, None)
+    cfg, _ = config_and_workdir(config, None, overrides, writes=False)
+    status: dict[str, str] = {}
+    if workdir is not None:
+        from is4.pipeline.status import stage_status
+
+        if not workdir.is_dir():
+            raise Is4Error(f"{workdir}: no such work directory")
+        status = dict(stage_status(cfg, workdir))
     rows = [(f"{i}.", s) for i, s in enumerate(REGISTRY, start=1)]
     rows.insert(1, ("  +", EXPORT))  # a step of ingest, when ingest.export_training_layout is on
     for number, s in rows:
         skipped = "" if s.name in (*cfg.stages, EXPORT.name) else "  [dim](not in this config's stages)[/]"
-        console.print(f"[bold]{number} {s.name}[/]  {s.summary}{skipped}", highlight=False)
+        state = f"  [{_STATUS_STYLE[status[s.name]]}]\\[{status[s.name]}][/]" if s.name in status else ""
+        console.print(f"[bold]{number} {s.name}[/]{state}  {s.summary}{skipped}", highlight=False)
         sections = "the whole build config" if s.config == ALL_SECTIONS else ", ".join(s.config)
         details = [
             ("reads", ", ".join(s.reads)),

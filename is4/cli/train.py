@@ -11,6 +11,7 @@ import typer
 
 from is4.cli._common import (
     ConfigOption,
+    SetOption,
     WorkdirOption,
     cli_errors,
     config_and_workdir,
@@ -36,12 +37,13 @@ def train(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run from its last checkpoint")] = False,
+    overrides: SetOption = None,
 ) -> None:
     """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
     -m is4.cli train ...`); checkpoints, metrics and per-epoch scores go to the run directory."""
     from is4.trainers.engine import train as run_training
 
-    cfg, work = config_and_workdir(config, workdir)
+    cfg, work = config_and_workdir(config, workdir, overrides)
     rank0 = os.environ.get("RANK", "0") == "0"
     summary = run_training(
         cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume, progress=rank0
@@ -99,11 +101,12 @@ def predict(
     config: ConfigOption = None,
     gt: Annotated[str, typer.Option(help="box or mask: which ground truth lists the instances")] = "box",
     batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
+    overrides: SetOption = None,
 ) -> None:
     """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
     from is4.trainers.predict import write_heatmaps
 
-    method, model, facts = _model(run, checkpoint, weights, config)
+    method, model, facts = _model(run, checkpoint, weights, config, overrides)
     with progress_bar("predict") as progress:
         n = write_heatmaps(
             method,
@@ -117,7 +120,7 @@ def predict(
     print_summary("predict", {**facts, "maps": n, "out": str(out)})
 
 
-def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path | None):
+def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path | None, overrides: list[str] | None):
     """(method, model in eval mode, facts to print) from a training run or an authors'-format checkpoint."""
     from is4.trainers.engine import load_run_model
     from is4.trainers.method import TrainError, get_method
@@ -128,7 +131,7 @@ def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path
         method, model, ckpt = load_run_model(run, checkpoint)
         return method, model, {"method": ckpt["method"], "epoch": ckpt["epoch"]}
     assert weights is not None
-    cfg, _ = config_and_workdir(config, None)
+    cfg, _ = config_and_workdir(config, None, overrides, writes=False)
     method = get_method(cfg.train, cfg.seed)
     model = method.build_model()
     method.import_checkpoint(model, weights)
@@ -147,12 +150,13 @@ def embed(
         typer.Option(help="instead of --run: an authors'-format checkpoint, shaped by --config's train section"),
     ] = None,
     config: ConfigOption = None,
+    overrides: SetOption = None,
     batch_size: Annotated[int, typer.Option(help="instances per forward pass")] = 16,
 ) -> None:
     """Write the audio and image embeddings of every benchmark instance (retrieval, alignment) with a model."""
     from is4.trainers.predict import write_embeddings
 
-    method, model, facts = _model(run, checkpoint, weights, config)
+    method, model, facts = _model(run, checkpoint, weights, config, overrides)
     with progress_bar("embed") as progress:
         kinds = write_embeddings(
             method,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -26,12 +27,12 @@ from is4.pipeline.release.archive import write_archive, write_checksums
 from is4.pipeline.release.card import render_card, resolved_models
 from is4.pipeline.release.croissant import croissant_metadata, validate_croissant
 from is4.pipeline.release.encoders import json_bytes
-from is4.pipeline.release.figures import box_area_figure, categories_figure
-from is4.pipeline.release.hf import HF_SCHEMA
-from is4.pipeline.release.layout import COPIED_MANIFESTS, HF_PARQUET, ReleaseError, release_paths
+from is4.pipeline.release.figures import GALLERY_IMAGES, box_area_figure, categories_figure, sample_gallery
+from is4.pipeline.release.hf import HF_SCHEMA, media
+from is4.pipeline.release.layout import COPIED_MANIFESTS, HF_PARQUET, MASK_THRESHOLD, ReleaseError, release_paths
 from is4.pipeline.release.media import check_wav, frame_and_size, mask_jpeg, scale_box
 
-CARD_FIGURES = ("card/box_area.png", "card/categories.png")
+CARD_FIGURES = ("card/box_area.png", "card/categories.png", "card/samples.png")
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -75,6 +76,24 @@ def remove_stale_siblings(releases: Path, name: str) -> list[str]:
                 stale.unlink()
             removed.append(stale.name)
     return removed
+
+
+def _gallery(
+    root: Path, frames: dict[str, tuple[bytes, int, int]], objects: dict[str, list[tuple[str, str, list[int]]]]
+) -> bytes:
+    """The card's sample gallery: the first images (by id) with their released masks, boxes and categories."""
+    from PIL import Image
+
+    samples = []
+    for image_id in sorted(objects)[:GALLERY_IMAGES]:
+        with Image.open(io.BytesIO(frames[image_id][0])) as im:
+            frame = np.asarray(im.convert("RGB"))
+        shown = []
+        for category, mask_rel, box in objects[image_id]:
+            with Image.open(root / mask_rel) as im:
+                shown.append((category, np.asarray(im.convert("L")) > MASK_THRESHOLD, box))
+        samples.append((frame, shown))
+    return sample_gallery(samples)
 
 
 def build_release(workdir: str | Path, cfg: ReleaseConfig, build_config: dict[str, Any]) -> Path:
@@ -131,6 +150,7 @@ def _populate(
     image_rows = {r["image_id"]: r for r in images.to_dict("records")}
     bbox_entries, seg_entries, hf_rows, areas = [], [], [], []
     frames: dict[str, tuple[bytes, int, int]] = {}
+    objects: dict[str, list[tuple[str, str, list[int]]]] = {}  # image id -> (category, mask file, box)
     for rec in sorted(instances.to_dict("records"), key=lambda r: r["instance_id"]):
         iid = rec["instance_id"]
         if not FILE_ID_RE.fullmatch(iid):
@@ -152,6 +172,7 @@ def _populate(
         box = scale_box([float(v) for v in rec["bbox_xyxy"]], width, height, size)
         areas.append((box[2] - box[0]) * (box[3] - box[1]) / (size * size))
         bbox_entries.append({"image": frame_rel, "audio": audio_rel, "gt_box": box})
+        objects.setdefault(rec["image_id"], []).append((str(rec["category"]), mask_rel, box))
         seg_entries.append({"image": frame_rel, "audio": audio_rel, "gt_box": mask_rel})
         img = image_rows.get(rec["image_id"], {})
         hf_rows.append(
@@ -163,16 +184,16 @@ def _populate(
                 "clip_id": rec["clip_id"],
                 "style": None if is_blank(img.get("style")) else img["style"],
                 "reused": None if is_blank(rec.get("reused")) else bool(rec["reused"]),
-                "image": frame_rel,
-                "audio": audio_rel,
-                "mask": mask_rel,
+                "image": media(root, frame_rel),
+                "audio": media(root, audio_rel),
+                "mask": media(root, mask_rel),
                 "gt_box": box,
             }
         )
     _write(root / "is4_bbox.json", json_bytes(bbox_entries))
     _write(root / "is4_seg.json", json_bytes(seg_entries))
 
-    # Parquet for Hugging Face datasets, from an explicit Arrow schema (no pandas metadata, plain strings).
+    # Parquet for Hugging Face datasets (media embedded), from an explicit Arrow schema (no pandas metadata).
     hf_table = pa.Table.from_pylist(hf_rows, schema=HF_SCHEMA)
     (root / HF_PARQUET).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(hf_table, root / HF_PARQUET, compression="zstd")
@@ -219,6 +240,7 @@ def _populate(
             by_reason[reason] = by_reason.get(reason, 0) + 1
     stats = {
         "instances": len(inst),
+        "hf_parquet_bytes": (root / HF_PARQUET).stat().st_size,
         "images": int(inst["image_id"].nunique()),
         "categories": int(inst["category"].nunique()),
         "clips": len(used),
@@ -236,6 +258,7 @@ def _populate(
     }
     _write(root / CARD_FIGURES[0], box_area_figure(areas))
     _write(root / CARD_FIGURES[1], categories_figure({c: n["instances"] for c, n in per_category.items()}))
+    _write(root / CARD_FIGURES[2], _gallery(root, frames, objects))
 
     from is4.pipeline.evaluation import metrics
     from is4.pipeline.evaluation.evaluate import BASELINES_FILE, baseline_scores
@@ -248,7 +271,9 @@ def _populate(
             json_bytes({"protocol": metrics.DEFAULT_PROTOCOL, "maps": metrics.REFERENCE.map_path, "scores": scores}),
         )
     models = resolved_models(workdir, images, annotations)
-    _write(root / "README.md", render_card(cfg, build_config, stats, models, scores).encode("utf-8"))
+    gallery = min(GALLERY_IMAGES, len(objects))
+    card = render_card(cfg, build_config, stats, models, scores, gallery_images=gallery)
+    _write(root / "README.md", card.encode("utf-8"))
 
     header = (
         "".join(f"#   {m['role']}: {m['model_id']} @ {m['revision'] or '(no revision recorded)'}\n" for m in models)

@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from is4 import __version__
 from is4.config import ReleaseConfig
 from is4.manifests.io import is_blank, manifest_path, read_manifest
 from is4.pipeline.registry import REGISTRY
+from is4.pipeline.release.hf import card_metadata
 from is4.pipeline.release.layout import CC_BY_4, MASK_THRESHOLD
 
 _NOT_METRICS = frozenset({"gt", "instances", "images", "empty_regions", "left_out"})
@@ -79,8 +81,10 @@ def render_card(
     stats: dict[str, Any],
     models: list[dict[str, str]],
     scores: dict[str, Any] | None,
+    gallery_images: int = 0,
 ) -> str:
-    """The card's Markdown; `scores` are the baseline scores, None where the frame size has none."""
+    """The card's Markdown, opened by its Hugging Face YAML block; `scores` are the baseline scores, None where the
+    frame size has none; `gallery_images` is the number of images in `card/samples.png`."""
     v = cfg.version
     image_models = sorted({m["model_id"] for m in models if m["role"] == "image_generator"})
     configured = build_config.get("models") or {}
@@ -122,7 +126,10 @@ def render_card(
         _md_table(["role", "model", "configured", "resolved"], model_rows) if model_rows else "(none recorded)"
     )
     template = importlib.resources.files("is4.pipeline.release").joinpath("card_template.md")
-    return Template(template.read_text(encoding="utf-8")).substitute(
+    front = yaml.safe_dump(
+        card_metadata(cfg.title, stats["instances"], stats["hf_parquet_bytes"]), sort_keys=False, allow_unicode=True
+    )
+    return f"---\n{front}---\n\n" + Template(template.read_text(encoding="utf-8")).substitute(
         title=cfg.title,
         version=v,
         cite_key=re.sub(r"[^0-9A-Za-z]", "_", v),
@@ -147,6 +154,10 @@ def render_card(
         area_mean=f"{area['mean']:.3f}",
         area_max=f"{area['max']:.3f}",
         baselines=baselines,
+        gallery=(
+            f"![sample images with masks, boxes and categories](card/samples.png)\n\nThe first {gallery_images} "
+            "images by id, each object's mask in a colour of its own, with its box and category."
+        ),
         image_models=", ".join(f"`{m}`" for m in image_models) or "(not recorded)",
         attribution=_quote(_attribution_text()),
     )

@@ -101,52 +101,37 @@ def croissant_metadata(
         file_set("gt-masks", "gt_masks/*.jpg", "image/jpeg", "object masks (> 127 is object)"),
     ]
 
-    def parquet_field(name: str, data_type: str, description: str, **extra: Any) -> dict[str, Any]:
+    def parquet_field(name: str, data_type: str, description: str, json_path: str | None = None) -> dict[str, Any]:
+        """A field read from a column of `hf/instances.parquet`, through `json_path` where given."""
+        source: dict[str, Any] = {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": name}}
+        if json_path:
+            source["transform"] = {"jsonPath": json_path}
         return {
             "@type": "cr:Field",
             "@id": f"instances/{name}",
             "name": name,
             "description": description,
             "dataType": data_type,
-            **extra,
-            "source": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": name}},
+            "source": source,
         }
 
     fields = [
         parquet_field("instance_id", "sc:Text", "<image_id>_<category>: the file stem of every file of the instance"),
         parquet_field("category", "sc:Text", "category id of the sounding object"),
         parquet_field("clip_id", "sc:Text", "VGGSound clip id (<YouTube id>_<start second>)"),
-        parquet_field("audio", "sc:Text", "path of the 16 kHz wav, relative to the release root"),
-        parquet_field("mask", "sc:Text", "path of the mask JPEG, relative to the release root"),
         parquet_field(
             "gt_box",
-            "sc:Integer",
+            "cr:BoundingBox",
             f"[x1, y1, x2, y2] pixel edges in the {cfg.image_size}x{cfg.image_size} frame, x2/y2 exclusive",
-            isArray=True,
-            arrayShape="4",
+            # The column reads as a numpy array; the identity path, applied to each coordinate, gives the list
+            # that mlcroissant parses as a box.
+            json_path="$",
         ),
-        {
-            "@type": "cr:Field",
-            "@id": "instances/frame_id",
-            "name": "frame_id",
-            "description": "the frame's file stem (joins the frame files to the instance rows)",
-            "dataType": "sc:Text",
-            "source": {
-                "fileSet": {"@id": "visual-frames"},
-                "extract": {"fileProperty": "filename"},
-                # Matches the file name and, once joined, the bare stem.
-                "transform": {"regex": "^(.*?)(?:\\.jpg)?$"},
-            },
-            "references": {"fileObject": {"@id": "instances-parquet"}, "extract": {"column": "instance_id"}},
-        },
-        {
-            "@type": "cr:Field",
-            "@id": "instances/image",
-            "name": "image",
-            "description": f"the {cfg.image_size}x{cfg.image_size} frame",
-            "dataType": "sc:ImageObject",
-            "source": {"fileSet": {"@id": "visual-frames"}, "extract": {"fileProperty": "content"}},
-        },
+        parquet_field(
+            "image", "sc:ImageObject", f"the {cfg.image_size}x{cfg.image_size} frame (JPEG)", json_path="bytes"
+        ),
+        parquet_field("audio", "sc:AudioObject", "the object's 16 kHz VGGSound clip (WAV)", json_path="bytes"),
+        parquet_field("mask", "sc:ImageObject", "the object's mask (JPEG; > 127 is object)", json_path="bytes"),
     ]
     models = ", ".join(image_models) or "an image generation model"
     return {
@@ -162,6 +147,7 @@ def croissant_metadata(
             "model's licence. Class labels and clip lists from VGGSound / VGG-SS (CC BY 4.0)."
         ),
         "version": cfg.version,
+        **({"datePublished": cfg.date.isoformat()} if cfg.date else {}),
         "license": CC_BY_4,
         "citeAs": f"{cfg.title}, release {cfg.version}. Built with is4-builder {__version__}.",
         "keywords": ["sound source localisation", "audio-visual", "segmentation", "VGGSound", "synthetic images"],

@@ -1,0 +1,70 @@
+"""The public Python API behind `from is4 import ...` (notebooks, scripts): the same calls the `is4` commands make."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+BUILD_LOG = "logs/build.log"  # under the work directory: third-party warnings of a build
+# Libraries whose warnings (missing optional packages, deprecations) a build's user cannot act on.
+_QUIET = ("py.warnings", "transformers", "diffusers", "accelerate", "torchvision", "absl", "huggingface_hub")
+
+
+@contextmanager
+def third_party_to_log(path: Path) -> Iterator[None]:
+    """Send Python warnings and the model libraries' log records to `path` instead of the terminal, and hide their
+    download/loading progress bars, for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    # transformers and diffusers log through handlers of their own once imported: replace those too.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (transformers_logging, diffusers_logging)
+    bars = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_default_handler()
+        library.disable_progress_bar()  # "Loading pipeline components…": the stages log their own progress
+    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in _QUIET]
+    for logger, _, _ in saved:
+        logger.handlers, logger.propagate = [handler], False
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        for library, bar in zip(libraries, bars):
+            library.enable_default_handler()
+            if bar:
+                library.enable_progress_bar()
+        handler.close()
+
+
+def build(config: str | Path, workdir: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the whole `build-is4` flow in-process, as `is4 build` does; returns each stage's summary by name.
+
+    `overrides` are `key.path=value` settings over the config file (`--set`). The work directory (default: the
+    config's `workdir`) is checked and locked for the run; the Prefect API is PREFECT_API_URL's, else a temporary
+    local one. Third-party warnings go to `WORK/logs/build.log`, not the terminal.
+    """
+    from is4.config import load_config
+    from is4.flows.cluster import require_api
+    from is4.manifests.lock import workdir_lock
+    from is4.pipeline.preflight import preflight
+
+    config = Path(config)
+    cfg = load_config(config, overrides)  # fail fast, before Prefect starts its local API
+    require_api(cfg)  # a Dask cluster elsewhere cannot reach a temporary server on this machine's loopback
+    work = preflight(cfg, Path(workdir or cfg.workdir).expanduser().resolve(), None)
+    with workdir_lock(work, "is4 build"), third_party_to_log(work / BUILD_LOG):
+        from is4.flows.build import build_is4
+        from is4.flows.server import prefect_api
+
+        with prefect_api():
+            return build_is4(config_path=str(config.resolve()), workdir=str(work), overrides=list(overrides) or None)
