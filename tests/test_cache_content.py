@@ -8,8 +8,6 @@ removed and redone, and the training export (hard links) never keeps it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +15,10 @@ import pytest
 
 from is4.manifests.checksum import HashCache, sha256_file
 from is4.manifests.io import manifest_path, read_manifest
+from tests.support import BUILD_TIMEOUT_S, build_demo
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
 EXPORT = Path("exports/vggsound")
-# Real demo builds (about 45 s each on 2 idle cores); the default 600 s is too tight on a loaded machine.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S)
 
 
 def test_hash_cache_hashes_once_and_again_on_any_write(tmp_path: Path) -> None:
@@ -47,28 +43,8 @@ def test_hash_cache_hashes_once_and_again_on_any_write(tmp_path: Path) -> None:
     assert HashCache(tmp_path, "t").sha256("media/a.bin") == sha256_file(file)
 
 
-def build(work: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "is4.cli", "build", "--config", str(DEMO), "--workdir", str(work)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        env=os.environ | {"COLUMNS": "400"},
-    )
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("content") / "work"
-    done = build(work)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return work
-
-
-def test_damaged_files_are_redone_and_never_exported(demo: Path, tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    subprocess.run(["cp", "-a", str(demo), str(work)], check=True)  # keeps the export's hard links (copytree not)
+def test_damaged_files_are_redone_and_never_exported(demo_copy: Path) -> None:
+    work = demo_copy  # `cp -a`: the export's hard links are kept
     clips = read_manifest(work, "clips")
     clip = clips[clips["status"] == "ok"].sort_values("clip_id").iloc[0]
     frame, exported = work / clip["frame_path"], work / EXPORT / "frames" / f"{clip['clip_id']}.jpg"
@@ -87,7 +63,7 @@ def test_damaged_files_are_redone_and_never_exported(demo: Path, tmp_path: Path)
         fh.write(bytes([fh.read(1)[0] ^ 0xFF]))
     image.write_bytes(garbage)
 
-    done = build(work)
+    done = build_demo(work)
     assert done.returncode == 0, done.stderr[-3000:]
     for path, data in originals.items():
         assert path.read_bytes() == data, f"{path.relative_to(work)} was not redone"

@@ -22,6 +22,7 @@ from is4.manifests.schema import CLIPS, INSTANCES
 from is4.pipeline.captions.object_phrase import PROMPT_VERSION
 from is4.pipeline.captions.run import CaptionError, collect_items, run_captions, text_flag
 from is4.pipeline.common.llm import normalise_phrase
+from tests.support import TinyModels
 
 SR = 16000
 TRAIN = ("clipA_000010", "clipB_000020", "clipC_000030")
@@ -104,11 +105,9 @@ def _make_work(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny models built once and copied into each test's work directory (building them is the slow part)."""
-    work = _make_work(tmp_path_factory.mktemp("built"))
-    run_captions(work, _config())
-    return work / "models"
+def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    """The session's tiny models (built once), copied into each test's work directory."""
+    return tiny_models.install(tmp_path_factory.mktemp("built"), "blip2", "qwen2-audio", "mistral") / "models"
 
 
 @pytest.fixture

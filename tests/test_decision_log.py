@@ -7,10 +7,7 @@ the manifest are gone but later stages were built from them.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,12 +27,10 @@ from is4.pipeline.verification import (
     read_verification,
     update_verification,
 )
+from tests.support import BUILD_TIMEOUT_S, DEMO, DemoBuild, build_demo
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
 T1 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-# Real demo builds (about 45 s each on 2 idle cores); the default 600 s is too tight on a loaded machine.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S)
 
 
 def row(image_id: str, decision: str, source: str, reviewer: str | None, at: datetime | None = None) -> dict:
@@ -164,39 +159,12 @@ def test_refuses_when_decisions_are_gone_but_later_stages_used_them(tmp_path: Pa
 # --- the real build ---------------------------------------------------------------------------------------------
 
 
-def is4(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "is4.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=1500,
-        env=os.environ | {"COLUMNS": "400"},
-    )
-
-
-def build(work: Path) -> subprocess.CompletedProcess[str]:
-    return is4("build", "--config", str(DEMO), "--workdir", str(work))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("decisions") / "work"
-    done = build(work)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return work
-
-
-def copy(demo: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo, tmp_path / "work", symlinks=True))
-
-
 def counts(work: Path) -> dict[str, int]:
     return read_manifest(work, "verification")["decision"].value_counts().to_dict()
 
 
-def test_build_rebuilds_a_deleted_or_truncated_manifest_from_the_log(demo: Path, tmp_path: Path) -> None:
-    work = copy(demo, tmp_path)
+def test_build_rebuilds_a_deleted_or_truncated_manifest_from_the_log(demo_copy: Path) -> None:
+    work = demo_copy
     cfg = load_config(DEMO)
     before = {t: manifest_path(work, t).read_bytes() for t in ("verification", "instances")}
     assert counts(work).get("reject", 0) > 0  # the pre-screen's automatic rejects
@@ -210,18 +178,18 @@ def test_build_rebuilds_a_deleted_or_truncated_manifest_from_the_log(demo: Path,
         # The pre-screen's rows are gone from its outputs: it is not intact (nor is verify), so it runs again.
         assert not stage("prescreen").outputs_intact(work, cfg), damage
         assert not stage("verify").outputs_intact(work, cfg), damage
-        done = build(work)
+        done = build_demo(work)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stderr
         for table, data in before.items():
             assert manifest_path(work, table).read_bytes() == data, f"{damage}: {table} changed: the benchmark moved"
 
 
-def test_build_refuses_in_one_line_when_the_decisions_are_gone(demo: Path, tmp_path: Path) -> None:
-    work = copy(demo, tmp_path)
+def test_build_refuses_in_one_line_when_the_decisions_are_gone(demo_build: DemoBuild, demo_copy: Path) -> None:
+    work = demo_copy
     log_path(work).unlink()
     manifest_path(work, "verification").unlink()
-    done = build(work)
+    done = build_demo(work)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "decision log" in errors[0] and "restore" in errors[0], done.stderr[-2000:]
@@ -230,6 +198,6 @@ def test_build_refuses_in_one_line_when_the_decisions_are_gone(demo: Path, tmp_p
     shutil.copyfile(
         work / "releases" / "is4-0.1.0" / "manifests" / "verification.parquet", manifest_path(work, "verification")
     )
-    done = build(work)
+    done = build_demo(work)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert counts(work) == counts(demo)
+    assert counts(work) == counts(demo_build.work)
