@@ -13,7 +13,7 @@ from is4.config import STAGES, BuildConfig, parse_config
 from is4.manifests.io import manifest_path, write_manifest
 from is4.pipeline.registry import BY_NAME, REGISTRY, keyed_inputs
 from is4.pipeline.stage import Stage, cache_key
-from tests.test_manifests import sample_frame
+from tests.support.rows import sample_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 

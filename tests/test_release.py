@@ -36,7 +36,7 @@ from is4.pipeline.release import (
     write_archive,
 )
 from is4.pipeline.release.media import mask_jpeg, scale_box
-from tests.test_match import (
+from tests.support.matched import (
     ACCEPTED,
     IMAGE_H,
     IMAGE_W,
@@ -45,6 +45,8 @@ from tests.test_match import (
     OBJECT_COLOURS,
     SAM_REVISION,
     SEED,
+    drop_annotation,
+    empty_mask,
     make_workdir,
 )
 
@@ -532,11 +534,9 @@ def test_verify_reports_a_box_that_is_not_its_mask_s_extent(built: tuple[Path, P
 
 
 def test_the_card_counts_the_images_match_left_out(tmp_path: Path) -> None:
-    from tests.test_match import _drop_annotation, _empty_mask
-
     work = make_workdir(tmp_path / "work")
-    _empty_mask(work, "cello_dog_1_dog")
-    _drop_annotation(work, "cello_dog_2_cello")
+    empty_mask(work, "cello_dog_1_dog")
+    drop_annotation(work, "cello_dog_2_cello")
     run_match(work, MatchConfig(), SEED)
     rel = build_release(work, CFG, BUILD_CONFIG)
     card = (rel / "README.md").read_text()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from is4.pipeline.demo.tiny_models import TINY_BUILDERS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 IS4 = str(Path(sys.executable).parent / "is4")
 # A real demo build takes about 45 s on 2 idle cores; a module that runs some sets this as its `pytest.mark.timeout`.
