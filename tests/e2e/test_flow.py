@@ -12,8 +12,7 @@ from pathlib import Path
 import yaml
 
 from is4.manifests.io import manifest_path, read_manifest, read_provenance
-
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4
 
 
 def _build(config: Path, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:

@@ -27,9 +27,9 @@ pytest.importorskip("prefect_dask")
 from distributed import Client  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
+from tests.support import ROOT
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 SHARDED = ("ingest", "generate", "caption")
 
 

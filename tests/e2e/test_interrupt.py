@@ -6,16 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from is4.manifests.journal import Journal
+from tests.support import IS4, ROOT
 
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
 JOURNAL = "state/generate/shard-0-of-1.jsonl"
 STOP_WITHIN_S = 15.0  # the CLI gives the run 3 s to unwind; the rest is slack for a loaded machine
 

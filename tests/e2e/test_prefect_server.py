@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from is4.flows.server import prefect_api
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT
 
 
 def _children(pid: int) -> list[int]:
