@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ import yaml
 
 from is4.config import ACLConfig, ModelRef, TrainConfig
 from is4.trainers import engine, synthetic
+from is4.trainers.torchrun import torchrun_command
 from tests.support import TinyModels
 
 N_CLIPS = 48
@@ -107,19 +107,9 @@ def test_two_gloo_ranks_match_one_process_and_resume_matches_straight(work, tmp_
     config = {"workdir": str(work), "seed": 0, "train": cfg.model_dump(mode="json")}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "is4.cli",
-        "train",
-        "--config",
-        str(tmp_path / "ddp.yaml"),
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        torchrun_command(tmp_path / "ddp.yaml", 2), env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = weights(tmp_path / "one"), weights(engine.default_run_dir(work, cfg, 0))
     assert one["masker_i.w"].item() != acl.mask_init_w  # it trained

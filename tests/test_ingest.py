@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tests.conftest import (
     TONES,
     segment_at,
 )
+from tests.support import IS4
 
 SR = 16_000
 SPEC_HOP = 512 - 274  # samples between spectrogram columns
@@ -238,7 +238,7 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
     work = tmp_path / "work"
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "is4"),
+            IS4,
             "ingest",
             "--csv",
             str(csv),

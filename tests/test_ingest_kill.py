@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.ingest.journals import FINAL, JOURNAL
 from is4.pipeline.ingest.status import ingest_status
 from tests.conftest import GOOD_IDS
+from tests.support import IS4
 
-IS4 = str(Path(sys.executable).parent / "is4")
 ROWS = [f"{ytid},{start},dog barking,train" for ytid in GOOD_IDS for start in (0, 10)]
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from is4.pipeline.ingest.journals import JOURNAL
+from tests.support import IS4
 
-IS4 = str(Path(sys.executable).parent / "is4")
 RECORDS = 300  # rows with a record when the peak is read
 # What holding the 200,000 validated rows themselves may cost (~0.3 KB a row), with room for allocator noise.
 EXTRA_MB_BOUND = 120

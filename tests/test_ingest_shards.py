@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from is4.pipeline.ingest.journals import JOURNAL, load_records, shard_journal
 from is4.pipeline.ingest.run import IngestIncomplete, ingest_stage, merge_ingest, run_ingest, shard_slice
 from is4.pipeline.ingest.vggsound_csv import parse_lines
 from tests.conftest import GOOD_IDS, MISSING_ID, PRIVATE_ID
+from tests.support import IS4
 
 ROWS = [
     f"{GOOD_IDS[0]},0,dog barking,train",
@@ -134,7 +134,7 @@ def test_is4_ingest_shards_by_hand_then_one_run_writes_the_manifest_fetching_not
     csv.write_text("\n".join(ROWS[:3]) + "\n")
     work = tmp_path / "work"
     command = [
-        str(Path(sys.executable).parent / "is4"),
+        IS4,
         "ingest",
         "--csv",
         str(csv),

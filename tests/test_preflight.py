@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,7 @@ import yaml
 
 from is4.config import BuildConfig, ModelRef, load_config
 from is4.pipeline.preflight import PreflightError, check_inputs, check_model, check_workdir, preflight
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT
 
 
 def test_work_directory_must_be_a_writable_directory(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from is4.pipeline.release import (
     write_archive,
 )
 from is4.pipeline.release.media import mask_jpeg, scale_box
+from tests.support import IS4
 from tests.support.matched import (
     ACCEPTED,
     IMAGE_H,
@@ -478,7 +479,7 @@ def test_verify_reports_an_image_with_one_instance(built: tuple[Path, Path], tmp
     write_archive(copy, archive, NAME)
     assert verify_release(archive).invalid == report.invalid
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "is4"), "release", "verify", str(archive)],
+        [IS4, "release", "verify", str(archive)],
         capture_output=True,
         text=True,
         timeout=300,

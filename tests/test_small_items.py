@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from is4.cli import app
-
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4
 
 
 def test_manifests_of_a_missing_work_directory(tmp_path: Path) -> None:

@@ -19,9 +19,7 @@ import pytest
 import yaml
 
 from is4.manifests.lock import WorkdirBusy, workdir_lock
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT
 
 
 @contextmanager
