@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,23 +94,27 @@ class TinyModels:
 
 
 def wait_until(
-    condition: Callable[[], bool], proc: subprocess.Popen | None = None, timeout: float = 300, every: float = 0.2
-) -> None:
-    """Poll `condition` until it holds; fail when `timeout` passes or `proc` ends first."""
+    condition: Callable[[], bool], proc: subprocess.Popen | None = None, timeout: float = 300, every: float = 0.05
+) -> bool:
+    """Poll `condition` until it holds (True); False once `timeout` passes or `proc` has ended first."""
     deadline = time.monotonic() + timeout
     while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (exit {proc.returncode}) before the condition held")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the condition did not hold within {timeout} s")
+        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+            return False
         time.sleep(every)
+    return True
 
 
-def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to a process a test started (if it still runs) and reap it."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    proc.wait(timeout=60)
+@contextmanager
+def killed_at_exit(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Hold a process a test started; whatever happens in the block, it is killed (SIGKILL) if still running and
+    reaped."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
 
 
 def peak_rss_kib(pid: int) -> int:
