@@ -1,7 +1,7 @@
 """Review sessions on a real embedded MongoDB: the dataset, reviewer tags and clicks as the App writes them, sync.
 
 One database serves the whole test session (FiftyOne connects once per process): `fiftyone_db` lives in the
-session's base temporary directory, which `tests/test_app.py` shares. Every test builds its own work directory, so
+session's base temporary directory, which `tests/e2e/test_app.py` shares. Every test builds its own work directory, so
 each has its own dataset (`is4-<work directory name>`).
 """
 
