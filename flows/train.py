@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from is4.config import load_config
 from is4.manifests.errors import FatalError
 from is4.trainers.engine import default_run_dir
 from is4.trainers.engine import train as run_training
+from is4.trainers.torchrun import torchrun_command
 
 
 class TrainFlowError(FatalError, RuntimeError):
@@ -28,24 +28,7 @@ class TrainFlowError(FatalError, RuntimeError):
 
 
 def _torchrun(config_path: str, workdir: Path, run: Path, method: str | None, resume: bool, nproc: int) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "is4.cli",
-        "train",
-        "--config",
-        config_path,
-        "--workdir",
-        str(workdir),
-        "--run-dir",
-        str(run),
-    ]
-    cmd += ["--method", method] if method else []
-    cmd += ["--resume"] if resume else []
+    cmd = torchrun_command(config_path, nproc, workdir=workdir, run_dir=run, method=method, resume=resume)
     done = subprocess.run(cmd, check=False)
     if done.returncode:
         raise TrainFlowError(f"torchrun with {nproc} ranks exited with status {done.returncode} (see its log)")

@@ -4,7 +4,7 @@ A stage declares what it is (name, one-line summary), where its code is (`entry`
 registry can name `is4.annotation` code without `pipeline/` importing it), and what its output depends on: config
 sections, model roles, manifests read, other input files, the seed. `provenance(cfg, work)` turns that into one
 dict; the stage writes it into every manifest it produces, and the flow's cache key is its hash (plus the work
-directory). `tests/test_stage_reads.py` runs the demo build and fails when a stage reads a manifest it does not
+directory). `tests/e2e/test_stage_reads.py` runs the demo build and fails when a stage reads a manifest it does not
 declare, or declares one it never reads.
 """
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic videos with known picture/tone timelines, served from a loopback HTTP server."""
+"""Shared fixtures: synthetic videos with known picture/tone timelines, served from a loopback HTTP server; one demo
+build and the tiny models for the whole session (the helpers they use are in tests/support.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
 from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
+from tests.support import DemoBuild, TinyModels, build_demo, copy_work, prefect_env
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,3 +87,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
+    """One real demo build for the session. Read it; to damage or rebuild it, take `demo_copy`.
+
+    The one exception is test_demo_build's rerun, which must run in place (Prefect's cache keys hold the work
+    directory) and asserts that it leaves every file as it was.
+    """
+    root = tmp_path_factory.mktemp("demo")
+    work, home = root / "work", root / "prefect-home"
+    return DemoBuild(work, home, build_demo(work, prefect_env(home)))
+
+
+@pytest.fixture()
+def demo_copy(demo_build: DemoBuild, tmp_path: Path) -> Path:
+    """A private copy of the session's demo build (`cp -a`: links kept), to damage and rebuild."""
+    assert demo_build.result.returncode == 0, demo_build.result.stderr[-3000:]
+    return copy_work(demo_build.work, tmp_path / "work")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """The tiny random-weight models, each built once per session on first use."""
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from is4.config import ACLConfig, ModelRef, parse_config
 from is4.trainers import acl
 from is4.trainers.method import TrainError
+from tests.support import TinyModels
 
 SIZE = 64  # the tiny CLIPSeg's native resolution
 
@@ -39,12 +40,13 @@ def tiny_cfg(**overrides) -> ACLConfig:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("acl-work")
+def workdir(tmp_path_factory, tiny_models: TinyModels):
+    return tiny_models.install(tmp_path_factory.mktemp("acl-work"), "clipseg", "beats")
 
 
 @pytest.fixture(scope="module")
 def model(workdir):
+    torch.manual_seed(0)  # the new heads' initial weights, whatever ran before (as the engine seeds before building)
     return acl.build_acl_model(tiny_cfg(caption_loss=True), workdir)
 
 

@@ -7,30 +7,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from is4.config import ACLConfig, ModelRef, TrainConfig
-from is4.pipeline.common.models import resolve_model
 from is4.trainers import engine, synthetic
+from is4.trainers.torchrun import torchrun_command
+from tests.support import TinyModels
 
 N_CLIPS = 48
 
 
-def make_work(root, usable: bool = True, n_clips: int = N_CLIPS):
+def make_work(root, tiny_models: TinyModels, usable: bool = True, n_clips: int = N_CLIPS):
     ids = synthetic.write_workdir(root, n_clips, size=64, seconds=1.0)
     synthetic.write_captions(root, ids, all_flagged=not usable)
-    for kind in ("clipseg", "beats"):  # built once here, not concurrently by two ranks
-        resolve_model(ModelRef(model_id=f"tiny-random:{kind}"), root, kind)
-    return root
+    return tiny_models.install(root, "clipseg", "beats")  # in place before two ranks could both build them
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    return make_work(tmp_path_factory.mktemp("acl-train"))
+def work(tmp_path_factory, tiny_models: TinyModels):
+    return make_work(tmp_path_factory.mktemp("acl-train"), tiny_models)
 
 
 def acl_cfg(**overrides) -> ACLConfig:
@@ -86,10 +84,10 @@ def test_loss_falls_and_caption_masked_count_is_logged(work, tmp_path):
     assert masked == 14 and 0 < first["caption_masked"] < 8
 
 
-def test_caption_term_trains_only_through_items_with_phrases(work, tmp_path_factory):
+def test_caption_term_trains_only_through_items_with_phrases(work, tmp_path_factory, tiny_models: TinyModels):
     """With no usable phrase, `caption_loss: true` trains exactly like `caption_loss: false`; with phrases it does
     not."""
-    unusable = make_work(tmp_path_factory.mktemp("acl-flagged"), usable=False, n_clips=16)
+    unusable = make_work(tmp_path_factory.mktemp("acl-flagged"), tiny_models, usable=False, n_clips=16)
     runs = {}
     for name, root, caption in (("off", unusable, False), ("flagged", unusable, True), ("on", work, True)):
         run = tmp_path_factory.mktemp(f"run-{name}")
@@ -109,19 +107,9 @@ def test_two_gloo_ranks_match_one_process_and_resume_matches_straight(work, tmp_
     config = {"workdir": str(work), "seed": 0, "train": cfg.model_dump(mode="json")}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "is4.cli",
-        "train",
-        "--config",
-        str(tmp_path / "ddp.yaml"),
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        torchrun_command(tmp_path / "ddp.yaml", 2), env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = weights(tmp_path / "one"), weights(engine.default_run_dir(work, cfg, 0))
     assert one["masker_i.w"].item() != acl.mask_init_w  # it trained

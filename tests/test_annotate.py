@@ -41,6 +41,7 @@ from is4.config import AnnotateConfig, ModelRef
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import ANNOTATIONS
 from is4.pipeline.common.models import ModelError, directory_revision, resolve_model
+from tests.support import TinyModels
 
 SAM = ModelRef(model_id="tiny-random:sam")
 OWL = ModelRef(model_id="tiny-random:owlv2")
@@ -51,20 +52,10 @@ T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 # --- fixtures -------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A work directory whose models/ holds the tiny SAM and OWLv2, built once through resolve_model."""
-    root = tmp_path_factory.mktemp("models-work")
-    resolve_model(SAM, root, "segmenter")
-    resolve_model(OWL, root, "detector")
-    return root / "models"
-
-
 @pytest.fixture()
-def workdir(tmp_path: Path, built_models: Path) -> Path:
-    work = tmp_path / "work"
-    shutil.copytree(built_models, work / "models")
-    return work
+def workdir(tmp_path: Path, tiny_models: TinyModels) -> Path:
+    """A work directory whose models/ holds the session's tiny SAM and OWLv2."""
+    return tiny_models.install(tmp_path / "work", "sam", "owlv2")
 
 
 def _picture(width: int, height: int, seed: int) -> Image.Image:

@@ -26,6 +26,7 @@ from is4.pipeline.captions.audio import (
 )
 from is4.pipeline.common.models import ModelError
 from is4.pipeline.common.tiny_models import build_tiny_qwen2_audio
+from tests.support import TinyModels
 
 RATE = 16000
 
@@ -54,8 +55,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("work")
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    return tiny_models.install(tmp_path_factory.mktemp("work"), "qwen2-audio")
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,8 @@ def captioner(workdir: Path) -> Qwen2AudioCaptioner:
 # --- the tiny model -------------------------------------------------------------------------------------------------
 
 
-def test_tiny_qwen2_audio_files_are_byte_identical_across_builds(tmp_path: Path) -> None:
-    first, second = build_tiny_qwen2_audio(tmp_path / "a"), build_tiny_qwen2_audio(tmp_path / "b")
+def test_tiny_qwen2_audio_files_are_byte_identical_across_builds(tiny_models: TinyModels, tmp_path: Path) -> None:
+    first, second = tiny_models.path("qwen2-audio"), build_tiny_qwen2_audio(tmp_path / "b")
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(names)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from is4.trainers.beats import BEATs, BEATsConfig, BEATsError, build_tiny_beats, load_beats
+from tests.support import TinyModels
 
 # A small config with every optional part of the released AS2M fine-tuned checkpoint switched on.
 FULL = {
@@ -135,12 +136,12 @@ def test_relative_position_buckets_follow_the_upstream_formula():
     assert attention._buckets(relative).tolist() == expected
 
 
-def test_tiny_beats_is_byte_identical_and_loads(tmp_path):
-    digests = []
-    for name in ("a", "b"):
-        out = build_tiny_beats(tmp_path / name, 0)
-        digests.append(hashlib.sha256((out / "beats.pt").read_bytes()).hexdigest())
+def test_tiny_beats_is_byte_identical_and_loads(tiny_models: TinyModels, tmp_path):
+    digests = [
+        hashlib.sha256((out / "beats.pt").read_bytes()).hexdigest()
+        for out in (tiny_models.path("beats"), build_tiny_beats(tmp_path / "b", 0))
+    ]
     assert digests[0] == digests[1]
-    model = load_beats(tmp_path / "a")
+    model = load_beats(tiny_models.path("beats"))
     assert model.predictor is None  # ACL drops the AudioSet head
     assert len(model.encoder.layers) == 12

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from is4.manifests.schema import CLIPS, INSTANCES
 from is4.pipeline.captions.caption import CaptionError, collect_items, run_captions, text_flag
 from is4.pipeline.captions.object_phrase import PROMPT_VERSION
 from is4.pipeline.common.llm import normalise_phrase
+from tests.support import IS4, TinyModels
 
 SR = 16000
 TRAIN = ("clipA_000010", "clipB_000020", "clipC_000030")
@@ -104,11 +104,9 @@ def _make_work(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny models built once and copied into each test's work directory (building them is the slow part)."""
-    work = _make_work(tmp_path_factory.mktemp("built"))
-    run_captions(work, _config())
-    return work / "models"
+def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    """The session's tiny models (built once), copied into each test's work directory."""
+    return tiny_models.install(tmp_path_factory.mktemp("built"), "blip2", "qwen2-audio", "mistral") / "models"
 
 
 @pytest.fixture
@@ -361,12 +359,11 @@ def test_text_flag(text: str | None, flag: str | None) -> None:
 
 
 def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
-    is4 = str(Path(sys.executable).parent / "is4")
     config = tmp_path / "captions.yaml"
     config.write_text(yaml.safe_dump(_config().model_dump(mode="json", include={"captions", "models"})))
     env = os.environ | {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [is4, "caption", "--config", str(config), "--workdir", str(work)],
+        [IS4, "caption", "--config", str(config), "--workdir", str(work)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -380,7 +377,7 @@ def test_is4_caption_command(work: Path, tmp_path: Path) -> None:
     without_llm["models"]["object_phrase"] = None
     config.write_text(yaml.safe_dump(without_llm))
     failed = subprocess.run(
-        [is4, "caption", "--config", str(config), "--workdir", str(work)],
+        [IS4, "caption", "--config", str(config), "--workdir", str(work)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from is4.manifests.io import read_manifest
 from tests.conftest import GOOD_IDS, MISSING_ID
-
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4
 
 
 def _is4(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

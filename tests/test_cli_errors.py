@@ -1,21 +1,22 @@
 """Every `is4` command given a bad input exits 2 with one line on stderr and no traceback (README's promise).
 
-A config that does not validate says so in that line and lists each bad key on an indented line below it.
+A config that does not validate says so in that line and lists each bad key on an indented line below it. Every
+command runs in-process (Typer's runner: the subject is the CLI's error path); a few also run as real `is4`
+processes, for the exit status the shell sees and the stderr a user reads.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from is4.cli import app
+from tests.support import is4
 
-IS4 = str(Path(sys.executable).parent / "is4")
 MISSING = "does-not-exist"
+IN_A_PROCESS = ("build", "ingest", "release verify")  # a config error, a missing input file, a missing archive
 
 
 def _commands(tmp: Path) -> dict[str, list[str]]:
@@ -80,19 +81,29 @@ def test_every_command_is_covered(tmp_path: Path) -> None:
     assert _all_command_names() <= covered
 
 
+def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    (tmp / "empty-work").mkdir()
+    (tmp / "bad.yaml").write_text("seed: yes\n")
+    return _commands(tmp)
+
+
+def _assert_one_error_line(stderr: str) -> None:
+    first, *keys = stderr.strip().splitlines()
+    assert first.startswith("error: "), stderr
+    assert all(line.startswith("  ") for line in keys) and (not keys or first.endswith("invalid config"))
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("name", sorted(_commands(Path("/tmp"))))
 def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path) -> None:
-    (tmp_path / "empty-work").mkdir()
-    (tmp_path / "bad.yaml").write_text("seed: yes\n")
-    result = subprocess.run(
-        [IS4, *_commands(tmp_path)[name]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"COLUMNS": "400"},
-    )
+    result = CliRunner().invoke(app, _bad_inputs(tmp_path)[name], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # the decorator's exit, nothing escaped
+    _assert_one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("name", IN_A_PROCESS)
+def test_bad_input_exits_2_with_one_line_in_a_real_process(name: str, tmp_path: Path) -> None:
+    result = is4(*_bad_inputs(tmp_path)[name], timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
-    first, *keys = result.stderr.strip().splitlines()
-    assert first.startswith("error: "), result.stderr
-    assert all(line.startswith("  ") for line in keys) and (not keys or first.endswith("invalid config"))
-    assert "Traceback" not in result.stderr
+    _assert_one_error_line(result.stderr)

@@ -32,6 +32,7 @@ from is4.pipeline.images.generate import (
     scheduler_class,
 )
 from is4.pipeline.shard import Shard
+from tests.support import TinyModels
 
 TINY = "tiny-random:stable-diffusion"
 PAIRS = [("cello", "dog"), ("cello", "piano"), ("dog", "piano")]
@@ -69,24 +70,22 @@ def prompts_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_MODELS: list[Path] = []  # the tiny model, built once per test module (building it takes seconds)
+_MODELS: list[TinyModels] = []  # the session's tiny models, set by the autouse fixture below
 
 
 def make_workdir(path: Path) -> Path:
-    """A work directory with the prompts manifest and a copy of the tiny model (same files, same revision)."""
+    """A work directory with the prompts manifest and the session's tiny model (same files, same revision)."""
     path.mkdir(parents=True, exist_ok=True)
     write_manifest(path, PROMPTS, prompts_frame())
     if _MODELS:
-        shutil.copytree(_MODELS[0], path / "models")
+        _MODELS[0].install(path, TINY.removeprefix("tiny-random:"))
     return path
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_model(tmp_path_factory: pytest.TempPathFactory):
-    """Build the tiny model through resolve_model once; make_workdir copies it into every work directory."""
-    root = tmp_path_factory.mktemp("models")
-    resolve_model(ModelRef(model_id=TINY), root, "image_generator")
-    _MODELS.append(root / "models")
+def tiny_model(tiny_models: TinyModels):
+    """make_workdir puts the session's tiny model (built once) into every work directory."""
+    _MODELS.append(tiny_models)
     yield
     _MODELS.clear()
 

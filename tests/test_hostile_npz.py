@@ -11,14 +11,14 @@ import json
 import resource
 import struct
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4
+
 ADDRESS_SPACE = 3 << 30  # bytes: far above what scoring two maps needs, far below what the hostile files claim
 VGGSS = [
     {"file": "--PJHxphWEs_000030", "class": "dog barking", "bbox": [[0.1, 0.2, 0.5, 0.9]]},

@@ -13,6 +13,7 @@ from is4.config import ModelRef
 from is4.pipeline.captions.image import Blip2Captioner, CaptionInputError
 from is4.pipeline.common.models import ModelError, resolve_model
 from is4.pipeline.common.tiny_models import build_tiny_blip2, tiny_opt_tokenizer
+from tests.support import TinyModels
 
 TINY = ModelRef(model_id="tiny-random:blip2")
 PROMPT = "a photo of"
@@ -20,8 +21,8 @@ COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (12, 12, 12)]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("work")
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    return tiny_models.install(tmp_path_factory.mktemp("work"), "blip2")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def test_tiny_blip2_files_are_byte_identical_across_builds(tmp_path: Path) -> None:
-    first, second = build_tiny_blip2(tmp_path / "a"), build_tiny_blip2(tmp_path / "b")
+def test_tiny_blip2_files_are_byte_identical_across_builds(tiny_models: TinyModels, tmp_path: Path) -> None:
+    first, second = tiny_models.path("blip2"), build_tiny_blip2(tmp_path / "b")
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= set(names)

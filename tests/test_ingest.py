@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +27,7 @@ from tests.conftest import (
     TONES,
     segment_at,
 )
+from tests.support import IS4, killed_at_exit, wait_until
 
 SR = 16_000
 SPEC_HOP = 512 - 274  # samples between spectrogram columns
@@ -238,7 +235,7 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
     work = tmp_path / "work"
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "is4"),
+            IS4,
             "ingest",
             "--csv",
             str(csv),
@@ -257,11 +254,8 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
     def final_records() -> int:  # `downloaded` lines are not a clip's record
         return sum('"status": "downloaded"' not in line for line in journal.read_text().splitlines())
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not journal.exists() or final_records() < 3):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with killed_at_exit(proc):
+        wait_until(lambda: journal.exists() and final_records() >= 3, timeout=60)
     done_before = final_records()
     assert 3 <= done_before < len(rows), "the run was killed part-way"
     assert not manifest_path(work, "clips").exists(), "a killed run never wrote a manifest"

@@ -8,11 +8,7 @@ it again; the manifest must still say how many attempts fetched it, exactly as t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +17,8 @@ from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.ingest.journals import FINAL, JOURNAL
 from is4.pipeline.ingest.status import ingest_status
 from tests.conftest import GOOD_IDS
+from tests.support import IS4, killed_at_exit, wait_until
 
-IS4 = str(Path(sys.executable).parent / "is4")
 ROWS = [f"{ytid},{start},dog barking,train" for ytid in GOOD_IDS for start in (0, 10)]
 
 
@@ -59,20 +55,13 @@ def _final_ids(work: Path) -> set[str]:
 
 def _kill_with_a_section_on_disk_and_no_record(command: list[str], work: Path) -> str | None:
     """Start `command`, kill -9 it as soon as a downloaded section has no record; the clip, or None if missed."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     source_dir = work / "media/source"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            names = [p for p in source_dir.glob("*") if not p.name.startswith(".")] if source_dir.is_dir() else []
-            if names:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    def downloaded() -> bool:
+        return source_dir.is_dir() and any(not p.name.startswith(".") for p in source_dir.glob("*"))
+
+    with killed_at_exit(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) as proc:
+        wait_until(downloaded, proc, timeout=120, every=0.002)  # then killed, or missed: the caller tries again
     on_disk = {p.name.split(".")[0] for p in source_dir.glob("*") if not p.name.startswith(".")}
     unrecorded = sorted(on_disk - _final_ids(work))
     return unrecorded[0] if unrecorded else None

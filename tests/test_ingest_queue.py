@@ -9,20 +9,16 @@ row) and the 200,000-row run peaked ~330 MB above the small one.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from is4.pipeline.ingest.journals import JOURNAL
+from tests.support import IS4, killed_at_exit, peak_rss_kib, wait_until
 
-IS4 = str(Path(sys.executable).parent / "is4")
 RECORDS = 300  # rows with a record when the peak is read
 # What holding the 200,000 validated rows themselves may cost (~0.3 KB a row), with room for allocator noise.
 EXTRA_MB_BOUND = 120
@@ -70,20 +66,11 @@ def _peak_rss_mb(tmp_path: Path, rows: int, url_template: str) -> float:
         stderr=subprocess.DEVNULL,
     )
     journal = work / JOURNAL
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if journal.is_file() and journal.read_text().count("\n") >= RECORDS:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-                break
-            time.sleep(0.1)
-        else:
+    with killed_at_exit(proc):
+        recorded = wait_until(lambda: journal.is_file() and journal.read_text().count("\n") >= RECORDS, proc, 90, 0.1)
+        if not recorded:
             pytest.fail(f"is4 ingest of {rows} rows did not record {RECORDS} rows in time (exit {proc.poll()})")
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        peak_kb = peak_rss_kib(proc.pid)
     records = [json.loads(line) for line in journal.read_text().splitlines()[:RECORDS]]
     assert {r["reason"].split(":")[0] for r in records} == {"not-found"}, "every row failed fast, as intended"
     return peak_kb / 1024

@@ -7,7 +7,6 @@ in one process, whatever the shard count and whichever journals a clip appears i
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from is4.pipeline.ingest.ingest import IngestIncomplete, ingest_stage, merge_ing
 from is4.pipeline.ingest.journals import JOURNAL, load_records, shard_journal
 from is4.pipeline.shard import Shard
 from tests.conftest import GOOD_IDS, MISSING_ID, PRIVATE_ID
+from tests.support import IS4
 
 ROWS = [
     f"{GOOD_IDS[0]},0,dog barking,train",
@@ -124,7 +124,7 @@ def test_is4_ingest_shards_by_hand_then_one_run_writes_the_manifest_fetching_not
     csv.write_text("\n".join(ROWS[:3]) + "\n")
     work = tmp_path / "work"
     command = [
-        str(Path(sys.executable).parent / "is4"),
+        IS4,
         "ingest",
         "--csv",
         str(csv),

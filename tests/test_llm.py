@@ -15,6 +15,7 @@ from is4.pipeline.common.llm import (
     prepare_tokenizer_for_generation,
 )
 from is4.pipeline.common.tiny_models import build_tiny_mistral, tiny_mistral_tokenizer
+from tests.support import TinyModels
 
 # Four prompts of clearly different token lengths, so batches of them are padded.
 MESSAGES = [
@@ -26,15 +27,17 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> ChatLM:
-    return ChatLM.load(ModelRef(model_id="tiny-random:mistral"), tmp_path_factory.mktemp("work"))
+def lm(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> ChatLM:
+    return ChatLM.load(
+        ModelRef(model_id="tiny-random:mistral"), tiny_models.install(tmp_path_factory.mktemp("work"), "mistral")
+    )
 
 
 # --- the tiny model -------------------------------------------------------------------------------------------------
 
 
-def test_tiny_mistral_files_are_byte_identical_across_builds(tmp_path: Path) -> None:
-    first, second = build_tiny_mistral(tmp_path / "a"), build_tiny_mistral(tmp_path / "b")
+def test_tiny_mistral_files_are_byte_identical_across_builds(tiny_models: TinyModels, tmp_path: Path) -> None:
+    first, second = tiny_models.path("mistral"), build_tiny_mistral(tmp_path / "b")
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(names)

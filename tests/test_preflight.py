@@ -3,9 +3,7 @@ before any stage or Prefect starts (no server, no traceback)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,7 @@ import yaml
 
 from is4.config import BuildConfig, ModelRef, load_config
 from is4.pipeline.preflight import PreflightError, check_inputs, check_model, check_workdir, preflight
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT, prefect_env
 
 
 def test_work_directory_must_be_a_writable_directory(tmp_path: Path) -> None:
@@ -57,13 +53,7 @@ def test_inputs_of_the_configured_stages(tmp_path: Path) -> None:
 def _build(tmp_path: Path, config: dict, workdir: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = os.environ | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
-        "COLUMNS": "400",
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "prefect-home", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"))
     return subprocess.run(
         [IS4, "build", "--config", str(path), "--workdir", str(workdir)],
         capture_output=True,

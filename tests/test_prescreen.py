@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from is4.config import ModelRef, PrescreenConfig
 from is4.manifests.io import manifest_path, read_manifest, read_provenance, write_manifest
-from is4.pipeline.common.models import directory_revision, resolve_model
+from is4.pipeline.common.models import directory_revision
 from is4.pipeline.images.prescreen import (
     PrescreenError,
     both_present,
@@ -25,6 +25,7 @@ from is4.pipeline.images.prescreen import (
     run_prescreen,
 )
 from is4.pipeline.verification import HUMAN, update_verification
+from tests.support import TinyModels
 
 TINY = ModelRef(model_id="tiny-random:clip")
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -166,8 +167,8 @@ RED = ["cello_dog_0", "cello_dog_1", "cello_dog_2"]
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return resolve_model(TINY, tmp_path_factory.mktemp("clip"), "prescreen").path
+def tiny_clip(tiny_models: TinyModels) -> Path:
+    return tiny_models.path(TINY.model_id.removeprefix("tiny-random:"))
 
 
 def make_workdir(root: Path, tiny_clip: Path, flags: dict[str, tuple] | None = None, no_path=()) -> Path:

@@ -14,9 +14,8 @@ from is4.config import STAGES, BuildConfig, ShardedStage, parse_config
 from is4.manifests.io import manifest_path, write_manifest
 from is4.pipeline.registry import BY_NAME, REGISTRY, keyed_inputs
 from is4.pipeline.stage import Stage, cache_key
-from tests.test_manifests import sample_frame
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support.rows import sample_frame
 
 
 def test_registry_order_is_the_config_stage_list() -> None:

@@ -38,7 +38,8 @@ from is4.pipeline.release import (
 )
 from is4.pipeline.release.hf import read_wav_bytes
 from is4.pipeline.release.media import mask_jpeg, scale_box
-from tests.test_match import (
+from tests.support import IS4
+from tests.support.matched import (
     ACCEPTED,
     IMAGE_H,
     IMAGE_W,
@@ -47,6 +48,8 @@ from tests.test_match import (
     OBJECT_COLOURS,
     SAM_REVISION,
     SEED,
+    drop_annotation,
+    empty_mask,
     make_workdir,
 )
 
@@ -519,7 +522,7 @@ def test_verify_reports_an_image_with_one_instance(built: tuple[Path, Path], tmp
     write_archive(copy, archive, NAME)
     assert verify_release(archive).invalid == report.invalid
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "is4"), "release", "verify", str(archive)],
+        [IS4, "release", "verify", str(archive)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -575,11 +578,9 @@ def test_verify_reports_a_box_that_is_not_its_mask_s_extent(built: tuple[Path, P
 
 
 def test_the_card_counts_the_images_match_left_out(tmp_path: Path) -> None:
-    from tests.test_match import _drop_annotation, _empty_mask
-
     work = make_workdir(tmp_path / "work")
-    _empty_mask(work, "cello_dog_1_dog")
-    _drop_annotation(work, "cello_dog_2_cello")
+    empty_mask(work, "cello_dog_1_dog")
+    drop_annotation(work, "cello_dog_2_cello")
     run_match(work, MatchConfig(), SEED)
     rel = build_release(work, CFG, BUILD_CONFIG)
     card = (rel / "README.md").read_text()

@@ -3,16 +3,13 @@ it needs PREFECT_API_URL (an in-process build never pauses) instead of finding n
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from is4.cli import app
-
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4, prefect_env
 
 
 def test_manifests_of_a_missing_work_directory(tmp_path: Path) -> None:
@@ -25,8 +22,7 @@ def test_manifests_of_a_missing_work_directory(tmp_path: Path) -> None:
 
 
 def test_review_done_needs_a_prefect_server(tmp_path: Path) -> None:
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "400"}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "prefect-home")
     result = subprocess.run([IS4, "review", "done"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()

@@ -33,9 +33,7 @@ from is4.pipeline.ingest.ingest import JOURNAL, IngestIncomplete, ingest_stage, 
 from is4.pipeline.ingest.session import CookiesError, Session, load_cookies
 from is4.pipeline.registry import BY_NAME
 from tests.conftest import GOOD_IDS
-
-IS4 = str(Path(sys.executable).parent / "is4")
-
+from tests.support import IS4
 
 # --------------------------------------------------------------------------------------------------------------
 # The governor, on a fake clock

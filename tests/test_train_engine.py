@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from is4.manifests.io import read_manifest, write_manifest
 from is4.trainers import synthetic
 from is4.trainers.engine import load_checkpoint, train
 from is4.trainers.method import TrainError
-
-ROOT = Path(__file__).resolve().parents[1]
+from is4.trainers.torchrun import torchrun_command
+from tests.support import IS4, ROOT
 
 
 def _section(**over) -> dict:
@@ -89,22 +88,7 @@ def test_ddp_two_gloo_ranks_equal_one_process_with_the_full_batch(work: Path, tm
     )
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "is4.cli",
-            "train",
-            "--config",
-            str(config),
-            "--workdir",
-            str(work),
-            "--run-dir",
-            str(tmp_path / "two"),
-        ],
+        torchrun_command(config, 2, workdir=work, run_dir=tmp_path / "two"),
         capture_output=True,
         text=True,
         env=env,
@@ -158,7 +142,7 @@ def test_predict_writes_what_eval_reads(work: Path, tmp_path: Path) -> None:
 def _one_line_error(args: list[str]) -> str:
     """Run the real `is4` (as a user does) and return its one error line."""
     res = subprocess.run(
-        [str(Path(sys.executable).parent / "is4"), *args],
+        [IS4, *args],
         capture_output=True,
         text=True,
         timeout=300,

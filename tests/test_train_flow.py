@@ -4,10 +4,11 @@ in a subprocess of its own)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import prefect_env
 
 SCRIPT = """
 import json, sys
@@ -32,11 +33,7 @@ print(json.dumps({"out": out, "artifacts": {a.key: [a.type, a.data] for a in art
 
 
 def test_train_flow_publishes_metrics_artifacts(tmp_path: Path) -> None:
-    env = os.environ | {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "prefect", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "work")], capture_output=True, text=True, env=env, timeout=600
     )

@@ -19,9 +19,7 @@ import pytest
 import yaml
 
 from is4.manifests.lock import WorkdirBusy, workdir_lock
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT, prefect_env
 
 
 @contextmanager
@@ -137,8 +135,7 @@ def test_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 def test_two_builds_at_once(tmp_path: Path) -> None:
     """The issue's case: a second `is4 build` while one runs is refused before it starts anything."""
     work, config = tmp_path / "work", _config(tmp_path)
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "400"}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "prefect-home")
     build = [IS4, "build", "--config", str(config), "--workdir", str(work)]
     first = subprocess.Popen(build, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:

@@ -17,8 +17,7 @@ from is4.pipeline.captions.caption import collect_items
 from is4.pipeline.ingest.sources import open_ingest_source
 from is4.pipeline.registry import EXPORT, REGISTRY
 from is4.pipeline.stage import Stage
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 # What the hand-written fingerprints of the old flow hashed (flows/build.py before the registry): the drift the
 # declarations replaced. Each of the four stages below read a table its cache key ignored.

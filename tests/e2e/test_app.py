@@ -26,10 +26,11 @@ from PIL import Image
 
 from is4.config import ReviewConfig
 from tests.conftest import free_port
-from tests.test_review import make_workdir
+from tests.support import ROOT
+from tests.support.review_work import make_workdir
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 VIEW = "to-verify"
 CHROMIUM_FLAGS = [
     "--headless",

@@ -27,9 +27,9 @@ pytest.importorskip("prefect_dask")
 from distributed import Client  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
+from tests.support import ROOT, prefect_env
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 SHARDED = ("ingest", "generate", "caption")
 
 
@@ -288,8 +288,7 @@ def test_dask_build_with_a_killed_worker_equals_a_local_build(services: dict) ->
 
 def test_a_remote_scheduler_without_a_prefect_server_is_refused(tmp_path: Path) -> None:
     config = _config(tmp_path, "remote", {"runner": "dask", "dask": {"address": "tcp://127.0.0.1:9"}})
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "home", COLUMNS="200")
     result = subprocess.run(
         _build_args(config, tmp_path / "work"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )

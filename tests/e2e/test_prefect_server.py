@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from is4.flows.server import prefect_api
-
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import IS4, ROOT, prefect_env
 
 
 def _children(pid: int) -> list[int]:
@@ -80,8 +77,7 @@ def test_kill_9_of_build_takes_its_server_along(tmp_path: Path) -> None:
             {"stages": ["categories"], "categories": {"overrides": str(ROOT / "configs/category_overrides.yaml")}}
         )
     )
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path / "prefect-home")
     build = subprocess.Popen(
         [IS4, "build", "--config", str(config), "--workdir", str(tmp_path / "work")],
         stdout=subprocess.DEVNULL,

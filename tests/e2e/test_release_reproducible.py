@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -21,38 +18,21 @@ import pytest
 from is4.config import load_config
 from is4.pipeline.registry import stage
 from is4.pipeline.release import verify_release
+from tests.support import BUILD_TIMEOUT_S, DEMO, DemoBuild, build_demo
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
 NAME = "is4-0.1.0"
-# Real demo builds (about 45 s each on 2 idle cores); the default 600 s is too tight on a loaded machine.
-pytestmark = pytest.mark.timeout(1800)
-
-
-def build_command(work: Path) -> list[str]:
-    return [sys.executable, "-m", "is4.cli", "build", "--config", str(DEMO), "--workdir", str(work)]
-
-
-def run_builds(*works: Path) -> None:
-    """Build the demo into each directory, at the same time (two real `is4 build` processes)."""
-    env = os.environ | {"COLUMNS": "400"}
-    procs = [
-        subprocess.Popen(
-            build_command(w), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        for w in works
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=1500)
-        assert proc.returncode == 0, err[-3000:]
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("reproducible")
-    a, b = root / "first", root / "second-build"  # different paths: nothing may depend on where it was built
-    run_builds(a, b)
-    return a, b
+def builds(demo_build: DemoBuild, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The session's demo build and a second clean one in another directory (nothing may depend on where it was
+    built)."""
+    assert demo_build.result.returncode == 0, demo_build.result.stderr[-3000:]
+    second = tmp_path_factory.mktemp("reproducible") / "second-build"
+    done = build_demo(second)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return demo_build.work, second
 
 
 def archive(work: Path) -> Path:
@@ -101,9 +81,9 @@ def test_archive_members_are_normalised(builds: tuple[Path, Path]) -> None:
 
 
 def test_release_runs_again_unless_folder_and_archive_are_what_was_built(
-    builds: tuple[Path, Path], tmp_path: Path
+    builds: tuple[Path, Path], demo_copy: Path
 ) -> None:
-    work = Path(shutil.copytree(builds[0], tmp_path / "work", symlinks=True))
+    work = demo_copy
     cfg, release = load_config(DEMO), stage("release")
     target, first = work / "releases" / NAME, archive(work).read_bytes()
     assert release.outputs_intact(work, cfg)
@@ -127,9 +107,7 @@ def test_release_runs_again_unless_folder_and_archive_are_what_was_built(
     other = work / "releases" / ".is4-0.1.0-rc1.k1ll3d_x"  # another version's: not ours to remove
     other.mkdir()
 
-    done = subprocess.run(
-        build_command(work), cwd=ROOT, capture_output=True, text=True, timeout=1500, env=os.environ | {"COLUMNS": "400"}
-    )
+    done = build_demo(work)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "edited" not in card.read_text(encoding="utf-8")
     problem = differing(archive(builds[0]), archive(work))

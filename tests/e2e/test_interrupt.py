@@ -3,19 +3,16 @@ was never interrupted; the stages it finds cached say so instead of reprinting t
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from is4.manifests.journal import Journal
+from tests.support import IS4, ROOT, prefect_env
 
-IS4 = str(Path(sys.executable).parent / "is4")
-ROOT = Path(__file__).resolve().parents[1]
 JOURNAL = "state/generate/shard-0-of-1.jsonl"
 STOP_WITHIN_S = 15.0  # the CLI gives the run 3 s to unwind; the rest is slack for a loaded machine
 
@@ -34,12 +31,6 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
 def _wait_for_line(path: Path, process: subprocess.Popen, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not (path.is_file() and path.read_text().count("\n") >= 1):
@@ -49,7 +40,7 @@ def _wait_for_line(path: Path, process: subprocess.Popen, timeout: float = 300.0
 
 
 def test_ctrl_c_stops_generate_promptly_and_the_rerun_resumes_to_the_same_bytes(tmp_path: Path) -> None:
-    config, work, env = _config(tmp_path), tmp_path / "work", _env(tmp_path)
+    config, work, env = _config(tmp_path), tmp_path / "work", prefect_env(tmp_path / "prefect-home", COLUMNS="200")
     build = [IS4, "build", "--config", str(config), "--workdir", str(work)]
     # SIGINT as a terminal's Ctrl-C delivers it (a background job of a script would start with it ignored).
     process = subprocess.Popen(

@@ -15,9 +15,9 @@ import yaml
 
 from is4.manifests.io import read_manifest
 from tests.conftest import free_port
+from tests.support import ROOT
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wait_for(predicate, timeout: float, what: str, procs: list[subprocess.Popen]) -> None:

@@ -4,36 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from is4.manifests.io import read_manifest
+from tests.support import BUILD_TIMEOUT_S, DemoBuild, build_demo, is4, prefect_env
 
-ROOT = Path(__file__).resolve().parents[1]
-IS4 = str(Path(sys.executable).parent / "is4")
-
-
-def _build(workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-    env.pop("PREFECT_API_URL", None)
-    return subprocess.run(
-        [IS4, "build", "--config", "configs/demo.yaml", "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S)
 
 
-def test_demo_build_end_to_end(tmp_path: Path) -> None:
-    work, home = tmp_path / "work", tmp_path / "prefect-home"
-    first = _build(work, home)
+def test_demo_build_end_to_end(demo_build: DemoBuild, tmp_path: Path) -> None:
+    work, first = demo_build.work, demo_build.result
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     clips = read_manifest(work, "clips")
@@ -108,13 +92,7 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     assert f"| accepted images left out (not complete items) | {len(empty)} |" in card
     entries = json.loads((release / "is4_bbox.json").read_text())
     assert sorted(Path(e["image"]).stem for e in entries) == sorted(instances["instance_id"])
-    verified = subprocess.run(
-        [IS4, "release", "verify", str(release.with_name("is4-0.1.0.tar.gz"))],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    verified = is4("release", "verify", str(release.with_name("is4-0.1.0.tar.gz")), timeout=300)
     assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
     from is4.pipeline.evaluation.evaluate import write_baseline_predictions
 
@@ -122,23 +100,17 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     shipped = json.loads((release / "baselines.json").read_text())
     for protocol in ("reference", "exact-k"):
         out = tmp_path / f"oracle-{protocol}.json"
-        scored = subprocess.run(
-            [
-                IS4,
-                "eval",
-                "--release",
-                str(release),
-                "--predictions",
-                str(predictions["oracle_box"]),
-                "--protocol",
-                protocol,
-                "--output",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
+        scored = is4(
+            "eval",
+            "--release",
+            str(release),
+            "--predictions",
+            str(predictions["oracle_box"]),
+            "--protocol",
+            protocol,
+            "--output",
+            str(out),
             timeout=300,
-            cwd=ROOT,
         )
         assert scored.returncode == 0, scored.stderr
         metrics = json.loads(out.read_text())
@@ -165,12 +137,13 @@ def test_demo_build_end_to_end(tmp_path: Path) -> None:
     assert set(captions["audio_caption_backend"]) == {"qwen2-audio"}
     captions_bytes = (work / "manifests/captions.parquet").read_bytes()
 
-    # Rerun: every stage is a cache hit. A deleted image is made again, byte for byte, and nothing else is.
+    # Rerun, in place (the cache keys hold the work directory): every stage is a cache hit. A deleted image is made
+    # again, byte for byte, and nothing else is, so the session's build is left as it was.
     victim = work / images.iloc[0]["image_path"]
     original = victim.read_bytes()
     mtimes = {p: p.stat().st_mtime_ns for p in (work / "media/images").iterdir() if p != victim}
     victim.unlink()
-    second = _build(work, home)
+    second = build_demo(work, prefect_env(demo_build.prefect_home))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert log.count("Cached(type=COMPLETED)") == 11, "every stage but generate is a cache hit"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,19 +11,16 @@ from pathlib import Path
 import yaml
 
 from is4.manifests.io import manifest_path, read_manifest, read_provenance
-
-IS4 = str(Path(sys.executable).parent / "is4")
+from tests.support import IS4, prefect_env
 
 
 def _build(config: Path, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PREFECT_HOME": str(home), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
     return subprocess.run(
         [IS4, "build", "--config", str(config), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env=prefect_env(home, COLUMNS="200"),
     )
 
 
@@ -103,9 +99,9 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
         "        print(json.dumps([a.data for a in arts]))\n"
         "asyncio.run(main())\n"
     )
-    env = os.environ | {"PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=prefect_env(home)
+    )
     assert out.returncode == 0, out.stderr
     markdown = json.loads(out.stdout.strip().splitlines()[-1])[0]
     assert "| ok | 1 |" in markdown

@@ -1,0 +1,63 @@
+"""Decisions survive (issue 16 item 1), the real `is4 build` on copies of the session's demo build: a deleted or
+truncated verification manifest is rebuilt from the decision log with the same bytes, and a build refuses, in one
+line saying how to restore, when the log and the manifest are gone but later stages were built from them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from is4.config import load_config
+from is4.manifests.decisions import log_path
+from is4.manifests.io import manifest_path, read_manifest
+from is4.pipeline.registry import stage
+from tests.support import BUILD_TIMEOUT_S, DEMO, DemoBuild, build_demo
+
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S)
+
+
+def counts(work: Path) -> dict[str, int]:
+    return read_manifest(work, "verification")["decision"].value_counts().to_dict()
+
+
+def test_build_rebuilds_a_deleted_or_truncated_manifest_from_the_log(demo_copy: Path) -> None:
+    work = demo_copy
+    cfg = load_config(DEMO)
+    before = {t: manifest_path(work, t).read_bytes() for t in ("verification", "instances")}
+    assert counts(work).get("reject", 0) > 0  # the pre-screen's automatic rejects
+    assert stage("prescreen").outputs_intact(work, cfg) and stage("verify").outputs_intact(work, cfg)
+    for damage in ("delete", "truncate"):
+        path = manifest_path(work, "verification")
+        if damage == "delete":
+            path.unlink()
+        else:
+            path.write_bytes(before["verification"][:200])
+        # The pre-screen's rows are gone from its outputs: it is not intact (nor is verify), so it runs again.
+        assert not stage("prescreen").outputs_intact(work, cfg), damage
+        assert not stage("verify").outputs_intact(work, cfg), damage
+        done = build_demo(work)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+        for table, data in before.items():
+            assert manifest_path(work, table).read_bytes() == data, f"{damage}: {table} changed: the benchmark moved"
+
+
+def test_build_refuses_in_one_line_when_the_decisions_are_gone(demo_build: DemoBuild, demo_copy: Path) -> None:
+    work = demo_copy
+    log_path(work).unlink()
+    manifest_path(work, "verification").unlink()
+    done = build_demo(work)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "decision log" in errors[0] and "restore" in errors[0], done.stderr[-2000:]
+    assert not manifest_path(work, "verification").exists()
+    # Restoring as the line says (the release ships the manifest) brings the same decisions back.
+    shutil.copyfile(
+        work / "releases" / "is4-0.1.0" / "manifests" / "verification.parquet", manifest_path(work, "verification")
+    )
+    done = build_demo(work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert counts(work) == counts(demo_build.work)
