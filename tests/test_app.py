@@ -26,6 +26,7 @@ from PIL import Image
 
 from is4.config import ReviewConfig
 from tests.conftest import free_port
+from tests.test_predictions_view import make_predictions
 from tests.test_review import make_workdir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,6 +68,7 @@ class App:
     def __init__(self, url: str, root: str, name: str, workdir: Path, in_view: list[str], out_of_view: list[str]):
         self.url, self.root, self.name, self.workdir = url, root, name, workdir
         self.in_view, self.out_of_view = in_view, out_of_view
+        self.predictions: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,10 @@ def app(tmp_path_factory: pytest.TempPathFactory, fiftyone_db: Path):
     review.sync(workdir, cfg, "alice")
     in_view = ds.load_saved_view(VIEW).values("image_id")
     assert sorted(in_view) == ids[2:]
+    # A model's maps on a release, in their own dataset that the same App serves.
+    release, files = make_predictions(workdir.parent / "predictions")
+    review.load_predictions(release, files["oracle"], cfg, run="oracle", workdir=workdir)
+    predictions = review.load_predictions(release, files["centre"], cfg, run="centre", workdir=workdir)
 
     log = (workdir / "launch.log").open("w")
     args = {"workdir": str(workdir), "cfg": cfg.model_dump(mode="json"), "view": VIEW}
@@ -103,7 +109,9 @@ def app(tmp_path_factory: pytest.TempPathFactory, fiftyone_db: Path):
             proc.kill()
             pytest.fail("the App did not come up:\n" + (workdir / "launch.log").read_text())
         time.sleep(0.5)
-    yield App(url, f"http://127.0.0.1:{port}", name, workdir, in_view, [ids[0], ids[1]])
+    served = App(url, f"http://127.0.0.1:{port}", name, workdir, in_view, [ids[0], ids[1]])
+    served.predictions = {"name": predictions["dataset"], "cfg": cfg, "release": release}
+    yield served
 
     proc.send_signal(signal.SIGTERM)  # launch() turns it into a clean close of the session
     try:
@@ -185,3 +193,39 @@ def test_launch_listens_on_loopback_only(app: App) -> None:
     assert f"0100007F:{port:04X}" in listening("tcp")  # 127.0.0.1
     assert f"00000000:{port:04X}" not in listening("tcp")  # not 0.0.0.0
     assert not [a for a in listening("tcp6") if a.endswith(f":{port:04X}")]  # nor any IPv6 address
+
+
+def test_chromium_shows_a_models_failures(app: App, tmp_path: Path) -> None:
+    """The predictions dataset's `failures` view in the same App: one tile per failing instance, each frame drawn
+    under its heatmap, boxes and category; the screenshot is the README's (docs/img/predictions-view.png)."""
+    from is4.annotation import review
+
+    fo = review.connect(app.predictions["cfg"], app.workdir)
+    dataset = fo.load_dataset(app.predictions["name"])
+    failing = dataset.load_saved_view("failures")
+    centre_fails = sum(v < 0.5 for v in dataset.values("centre_iou"))
+    assert len(failing) == centre_fails > 0  # the oracle fails none
+    url = review.dataset_url(dataset.name, app.predictions["cfg"], "failures")
+    for _ in range(3):  # on a loaded machine the App may not have drawn within Chromium's time budget: ask again
+        dom = _chromium(tmp_path, "--dump-dom", url)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        count = re.search(r'data-cy="entry-count-all"[^>]*>([\d,]+)</span>\s*samples', html)
+        if count:
+            break
+    assert count and int(count.group(1).replace(",", "")) == len(failing), re.sub(r"<[^>]+>", " ", html)[-3000:]
+    assert html.count('data-cy="looker"') == len(failing)
+    text = re.sub(r"<[^>]+>", " ", html)
+    for field in ("ground_truth", "other_object", "centre", "oracle", "centre_iou", "category"):
+        assert field in text, field  # the sidebar lists the objects, both runs and their scores
+
+    shot = tmp_path / "predictions.png"
+    run = _chromium(tmp_path, f"--screenshot={shot}", url)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "predictions-view.png")
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    # The heatmaps are drawn: far more saturated pixels than the grey frames and the App's chrome have.
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    assert (saturation > 120).mean() > 0.02

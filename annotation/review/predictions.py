@@ -151,9 +151,16 @@ def _build(fo: Any, name: str, release: Path, truth: GroundTruth, regions: np.nd
             raise ReviewError(f"{release}: instance {iid}: no frame {frame}")
         own = _detection(fo, categories[i], shapes[i])
         other = [d for d in (_detection(fo, categories[j], shapes[j]) for j in others[i]) if d is not None]
+        with Image.open(frame) as im:
+            width, height = im.size
+            channels = len(im.getbands())
+        metadata = fo.ImageMetadata(
+            size_bytes=frame.stat().st_size, mime_type="image/jpeg", width=width, height=height, num_channels=channels
+        )
         samples.append(
             fo.Sample(
                 filepath=str(frame.resolve()),
+                metadata=metadata,
                 instance_id=iid,
                 image_id=truth.image_ids[i] if truth.image_ids is not None else iid,
                 category=categories[i],
@@ -230,8 +237,9 @@ def load_predictions(
         "summary": scored.summary,
     }
     dataset.info[RUNS_KEY] = runs
-    # Shown on the grid's tiles: the objects, the runs' maps, the category and the runs' IoUs.
-    shown = ["ground_truth", "other_object", "category", *runs, *(f"{r}_iou" for r in runs)]
+    # Shown on the grid's tiles: the objects, this run's map (the others are a click away in the sidebar), the
+    # category and every run's IoU.
+    shown = ["ground_truth", "other_object", run, "category", *(f"{r}_iou" for r in sorted(runs))]
     dataset.app_config.active_fields = fo.ActiveFields(paths=shown)
     dataset.save()
     _save_views(fo, dataset, sorted(runs))
