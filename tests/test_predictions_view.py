@@ -158,3 +158,21 @@ def test_bad_run_names(loaded, fiftyone_db: Path) -> None:
             review.load_predictions(release, files["oracle"], cfg, run=bad)
     assert review.predictions.run_name(None, Path("epoch-3.npz")) == "epoch_3"
     assert review.predictions.run_name(None, Path("3.npz")) == "run_3"
+
+
+def test_review_predictions_command(loaded, tmp_path: Path, fiftyone_db: Path) -> None:
+    from is4.cli import app
+
+    release, files, _, dataset = loaded
+    config = tmp_path / "review.yaml"
+    config.write_text(f"review:\n  database_dir: {fiftyone_db}\n")
+    args = ["review", "predictions", "--release", str(release), "--predictions", str(files["swapped"])]
+    result = CliRunner().invoke(app, [*args, "--name", "again", "--config", str(config), "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps lines at the terminal's width
+    assert "8 of 8 instances with IoU < 0.5, 4 images where one object's sound lights up another" in text
+    assert "/datasets/is4-predictions-IS4-" in text and "again" in text
+    dataset.reload()
+    assert "again" in dataset.info["is4_runs"] and dataset.values("again_iou") == dataset.values("swapped_iou")
+    bad = CliRunner().invoke(app, [*args, "--name", "1x", "--config", str(config), "--workdir", str(tmp_path)])
+    assert bad.exit_code == 2 and "run name '1x'" in bad.output and "Traceback" not in bad.output

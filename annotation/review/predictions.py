@@ -198,7 +198,10 @@ def load_predictions(
     "per_category"}.
     """
     release = Path(release).resolve()
-    proto = metrics.get_protocol(protocol)
+    try:
+        proto = metrics.get_protocol(protocol)
+    except ValueError as exc:
+        raise ReviewError(f"protocol: {exc}") from None
     truth = load_ground_truth(release, gt, protocol=proto)
     run = run_name(run, predictions)
     scored = score_file(truth, predictions, proto)
