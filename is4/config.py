@@ -580,7 +580,7 @@ class JSAConfig(StrictModel):
 class TrainConfig(StrictModel):
     """`is4 train`: a method trained on the manifests of a work directory."""
 
-    method: str = Field("alignment", description="a key of is4.trainers.method.METHODS")
+    method: str = Field("alignment", description="a key of is4.trainers.registry.METHODS")
     splits: list[str] = ["train"]
     id_list: ConfigPath | None = Field(None, description="clip ids to keep (one per line or first csv column)")
     neighbours: bool = Field(False, description="read the neighbours manifest for the conc positives")
@@ -599,6 +599,12 @@ class TrainConfig(StrictModel):
     )
     amp: bool = Field(True, description="mixed precision (CUDA only; float32 on the CPU)")
     compile: bool = Field(False, description="torch.compile the model")
+    logger: Literal["tensorboard", "wandb"] = Field(
+        "tensorboard",
+        description="TensorBoard event files in RUN/tensorboard always; wandb also logs to Weights & Biases "
+        "(the [wandb] extra)",
+    )
+    wandb_project: str = Field("is4", description="the W&B project of train.logger: wandb")
     eval: TrainEvalConfig = TrainEvalConfig()
     alignment: AlignmentConfig = AlignmentConfig()
     acl: ACLConfig = ACLConfig()
