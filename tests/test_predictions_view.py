@@ -28,6 +28,7 @@ def make_predictions(root: Path, n_images: int = 4) -> tuple[Path, dict[str, Pat
     files = write_baseline_predictions(release, root / "baselines")
     truth = load_ground_truth(release, "box")
     ids = truth.instance_ids
+    assert truth.image_ids is not None
     with np.load(files["oracle_box"]) as oracle:
         by_image: dict[str, list[str]] = {}
         for iid, image_id in zip(ids, truth.image_ids):
@@ -73,6 +74,7 @@ def test_iou_fields_are_the_per_instance_scores_of_eval(loaded, tmp_path: Path) 
 def test_samples_carry_the_instance_its_objects_and_the_audio(loaded) -> None:
     release, _, _, dataset = loaded
     truth = load_ground_truth(release, "box")
+    assert truth.boxes is not None
     assert len(dataset) == len(truth) == 8
     for sample in dataset:
         iid = sample["instance_id"]
@@ -106,6 +108,7 @@ def test_failure_views_and_the_definition_of_confused(loaded) -> None:
     # "confused", written out independently: the mean of the scored map on the other object's box (minus the own
     # box) above its mean on the own box (minus the other's).
     truth = load_ground_truth(release, "box")
+    assert truth.image_ids is not None and truth.boxes is not None
     centre = np.load(files["centre"])
     expected = {}
     for i, iid in enumerate(truth.instance_ids):

@@ -348,8 +348,9 @@ def test_sync_writes_human_decisions_that_survive_a_rebuild(build: Build) -> Non
 
     assert sorted(build.view_ids("accepted")) == [ids[1], ids[2]]
     assert sorted(build.view_ids("rejected")) == [ids[0], ids[3], ids[4]]
-    assert build.view_ids("to-annotate") == [ids[2]]
-    assert build.view_ids("annotated") == [ids[1]]
+    # ids[1] has its cello annotated but not its dog: the annotate stage has work there too, as for ids[2].
+    assert sorted(build.view_ids("to-annotate")) == [ids[1], ids[2]]
+    assert build.view_ids("annotated") == []
     assert build.view_ids("needs-fix") == [ids[1]]
     assert build.view_ids("to-verify") == [ids[5]]
 

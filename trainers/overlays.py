@@ -43,7 +43,7 @@ def overlay_sheet(release: str | Path, predictions: str | Path, scored: Scored, 
             frame_path = finder.find(f"visual_frames/{iid}.jpg")
             if frame_path is not None:
                 with Image.open(frame_path) as im:
-                    frame = np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR))
+                    frame = np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR))
             else:
                 frame = np.full((s, s, 3), 127, np.uint8)
             heat = np.asarray(prepare_map(source.read(iid), align_corners=protocol.align_corners), dtype=np.float64)

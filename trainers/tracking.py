@@ -33,7 +33,7 @@ class RunLogger:
         self.wandb: Any = None
         if cfg.logger == "wandb":
             try:
-                import wandb
+                import wandb  # pyright: ignore[reportMissingImports] - the optional [wandb] extra
             except ImportError:
                 raise TrainError(
                     "train.logger: wandb needs the wandb package: pip install 'is4-builder[wandb]'"
@@ -58,7 +58,7 @@ class RunLogger:
             self.writer.add_image("eval/overlays", image, step, dataformats="HWC")
         self.writer.flush()
         if self.wandb is not None:
-            import wandb
+            import wandb  # pyright: ignore[reportMissingImports]
 
             payload: dict[str, Any] = {**values, "epoch": int(record["epoch"])}
             if image is not None:

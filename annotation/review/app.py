@@ -30,6 +30,29 @@ def dataset_url(name: str, cfg: ReviewConfig, view: str | None = None) -> str:
     return f"{url}?view={quote(view, safe='')}" if view else url
 
 
+_EMPTY_HINTS = {
+    "to-verify": "nothing left to verify (with review.mode: auto every pending image was decided by the build)",
+    "conflicts": "no image carries both accept and reject",
+    "needs-fix": "no mask waits for a refinement",
+    "to-annotate": "every accepted image has both objects annotated",
+    "failures": "no instance has IoU < 0.5",
+    "interactive-failures": "no image where one object's sound lights up another",
+}
+
+
+def empty_view_message(dataset: Any, view: str | None) -> str:
+    """What to tell a reviewer whose view is empty: why it may be, and the saved views that hold samples."""
+    others = []
+    for name in dataset.list_saved_views():
+        if name != view:
+            n = len(dataset.load_saved_view(name))
+            if n:
+                others.append(f"{name} ({n})")
+    why = _EMPTY_HINTS.get(view or "", "no sample matches it")
+    where = f"; views with samples: {', '.join(others)}" if others else ""
+    return f"The view {view or dataset.name!r} is empty: {why}{where}."
+
+
 def launch(
     workdir: str | Path,
     cfg: ReviewConfig,
@@ -54,6 +77,8 @@ def launch(
         known = ", ".join(data.list_saved_views())
         raise ReviewError(f"dataset {data.name!r} has no saved view {view!r} (it has {known})")
     shown = data.load_saved_view(view) if view is not None else None
+    if len(shown if shown is not None else data) == 0:
+        print(empty_view_message(data, view), flush=True)
     session = fo.launch_app(data, view=shown, address=cfg.address, port=cfg.port, remote=True)
     url = dataset_url(data.name, cfg, view)
     logger.info("FiftyOne App: %s", url)

@@ -106,7 +106,7 @@ def _mask_regions(release: Path, truth: GroundTruth) -> np.ndarray | None:
     out = np.zeros((len(files), metrics.FRAME, metrics.FRAME), dtype=bool)
     for i, file in enumerate(files):
         with Image.open(file) as im:
-            mask = np.asarray(im.convert("L").resize((metrics.FRAME, metrics.FRAME), Image.NEAREST)) > 127
+            mask = np.asarray(im.convert("L").resize((metrics.FRAME, metrics.FRAME), Image.Resampling.NEAREST)) > 127
         out[i] = mask
     return out
 
@@ -220,7 +220,7 @@ def load_predictions(
         for iid in truth.instance_ids:
             i = index[iid]
             scored_map = prepare_map(source.read(iid), align_corners=proto.align_corners)
-            other = regions[others[i]].any(axis=0) if others[i] else np.zeros_like(regions[i])
+            other = np.asarray(regions[others[i]].any(axis=0)) if others[i] else np.zeros_like(regions[i])
             heat[iid] = _heatmap(fo, scored_map)
             flags[iid] = confused(scored_map, regions[i], other)
     iou = {iid: float(v) for iid, v in zip(truth.instance_ids, scored.per_instance["iou"])}
@@ -273,7 +273,10 @@ def _save_views(fo: Any, dataset: Any, runs: list[str]) -> None:
         return dataset.match(F("image_id").is_in(sorted(image_ids))).sort_by("image_id")
 
     def worst(view: Any, names: list[str]) -> Any:
-        return view.sort_by(F(f"{names[0]}_iou") if len(names) == 1 else F.min([F(f"{n}_iou") for n in names]))
+        lowest = F(f"{names[0]}_iou")
+        for name in names[1:]:
+            lowest = (F(f"{name}_iou") < lowest).if_else(F(f"{name}_iou"), lowest)
+        return view.sort_by(lowest)
 
     views = {
         "failures": (worst(dataset.match(failing(runs)), runs), f"IoU < {SUCCESS_IOU} in some run, worst first"),
