@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -229,3 +230,65 @@ def test_chromium_shows_a_models_failures(app: App, tmp_path: Path) -> None:
     # The heatmaps are drawn: far more saturated pixels than the grey frames and the App's chrome have.
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 120).mean() > 0.02
+
+
+def _execute(app: App, dataset: str, operator: str, **request) -> dict:
+    body = {"dataset_name": dataset, "operator_uri": f"@is4/review/{operator}", "view": [], "params": {}, **request}
+    status, out = _get(f"{app.root}/operators/execute", json.dumps(body).encode())
+    assert status == 200
+    return json.loads(out)
+
+
+def test_the_plugins_decisions_and_audio_through_the_app_server(app: App) -> None:
+    """The App server runs the plugin (no browser clicks): accept/reject on a sample, the audio panel's clip URL,
+    the media route serving that clip; the empty-view message names the views that hold samples."""
+    from is4.annotation import review
+
+    status, body = _get(f"{app.root}/operators", json.dumps({"dataset_name": app.name}).encode())
+    listed = {op["uri"] for op in json.loads(body)["operators"]}
+    for name in ("accept", "reject", "audio", "empty_view_notice", "refine_masks"):
+        assert f"@is4/review/{name}" in listed, name
+
+    fo = review.connect(app.predictions["cfg"], app.workdir)
+    ds = fo.load_dataset(app.name)
+    one = ds.match({"image_id": app.in_view[0]})
+    sample_id = one.first().id
+    try:
+        out = _execute(app, app.name, "accept", selected=[sample_id])
+        assert out["result"] == {"decided": 1}, out
+        assert one.first().tags == ["accept"]
+        out = _execute(app, app.name, "reject", current_sample=sample_id, params={"reason": "artefact"})
+        assert out["result"] == {"decided": 1}, out
+        assert one.first().tags == ["reject:artefact"]
+        with pytest.raises(urllib.error.HTTPError):  # not a reason: the operator fails, the tags stay
+            _execute(app, app.name, "reject", selected=[sample_id], params={"reason": "blurry"})
+        assert one.first().tags == ["reject:artefact"]
+    finally:
+        review.decide(one, "pending")
+    assert one.first().tags == []
+
+    pred = fo.load_dataset(app.predictions["name"])
+    clip_sample = pred.first()
+    out = _execute(
+        app,
+        pred.name,
+        "audio",
+        current_sample=clip_sample.id,
+        params={"__method__": "on_load", "panel_id": "p", "state": {}, "event_args": {}},
+    )
+    url = f"/media?filepath={quote(clip_sample['audio'], safe='')}"
+    (output,) = [r["params"]["output"] for r in out["executor"]["requests"] if r["operator_uri"] == "show_panel_output"]
+    player = output["type"]["properties"]["player_0"]
+    assert player["view"]["name"] == "MediaPlayerView" and player["default"]["url"] == url
+    status, wav = _get(app.root + url)
+    assert status == 200 and wav == Path(clip_sample["audio"]).read_bytes()
+
+    message = review.empty_view_message(ds, "conflicts")
+    assert message.startswith("The view 'conflicts' is empty: no image carries both accept and reject")
+    assert f"to-verify ({len(app.in_view)})" in message
+    # Opening a dataset on an empty saved view, the App runs the notice, which shows that message.
+    out = _execute(app, app.name, "empty_view_notice", view_name="conflicts")
+    notes = [r["params"] for r in out["executor"]["requests"] if r["operator_uri"] == "notify"]
+    assert notes == [{"message": message, "variant": "info"}], out
+    out = _execute(app, app.name, "empty_view_notice", view_name="to-verify")
+    assert not [r for r in out["executor"]["requests"] if r["operator_uri"] == "notify"]
