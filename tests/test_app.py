@@ -207,6 +207,7 @@ def test_chromium_shows_a_models_failures(app: App, tmp_path: Path) -> None:
     centre_fails = sum(v < 0.5 for v in dataset.values("centre_iou"))
     assert len(failing) == centre_fails > 0  # the oracle fails none
     url = review.dataset_url(dataset.name, app.predictions["cfg"], "failures")
+    html, count = "", None
     for _ in range(3):  # on a loaded machine the App may not have drawn within Chromium's time budget: ask again
         dom = _chromium(tmp_path, "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
