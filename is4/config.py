@@ -310,6 +310,11 @@ class AnnotateConfig(StrictModel):
     detector_threshold: float = Field(0.05, ge=0, le=1, description="lowest detector score used as a box prompt")
     mask_threshold: float = Field(0.0, description="SAM mask logit threshold")
     multimask: bool = Field(True, description="ask SAM for three masks and keep the best-scoring one")
+    clip_to_box: bool = Field(
+        False,
+        description="keep only the automatic mask's pixels inside its prompt box (SAM can leak past the box; the "
+        "demo's random SAM always does); masks already made are kept as they are",
+    )
     embedding_cache: int = Field(8, ge=1, description="image embeddings kept in memory for refinement")
 
 
