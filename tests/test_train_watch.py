@@ -18,8 +18,8 @@ from is4.pipeline.evaluation.evaluate import score_file
 from is4.pipeline.evaluation.formats import load_ground_truth
 from is4.trainers import synthetic
 from is4.trainers.engine import train
-from is4.trainers.registry import METHODS
 from is4.trainers.overlays import SHEET_ROWS, overlay_sheet
+from is4.trainers.registry import METHODS
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ def verify(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     view: Annotated[
-        str, typer.Option(help="saved view: to-verify, accepted, rejected, conflicts, to-annotate, annotated, needs-fix")
+        str,
+        typer.Option(help="saved view: to-verify, accepted, rejected, conflicts, to-annotate, annotated, needs-fix"),
     ] = "to-verify",
     reviewer: ReviewerOption = getpass.getuser(),
     address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
