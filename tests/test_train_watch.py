@@ -18,6 +18,7 @@ from is4.pipeline.evaluation.evaluate import score_file
 from is4.pipeline.evaluation.formats import load_ground_truth
 from is4.trainers import synthetic
 from is4.trainers.engine import train
+from is4.trainers.method import get_method
 from is4.trainers.overlays import SHEET_ROWS, overlay_sheet
 from is4.trainers.registry import METHODS
 
@@ -38,7 +39,9 @@ def run(tmp_path_factory) -> tuple[Path, Path, TrainConfig]:
 def test_the_resolved_config_is_in_the_run(run) -> None:
     path, _, cfg = run
     written = yaml.safe_load((path / "config.yaml").read_text())
-    assert written == {"seed": 0, "train": cfg.model_dump(mode="json")}
+    resolved = get_method(cfg, 0).cfg  # the optimiser settings the config leaves unset are the method's
+    assert written == {"seed": 0, "train": resolved.model_dump(mode="json")}
+    assert written["train"]["lr"] is not None and written["train"]["weight_decay"] is not None
     assert written["train"]["alignment"]["proj_dim"] == cfg.alignment.proj_dim  # defaults are filled in
 
 
