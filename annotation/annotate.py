@@ -4,7 +4,8 @@ Automatic proposals (`run_annotate`). For every image whose verification decisio
 categories (`category_a`, `category_b`), the detector (OWLv2) is asked for "a photo of a {noun}" (the noun of the
 category in the categories manifest, as the prompts stage uses it). Its best box with a score of at least
 `cfg.detector_threshold` prompts SAM; without one (or without a detector) the whole image `[0, 0, W, H]` is the
-prompt and `detector_score` stays null. SAM's mask is written as `media/masks/{instance_id}.png` (mode L, 255 =
+prompt and `detector_score` stays null. With `annotate.clip_to_box` the mask keeps only its pixels inside the
+prompt box (`clip_to_box`). SAM's mask is written as `media/masks/{instance_id}.png` (mode L, 255 =
 object, image resolution, byte-deterministic PNG) and its tight box (`mask_to_box`, pixel edges, x2/y2 exclusive)
 is the annotation's `bbox_xyxy`. `instance_id = {image_id}_{category}`.
 
@@ -159,6 +160,16 @@ def _finite_box(value: Any) -> list[float] | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def clip_to_box(mask: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The mask's pixels whose centre lies inside box (x1, y1, x2, y2, image pixels); the rest set to False."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cols = (np.arange(w) + 0.5 >= x1) & (np.arange(w) + 0.5 <= x2)
+    rows = (np.arange(h) + 0.5 >= y1) & (np.arange(h) + 0.5 <= y2)
+    return mask & rows[:, None] & cols[None, :]
+
+
 def accepted_images(workdir: str | Path) -> pd.DataFrame:
     """Rows of the images manifest whose verification decision is `accept`, sorted by image_id."""
     workdir = Path(workdir)
@@ -271,6 +282,8 @@ def run_annotate(
             mask, sam_score = sam.predict(
                 image_id, image, sha, box=prompt_box, multimask=cfg.multimask, mask_threshold=cfg.mask_threshold
             )
+            if cfg.clip_to_box:
+                mask = clip_to_box(mask, prompt_box)
             rel = mask_path(iid)
             atomic_write_bytes(workdir / rel, encode_mask(mask))
             area = int(mask.sum())

@@ -1,5 +1,5 @@
 """The `train` Prefect flow: `is4 train` as a flow run (one process, or `nproc` torchrun ranks), with the per-epoch
-metrics published as artifacts; `serve_train` / `deploy_train` make a deployment a (GPU) work pool can run.
+metrics and overlay sheets published as artifacts; `serve_train` / `deploy_train` make a deployment a (GPU) work pool can run.
 
 `is4 serve-train --config FILE [--name NAME]` serves it to the API in PREFECT_API_URL; `is4 deploy-train --config
 FILE --work-pool POOL` registers it with a work pool whose workers run it where the GPUs are (the project must be
@@ -8,6 +8,7 @@ installed there; the flow runs from this source tree).
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -45,6 +46,21 @@ def publish_metrics(run: Path) -> list[dict]:
     return rows
 
 
+def publish_overlays(run: Path) -> list[Path]:
+    """Each overlay sheet of the run (`overlays/epoch-N.png`) as a markdown artifact `train-overlays`, one version
+    per epoch: the PNG embedded as a `data:` URI (Prefect's image artifact takes only a URL the UI can fetch, and a
+    run directory is not served) and its path."""
+    sheets = sorted((run / "overlays").glob("epoch-*.png"), key=lambda p: int(p.stem.removeprefix("epoch-")))
+    for sheet in sheets:
+        encoded = base64.b64encode(sheet.read_bytes()).decode("ascii")
+        markdown = (
+            f"# {run.name}, {sheet.stem}\n\nImage, map, ground truth and IoU of the first instances "
+            f"(`{sheet}`):\n\n![{sheet.stem}](data:image/png;base64,{encoded})\n"
+        )
+        create_markdown_artifact(key="train-overlays", markdown=markdown, description=f"{sheet.stem} of {run}")
+    return sheets
+
+
 @flow(name="train")
 def train_flow(
     config_path: str,
@@ -67,6 +83,7 @@ def train_flow(
     else:
         summary = run_training(tcfg, work, seed=cfg.seed, run_dir=run, resume=resume, progress=False)
     summary["epochs_logged"] = len(publish_metrics(run))
+    summary["overlay_sheets"] = len(publish_overlays(run))
     return summary
 
 

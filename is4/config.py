@@ -313,6 +313,11 @@ class AnnotateConfig(StrictModel):
     detector_threshold: float = Field(0.05, ge=0, le=1, description="lowest detector score used as a box prompt")
     mask_threshold: float = Field(0.0, description="SAM mask logit threshold")
     multimask: bool = Field(True, description="ask SAM for three masks and keep the best-scoring one")
+    clip_to_box: bool = Field(
+        False,
+        description="keep only the automatic mask's pixels inside its prompt box (SAM can leak past the box; the "
+        "demo's random SAM always does); masks already made are kept as they are",
+    )
     embedding_cache: int = Field(8, ge=1, description="image embeddings kept in memory for refinement")
 
 
@@ -586,7 +591,7 @@ class JSAConfig(StrictModel):
 class TrainConfig(StrictModel):
     """`is4 train`: a method trained on the manifests of a work directory."""
 
-    method: str = Field("alignment", description="a key of is4.trainers.method.METHODS")
+    method: str = Field("alignment", description="a key of is4.trainers.registry.METHODS")
     splits: list[str] = ["train"]
     id_list: ConfigPath | None = Field(None, description="clip ids to keep (one per line or first csv column)")
     neighbours: bool = Field(False, description="read the neighbours manifest for the conc positives")
@@ -605,6 +610,12 @@ class TrainConfig(StrictModel):
     )
     amp: bool = Field(True, description="mixed precision (CUDA only; float32 on the CPU)")
     compile: bool = Field(False, description="torch.compile the model")
+    logger: Literal["tensorboard", "wandb"] = Field(
+        "tensorboard",
+        description="TensorBoard event files in RUN/tensorboard always; wandb also logs to Weights & Biases "
+        "(the [wandb] extra)",
+    )
+    wandb_project: str = Field("is4", description="the W&B project of train.logger: wandb")
     eval: TrainEvalConfig = TrainEvalConfig()
     alignment: AlignmentConfig = AlignmentConfig()
     acl: ACLConfig = ACLConfig()

@@ -20,6 +20,7 @@ from is4.annotation.annotate import (
     AnnotateError,
     accepted_images,
     auto_mask_path,
+    clip_to_box,
     encode_mask,
     mask_path,
     qa_report,
@@ -620,3 +621,16 @@ def test_qa_report_numbers(tmp_path: Path):
     assert report["objects_fixed"] == 2  # 0.5 and 0.85 are under 0.9
     assert report["fallback_boxes"] == 2
     assert json.loads((work / "reports/annotation_qa.json").read_text()) == report
+
+
+def test_clip_to_box_keeps_the_pixels_whose_centre_is_in_the_box() -> None:
+    mask = np.ones((6, 8), dtype=bool)
+    mask[0, 0] = False
+    clipped = clip_to_box(mask, [1.0, 0.0, 4.0, 2.5])  # columns 1..3, rows 0..2 (a centre on the edge is in)
+    expected = np.zeros((6, 8), dtype=bool)
+    for y in range(6):
+        for x in range(8):
+            expected[y, x] = mask[y, x] and 1.0 <= x + 0.5 <= 4.0 and 0.0 <= y + 0.5 <= 2.5
+    assert np.array_equal(clipped, expected) and clipped.sum() == 9
+    assert np.array_equal(clip_to_box(mask, [0, 0, 8, 6]), mask)  # the whole image: unchanged
+    assert not clip_to_box(mask, [3.6, 2.6, 3.9, 2.9]).any()  # no pixel centre inside

@@ -20,8 +20,7 @@ from is4.pipeline.registry import REGISTRY
 from is4.pipeline.release import build_release
 from is4.pipeline.stage import PREFECT_STATE_DIR, cache_key
 from is4.pipeline.status import stage_status
-from tests.test_match import make_workdir
-from tests.test_release import BUILD_CONFIG, CFG, _matched_workdir
+from tests.support.matched import BUILD_CONFIG, CFG, make_workdir, matched_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -148,7 +147,7 @@ def test_release_push_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    release = build_release(_matched_workdir(tmp_path / "work"), CFG, BUILD_CONFIG)
+    release = build_release(matched_workdir(tmp_path / "work"), CFG, BUILD_CONFIG)
     no_token = runner.invoke(app, ["release", "push", str(release), "--repo-id", "org/is4", "--private"])
     assert no_token.exit_code == 2
     assert "no Hugging Face token: run `hf auth login` or set HF_TOKEN" in _flat(no_token.output)
@@ -166,7 +165,7 @@ def test_the_build_summary_says_what_was_made_and_dropped(tmp_path: Path) -> Non
     from is4.manifests.io import read_manifest
     from is4.pipeline.summary import build_summary
 
-    work = _matched_workdir(tmp_path / "work")
+    work = matched_workdir(tmp_path / "work")
     cfg = load_config(None, ["release.version=0.1.0"])
     before = build_summary(work, cfg)
     assert not any(line.startswith("release:") for line in before)  # no release yet

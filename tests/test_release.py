@@ -3,7 +3,6 @@ Croissant metadata and loading with Hugging Face datasets."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import io
 import json
@@ -23,7 +22,7 @@ from PIL import Image
 from scipy.io import wavfile
 
 import is4
-from is4.config import MatchConfig, ReleaseConfig, parse_config
+from is4.config import MatchConfig
 from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.match import run_match
 from is4.pipeline.release import (
@@ -41,6 +40,8 @@ from is4.pipeline.release.media import mask_jpeg, scale_box
 from tests.support import IS4
 from tests.support.matched import (
     ACCEPTED,
+    BUILD_CONFIG,
+    CFG,
     IMAGE_H,
     IMAGE_W,
     MODEL_ID,
@@ -51,36 +52,20 @@ from tests.support.matched import (
     drop_annotation,
     empty_mask,
     make_workdir,
+    matched_workdir,
 )
 
-CFG = ReleaseConfig(version="0.1.0", date=datetime.date(2026, 12, 7))
 NAME = "is4-0.1.0"
-BUILD_CONFIG = parse_config(
-    {
-        "profile": "test",
-        "seed": SEED,
-        "models": {
-            "image_generator": {"model_id": MODEL_ID, "revision": "main"},
-            "segmenter": {"model_id": "tiny-random:sam", "revision": "main"},
-        },
-    }
-).model_dump(mode="json")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _matched_workdir(root: Path) -> Path:
-    work = make_workdir(root)
-    run_match(work, MatchConfig(), SEED)
-    return work
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(work directory, release directory) built once for the read-only tests."""
-    work = _matched_workdir(tmp_path_factory.mktemp("release") / "work")
+    work = matched_workdir(tmp_path_factory.mktemp("release") / "work")
     return work, build_release(work, CFG, BUILD_CONFIG)
 
 
@@ -448,7 +433,7 @@ def test_figures_are_byte_identical_across_processes(tmp_path: Path) -> None:
 
 
 def test_release_refuses_a_wrong_sample_rate(tmp_path: Path) -> None:
-    work = _matched_workdir(tmp_path / "work")
+    work = matched_workdir(tmp_path / "work")
     clip = read_manifest(work, "instances")["audio_path"].iloc[0]
     wavfile.write(work / clip, 22050, np.zeros(100, dtype=np.int16))
     with pytest.raises(ReleaseError, match="22050 Hz"):

@@ -12,12 +12,12 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from is4.pipeline.release import ReleaseError, build_release
 from is4.pipeline.release.push import check_repo_id, commit_operations, hub_token, plan_push
-from tests.test_release import BUILD_CONFIG, CFG, _matched_workdir
+from tests.support.matched import BUILD_CONFIG, CFG, matched_workdir
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = _matched_workdir(tmp_path_factory.mktemp("push") / "work")
+    work = matched_workdir(tmp_path_factory.mktemp("push") / "work")
     return build_release(work, CFG, BUILD_CONFIG)
 
 

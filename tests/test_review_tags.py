@@ -42,8 +42,11 @@ def test_is_reject_tag() -> None:
         (None, ["reject"]),
         ("artefact", ["reject:artefact"]),
         ("artefact,unrecognisable", ["reject:artefact", "reject:unrecognisable"]),
-        ("generation flag: nsfw", ["reject:generation flag: nsfw"]),  # automatic: verbatim
-        ("artefact,blurry", ["reject:artefact,blurry"]),  # not all known reasons: one verbatim tag
+        ("generation flag: nsfw", ["reject:generation-flag-nsfw"]),  # automatic: the kind of reason
+        ("generation flag: black (all pixels 0)", ["reject:generation-flag-black"]),
+        ("both_present 0.000032 < 0.0001", ["reject:both_present"]),  # no scores in the tag
+        ("both_present 1e-05 < 0.0001", ["reject:both_present"]),
+        ("artefact,blurry", ["reject:artefact-blurry"]),  # not all known reasons: one tag
     ],
 )
 def test_reject_tags(reason, tags) -> None:
@@ -70,9 +73,10 @@ def test_decision_tags() -> None:
         (["reject:blurry"], ("pending", None), INVALID),
         (["reject"], ("pending", None), INVALID),  # a bare reject that was not restored
         (["reject"], ("reject", None), ("reject", None)),  # ...and one that was
-        ([f"reject:{AUTO[1]}"], AUTO, AUTO),  # an automatic reject, restored verbatim: unchanged
-        ([f"reject:{AUTO[1]}", "reject:artefact"], AUTO, ("reject", "artefact")),  # the reviewer's reason counts
-        ([f"reject:{AUTO[1]}"], ("pending", None), INVALID),  # not this sample's synced reason
+        (["reject:both_present"], AUTO, AUTO),  # an automatic reject, restored: unchanged
+        ([f"reject:{AUTO[1]}"], AUTO, AUTO),  # ...also as the verbatim tag of a dataset built before short tags
+        (["reject:both_present", "reject:artefact"], AUTO, ("reject", "artefact")),  # the reviewer's reason counts
+        (["reject:both_present"], ("pending", None), INVALID),  # not this sample's synced reason
         (["reject:artefact,missing-object"], ("reject", "artefact,missing-object"), INVALID),  # not how it shows
         (
             ["reject:artefact", "reject:missing-object"],
@@ -112,3 +116,12 @@ def test_manifest_values() -> None:
         "b": {"image_id": "b", "score": None, "rank": 2},
     }
     assert _rows_by(None, "image_id") == {}
+
+
+def test_automatic_rejects_make_few_distinct_tags() -> None:
+    reasons = [f"both_present {score:.6f} < 0.0001" for score in np.linspace(0, 0.0001, 20, endpoint=False)]
+    reasons += ["generation flag: nsfw", "generation flag: nsfw (detector 0.93)"]
+    assert sorted({t for r in reasons for t in reject_tags(r)}) == [
+        "reject:both_present",
+        "reject:generation-flag-nsfw",
+    ]

@@ -1,2 +1,2 @@
-"""Trainers over the manifests: datasets (`data`), the engine (`engine`), methods (`method.METHODS`), heatmaps for
+"""Trainers over the manifests: datasets (`data`), the engine (`engine`), methods (`registry.METHODS`), heatmaps for
 `is4 eval` (`predict`)."""

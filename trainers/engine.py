@@ -8,12 +8,17 @@ loss THROUGH the wrapper (so gradients are averaged across ranks; negatives are 
 - the sampler's order is a permutation seeded by (seed, epoch); global batch `train.batch_size` is cut from it and
   rank r takes rows r, r + W, ... of each global batch (so W ranks see the same samples per step as one process);
   the last partial batch is dropped; `max_steps_per_epoch` cuts epochs short;
-- after the epoch (rank 0): the eval hook writes the release's heatmaps to `RUN/predictions/epoch-{e}.npz` and
-  scores them with the `is4 eval` harness; one line per epoch goes to `RUN/metrics.jsonl` and `RUN/metrics.csv`
-  (rewritten atomically from the history the checkpoint carries, so a resumed run writes the same files);
+- after the epoch (rank 0): the eval hook writes the release's heatmaps to `RUN/predictions/epoch-{e}.npz`,
+  scores them with the `is4 eval` harness and draws `RUN/overlays/epoch-{e}.png` (`overlays`: image, map, ground
+  truth, IoU); one line per epoch goes to `RUN/metrics.jsonl` and `RUN/metrics.csv` (rewritten atomically from the
+  history the checkpoint carries, so a resumed run writes the same files) and to TensorBoard (`tracking`:
+  `RUN/tensorboard/`, and W&B with `train.logger: wandb`);
   `RUN/checkpoints/last.pt` and `epoch-{e}.pt` (model, optimiser, GradScaler, torch RNG, sampler position, history,
   the config and its hash) are written atomically, and `best.pt` when `eval.metric` improved (higher is better;
   the mean training loss, lower is better, when no release is configured).
+
+The resolved settings (the `train` section with every default filled in, and the seed) are written to
+`RUN/config.yaml` when the run starts.
 
 `resume=True` continues from `last.pt` when the config hash (the train section and seed less the settings that do not
 change the weights: epochs, workers, eval) matches, else a `TrainError` naming the differing keys. On the CPU a
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
@@ -43,10 +49,11 @@ from is4.manifests.checksum import json_sha256
 from is4.manifests.ids import derive_seed
 from is4.trainers import dist
 from is4.trainers.method import TrainError, TrainMethod, get_method
+from is4.trainers.tracking import RunLogger
 
 CHECKPOINT_FORMAT = "is4-train/1"
 # Settings that cannot change the weights of a given epoch: left out of the resume hash.
-_NOT_HASHED = ("epochs", "num_workers", "eval", "device", "cpu_threads")
+_NOT_HASHED = ("epochs", "num_workers", "eval", "device", "cpu_threads", "logger", "wandb_project")
 
 
 def config_hash(cfg: TrainConfig, seed: int) -> tuple[str, dict]:
@@ -216,10 +223,16 @@ def _train(
     )
     higher = cfg.eval.release is not None
     metric = cfg.eval.metric if higher else "loss"
+    tracker = None
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
+        resolved = {"seed": seed, "train": cfg.model_dump(mode="json")}
+        atomic_write_bytes(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=True).encode())
+        tracker = RunLogger(run, cfg, resolved, start_step=start_epoch * steps)
 
-    with _progress(progress and world.main) as bar:
+    with _progress(progress and world.main) as bar, contextlib.ExitStack() as closing:
+        if tracker is not None:
+            closing.callback(tracker.close)
         task = bar.add_task("train", total=(cfg.epochs - start_epoch) * steps, info="") if bar else None
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.monotonic()
@@ -247,9 +260,12 @@ def _train(
             record = _epoch_record(sums, steps, world, epoch, cfg, time.monotonic() - t0)
             if world.size > 1:
                 record["replica_max_diff"] = _replica_divergence(model)
+            scores: dict[str, float] = {}
+            sheet = None
             if cfg.eval.release is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                 if world.main:
-                    record.update(_evaluate(method, model, cfg, run, epoch))
+                    scores, sheet = _evaluate(method, model, cfg, run, epoch)
+                    record.update(scores)
                 dist.barrier()
             history.append(record)
             value = record.get(metric)
@@ -274,6 +290,8 @@ def _train(
                     cuda,
                 )
                 _write_metrics(run, history)
+                if tracker is not None:
+                    tracker.log_epoch(record, scores, sheet)
             dist.barrier()
     summary = {
         "run": str(run),
@@ -309,18 +327,28 @@ def _replica_divergence(model: torch.nn.Module) -> float:
     return float(diff)
 
 
-def _evaluate(method: TrainMethod, model: torch.nn.Module, cfg: TrainConfig, run: Path, epoch: int) -> dict:
-    from is4.pipeline.evaluation.evaluate import evaluate
+def _evaluate(
+    method: TrainMethod, model: torch.nn.Module, cfg: TrainConfig, run: Path, epoch: int
+) -> tuple[dict[str, float], bytes]:
+    """(scores, overlay sheet PNG) of the epoch: its maps in `predictions/`, scored, the sheet in `overlays/`."""
+    from is4.pipeline.evaluation import metrics
+    from is4.pipeline.evaluation.evaluate import score_file
+    from is4.pipeline.evaluation.formats import load_ground_truth
+    from is4.trainers.overlays import overlay_sheet
     from is4.trainers.predict import write_heatmaps
 
     assert cfg.eval.release is not None
     out = run / "predictions" / f"epoch-{epoch}.npz"
     write_heatmaps(method, model, cfg.eval.release, out, gt=cfg.eval.gt, batch_size=cfg.eval.batch_size)
-    scores = evaluate(cfg.eval.release, out, cfg.eval.gt, protocol=cfg.eval.protocol)
+    protocol = metrics.get_protocol(cfg.eval.protocol)
+    scored = score_file(load_ground_truth(cfg.eval.release, cfg.eval.gt, protocol=protocol), out, protocol)
+    scores = scored.summary
     if cfg.eval.metric not in scores:
         known = ", ".join(k for k, v in scores.items() if isinstance(v, float))
         raise TrainError(f"train.eval.metric {cfg.eval.metric!r} is not a score of this benchmark ({known})")
-    return {k: float(v) for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)}
+    sheet = overlay_sheet(cfg.eval.release, out, scored)
+    atomic_write_bytes(run / "overlays" / f"epoch-{epoch}.png", sheet)
+    return {k: float(v) for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)}, sheet
 
 
 def _save(

@@ -1,6 +1,6 @@
 """The method-agnostic contract between the training engine and a method (alignment, ACL, ...).
 
-A method is a `TrainMethod` subclass registered in `METHODS` under the name `train.method` selects. The engine
+A method is a `TrainMethod` subclass registered in `registry.METHODS` under the name `train.method` selects. The engine
 (`is4.trainers.engine`) owns everything generic: process group, device, sampler, loader, optimiser, AMP, the DDP
 wrapper, checkpoints, resume, the metrics log and the evaluation hook. A method owns its model, data view and losses:
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -49,6 +48,7 @@ from torch.utils.data import default_collate
 
 from is4.config import TrainConfig
 from is4.manifests.errors import FatalError
+from is4.trainers.registry import METHODS, method_names
 
 
 class TrainError(FatalError, ValueError):
@@ -119,19 +119,6 @@ class TrainMethod(ABC):
     def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{kind: (audio (B, D), image (B, D))} for a batch of `eval_item`s (e.g. "backbone", "projected")."""
         raise TrainError(f"the {self.name} method gives no embeddings (retrieval and alignment need them)")
-
-
-# name -> "module:Class", imported on use so that one method's dependencies never load for another.
-METHODS: dict[str, str] = {
-    "alignment": "is4.trainers.align:AlignmentMethod",
-    "acl": "is4.trainers.acl:ACLMethod",
-    "jsa": "is4.trainers.jsa:JSAMethod",
-}
-
-
-def method_names() -> Iterable[str]:
-    """The registered method names."""
-    return sorted(METHODS)
 
 
 def get_method(cfg: TrainConfig, seed: int, name: str | None = None) -> TrainMethod:

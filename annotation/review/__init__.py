@@ -4,7 +4,7 @@ FiftyOne is imported only in this package and in `annotation/plugin/`, always th
 it first; `tags` never imports it. Design: docs/architecture.md.
 """
 
-from .app import app_url, launch
+from .app import app_url, dataset_url, empty_view_message, launch
 from .clicks import (
     BOXES_FIELD,
     CLICK_ATTR,
@@ -21,6 +21,8 @@ from .clicks import (
 )
 from .connect import INFO_KEY, PLUGIN_DIR, PLUGIN_LINK_NAME, PLUGIN_NAME, ReviewError, connect, dataset_name, use_plugin
 from .dataset import SAVED_VIEWS, build_dataset, ensure_dataset, open_dataset, refresh
+from .decide import DECISIONS, decide
+from .predictions import load_predictions, per_category, predictions_dataset_name
 from .sync import sync, verification_lock
 from .tags import (
     ACCEPT_TAG,
@@ -40,6 +42,7 @@ __all__ = [
     "CLICK_ATTR",
     "CLICKS_FIELD",
     "CONFLICT",
+    "DECISIONS",
     "INFO_KEY",
     "INVALID",
     "MASKS_FIELD",
@@ -59,12 +62,18 @@ __all__ = [
     "build_dataset",
     "connect",
     "dataset_name",
+    "dataset_url",
+    "decide",
     "decision_tags",
+    "empty_view_message",
     "ensure_dataset",
     "is_reject_tag",
     "launch",
+    "load_predictions",
     "open_dataset",
     "pending_refinements",
+    "per_category",
+    "predictions_dataset_name",
     "refine_samples",
     "refresh",
     "reject_tags",

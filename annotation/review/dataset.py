@@ -3,10 +3,15 @@
 One persistent dataset per build: a sample per generated image (`filepath` = the PNG's absolute path) with its
 prompt fields, pre-screen scores, current decision (`decision`, `decision_reason`, `decision_source`, `reviewer`,
 `decided_at`, also shown as tags), masks, the clicks of refined masks and `annotated_objects` (its rows in the
-annotations manifest). Saved views: `to-verify` (no decision tag and decision pending, by `queue_rank`), `accepted`,
-`rejected`, `conflicts` (both tags), `to-annotate` (accepted, no masks yet), `annotated`, `needs-fix` (tagged
-`needs-fix`, or accepted with fewer masks than annotations: an empty SAM mask, which match leaves out of the release
-with its whole image; it leaves the view once a refinement gives it a mask).
+annotations manifest), and after match `audio_a` / `audio_b` (the absolute paths of the clips matched to the two
+objects, played by the plugin's audio panel). Saved views: `to-verify` (no decision tag and decision pending, by
+`queue_rank`), `accepted`, `rejected`, `conflicts` (both tags), `to-annotate` (accepted, fewer annotation rows
+than its two objects: what the annotate stage does next), `annotated` (accepted, both objects annotated),
+`needs-fix` (tagged `needs-fix`, or accepted with fewer masks than annotations: an empty SAM mask, which match
+leaves out of the release with its whole image; it leaves the view once a refinement gives it a mask).
+
+The App shows on each tile the decision tags, the masks (a colour per category, so the two objects differ) and both
+categories (the dataset's default active fields and colour scheme).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ _STRING_FIELDS = (
     "decision_reason",
     "decision_source",
     "reviewer",
+    "audio_a",
+    "audio_b",
 )
 _INT_FIELDS = ("seed", "queue_rank", "annotated_objects")
 _FLOAT_FIELDS = ("score_a", "score_b", "both_present")
@@ -67,7 +74,9 @@ def _save_views(fo: Any, dataset: Any) -> None:
 
     has_accept = F("tags").contains(ACCEPT_TAG)
     has_reject = F("tags").filter(F().re_match(f"^{REJECT_TAG}(:|$)")).length() > 0
-    has_masks = F(f"{MASKS_FIELD}.detections").length() > 0
+    # Both objects have an annotations row: the annotate stage has nothing left to do for the image (an empty mask
+    # is its own row, and sends the image to needs-fix rather than back to to-annotate).
+    both_annotated = F("annotated_objects") >= 2
     # An annotation whose mask is empty has no detection (`clicks._mask_detection`), so fewer masks than annotations
     # means an object match will leave out; the mask reload after a refinement takes the image out again.
     empty_mask = F("annotated_objects") > F(f"{MASKS_FIELD}.detections").length()
@@ -80,8 +89,8 @@ def _save_views(fo: Any, dataset: Any) -> None:
         "accepted": (accepted, "tagged accept"),
         "rejected": (dataset.match(has_reject & ~has_accept), "tagged reject:<reason>"),
         "conflicts": (dataset.match(has_accept & has_reject), "tagged both accept and reject: fix the tags"),
-        "to-annotate": (accepted.match(~has_masks), "accepted, no masks yet"),
-        "annotated": (accepted.match(has_masks), "accepted, with masks"),
+        "to-annotate": (accepted.match(~both_annotated), "accepted, an object without annotation: annotate does next"),
+        "annotated": (accepted.match(both_annotated), "accepted, both objects annotated"),
         "needs-fix": (
             dataset.match(F("tags").contains(NEEDS_FIX_TAG) | (has_accept & ~has_reject & empty_mask)),
             "masks to refine from the clicks, and accepted images with an empty mask (left out of the release)",
@@ -89,6 +98,32 @@ def _save_views(fo: Any, dataset: Any) -> None:
     }
     for name, (view, description) in views.items():
         dataset.save_view(name, view, description=description, overwrite=True)
+
+
+def _show(fo: Any, dataset: Any) -> None:
+    """The App's defaults for the dataset: tags, masks and both categories on the tiles, a colour per category."""
+    dataset.app_config.active_fields = fo.ActiveFields(paths=["tags", MASKS_FIELD, "category_a", "category_b"])
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", opacity=0.5)
+    dataset.save()
+
+
+def _clip_paths(workdir: Path) -> dict[str, dict[str, str]]:
+    """{image_id: {category: absolute audio path}} from the instances manifest (empty before match)."""
+    out: dict[str, dict[str, str]] = {}
+    for row in _rows_by(_manifest_or_none(workdir, "instances"), "instance_id").values():
+        if row.get("audio_path"):
+            out.setdefault(row["image_id"], {})[row["category"]] = str((workdir / row["audio_path"]).resolve())
+    return out
+
+
+def _set_audio(dataset: Any, workdir: Path) -> None:
+    """Set `audio_a` / `audio_b` from the instances manifest (None where no clip is matched)."""
+    clips = _clip_paths(workdir)
+    ids, image_ids, cats_a, cats_b = dataset.values(["id", "image_id", "category_a", "category_b"])
+    for field, cats in (("audio_a", cats_a), ("audio_b", cats_b)):
+        values = {s: clips.get(i, {}).get(c) for s, i, c in zip(ids, image_ids, cats)}
+        if values:
+            dataset.set_values(field, values, key_field="id")
 
 
 def _unsynced(dataset: Any) -> list[str]:
@@ -190,6 +225,8 @@ def build_dataset(
         "segmenter": segmenter.model_dump(mode="json") if segmenter is not None else None,
     }
     dataset.save()
+    _set_audio(dataset, workdir)
+    _show(fo, dataset)
     _save_views(fo, dataset)
     logger.info("review dataset %s: %d samples", name, len(samples))
     return name
@@ -247,6 +284,7 @@ def refresh(
         dataset.set_values(
             "annotated_objects", {s: counts.get(i, 0) for s, i in zip(sample_ids, image_ids)}, key_field="id"
         )
+        _set_audio(dataset, workdir)
     elif _unsynced(dataset):
         summary["action"] = "kept: fix the conflicting or invalid tags, then sync"
     else:

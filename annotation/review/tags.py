@@ -1,12 +1,16 @@
 """Decisions as tags, and manifest rows as plain values: the rules the dataset and sync share, without FiftyOne.
 
 Tags: `accept`; `reject:<reason>` with a reason from `REJECT_REASONS` (several reason tags are joined, sorted, with
-`,`); an automatic reject shows its own reason verbatim (`reject:generation flag: nsfw`); a reject without a reason
-is a bare `reject`; `needs-fix` marks masks to refine.
+`,`); an automatic reject shows the kind of its reason (`reason_tag`: `reject:both_present`,
+`reject:generation-flag-nsfw`), one tag per kind of decision, while the full reason with its scores stays in the
+sample's `decision_reason` field (and the scores in `both_present`, `score_a`, `score_b`); a reject without a reason
+is a bare `reject`; `needs-fix` marks masks to refine. A dataset built before short tags keeps its verbatim
+`reject:<reason>` tag, which still reads as the synced decision.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +64,16 @@ def is_reject_tag(tag: str) -> bool:
     return tag == REJECT_TAG or tag.startswith(REJECT_TAG + ":")
 
 
+def reason_tag(reason: str) -> str:
+    """The tag name of a reason that is not made of `REJECT_REASONS` (an automatic one): its words without numbers,
+    comparisons or a final parenthesised detail, joined with `-` (`both_present 0.000032 < 0.0001` ->
+    `both_present`, `generation flag: nsfw (…)` -> `generation-flag-nsfw`)."""
+    text = re.sub(r"\s*\(.*\)\s*$", "", reason)
+    words = [w.strip(":;") for w in re.split(r"[\s,]+", text)]
+    kept = [w for w in words if w and not re.fullmatch(r"[<>=!]+|[-+]?[\d.]+(e[-+]?\d+)?", w)]
+    return "-".join(kept) or "other"
+
+
 def reject_tags(reason: str | None) -> list[str]:
     """The tags that show a reject with this reason."""
     if reason is None:
@@ -67,7 +81,7 @@ def reject_tags(reason: str | None) -> list[str]:
     parts = reason.split(",")
     if all(p in REJECT_REASONS for p in parts):
         return [f"{REJECT_TAG}:{p}" for p in parts]
-    return [f"{REJECT_TAG}:{reason}"]
+    return [f"{REJECT_TAG}:{reason_tag(reason)}"]
 
 
 def decision_tags(decision: str | None, reason: str | None) -> list[str]:
@@ -77,6 +91,13 @@ def decision_tags(decision: str | None, reason: str | None) -> list[str]:
     if decision == "reject":
         return reject_tags(reason)
     return []
+
+
+def _verbatim(base: tuple[str, str | None]) -> set[str]:
+    """The tag a dataset built before short tags shows for an automatic reject: `reject:<reason>` verbatim."""
+    if base[0] != "reject" or base[1] is None or all(p in REJECT_REASONS for p in base[1].split(",")):
+        return set()
+    return {f"{REJECT_TAG}:{base[1]}"}
 
 
 def tag_decision(tags: Iterable[str], base: tuple[str, str | None] = ("pending", None)) -> tuple[str, str | None]:
@@ -92,8 +113,8 @@ def tag_decision(tags: Iterable[str], base: tuple[str, str | None] = ("pending",
     if not rejects:
         return ("pending", None)
     restored = set(reject_tags(base[1])) if base[0] == "reject" else set()
-    if set(rejects) == restored:
-        return base
+    if set(rejects) == restored or set(rejects) == _verbatim(base):
+        return base  # the synced decision (or its verbatim tag, from a dataset built before short tags)
     new = [t for t in rejects if t not in restored]
     reasons = sorted({t.partition(":")[2] for t in new})
     if any(r not in REJECT_REASONS for r in reasons):

@@ -40,7 +40,8 @@ def verify(
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     view: Annotated[
-        str, typer.Option(help="saved view: to-verify, accepted, rejected, to-annotate, annotated, needs-fix")
+        str,
+        typer.Option(help="saved view: to-verify, accepted, rejected, conflicts, to-annotate, annotated, needs-fix"),
     ] = "to-verify",
     reviewer: ReviewerOption = getpass.getuser(),
     address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
@@ -54,6 +55,48 @@ def verify(
     review.refresh(work, rcfg, reviewer, annotate=cfg.annotate, segmenter=cfg.models.segmenter)
     console.print(f"FiftyOne App on http://{rcfg.address}:{rcfg.port}, view {view!r}; Ctrl-C to stop")
     review.launch(work, rcfg, view, wait=True)
+
+
+@app.command("predictions")
+@cli_errors
+def predictions(
+    release: Annotated[Path, typer.Option(help="the release directory (or its ground-truth file)")],
+    predictions: Annotated[Path, typer.Option(help=".npz with one heatmap per instance id (`is4 predict`)")],
+    name: Annotated[
+        str | None, typer.Option(help="the run's name, its field in the dataset (default: the file's stem)")
+    ] = None,
+    gt: Annotated[str, typer.Option(help="ground truth the IoUs are computed on: box or mask")] = "box",
+    protocol: Annotated[str, typer.Option(help="reference (default) or exact-k, as in `is4 eval`")] = "reference",
+    show: Annotated[bool, typer.Option("--app", help="then open the App on the `failures` view")] = False,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    address: Annotated[str | None, typer.Option(help="App address (default: the config's, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="App port (default: the config's)")] = None,
+) -> None:
+    """Load a model's heatmaps into the release's predictions dataset (one field per run) beside the ground truth,
+    with saved views `failures`, `interactive-failures` and `by-category`."""
+    from rich.table import Table
+
+    from is4.annotation import review
+
+    rcfg, work, _ = _review_config(config, workdir, address, port)
+    result = review.load_predictions(release, predictions, rcfg, run=name, workdir=work, gt=gt, protocol=protocol)
+    rows = result["per_category"]
+    table = Table(title=f"per category ({result['dataset']})")
+    for column in rows[0] if rows else []:
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    console.print(table)
+    console.print(
+        f"run {result['run']!r}: {len(result['failures'])} of {result['summary']['instances']} instances with "
+        f"IoU < 0.5, {len(result['interactive_failures'])} images where one object's sound lights up another"
+    )
+    url = review.dataset_url(result["dataset"], rcfg, "failures")
+    if not show:
+        console.print(f"to look at it, add --app (the App then serves {url})")
+        return
+    review.launch(work, rcfg, "failures", wait=True, dataset=result["dataset"])
 
 
 @app.command("sync")

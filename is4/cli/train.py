@@ -18,6 +18,7 @@ from is4.cli._common import (
     print_summary,
     progress_bar,
 )
+from is4.trainers.registry import method_names
 
 
 @cli_errors
@@ -25,7 +26,7 @@ def train(
     config: Annotated[Path, typer.Option(help="build config (YAML) with a `train` section")],
     workdir: WorkdirOption = None,
     method: Annotated[
-        str | None, typer.Option(help="training method (default: train.method): alignment, acl, jsa")
+        str | None, typer.Option(help=f"training method: {', '.join(method_names())} (default: train.method)")
     ] = None,
     run: Annotated[
         Path | None,

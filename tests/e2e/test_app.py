@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from PIL import Image
 from is4.config import ReviewConfig
 from tests.conftest import free_port
 from tests.support import ROOT
+from tests.support.predictions import make_predictions
 from tests.support.review_work import make_workdir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -68,6 +70,7 @@ class App:
     def __init__(self, url: str, root: str, name: str, workdir: Path, in_view: list[str], out_of_view: list[str]):
         self.url, self.root, self.name, self.workdir = url, root, name, workdir
         self.in_view, self.out_of_view = in_view, out_of_view
+        self.predictions: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,10 @@ def app(tmp_path_factory: pytest.TempPathFactory, fiftyone_db: Path):
     review.sync(workdir, cfg, "alice")
     in_view = ds.load_saved_view(VIEW).values("image_id")
     assert sorted(in_view) == ids[2:]
+    # A model's maps on a release, in their own dataset that the same App serves.
+    release, files = make_predictions(workdir.parent / "predictions")
+    review.load_predictions(release, files["oracle"], cfg, run="oracle", workdir=workdir)
+    predictions = review.load_predictions(release, files["centre"], cfg, run="centre", workdir=workdir)
 
     log = (workdir / "launch.log").open("w")
     args = {"workdir": str(workdir), "cfg": cfg.model_dump(mode="json"), "view": VIEW}
@@ -104,7 +111,9 @@ def app(tmp_path_factory: pytest.TempPathFactory, fiftyone_db: Path):
             proc.kill()
             pytest.fail("the App did not come up:\n" + (workdir / "launch.log").read_text())
         time.sleep(0.5)
-    yield App(url, f"http://127.0.0.1:{port}", name, workdir, in_view, [ids[0], ids[1]])
+    served = App(url, f"http://127.0.0.1:{port}", name, workdir, in_view, [ids[0], ids[1]])
+    served.predictions = {"name": predictions["dataset"], "cfg": cfg, "release": release}
+    yield served
 
     proc.send_signal(signal.SIGTERM)  # launch() turns it into a clean close of the session
     try:
@@ -143,14 +152,28 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+COUNT = re.compile(r'data-cy="entry-count-all"[^>]*>([\d,]+)</span>\s*samples')
+
+
+def _rendered_dom(tmp_path: Path, url: str) -> str:
+    """The DOM Chromium rendered for `url`; asked up to three times, since on a loaded machine the App may not have
+    drawn its grid within Chromium's time budget."""
+    html = ""
+    for _ in range(3):
+        dom = _chromium(tmp_path, "--dump-dom", url)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        if COUNT.search(html):
+            break
+    return html
+
+
 def test_chromium_renders_the_saved_view(app: App, tmp_path: Path) -> None:
-    dom = _chromium(tmp_path, "--dump-dom", app.url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
+    html = _rendered_dom(tmp_path, app.url)
     selector = re.search(r'<input[^>]*data-cy="selector-dataset"[^>]*>', html)
     assert selector, html[:2000]
     assert f'value="{app.name}"' in selector.group(0)
-    count = re.search(r'data-cy="entry-count-all"[^>]*>([\d,]+)</span>\s*samples', html)
+    count = COUNT.search(html)
     assert count and int(count.group(1).replace(",", "")) == len(app.in_view)  # the saved view, not all 6
     assert html.count('data-cy="looker"') == len(app.in_view)  # one thumbnail per sample
     assert VIEW in re.sub(r"<[^>]+>", " ", html)  # the saved view's name is shown
@@ -186,3 +209,100 @@ def test_launch_listens_on_loopback_only(app: App) -> None:
     assert f"0100007F:{port:04X}" in listening("tcp")  # 127.0.0.1
     assert f"00000000:{port:04X}" not in listening("tcp")  # not 0.0.0.0
     assert not [a for a in listening("tcp6") if a.endswith(f":{port:04X}")]  # nor any IPv6 address
+
+
+def test_chromium_shows_a_models_failures(app: App, tmp_path: Path) -> None:
+    """The predictions dataset's `failures` view in the same App: one tile per failing instance, each frame drawn
+    under its heatmap, boxes and category; the screenshot is the README's (docs/img/predictions-view.png)."""
+    from is4.annotation import review
+
+    fo = review.connect(app.predictions["cfg"], app.workdir)
+    dataset = fo.load_dataset(app.predictions["name"])
+    failing = dataset.load_saved_view("failures")
+    centre_fails = sum(v < 0.5 for v in dataset.values("centre_iou"))
+    assert len(failing) == centre_fails > 0  # the oracle fails none
+    url = review.dataset_url(dataset.name, app.predictions["cfg"], "failures")
+    html = _rendered_dom(tmp_path, url)
+    count = COUNT.search(html)
+    assert count and int(count.group(1).replace(",", "")) == len(failing), re.sub(r"<[^>]+>", " ", html)[-3000:]
+    assert html.count('data-cy="looker"') == len(failing)
+    text = re.sub(r"<[^>]+>", " ", html)
+    for field in ("ground_truth", "other_object", "centre", "oracle", "centre_iou", "category"):
+        assert field in text, field  # the sidebar lists the objects, both runs and their scores
+
+    shot = tmp_path / "predictions.png"
+    coloured = 0.0
+    for _ in range(3):  # as for the DOM: a loaded machine may need another go to draw the grid
+        run = _chromium(tmp_path, f"--screenshot={shot}", url)
+        assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+        with Image.open(shot) as im:
+            pixels = np.asarray(im.convert("RGB")).astype(int)
+        # The heatmaps are drawn: far more saturated pixels than the grey frames and the App's chrome have.
+        coloured = float(((pixels.max(axis=2) - pixels.min(axis=2)) > 120).mean())
+        if coloured > 0.02:
+            break
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "predictions-view.png")
+    assert coloured > 0.02
+
+
+def _execute(app: App, dataset: str, operator: str, **request) -> dict:
+    body = {"dataset_name": dataset, "operator_uri": f"@is4/review/{operator}", "view": [], "params": {}, **request}
+    status, out = _get(f"{app.root}/operators/execute", json.dumps(body).encode())
+    assert status == 200
+    return json.loads(out)
+
+
+def test_the_plugins_decisions_and_audio_through_the_app_server(app: App) -> None:
+    """The App server runs the plugin (no browser clicks): accept/reject on a sample, the audio panel's clip URL,
+    the media route serving that clip; the empty-view message names the views that hold samples."""
+    from is4.annotation import review
+
+    status, body = _get(f"{app.root}/operators", json.dumps({"dataset_name": app.name}).encode())
+    listed = {op["uri"] for op in json.loads(body)["operators"]}
+    for name in ("accept", "reject", "audio", "empty_view_notice", "refine_masks"):
+        assert f"@is4/review/{name}" in listed, name
+
+    fo = review.connect(app.predictions["cfg"], app.workdir)
+    ds = fo.load_dataset(app.name)
+    one = ds.match({"image_id": app.in_view[0]})
+    sample_id = one.first().id
+    try:
+        out = _execute(app, app.name, "accept", selected=[sample_id])
+        assert out["result"] == {"decided": 1}, out
+        assert one.first().tags == ["accept"]
+        out = _execute(app, app.name, "reject", current_sample=sample_id, params={"reason": "artefact"})
+        assert out["result"] == {"decided": 1}, out
+        assert one.first().tags == ["reject:artefact"]
+        with pytest.raises(urllib.error.HTTPError):  # not a reason: the operator fails, the tags stay
+            _execute(app, app.name, "reject", selected=[sample_id], params={"reason": "blurry"})
+        assert one.first().tags == ["reject:artefact"]
+    finally:
+        review.decide(one, "pending")
+    assert one.first().tags == []
+
+    pred = fo.load_dataset(app.predictions["name"])
+    clip_sample = pred.first()
+    out = _execute(
+        app,
+        pred.name,
+        "audio",
+        current_sample=clip_sample.id,
+        params={"__method__": "on_load", "panel_id": "p", "state": {}, "event_args": {}},
+    )
+    url = f"/media?filepath={quote(clip_sample['audio'], safe='')}"
+    (output,) = [r["params"]["output"] for r in out["executor"]["requests"] if r["operator_uri"] == "show_panel_output"]
+    player = output["type"]["properties"]["player_0"]
+    assert player["view"]["name"] == "MediaPlayerView" and player["default"]["url"] == url
+    status, wav = _get(app.root + url)
+    assert status == 200 and wav == Path(clip_sample["audio"]).read_bytes()
+
+    message = review.empty_view_message(ds, "conflicts")
+    assert message.startswith("The view 'conflicts' is empty: no image carries both accept and reject")
+    assert f"to-verify ({len(app.in_view)})" in message
+    # Opening a dataset on an empty saved view, the App runs the notice, which shows that message.
+    out = _execute(app, app.name, "empty_view_notice", view_name="conflicts")
+    notes = [r["params"] for r in out["executor"]["requests"] if r["operator_uri"] == "notify"]
+    assert notes == [{"message": message, "variant": "info"}], out
+    out = _execute(app, app.name, "empty_view_notice", view_name="to-verify")
+    assert not [r for r in out["executor"]["requests"] if r["operator_uri"] == "notify"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pandas as pd
 from PIL import Image
 from scipy.io import wavfile
 
+from is4.config import MatchConfig, ReleaseConfig, parse_config
 from is4.manifests.io import read_manifest, write_manifest
+from is4.pipeline.match import run_match
 
 SEED = 7
 IMAGE_W, IMAGE_H = 96, 80  # not square: boxes scale differently in x and y
@@ -200,3 +203,24 @@ def empty_mask(work: Path, instance_id: str) -> None:
 def drop_annotation(work: Path, instance_id: str) -> None:
     frame = read_manifest(work, "annotations")
     write_manifest(work, "annotations", frame[frame["instance_id"] != instance_id])
+
+
+# The release section and whole build config the release tests build with.
+CFG = ReleaseConfig(version="0.1.0", date=datetime.date(2026, 12, 7))
+BUILD_CONFIG = parse_config(
+    {
+        "profile": "test",
+        "seed": SEED,
+        "models": {
+            "image_generator": {"model_id": MODEL_ID, "revision": "main"},
+            "segmenter": {"model_id": "tiny-random:sam", "revision": "main"},
+        },
+    }
+).model_dump(mode="json")
+
+
+def matched_workdir(root: Path) -> Path:
+    """`make_workdir` with the match stage run: what the release stage reads."""
+    work = make_workdir(root)
+    run_match(work, MatchConfig(), SEED)
+    return work

@@ -15,6 +15,7 @@ from is4.manifests.io import write_manifest
 
 W, H = 64, 48  # not square, so a swapped x and y cannot pass
 AUTO_REASON = "both_present 0.010000 < 0.2"
+AUTO_TAG = "reject:both_present"  # the tag of that reason: its kind, the scores are in the fields
 FLAG_REASON = "generation flag: nsfw"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 MASK_ROWS, MASK_COLS = (10, 20), (30, 50)  # the one automatic mask: rows 10..19, columns 30..49 of ids[1]
