@@ -85,3 +85,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """One clean `is4 build --config configs/demo.yaml` for the session and the sha256 of what it made for users
+    (`tests/demo_builds.py`); tests copy the work directory before they change anything in it."""
+    from tests.demo_builds import DEMO, build, tree
+
+    work = tmp_path_factory.mktemp("demo-build") / "work"
+    done = build(DEMO, work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, tree(work)
