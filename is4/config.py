@@ -1,7 +1,8 @@
 """The one typed build configuration, loaded from YAML.
 
 Unknown keys and bad values are rejected with the dotted path of the offending key. Relative paths in a config are
-resolved against the current working directory of the process that runs the build.
+resolved against the current working directory of the process that runs the build, except that `is4 train` re-roots
+a path inside the config's `workdir` under the run's work directory (`in_workdir`), so `--workdir` moves it too.
 """
 
 from __future__ import annotations
@@ -646,6 +647,18 @@ def read_yaml(path: str | Path, what: str, error: type[Exception]) -> object:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def in_workdir(cfg: BuildConfig, path: Path, work: Path) -> Path:
+    """`path` as the run means it: a relative path inside the config's `workdir` as written (the demo's
+    `train.eval.release: work/demo/releases/is4-0.1.0`) is re-rooted under `work`, the run's actual work directory
+    (`--workdir`); any other path stays as it is (relative to the current directory)."""
+    if path.is_absolute() or Path(cfg.workdir).is_absolute():
+        return path
+    try:
+        return Path(work) / path.relative_to(cfg.workdir)
+    except ValueError:
+        return path
 
 
 def load_config(path: str | Path) -> BuildConfig:
