@@ -25,9 +25,12 @@ def build(
     require_api(cfg)  # a Dask cluster elsewhere cannot reach a temporary server on this machine's loopback
     with writing(cfg, Path(workdir or cfg.workdir).expanduser().resolve(), "is4 build") as work:
         from is4.flows.build import build_is4
+        from is4.flows.logs import build_log
         from is4.flows.server import prefect_api
+        from is4.flows.tasks import PREFECT_STATE_DIR
 
-        with prefect_api():
+        # The temporary server's records stay with the work directory; an error ends in one line naming the log.
+        with prefect_api(work / PREFECT_STATE_DIR / "server.db"), build_log(work):
             results = build_is4(config_path=str(config.resolve()), workdir=str(work))
     console.rule("build-is4 finished")
     console.print(f"work directory: {results['workdir']}")
