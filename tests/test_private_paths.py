@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -20,7 +21,7 @@ from is4.pipeline.common.ffmpeg_tools import FFmpegNotFoundError, ffmpeg_tools_d
 
 
 @pytest.fixture()
-def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A fresh tools lookup with the wheel's binary (not named `ffmpeg`), TMPDIR and the cache under tmp_path."""
     monkeypatch.setenv("IS4_FFMPEG", imageio_ffmpeg.get_ffmpeg_exe())
     monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
@@ -38,7 +39,7 @@ def plant(directory: Path, owner: int, mode: int) -> Path:
     """What another user would leave: the directory, a program named `ffmpeg` in it."""
     directory.mkdir(parents=True, exist_ok=True)
     program = directory / "ffmpeg"
-    program.write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+    program.write_text('#!/bin/sh\ntouch "$0.ran"\n')
     program.chmod(0o755)
     os.chown(directory, owner, owner)
     directory.chmod(mode)
