@@ -90,7 +90,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """One clean `is4 build --config configs/demo.yaml` for the session and the sha256 of what it made for users
-    (`tests/demo_builds.py`); tests copy the work directory before they change anything in it."""
+    (`tests/demo_builds.py`). A test that changes it either works on a copy (whose path misses every cache key) or
+    leaves it as it found it, byte for byte (the cache tests, which need this very path)."""
     from tests.demo_builds import DEMO, build, tree
 
     work = tmp_path_factory.mktemp("demo-build") / "work"

@@ -26,7 +26,7 @@ def shipped_wav(work: Path) -> Path:
     """The wav of a clip the release ships (matched to an instance)."""
     clip_id = sorted(read_manifest(work, "instances")["clip_id"])[0]
     clips = read_manifest(work, "clips").set_index("clip_id")
-    return work / clips.loc[clip_id, "audio_path"]
+    return work / str(clips.loc[clip_id, "audio_path"])
 
 
 def damage_in_place(path: Path) -> bytes:
