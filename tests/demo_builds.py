@@ -49,9 +49,11 @@ def copy(src: Path, dst: Path) -> Path:
 
 
 def variant(tmp: Path, name: str, change: dict[str, Any]) -> Path:
-    """configs/demo.yaml with `change`'s sections merged into it (one level deep), written to `tmp/name.yaml`."""
+    """configs/demo.yaml with `change`'s sections merged into it (one level deep), written to `tmp/name.yaml`.
+
+    Its relative paths stay as written (`build` runs in the repository): the overrides' path is part of the
+    categories stage's config, so an absolute one would make every stage from categories on run again."""
     cfg = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
-    cfg["categories"]["overrides"] = str(ROOT / cfg["categories"]["overrides"])
     for section, values in change.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     path = tmp / f"{name}.yaml"
