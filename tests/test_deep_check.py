@@ -29,6 +29,11 @@ def shipped_wav(work: Path) -> Path:
     return work / str(clips.loc[clip_id, "audio_path"])
 
 
+def remember_hashes(work: Path) -> None:
+    """Let the copy's hash cache know its files (a copy has new inodes, so the stat shortcut would not apply yet)."""
+    assert manifest_intact(work, "clips", ("source_path",), stage_record(work, "ingest").get("clips"))
+
+
 def damage_in_place(path: Path) -> bytes:
     """Flip bytes in the middle of the file, same size, mtime put back (`touch -r`); returns the original bytes."""
     original = path.read_bytes()
@@ -42,20 +47,24 @@ def damage_in_place(path: Path) -> bytes:
 
 def test_deep_check_finds_what_the_stat_check_misses(demo_build: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     work = copy(demo_build[0], tmp_path / "work")
+    remember_hashes(work)
     wav = shipped_wav(work)
     damage_in_place(wav)
     record = stage_record(work, "ingest").get("clips")
     assert manifest_intact(work, "clips", ("source_path",), record)  # the stat shortcut: taken as unchanged
     assert wav.is_file()
+    rel = wav.relative_to(work).as_posix()
     found = deep_check(work)
-    assert found == {"clips": [wav.relative_to(work).as_posix()]}
-    assert not wav.exists()  # removed: the next build makes it again
-    assert deep_check(work) == {"clips": [wav.relative_to(work).as_posix()]}  # missing is still reported
+    assert found["clips"] == [rel]  # damaged: removed, so the next build makes it again
+    assert not wav.exists()
+    assert all(files == [rel] for files in found.values())  # other manifests listing it (instances) find it missing
+    assert deep_check(work)["clips"] == [rel]  # missing is still reported
 
 
 def test_a_release_never_ships_a_damaged_file(demo_build: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     work_a, before = demo_build
     work = copy(work_a, tmp_path / "work")
+    remember_hashes(work)
     wav = shipped_wav(work)
     original = damage_in_place(wav)
     retitled = variant(tmp_path, "retitled", {"release": {"title": "IS4 (retitled)"}})  # the release must run
