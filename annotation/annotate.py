@@ -127,6 +127,16 @@ def _read_rows(workdir: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _same_settings(workdir: Path, provenance: Mapping[str, Any] | None) -> bool:
+    """True when the existing manifest's automatic masks were made with this run's settings and models (its
+    provenance's config and models); otherwise they are made again (a threshold or a model changed)."""
+    if provenance is None or not manifest_path(workdir, ANNOTATIONS.name).is_file():
+        return True
+    stored = read_provenance(workdir, ANNOTATIONS.name)
+    wanted = json.loads(json.dumps(dict(provenance), sort_keys=True, default=str))
+    return all(stored.get(k) == wanted.get(k) for k in ("config", "models"))
+
+
 def _write_rows(workdir: Path, rows: dict[str, dict[str, Any]], provenance: dict[str, Any]) -> Path:
     frame = pd.DataFrame([rows[k] for k in sorted(rows)], columns=COLUMNS)
     return write_manifest(workdir, ANNOTATIONS, frame, provenance)
@@ -234,11 +244,15 @@ def run_annotate(
         wanted[rec["image_id"]] = cats
 
     existing = _read_rows(workdir)
+    same = _same_settings(workdir, provenance)
     keep = {
         iid
         for iid, row in existing.items()
         if row["image_id"] in wanted
-        and (row.get("method") == "refined" or (row.get("mask_path") and (workdir / row["mask_path"]).is_file()))
+        and (
+            row.get("method") == "refined"  # a person's clicks outlive any setting
+            or (same and row.get("mask_path") and (workdir / row["mask_path"]).is_file())
+        )
     }
     todo = [rec for rec in images.to_dict("records") if any(iid not in keep for iid, _ in wanted[rec["image_id"]])]
     accepted_ids = set(wanted)

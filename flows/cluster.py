@@ -179,6 +179,7 @@ def sharded_flow(
         "shards": n,
         "placement": [{k: s.get(k) for k in ("pid", "worker")} for s in shards],
         "workers": workers,
+        **({"cached": True} if all(s.get("cached") for s in shards) else {}),  # not this run's counts
     }
 
 

@@ -6,7 +6,9 @@ parent. `prefect_api()` starts the same server (uvicorn on Prefect's app factory
 through a launcher that asks the kernel to send it SIGTERM when its parent dies (Linux `PR_SET_PDEATHSIG`, which
 survives the exec into uvicorn); the URL goes into the run's settings and the environment, so everything the run
 starts, Dask workers included, reports to this one server. Elsewhere than Linux the launcher cannot ask, and the
-server outlives a killed parent as Prefect's did.
+server outlives a killed parent as Prefect's did. Its SQLite database is the one named by the caller (`is4 build`:
+`WORK/state/prefect/server.db`), so a build's records stay with its work directory instead of the user's shared
+`~/.prefect/prefect.db`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -46,21 +49,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(database: Path | None = None) -> dict[str, str]:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings().to_environment_variables(exclude_unset=True)
-    return {
+    env = {
         **os.environ,
         **settings,
         "PREFECT_UI_ENABLED": "0",
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
     }
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{database.resolve()}"
+    return env
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    """Start Prefect's API server on 127.0.0.1:`port` in a process that receives SIGTERM when this one dies."""
+def start_server(port: int, database: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start Prefect's API server on 127.0.0.1:`port` in a process that receives SIGTERM when this one dies, its
+    records in the SQLite file `database` (default: Prefect's configured database)."""
     import prefect
 
     command = [
@@ -81,7 +90,9 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
         "on",
     ]
     return subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command], env=_server_env(), stdout=subprocess.DEVNULL
+        [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command],
+        env=_server_env(database),
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -100,11 +111,11 @@ def _wait_healthy(process: subprocess.Popen[bytes], api_url: str) -> None:
     raise ServerError(f"the temporary Prefect server did not answer on {api_url} within {STARTUP_TIMEOUT_S:.0f} s")
 
 
-def _start_healthy(attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
+def _start_healthy(database: Path | None, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
     """A started, healthy server and its API URL; another free port when one was taken before uvicorn bound it."""
     for attempt in range(attempts):
         port = _free_port()
-        process, api_url = start_server(port), f"http://127.0.0.1:{port}/api"
+        process, api_url = start_server(port, database), f"http://127.0.0.1:{port}/api"
         try:
             _wait_healthy(process, api_url)
             return process, api_url
@@ -127,17 +138,17 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(database: Path | None = None) -> Iterator[str]:
     """The API URL for this run: PREFECT_API_URL when set, else that of a temporary server for the whole run
-    (stopped on exit, and killed by the kernel with this process). Enter it from the main thread: the kernel's
-    parent-death signal follows the thread that started the server."""
+    (stopped on exit, and killed by the kernel with this process), its records in the SQLite file `database`. Enter
+    it from the main thread: the kernel's parent-death signal follows the thread that started the server."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     existing = get_current_settings().api.url
     if existing:
         yield existing
         return
-    process, api_url = _start_healthy()
+    process, api_url = _start_healthy(database)
     try:
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = api_url  # for the processes the run starts

@@ -20,7 +20,7 @@ from is4.config import BuildConfig
 from is4.manifests.errors import FatalError
 from is4.pipeline.registry import stage as declared
 from is4.pipeline.shard import Shard
-from is4.pipeline.stage import PREFECT_STATE_DIR, Stage, cache_key
+from is4.pipeline.stage import PREFECT_STATE_DIR, Stage, cache_key, provenance_current
 
 # Errors that say the run itself cannot proceed: retrying would only repeat them.
 NOT_RETRIED = (
@@ -114,6 +114,12 @@ def stage_task(
     return publish(re.sub(r"[^a-z0-9]+", "-", label.lower()), label, summary)
 
 
+def _summary(state: Any) -> dict[str, Any]:
+    """A finished task's summary; a cache hit's (the first run's counts, not this run's) marked `cached: True`."""
+    summary = state.result()
+    return {**summary, "cached": True} if state.name == "Cached" else summary
+
+
 class StageRunner:
     """Runs stage tasks with this build's result storage, refreshing any whose outputs are not intact."""
 
@@ -121,18 +127,17 @@ class StageRunner:
         self.work, self.cfg = work, cfg
         self.storage = work / PREFECT_STATE_DIR
 
-    def _task(self, stage: Stage):
-        # A cache hit must never stand in for outputs that were deleted.
-        return stage_task.with_options(
-            name=stage.name, result_storage=self.storage, refresh_cache=not stage.outputs_intact(self.work, self.cfg)
-        )
+    def _task(self, stage: Stage, provenance: dict[str, Any]):
+        # A cache hit must never stand in for outputs that were deleted, damaged, or rewritten by another config.
+        fresh = stage.outputs_intact(self.work, self.cfg) and provenance_current(self.work, stage, provenance)
+        return stage_task.with_options(name=stage.name, result_storage=self.storage, refresh_cache=not fresh)
 
     def __call__(self, stage: Stage, provenance: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """Run `stage` once; `provenance` replaces the declared one (ingest's csv is known only at run time).
 
         A cache hit returns the first run's summary marked `cached: True` (its counts are not this run's)."""
         provenance = provenance or stage.provenance(self.cfg, self.work)
-        state = self._task(stage)(
+        state = self._task(stage, provenance)(
             stage.name,
             str(self.work),
             self.cfg,
@@ -142,8 +147,7 @@ class StageRunner:
             options,
             return_state=True,
         )
-        summary = state.result()
-        return {**summary, "cached": True} if state.name == "Cached" else summary
+        return _summary(state)
 
     def shards(
         self, stage: Stage, n: int, provenance: dict[str, Any] | None = None, **options: Any
@@ -153,7 +157,7 @@ class StageRunner:
         results in order."""
         provenance = provenance or stage.provenance(self.cfg, self.work)
         shards = [Shard(i, n) for i in range(n)]
-        futures = self._task(stage).map(
+        futures = self._task(stage, provenance).map(
             unmapped(stage.name),
             unmapped(str(self.work)),
             unmapped(self.cfg),
@@ -163,4 +167,5 @@ class StageRunner:
             [stage.name if s.whole else f"{stage.name} {s}" for s in shards],
             [{"shard": s, "merge": False, **options} for s in shards],
         )
-        return [future.result() for future in futures]
+        futures.wait()
+        return [_summary(future.state) for future in futures]

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-BUILD_LOG = "logs/build.log"  # under the work directory: third-party warnings of a build
 # Libraries whose warnings (missing optional packages, deprecations) a build's user cannot act on.
 _QUIET = ("py.warnings", "transformers", "diffusers", "accelerate", "torchvision", "absl", "huggingface_hub")
 
@@ -51,7 +50,9 @@ def build(config: str | Path, workdir: str | Path | None = None, overrides: Sequ
 
     `overrides` are `key.path=value` settings over the config file (`--set`). The work directory (default: the
     config's `workdir`) is checked and locked for the run; the Prefect API is PREFECT_API_URL's, else a temporary
-    local one. Third-party warnings go to `WORK/logs/build.log`, not the terminal.
+    local one, its records in `WORK/state/prefect/server.db`. The whole log (tracebacks and third-party warnings
+    included) goes to `WORK/state/logs/build-<time>-<pid>.log`, returned as `log`; an error ends in one
+    `BuildFailed` line naming it.
     """
     from is4.config import load_config
     from is4.flows.cluster import require_api
@@ -62,9 +63,12 @@ def build(config: str | Path, workdir: str | Path | None = None, overrides: Sequ
     cfg = load_config(config, overrides)  # fail fast, before Prefect starts its local API
     require_api(cfg)  # a Dask cluster elsewhere cannot reach a temporary server on this machine's loopback
     work = preflight(cfg, Path(workdir or cfg.workdir).expanduser().resolve(), None)
-    with workdir_lock(work, "is4 build"), third_party_to_log(work / BUILD_LOG):
-        from is4.flows.build import build_is4
-        from is4.flows.server import prefect_api
+    from is4.flows.build import build_is4
+    from is4.flows.logs import build_log
+    from is4.flows.server import prefect_api
+    from is4.flows.tasks import PREFECT_STATE_DIR
 
-        with prefect_api():
-            return build_is4(config_path=str(config.resolve()), workdir=str(work), overrides=list(overrides) or None)
+    with workdir_lock(work, "is4 build"), build_log(work) as log, third_party_to_log(log):
+        with prefect_api(work / PREFECT_STATE_DIR / "server.db"):
+            results = build_is4(config_path=str(config.resolve()), workdir=str(work), overrides=list(overrides) or None)
+    return {**results, "log": str(log)}

@@ -1,7 +1,8 @@
 """The one typed build configuration, loaded from YAML.
 
 Unknown keys and bad values are rejected with the dotted path of the offending key. Relative paths in a config are
-resolved against the current working directory of the process that runs the build.
+resolved against the current working directory of the process that runs the build, except that `is4 train` re-roots
+a path inside the config's `workdir` under the run's work directory (`in_workdir`), so `--workdir` moves it too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class SubsetConfig(StrictModel):
     labels: Literal["all", "vggss"] | list[str] = Field(
         "all", description="'all', 'vggss' (the 221 VGG-SS classes) or an explicit list of VGGSound labels"
     )
-    per_class_cap: int | None = Field(None, gt=0)
+    per_class_cap: int | None = Field(None, gt=0, le=1_000_000)
     id_list: ConfigPath | None = Field(None, description="file of clip ids (or YouTube ids), one per line")
 
     @field_validator("labels")
@@ -76,8 +77,8 @@ class DownloadConfig(StrictModel):
     format: str = "b[height<=?480][filesize<?300M]/bv*[height<=?480][filesize<?300M]+ba/w"
     workers: int = Field(4, ge=1, le=64)
     retries: int = Field(2, ge=0, le=10, description="extra attempts for transient errors")
-    retry_backoff_s: float = Field(2.0, ge=0)
-    socket_timeout_s: float = Field(20.0, gt=0)
+    retry_backoff_s: float = Field(2.0, ge=0, le=3600)
+    socket_timeout_s: float = Field(20.0, gt=0, le=3600)
     force_keyframes_at_cuts: bool = True
     # Pacing: one token bucket and one throttling pause for every worker of every process on this work directory.
     max_videos_per_hour: float | None = Field(
@@ -147,9 +148,11 @@ class DownloadConfig(StrictModel):
 
 class ExtractConfig(StrictModel):
     clip_seconds: float = Field(10.0, gt=0, le=60)
-    frame_size: int | None = Field(224, gt=0, description="shorter side of the centre frame; null keeps the source")
+    frame_size: int | None = Field(
+        224, gt=0, le=4096, description="shorter side of the centre frame; null keeps the source"
+    )
     jpeg_quality: int = Field(2, ge=1, le=31, description="ffmpeg -q:v, 1 is best")
-    sample_rate: int = Field(16000, gt=0)
+    sample_rate: int = Field(16000, ge=8000, le=192_000)
     silence_dbfs: float = Field(-60.0, le=0)
 
 
@@ -159,7 +162,7 @@ class DemoMediaConfig(StrictModel):
     enabled: bool = False
     labels: list[str] = ["playing cello", "dog barking", "playing acoustic guitar", "cat meowing"]
     clips_per_label: int = Field(2, ge=1, le=50)
-    source_seconds: float = Field(30.0, ge=10)
+    source_seconds: float = Field(30.0, ge=10, le=600)
     include_faults: bool = Field(True, description="add one invalid row and one unavailable video")
 
     @field_validator("labels")
@@ -203,7 +206,9 @@ class PromptsConfig(StrictModel):
     """Category pairs × templates × styles, each prompt with a seed derived from its image id."""
 
     categories: list[str] | None = Field(None, description="category ids to pair; null = every depictable one")
-    max_pairs: int | None = Field(None, gt=0, description="seeded sample of N unordered pairs; null = all")
+    max_pairs: int | None = Field(
+        None, gt=0, le=1_000_000, description="seeded sample of N unordered pairs; null = all"
+    )
     templates: list[str] = list(PAPER_TEMPLATES)
     instrument_templates: list[str] = Field(
         ["{c1} is playing a {c2}"], description="templates used only where {c2} is a musical instrument"
@@ -230,9 +235,9 @@ class GenerateConfig(StrictModel):
 
     scheduler: str = "DPMSolverMultistepScheduler"
     steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0)
-    height: int = Field(512, ge=8, multiple_of=8)
-    width: int = Field(512, ge=8, multiple_of=8)
+    guidance_scale: float = Field(7.5, ge=0, le=100)
+    height: int = Field(512, ge=8, le=2048, multiple_of=8)
+    width: int = Field(512, ge=8, le=2048, multiple_of=8)
     batch_size: int = Field(4, ge=1, le=256)
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
     safety_checker: bool = Field(True, description="run the checkpoint's safety checker where it has one")
@@ -318,7 +323,7 @@ class AnnotateConfig(StrictModel):
         description="keep only the automatic mask's pixels inside its prompt box (SAM can leak past the box; the "
         "demo's random SAM always does); masks already made are kept as they are",
     )
-    embedding_cache: int = Field(8, ge=1, description="image embeddings kept in memory for refinement")
+    embedding_cache: int = Field(8, ge=1, le=1024, description="image embeddings kept in memory for refinement")
 
 
 class MatchConfig(StrictModel):
@@ -334,7 +339,9 @@ class ReleaseConfig(StrictModel):
     """The packaged, verifiable IS4 release."""
 
     version: str = Field("0.1.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
-    image_size: int = Field(224, ge=32, description="side of the released square frames (boxes are in this frame)")
+    image_size: int = Field(
+        224, ge=32, le=4096, description="side of the released square frames (boxes are in this frame)"
+    )
     title: str = "IS4: Interactive Semi-Synthetic Sound Source"
     date: datetime.date | None = Field(
         None, description="publication date (Croissant datePublished), set with the version so the bytes stay fixed"
@@ -420,9 +427,11 @@ class NeighboursConfig(StrictModel):
     image_encoder: ModelRef | None = Field(None, description="a CLIP model (its image features)")
     audio_encoder: ModelRef | None = Field(None, description="an AST model (its pooled output)")
     splits: list[str] = ["train"]
-    k: int = Field(1000, ge=1, description="neighbours kept per clip and modality (the paper's k)")
-    batch_size: int = Field(32, ge=1, description="clips per encoder forward pass")
-    chunk: int = Field(1024, ge=1, description="rows of the cosine matrix computed at once (1024 x 144k: 0.6 GB)")
+    k: int = Field(1000, ge=1, le=100_000, description="neighbours kept per clip and modality (the paper's k)")
+    batch_size: int = Field(32, ge=1, le=4096, description="clips per encoder forward pass")
+    chunk: int = Field(
+        1024, ge=1, le=65_536, description="rows of the cosine matrix computed at once (1024 x 144k: 0.6 GB)"
+    )
 
 
 # --- training (`is4 train`, `is4.trainers`; not a build stage) ---
@@ -453,12 +462,14 @@ class AlignmentAugmentConfig(StrictModel):
 class AlignmentConfig(StrictModel):
     """The alignment method of the IS4 paper (TPAMI'25 / ICCV'23): two ResNet-18s, s_L + s_A over 9 view pairs."""
 
-    image_size: int = Field(224, description="frames are resized to this (bicubic) before the views")
-    width: int = Field(64, description="ResNet-18 base width (64 = the released model; tests use 8-16)")
+    image_size: int = Field(224, ge=8, le=2048, description="frames are resized to this (bicubic) before the views")
+    width: int = Field(64, ge=1, le=1024, description="ResNet-18 base width (64 = the released model; tests use 8-16)")
     blocks: list[int] = Field([2, 2, 2, 2], description="basic blocks per stage (2,2,2,2 = ResNet-18)")
     strides: list[int] = Field([1, 2, 2, 1], description="stage strides (layer4 stride 1 = the released model)")
     norm: Literal["batch", "group"] = Field("batch", description="group: batch-independent (exact DDP parity)")
-    proj_dim: int = Field(512, description="p_v, p_a = Linear(C,C)-ReLU-Linear(C,proj_dim): shape not published")
+    proj_dim: int = Field(
+        512, ge=1, le=65_536, description="p_v, p_a = Linear(C,C)-ReLU-Linear(C,proj_dim): shape not published"
+    )
     tau: float = 0.07
     sl_pool: Literal["mean", "max"] = Field("mean", description="mean = Eq. 3 as written; max = EZ-VSL's MIL")
     sl_weight: float = 1.0
@@ -478,9 +489,9 @@ class TrainEvalConfig(StrictModel):
     release: ConfigPath | None = Field(None, description="a release directory or ground-truth file; none: no eval")
     gt: Literal["box", "mask"] = "box"
     protocol: Literal["reference", "exact-k"] = "reference"
-    every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    every: int = Field(1, ge=1, le=10_000, description="evaluate every N epochs (and after the last)")
     metric: str = Field("iiou_adaptive", description="the score that picks best.pt (higher is better)")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=4096)
 
 
 class ACLConfig(StrictModel):
@@ -499,8 +510,10 @@ class ACLConfig(StrictModel):
     fga_dropout: float = Field(0.5, description="dropout of the attentive pooling's unary potential (the code's 0.5)")
     frozen_train_mode: bool = Field(False, description="true: frozen parts' dropout on in training (the code's)")
     prompt: str = Field("A photo of {}", description="{} is where the audio token (or the caption phrase) goes")
-    image_size: int = Field(352, description="training crop and test resize")
-    resize: int = Field(387, description="training frames are resized to resize x resize before the crop")
+    image_size: int = Field(352, ge=8, le=2048, description="training crop and test resize")
+    resize: int = Field(
+        387, ge=8, le=2048, description="training frames are resized to resize x resize before the crop"
+    )
     mask_init_w: float = Field(10.0, description="image masker w (tuned to real CLIPSeg logits)")
     mask_init_b: float = Field(14.0, description="image masker b")
     gumbel_tau: float = 1.0
@@ -517,7 +530,9 @@ class ACLConfig(StrictModel):
     weight_area_reg: float = 1.0
     caption_loss: bool = Field(False, description="add L_ACL_C (seed 003 3.6; not in the public code)")
     weight_caption: float = 1.0
-    heatmap_size: int = Field(224, description="maps are bicubic-resized to this before the sigmoid (the code's)")
+    heatmap_size: int = Field(
+        224, ge=8, le=2048, description="maps are bicubic-resized to this before the sigmoid (the code's)"
+    )
 
 
 # `train.jsa.preset: jsa_official`: the official code's value of every setting where it differs from the paper
@@ -595,15 +610,19 @@ class TrainConfig(StrictModel):
     splits: list[str] = ["train"]
     id_list: ConfigPath | None = Field(None, description="clip ids to keep (one per line or first csv column)")
     neighbours: bool = Field(False, description="read the neighbours manifest for the conc positives")
-    epochs: int = Field(50, ge=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut each epoch short (tiny configs)")
-    batch_size: int = Field(128, ge=1, description="global batch (all ranks): not published, chosen")
+    epochs: int = Field(50, ge=1, le=100_000)
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, le=10_000_000, description="cut each epoch short (tiny configs)"
+    )
+    batch_size: int = Field(128, ge=1, le=65_536, description="global batch (all ranks): not published, chosen")
     optimizer: Literal["adam", "adamw"] | None = Field(
         None, description="none: the method's (adamw for jsa, adam otherwise); adam's weight decay is L2"
     )
-    lr: float | None = Field(None, description="none: the method's (jsa 5e-5, otherwise 1e-4)")
-    weight_decay: float | None = Field(None, description="none: the method's (jsa 1e-2, otherwise 0: not published)")
-    num_workers: int = Field(2, ge=0, description="loader workers per rank")
+    lr: float | None = Field(None, gt=0, description="none: the method's (jsa 5e-5, otherwise 1e-4)")
+    weight_decay: float | None = Field(
+        None, ge=0, description="none: the method's (jsa 1e-2, otherwise 0: not published)"
+    )
+    num_workers: int = Field(2, ge=0, le=256, description="loader workers per rank")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads per rank on the CPU (default: cores / ranks)"
@@ -711,6 +730,18 @@ def read_yaml(path: str | Path, what: str, error: type[Exception]) -> object:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def in_workdir(cfg: BuildConfig, path: Path, work: Path) -> Path:
+    """`path` as the run means it: a relative path inside the config's `workdir` as written (the demo's
+    `train.eval.release: work/demo/releases/is4-0.1.0`) is re-rooted under `work`, the run's actual work directory
+    (`--workdir`); any other path stays as it is (relative to the current directory)."""
+    if path.is_absolute() or Path(cfg.workdir).is_absolute():
+        return path
+    try:
+        return Path(work) / path.relative_to(cfg.workdir)
+    except ValueError:
+        return path
 
 
 def apply_overrides(data: object, overrides: Sequence[str]) -> object:

@@ -44,8 +44,10 @@ class HashCache:
     so its hash is recomputed. `save` writes the cache atomically; concurrent savers only cost a later re-hash.
     """
 
-    def __init__(self, workdir: str | os.PathLike[str], scope: str) -> None:
+    def __init__(self, workdir: str | os.PathLike[str], scope: str, *, deep: bool = False) -> None:
+        """`deep`: hash every file from its bytes, whatever is remembered (what ships is never taken on stat)."""
         self.workdir = Path(workdir)
+        self.deep = deep
         self.path = self.workdir / HASH_CACHE_DIR / f"{scope}.json"
         try:
             loaded = json.loads(self.path.read_text(encoding="utf-8"))
@@ -62,7 +64,7 @@ class HashCache:
             return None
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         entry = self._entries.get(rel)
-        if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key:
+        if not self.deep and isinstance(entry, list) and len(entry) == 4 and entry[:3] == key:
             return entry[3]
         try:
             digest = sha256_file(self.workdir / rel)

@@ -53,3 +53,26 @@ class Journal:
         with open(self.path, "rb") as fh:
             fh.seek(-1, os.SEEK_END)
             return fh.read(1) == b"\n"
+
+
+def cut_torn_tail(path: str | Path) -> bool:
+    """Remove a torn last line (a killed writer's partial record, no valid JSON after the last newline) from the
+    journal at `path`; True when there was one. Its item is then simply not done, and the stage redoes it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    start = data.rfind(b"\n") + 1
+    tail = data[start:]
+    if not tail.strip():
+        return False
+    try:
+        json.loads(tail)
+        return False  # a whole record whose newline was lost: `append` starts the next one on a fresh line
+    except ValueError:
+        pass
+    with open(path, "r+b") as fh:
+        fh.truncate(start)
+        os.fsync(fh.fileno())
+    return True

@@ -43,6 +43,7 @@ INGEST = Stage(
     },
     files=lambda cfg: {"csv": cfg.ingest.csv},
     unlisted_paths=("source_path",),  # downloaded sections may be deleted to save disk
+    journals=("state/ingest.jsonl", "state/ingest/*.jsonl"),
 )
 EXPORT = Stage(
     "export",
@@ -78,6 +79,7 @@ GENERATE = Stage(
     models=("image_generator",),
     reads=("prompts",),
     writes=("images",),
+    journals=("state/generate/*.jsonl",),
 )
 PRESCREEN = Stage(
     "prescreen",
@@ -131,6 +133,7 @@ CAPTION = Stage(
     reads=("clips", "instances"),
     writes=("captions",),
     may_read=("images",),  # for an instances manifest without the optional image_path column
+    journals=("state/captions/*/*.jsonl", "state/captions/*.jsonl"),
 )
 NEIGHBOURS = Stage(
     "neighbours",

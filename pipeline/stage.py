@@ -22,7 +22,8 @@ import is4
 from is4.config import BuildConfig
 from is4.manifests.atomic import atomic_write_json
 from is4.manifests.checksum import HashCache, json_sha256, sha256_file, sha256_if_exists
-from is4.manifests.io import ManifestError, manifest_path, read_manifest
+from is4.manifests.io import ManifestError, manifest_path, read_manifest, read_provenance
+from is4.manifests.journal import cut_torn_tail
 from is4.manifests.schema import TABLES
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
@@ -31,6 +32,8 @@ PREFECT_STATE_DIR = "state/prefect"  # the flow's task results, one file per cac
 OUTPUTS_DIR = "state/outputs"  # per stage: the sha256 of each file its manifests list, as it finished
 # Path columns whose file's sha256 the manifest records itself (table → path column → checksum column).
 CHECKSUM_COLUMNS: dict[str, dict[str, str]] = {"images": {"image_path": "sha256"}}
+# Manifests whose provenance is the decision log they project, not a stage's (the ledger checks them itself).
+LOG_PROJECTIONS = ("verification",)
 logger = logging.getLogger(__name__)
 
 
@@ -88,6 +91,7 @@ class Stage:
     # "module:function", `(work, cfg) -> bool`: replaces the manifest check (release, verify)
     intact: str | None = None
     unlisted_paths: tuple[str, ...] = ()  # path columns whose files may be deleted (ingest's source videos)
+    journals: tuple[str, ...] = ()  # globs (under WORK) of its resume journals: a torn last line = an item not done
     # The manifests whose checksums enter the key; the registry derives it from `reads` (`registry.keyed_inputs`).
     keyed_inputs: tuple[str, ...] | None = None
 
@@ -156,11 +160,16 @@ class Stage:
     def outputs_intact(self, work: Path, cfg: BuildConfig) -> bool:
         """True when what the stage produced is all there and unchanged, so a cache hit may stand in for running it.
 
-        A listed file whose content is not what was recorded is removed (see `manifest_intact`), so the stage's own
-        resume logic makes it again.
+        A listed file whose content is not what was recorded is removed (see `manifest_intact`), and a torn last line
+        of a journal cut off, so the stage's own resume logic makes them again.
         """
+        torn = [p for pattern in self.journals for p in sorted(work.glob(pattern)) if cut_torn_tail(p)]
+        for path in torn:
+            logger.warning("%s: its last line was torn (a killed run): cut off, the item is redone", path)
         if self.intact is not None:
-            return _load(self.intact)(work, cfg)
+            return _load(self.intact)(work, cfg) and not torn
+        if torn:
+            return False
         record = _read_record(work, self.name)
         return all(
             [manifest_intact(work, table, skip=self.unlisted_paths, record=record.get(table)) for table in self.writes]
@@ -175,6 +184,35 @@ def _load(ref: str) -> Any:
 def cache_key(provenance: Mapping[str, Any], work: Path, **extra: Any) -> str:
     """The cache key of a stage run: its provenance, the work directory it belongs to, and e.g. the shard."""
     return f"{provenance['stage']}-{json_sha256({**provenance, 'workdir': str(work), **extra})[:32]}"
+
+
+def provenance_sha256(provenance: Mapping[str, Any]) -> str:
+    """The hash a stage that writes no manifest records of its provenance (`state/outputs/<stage>.json`)."""
+    return json_sha256(provenance)
+
+
+def provenance_current(work: Path, stage: Stage, provenance: Mapping[str, Any]) -> bool:
+    """True when the stage's outputs say they were made with `provenance`, the one this run would write.
+
+    Each manifest the stage writes must carry it in its own metadata (facts a run adds under keys of their own
+    aside); a stage that writes none (release, export) must have recorded its hash (`provenance_sha256`). A cache
+    record of an earlier run with this provenance never stands in for outputs that another config rewrote since.
+    """
+    if not stage.writes:
+        return _read_record(work, stage.name).get("provenance_sha256") == provenance_sha256(provenance)
+    wanted = json.loads(json.dumps(provenance, sort_keys=True, default=str))  # as `write_manifest` stores it
+    for table in stage.writes:
+        if table in LOG_PROJECTIONS:
+            continue
+        try:
+            stored = read_provenance(work, table)
+        except (OSError, ValueError) as exc:  # a missing or unreadable file
+            logger.info("%s: no readable provenance (%s): %s runs", manifest_path(work, table), exc, stage.name)
+            return False
+        if any(stored.get(key) != value for key, value in wanted.items()):
+            logger.info("%s was written by another config or input: %s runs", manifest_path(work, table), stage.name)
+            return False
+    return True
 
 
 def _listed_files(frame: Any, table: str, skip: tuple[str, ...]) -> dict[str, str | None]:
@@ -231,23 +269,38 @@ def manifest_intact(
 
     A file whose content differs is removed (and logged), so the stage redoes it instead of building on it.
     """
+    return damaged_files(work, table, skip, record) == []
+
+
+def damaged_files(
+    work: Path,
+    table: str,
+    skip: tuple[str, ...] = (),
+    record: Mapping[str, Any] | None = None,
+    *,
+    deep: bool = False,
+) -> list[str] | None:
+    """The files a manifest lists (but in `skip` columns) that are missing or whose content is not the checksum
+    recorded when they were made (see `manifest_intact`; those are removed); None when the manifest itself is
+    missing or invalid. `deep` hashes every file from its bytes (no size + mtime + inode shortcut)."""
     try:
         frame = read_manifest(work, table)
     except ManifestError:
-        return False
+        return None
     files = _listed_files(frame, table, skip)
     if record and record.get("manifest_sha256") == sha256_if_exists(manifest_path(work, table)):
         recorded = record.get("files") or {}
         files = {rel: expected or recorded.get(rel) for rel, expected in files.items()}
-    cache = HashCache(work, table)
-    intact = True
+    cache = HashCache(work, table, deep=deep)
+    damaged: list[str] = []
     for rel, expected in files.items():
         if expected is None:  # nothing recorded (a work directory older than the records): presence only
-            intact = intact and (work / rel).is_file()
+            if not (work / rel).is_file():
+                damaged.append(rel)
             continue
         actual = cache.sha256(rel)
         if actual is None:
-            intact = False
+            damaged.append(rel)
         elif actual != expected:
             logger.warning(
                 "%s: its content is not what %s recorded (sha256 %s, expected %s): removed, to be redone",
@@ -257,9 +310,14 @@ def manifest_intact(
                 expected[:12],
             )
             (work / rel).unlink(missing_ok=True)
-            intact = False
+            damaged.append(rel)
     cache.save()
-    return intact
+    return damaged
+
+
+def stage_record(work: Path, name: str) -> dict[str, Any]:
+    """What `record_outputs` remembered of stage `name` (`state/outputs/<name>.json`); empty when nothing."""
+    return _read_record(work, name)
 
 
 def _model_key(ref: Any) -> dict[str, Any] | None:

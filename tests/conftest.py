@@ -12,7 +12,7 @@ import pytest
 
 from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
 from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
-from tests.support import DemoBuild, TinyModels, build_demo, copy_work, prefect_env
+from tests.support import DemoBuild, TinyModels, build_demo, copy_work, prefect_env, tree
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,7 +98,8 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
     """
     root = tmp_path_factory.mktemp("demo")
     work, home = root / "work", root / "prefect-home"
-    return DemoBuild(work, home, build_demo(work, prefect_env(home)))
+    result = build_demo(work, prefect_env(home))
+    return DemoBuild(work, home, result, tree(work) if result.returncode == 0 else {})
 
 
 @pytest.fixture()

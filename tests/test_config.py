@@ -101,6 +101,24 @@ def test_out_of_range_workers_are_rejected(workers: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"generate": {"height": 1_000_000}}, "generate.height"),  # the probe's 4-TB allocation, retried twice
+        ({"generate": {"width": 4096}}, "generate.width"),
+        ({"ingest": {"extract": {"frame_size": 100_000}}}, "ingest.extract.frame_size"),
+        ({"ingest": {"extract": {"sample_rate": 10**9}}}, "ingest.extract.sample_rate"),
+        ({"release": {"image_size": 100_000}}, "release.image_size"),
+        ({"neighbours": {"batch_size": 10**7}}, "neighbours.batch_size"),
+        ({"train": {"epochs": 10**9}}, "train.epochs"),
+        ({"train": {"alignment": {"image_size": 100_000}}}, "train.alignment.image_size"),
+    ],
+)
+def test_sizes_counts_and_steps_have_bounds(section: dict, key: str) -> None:
+    """A size no real run needs is refused when the config loads, not by a failed allocation mid-build."""
+    assert key in config_error(section)
+
+
+@pytest.mark.parametrize(
     "template",
     [
         "https://example.com/watch",  # no placeholder

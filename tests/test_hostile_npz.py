@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import struct
 import subprocess
@@ -49,7 +50,8 @@ def _eval(tmp_path: Path, predictions: Path) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=120,
         preexec_fn=_capped,
-        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH passed on: a checkout's code under test, not only the installed one.
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}},
     )
 
 
@@ -111,8 +113,16 @@ def test_header_claiming_186_gib(tmp_path: Path, compression: int) -> None:
 
 def test_header_that_does_not_match_the_member(tmp_path: Path) -> None:
     """A plausible shape whose data is not there: refused from the header, not after reading 1 GiB."""
-    path = _archive(tmp_path / "short.npz", _claiming((16384, 16384)), zipfile.ZIP_DEFLATED)
+    path = _archive(tmp_path / "short.npz", _claiming((4096, 4096)), zipfile.ZIP_DEFLATED)
     _one_line(_eval(tmp_path, path), HOSTILE, "data bytes")
+
+
+def test_an_honest_map_far_larger_than_any_frame_is_refused(tmp_path: Path) -> None:
+    """A real 8192² map compresses to a few hundred KB and decompresses to 256 MiB (issue 21 item 9: a 7.9 MB
+    archive made `is4 eval` peak at 4 GB): refused from its header, before it is decompressed."""
+    path = _archive(tmp_path / "big.npz", _npy(np.zeros((8192, 8192), np.float32)), zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    _one_line(_eval(tmp_path, path), HOSTILE, "(8192, 8192)", str(1 << 24))
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "compressed"])

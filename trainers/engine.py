@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Sampler
 from is4.config import TrainConfig
 from is4.manifests.atomic import atomic_path, atomic_write_bytes
 from is4.manifests.checksum import json_sha256
+from is4.manifests.errors import Is4Error
 from is4.manifests.ids import derive_seed
 from is4.trainers import dist
 from is4.trainers.method import TrainError, TrainMethod, get_method
@@ -155,6 +156,7 @@ def train(
 ) -> dict:
     """Train `cfg.method` on WORK's manifests; returns the run summary (run dir, epochs, last and best scores)."""
     workdir = Path(workdir)
+    check_eval_release(cfg)  # before any model is built or step taken, not after the first epoch
     method = get_method(cfg, seed, method_name)
     cfg = method.cfg  # the optimiser settings the config left unset are the method's
     world = dist.setup(cfg.device, cfg.cpu_threads)
@@ -162,6 +164,18 @@ def train(
         return _train(method, cfg, workdir, seed, world, run_dir, resume, progress)
     finally:
         dist.teardown()
+
+
+def check_eval_release(cfg: TrainConfig) -> None:
+    """Read `train.eval.release`'s ground truth once up front: a missing or unreadable one fails in one line now."""
+    if cfg.eval.release is None:
+        return
+    from is4.pipeline.evaluation.formats import load_ground_truth
+
+    try:
+        load_ground_truth(cfg.eval.release, cfg.eval.gt, protocol=cfg.eval.protocol)
+    except Is4Error as exc:
+        raise TrainError(f"train.eval.release: {exc}") from None
 
 
 def _train(

@@ -18,7 +18,6 @@ def build(
 ) -> None:
     """Run the whole `build-is4` flow in-process (the Prefect API in PREFECT_API_URL, else a temporary local one
     for the run; nothing to start by hand)."""
-    from is4.api import BUILD_LOG
     from is4.api import build as run_build
     from is4.config import load_config
     from is4.pipeline.summary import build_summary
@@ -32,7 +31,7 @@ def build(
     console.print(f"{len(ran)} stages done (unchanged ones reused from the cache)", highlight=False)
     for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
-    console.print(f"third-party warnings: {work / BUILD_LOG}; per-stage counts: {work / 'reports'}", highlight=False)
+    console.print(f"log (warnings, tracebacks): {results['log']}; per-stage counts: {work / 'reports'}", highlight=False)
 
 
 @cli_errors

@@ -119,8 +119,14 @@ def demo_media(
 
 
 @cli_errors
-def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> None:
-    """Validate every manifest in a work directory and print its row counts."""
+def manifests(
+    workdir: Annotated[Path, typer.Option(help="work directory")],
+    deep: Annotated[
+        bool, typer.Option(help="also hash every listed file from its bytes against its recorded checksum")
+    ] = False,
+) -> None:
+    """Validate every manifest in a work directory and print its row counts (`--deep`: and check every file they
+    list, removing damaged ones so the next build makes them again)."""
     from is4.manifests.io import MANIFEST_DIR, read_manifest
     from is4.manifests.schema import TABLES
 
@@ -138,6 +144,15 @@ def manifests(workdir: Annotated[Path, typer.Option(help="work directory")]) -> 
             failed = True
             table.add_row(name, "-", f"[red]{exc}[/]")
     console.print(table)
+    if deep:
+        from is4.pipeline.integrity import deep_check
+
+        for name, files in deep_check(workdir).items():
+            failed = True
+            for rel in files:
+                console.print(f"[red]{name}: {rel}: missing or not what its stage made[/] (removed, if damaged)")
+        if not failed:
+            console.print("every listed file is what its stage made")
     if failed:
         raise typer.Exit(code=2)
 

@@ -42,9 +42,14 @@ def train(
 ) -> None:
     """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
     -m is4.cli train ...`); checkpoints, metrics and per-epoch scores go to the run directory."""
+    from is4.config import in_workdir
     from is4.trainers.engine import train as run_training
 
     cfg, work = config_and_workdir(config, workdir, overrides)
+    release = cfg.train.eval.release
+    if release is not None:  # `work/demo/releases/x` in the config means WORK/releases/x under --workdir WORK
+        moved = cfg.train.eval.model_copy(update={"release": in_workdir(cfg, release, work)})
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval": moved})})
     rank0 = os.environ.get("RANK", "0") == "0"
     summary = run_training(
         cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume, progress=rank0

@@ -25,7 +25,9 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 HEADER_PEEK = 4096  # bytes read to parse a member's .npy header (np.save pads headers to a multiple of 64)
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
-MAX_MAP_VALUES = 1 << 28  # the largest map scored: 16384 × 16384 values (a 1 GiB float32)
+# The largest map scored: 4096 × 4096 values (64 MiB as float32), 18× the side of any benchmark frame. At 16384²
+# a 7.9 MB archive of compressed maps decompressed to GiBs each and `is4 eval` peaked at 4 GB.
+MAX_MAP_VALUES = 1 << 24
 
 
 class MapProblem(ValueError):

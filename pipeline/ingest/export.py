@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 
 from is4.config import BuildConfig
-from is4.manifests.atomic import replace_directory
+from is4.manifests.atomic import atomic_write_json, replace_directory
 from is4.manifests.checksum import HashCache, sha256_file
 from is4.manifests.io import ManifestError, read_manifest
-from is4.pipeline.stage import ProgressFn
+from is4.pipeline.stage import OUTPUTS_DIR, ProgressFn, provenance_sha256
 
 DEFAULT_EXPORT_DIR = "exports/vggsound"
 
@@ -90,4 +90,6 @@ def export_stage(
 ) -> dict[str, Any]:
     """The training layout of the ingested clips (`WORK/exports/vggsound`); it writes no manifest."""
     out, n = export_training_layout(work)
+    # It writes no manifest: its record says which provenance made it (`stage.provenance_current`).
+    atomic_write_json(work / OUTPUTS_DIR / "export.json", {"provenance_sha256": provenance_sha256(provenance)})
     return {"clips": n, "directory": str(out)}

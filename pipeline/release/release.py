@@ -17,7 +17,7 @@ from is4.manifests.checksum import HashCache
 from is4.pipeline.release import ReleaseError, build_release, verify_release
 from is4.pipeline.release.archive import SUMS_NAME, release_files
 from is4.pipeline.release.layout import release_paths
-from is4.pipeline.stage import OUTPUTS_DIR, ProgressFn
+from is4.pipeline.stage import OUTPUTS_DIR, ProgressFn, provenance_sha256
 
 RECORD = f"{OUTPUTS_DIR}/release.json"
 
@@ -35,7 +35,21 @@ def _sums(target: Path) -> dict[str, str]:
 def release_stage(
     work: Path, cfg: BuildConfig, provenance: dict[str, Any], *, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
-    """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it."""
+    """Package the release (official layout, manifests, card, Croissant, checksums, archive) and verify it.
+
+    First every file it would ship is hashed from its bytes and compared with the checksum recorded when it was
+    made: a damaged one is removed (the next build makes it again) and the release refuses to ship."""
+    from is4.pipeline.integrity import deep_check
+    from is4.pipeline.registry import stage
+
+    damaged = deep_check(work, stage("release").reads)
+    if damaged:
+        files = [rel for rels in damaged.values() for rel in rels]
+        raise ReleaseError(
+            f"{len(files)} file(s) the release would ship are missing or not what their stage made "
+            f"({', '.join(files[:3])}{', …' if len(files) > 3 else ''}): damaged ones removed; run `is4 build` "
+            "again to make them anew"
+        )
     path = build_release(work, cfg.release, cfg.model_dump(mode="json"))
     _, archive = release_paths(work, cfg.release.version)
     report = verify_release(archive)
@@ -46,7 +60,12 @@ def release_stage(
     for rel, digest in files.items():
         cache.remember(_rel(work, path / rel), digest)
     files[SUMS_NAME] = cache.sha256(_rel(work, path / SUMS_NAME))
-    atomic_write_json(work / RECORD, {"archive_sha256": cache.sha256(_rel(work, archive)), "files": files})
+    record = {
+        "archive_sha256": cache.sha256(_rel(work, archive)),
+        "files": files,
+        "provenance_sha256": provenance_sha256(provenance),  # what `provenance_current` compares before a cache hit
+    }
+    atomic_write_json(work / RECORD, record)
     cache.save()
     return {"release": str(path), "archive": str(archive), "verified": True}
 

@@ -70,6 +70,26 @@ def test_temporary_server_serves_the_run_and_stops_with_it() -> None:
     assert not _alive(server)
 
 
+def test_a_builds_records_stay_in_its_work_directory(tmp_path: Path) -> None:
+    """The temporary server keeps its records in the database it is given (`is4 build`: under WORK), not in the
+    user's shared `~/.prefect/prefect.db` (issue 21 item 9)."""
+    import sqlite3
+
+    from prefect import flow
+
+    @flow(name="records-here")
+    def records_here() -> int:
+        return 1
+
+    database = tmp_path / "work" / "state" / "prefect" / "server.db"
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with prefect_api(database):
+            assert records_here() == 1
+    with sqlite3.connect(database) as db:
+        names = [row[0] for row in db.execute("SELECT flow.name FROM flow_run JOIN flow ON flow.id = flow_run.flow_id")]
+    assert names == ["records-here"]
+
+
 def test_kill_9_of_build_takes_its_server_along(tmp_path: Path) -> None:
     config = tmp_path / "categories.yaml"
     config.write_text(

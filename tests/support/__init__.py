@@ -6,6 +6,7 @@ Test modules import from here (and from conftest's fixtures), never from each ot
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from is4.trainers.beats import build_tiny_beats
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
+SHIPPED = ("manifests", "media", "releases", "exports", "reports")  # what a build makes for users
 IS4 = str(Path(sys.executable).parent / "is4")
 # A real demo build takes about 45 s on 2 idle cores; a module that runs some sets this as its `pytest.mark.timeout`.
 BUILD_TIMEOUT_S = 1800
@@ -52,6 +54,16 @@ def build_demo(work: Path, env: Mapping[str, str] | None = None) -> subprocess.C
     return is4("build", "--config", str(DEMO), "--workdir", str(work), env=env, timeout=BUILD_TIMEOUT_S - 300)
 
 
+def tree(work: Path) -> dict[str, str]:
+    """sha256 of every file under the work directory's user-facing folders (`SHIPPED`)."""
+    out = {}
+    for top in SHIPPED:
+        for path in sorted((work / top).rglob("*")):
+            if path.is_file():
+                out[path.relative_to(work).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 @dataclass(frozen=True)
 class DemoBuild:
     """The session's `is4 build --config configs/demo.yaml`: its work directory, Prefect home and process result."""
@@ -59,6 +71,7 @@ class DemoBuild:
     work: Path
     prefect_home: Path
     result: subprocess.CompletedProcess[str]
+    tree: dict[str, str]  # sha256 of what it made for users, right after the build (`tree`)
 
 
 def copy_work(source: Path, target: Path) -> Path:
