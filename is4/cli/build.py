@@ -31,7 +31,9 @@ def build(
     console.print(f"{len(ran)} stages done (unchanged ones reused from the cache)", highlight=False)
     for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
-    console.print(f"log (warnings, tracebacks): {results['log']}; per-stage counts: {work / 'reports'}", highlight=False)
+    console.print(
+        f"log (warnings, tracebacks): {results['log']}; per-stage counts: {work / 'reports'}", highlight=False
+    )
 
 
 @cli_errors
