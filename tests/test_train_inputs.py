@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from is4.config import BuildConfig, in_workdir
-from tests.support.demo_builds import DEMO, ROOT
+from tests.support import DEMO, ROOT
 
 
 def test_paths_inside_the_configs_workdir_follow_the_run_workdir() -> None:

@@ -24,8 +24,8 @@ from is4.config import load_config
 from is4.manifests.io import read_provenance
 from is4.pipeline.registry import EXPORT, REGISTRY
 from is4.pipeline.stage import provenance_current
-from tests.support import DemoBuild, prefect_env
-from tests.support.demo_builds import DEMO, ROOT, build, build_cmd, tree, variant
+from tests.support import DEMO, ROOT, DemoBuild, prefect_env, tree
+from tests.support.demo_builds import build, build_cmd, variant
 
 pytestmark = pytest.mark.timeout(3600)  # several real demo builds on a loaded 2-core machine
 

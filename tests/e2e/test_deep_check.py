@@ -17,8 +17,8 @@ from is4.manifests.io import read_manifest
 from is4.pipeline.integrity import deep_check
 from is4.pipeline.registry import stage
 from is4.pipeline.stage import manifest_intact, stage_record
-from tests.support import DemoBuild, prefect_env
-from tests.support.demo_builds import DEMO, build, copy, tree, variant
+from tests.support import DEMO, DemoBuild, prefect_env, tree
+from tests.support.demo_builds import build, copy, variant
 
 pytestmark = pytest.mark.timeout(3600)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import DemoBuild
-from tests.support.demo_builds import ROOT, copy
+from tests.support import ROOT, DemoBuild
+from tests.support.demo_builds import copy
 
 IS4 = [sys.executable, "-m", "is4.cli"]
 

@@ -16,8 +16,8 @@ import pytest
 
 from is4.manifests.journal import Journal, cut_torn_tail
 from is4.pipeline.registry import REGISTRY
-from tests.support import DemoBuild, prefect_env
-from tests.support.demo_builds import DEMO, build, tree
+from tests.support import DEMO, DemoBuild, prefect_env, tree
+from tests.support.demo_builds import build
 
 pytestmark = pytest.mark.timeout(3600)
 JOURNALED = {s.name: s.journals for s in REGISTRY if s.journals}
