@@ -46,7 +46,7 @@ def overlay_sheet(release: str | Path, predictions: str | Path, scored: Scored, 
                     frame = np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR))
             else:
                 frame = np.full((s, s, 3), 127, np.uint8)
-            heat = np.asarray(prepare_map(source.read(iid), align_corners=protocol.align_corners), dtype=np.float64)
+            heat = np.asarray(prepare_map(source.read(iid), protocol), dtype=np.float64)
             region = full[i].reshape(s, s)
             iou, adaptive = scored.per_instance["iou"][i], scored.per_instance["iou_adaptive"][i]
             a_img, a_map, a_gt = axes[i]

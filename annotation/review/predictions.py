@@ -219,7 +219,7 @@ def load_predictions(
     with NpzMaps(predictions) as source:
         for iid in truth.instance_ids:
             i = index[iid]
-            scored_map = prepare_map(source.read(iid), align_corners=proto.align_corners)
+            scored_map = prepare_map(source.read(iid), proto)
             other = np.asarray(regions[others[i]].any(axis=0)) if others[i] else np.zeros_like(regions[i])
             heat[iid] = _heatmap(fo, scored_map)
             flags[iid] = confused(scored_map, regions[i], other)
