@@ -114,19 +114,25 @@ def resize_bicubic(maps: np.ndarray) -> np.ndarray:
 
 
 def confidence_and_prediction(scores: np.ndarray, prediction: str) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence (n,) float32, binary prediction (n, P) bool) of (n, P) float32 fixed-range scores."""
+    """(confidence (n,) float32, binary prediction (n, P) bool) of (n, P) float32 fixed-range scores.
+
+    One sort gives both the top quarter (its float32 mean sums in the order of SLAVC's
+    `np.sort(...)[-n//4:].mean()`) and the median of the relative cut: min-max normalising is non-decreasing, so
+    the normalised map's k-th smallest value is the normalised k-th smallest score."""
     n, n_px = scores.shape
-    quarter = (-n_px) // 4  # SLAVC's `[-n//4:]`
-    top = np.partition(scores, n_px + quarter, axis=1)[:, n_px + quarter :]
-    top.sort(axis=1)  # the top quarter in ascending order: float32 sums in the same order as np.sort(...)[-n//4:]
-    conf = top.mean(axis=1)
+    ordered = np.sort(scores, axis=1)
+    conf = ordered[:, n_px + (-n_px) // 4 :].mean(axis=1)  # SLAVC's `[-n//4:]`
     if prediction == "fixed":
         return conf, scores >= np.float32(0.5)
-    lo, hi = scores.min(axis=1, keepdims=True), scores.max(axis=1, keepdims=True)
-    same = hi == lo
-    pred = np.where(same, scores, (scores - lo) / np.where(same, np.float32(1), hi - lo))  # utils.normalize_img
-    (thr,) = metrics.rank_values(pred, [np.full(n, int(n_px * 0.5))])
-    return conf, pred >= thr[:, None]
+    lo, hi = ordered[:, :1], ordered[:, -1:]
+    span = np.where(hi == lo, np.float32(1), hi - lo)
+    median = ordered[:, int(n_px * 0.5), None]  # SLAVC's `[int(n * pred_size)]`
+    normalised = np.subtract(scores, lo)
+    normalised /= span  # utils.normalize_img
+    infer = normalised >= (median - lo) / span
+    constant = np.flatnonzero(hi[:, 0] == lo[:, 0])
+    infer[constant] = True  # normalize_img leaves a constant map as it is: every pixel reaches its median
+    return conf, infer
 
 
 def region_iou(infer: np.ndarray, full: np.ndarray, half: np.ndarray | None) -> np.ndarray:
@@ -176,6 +182,7 @@ def score_samples(
     *,
     confidence: str = "slavc",
     prediction: str = "relative",
+    workers: int | None = None,
 ) -> Samples:
     """Confidence and IoU of every positive of `truth` and every negative pair, from the predictions `.npz`."""
     if confidence not in RANGES:
@@ -193,7 +200,8 @@ def score_samples(
             raise EvaluationError(f"{predictions}: no map for {len(missing)} of {len(keys)} pairs: {few(missing)}")
         conf = np.zeros(len(keys), dtype=np.float32)
         iou = np.zeros(len(keys))
-        for start in range(0, len(keys), CHUNK):
+
+        def run(start: int) -> None:
             stop = min(start + CHUNK, len(keys))
             maps = _read_chunk(source, keys[start:stop], str(predictions))
             shapes = {m.shape for m in maps}
@@ -210,6 +218,8 @@ def score_samples(
                 full, half = truth.regions(start, pos_stop)
                 rows = pos_stop - start
                 iou[start:pos_stop] = region_iou(infer[:rows], full, None if half is None else half)
+
+        metrics.map_chunks(run, len(keys), CHUNK, workers)
     positive = np.arange(len(keys)) < n_pos
     return Samples(keys, positive, conf, iou)
 
