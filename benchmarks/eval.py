@@ -318,6 +318,7 @@ def extended_speed(n_pairs: int, seed: int, repeats: int) -> bool:
         t_loop, want = timed(functools.partial(_slavc_loop, entries, pairs, maps), repeats)
         log("extended protocol: extended.extended (from the .npz)")
         t_vec, got = timed(functools.partial(extended.extended, truth, root / "maps.npz"), repeats)
+    assert want is not None and got is not None
     same = all(got[k] == want[k] for k in want)
     print(f"extended protocol: {n_pos} positives + {len(pairs)} negatives, 7×7 maps, AP / max-F1 / LocAcc")
     print(f"{'per-sample SLAVC loop (np.sort ×2 per map)':<44}{t_loop:>9.2f}")
