@@ -199,3 +199,55 @@ def test_eval_command_extended_and_its_errors(tmp_path):
     (tmp_path / "vggss_test_plus_silent.csv").write_text("video,audio,label\n")
     result = CliRunner().invoke(app, [*args, "--predictions", str(tmp_path / "maps.npz")])
     assert result.exit_code == 2 and "non-sounding" in result.output
+
+
+def test_extended_flickr_consensus_equals_slavc(tmp_path):
+    """Flickr: `load_all_bboxes(format='flickr')` (the first child of a <bbox> skipped, `int(224 * v / 256)`) and
+    `bbox2gtmap(format='flickr')` (the count map halved, capped at 1): the weighted IoU on 0 / 0.5 / 1 maps."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "Annotations").mkdir()
+    ids, boxes_of, maps = [f"{1000 + i}" for i in range(60)], {}, {}
+    for i, clip in enumerate(ids):
+        boxes = []
+        for _ in range(1 + i % 3):
+            x1, y1 = rng.integers(0, 100, 2)
+            w, h = rng.integers(80, 156, 2)
+            boxes.append([int(x1), int(y1), int(x1 + w), int(y1 + h)])
+        boxes_of[clip] = boxes
+        body = "".join(
+            f"<object><bbox><label>1</label><a>{b[0]}</a><b>{b[1]}</b><c>{b[2]}</c><d>{b[3]}</d></bbox></object>"
+            for b in boxes
+        )
+        (tmp_path / "Annotations" / f"{clip}.xml").write_text(f"<annotation>{body}</annotation>")
+        maps[clip] = (rng.standard_normal((7, 7)) * 10 + (8 if i % 2 else 0)).astype(np.float32)
+    negatives = [(ids[j], ids[(j + 5) % 60]) for j in range(60)]
+    (tmp_path / "flickr_test_plus_silent.csv").write_text(
+        "video,audio,label\n" + "".join(f"{v},{a},non-sounding\n" for v, a in negatives)
+    )
+    for v, a in negatives:
+        maps[f"{v}/{a}"] = (rng.standard_normal((7, 7)) * 10).astype(np.float32)
+    np.savez(tmp_path / "maps.npz", **maps)
+
+    bb_list, ciou_list, conf_list = [], [], []
+    for clip in ids:
+        gt_map = np.zeros([224, 224])
+        for xmin, ymin, xmax, ymax in [[int(224 * v / 256) for v in b] for b in boxes_of[clip]]:
+            temp = np.zeros([224, 224])
+            temp[ymin:ymax, xmin:xmax] = 1
+            gt_map += temp
+        gt_map = gt_map / 2
+        gt_map[gt_map > 1] = 1
+        conf, ciou = slavc_sample(maps[clip], gt_map, relative=True)
+        bb_list.append(len(boxes_of[clip]))
+        ciou_list.append(ciou)
+        conf_list.append(conf)
+    for v, a in negatives:
+        conf, ciou = slavc_sample(maps[f"{v}/{a}"], np.zeros([224, 224]), relative=True)
+        bb_list.append(0)
+        ciou_list.append(ciou)
+        conf_list.append(conf)
+    want = slavc_metrics(bb_list, ciou_list, conf_list)
+    got = extended.extended(load_ground_truth(tmp_path, benchmark="flickr"), tmp_path / "maps.npz")
+    assert got["negatives_file"] == "flickr_test_plus_silent.csv" and got["positives"] == 60
+    assert any(0 < c < 1 and c != 0.5 for c in ciou_list)  # some IoUs weigh the half-consensus pixels
+    assert {k: got[k] for k in want} == want
