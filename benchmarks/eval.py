@@ -25,7 +25,15 @@ Retrieval (`--clips`, default VGG-SS's 5,158 clips in 221 classes, 512-d embeddi
 directions against a per-query loop of the protocol's semantics (normalise, one dot product per pool item, a stable
 argsort, the label check), same hit counts required; goal ≥ 10×. `--only retrieval` skips the localisation part.
 
+Extended protocol (`--pairs`, default Extended VGG-SS's 10,316: 5,158 positives with 1–3 VGG-SS boxes, 5,158
+negative pairs; 7×7 float32 maps of cos/τ as SLAVC's model gives them, written as an `.npz` with a vggss.json and a
+`vggss_test_plus_silent.csv`): `extended.extended` (reading the maps from the `.npz`, bicubic resizing, confidences,
+IoUs, AP / max-F1 / LocAcc) against a per-sample loop of SLAVC's semantics (torch's bicubic per map, `np.sort` for
+the confidence and for the relative cut, the ground-truth map, the IoU; then `EvaluatorFull`'s Python loops for
+AP, the 10-threshold F1 and Precision-visible), same numbers required; goal ≥ 10×. `--only extended` runs it alone.
+
 Run by hand:  python benchmarks/eval.py [--images 3240] [--repeats 1] [--seed 0] [--threads N] [--clips 5158]
+              [--pairs 10316] [--only localisation|retrieval|extended]
 """
 
 from __future__ import annotations
@@ -228,6 +236,99 @@ def retrieval_speed(n_clips: int, seed: int, repeats: int) -> bool:
     return same
 
 
+def _slavc_loop(truth_entries, pairs, maps) -> dict:
+    """SLAVC's test.py + EvaluatorFull semantics, one sample at a time (relative prediction, ±1/τ range)."""
+    import torch
+
+    bb_list, ciou_list, conf_list = [], [], []
+    for boxes, key in [(e["bbox"], e["file"]) for e in truth_entries] + [([], f"{v}/{a}") for v, a in pairs]:
+        heat = torch.nn.functional.interpolate(
+            torch.from_numpy(maps[key])[None, None], size=(S, S), mode="bicubic", align_corners=True
+        ).numpy()[0, 0]
+        n = heat.size
+        scores = (heat - (-1.0 / 0.03)) / (1.0 / 0.03 - (-1.0 / 0.03))
+        conf = np.sort(scores.flatten())[-n // 4 :].mean()
+        lo, hi = scores.min(), scores.max()
+        pred = (scores - lo) / (hi - lo) if hi != lo else scores
+        infer = np.zeros((S, S))
+        infer[pred >= np.sort(pred.flatten())[int(n * 0.5)]] = 1
+        gt = np.zeros((S, S))
+        for x1, y1, x2, y2 in [(np.clip(np.array(b), 0, 1) * S).astype(int) for b in boxes]:
+            gt[y1:y2, x1:x2] = 1
+        with np.errstate(invalid="ignore"):
+            ciou_list.append(np.sum(infer * gt) / (np.sum(gt) + np.sum(infer * (gt == 0))))
+        bb_list.append(len(boxes))
+        conf_list.append(conf)
+
+    n_all = len(conf_list)
+
+    def pr(bbs, cious, confs, thr):
+        tp = fp = fn = 0
+        for bb, ciou, c in zip(bbs, cious, confs):
+            if bb == 0:
+                fp += c >= thr
+            elif c >= thr:
+                tp, fp = (tp + 1, fp) if ciou >= 0.5 else (tp, fp + 1)
+            else:
+                fn += 1
+        return (1.0 if tp + fp == 0 else tp / (tp + fp)), (1.0 if tp + fn == 0 else tp / (tp + fn))
+
+    walk = [pr(bb_list, ciou_list, conf_list, t) for t in np.sort(np.array(conf_list))[:-1][:: -max(1, n_all // 200)]]
+    p_max = [max(p for p, _ in walk[i:]) for i in range(len(walk))]
+    ap = sum(p_max[i] * (walk[i + 1][1] - walk[i][1]) for i in range(len(walk) - 1))
+    f1 = [
+        2 * r * p / (r + p) if r + p > 0 else 0.0
+        for p, r in (pr(bb_list, ciou_list, conf_list, t) for t in sorted(conf_list)[:: max(1, n_all // 10)])
+    ]
+    vis = [i for i, bb in enumerate(bb_list) if bb > 0]
+    loc, _ = pr([bb_list[i] for i in vis], [ciou_list[i] for i in vis], [conf_list[i] for i in vis], -1000)
+    return {"ap": 100 * ap, "max_f1": 100 * max(f1), "loc_acc": 100 * loc}
+
+
+def extended_speed(n_pairs: int, seed: int, repeats: int) -> bool:
+    """Print the extended protocol's timing against the per-sample SLAVC loop; True when both agree exactly."""
+    from is4.pipeline.evaluation import extended
+    from is4.pipeline.evaluation.formats import load_ground_truth
+
+    rng = np.random.default_rng(seed)
+    n_pos = n_pairs // 2
+    ids = [f"{i:011d}_{i % 300:06d}" for i in range(n_pos)]
+    entries = []
+    maps = {}
+    for i, clip in enumerate(ids):
+        corner = rng.random((1 + i % 3, 2)) * 0.5
+        boxes = np.c_[corner, corner + 0.2 + rng.random(corner.shape) * 0.5].tolist()
+        entries.append({"file": clip, "class": f"c{i % 221}", "bbox": boxes})
+        x1, y1, x2, y2 = (np.clip(np.array(boxes[0]), 0, 1) * 7).astype(int)
+        peak = np.zeros((7, 7), dtype=np.float32)
+        peak[y1 : y2 + 1, x1 : x2 + 1] = 15 if i % 3 else 0
+        maps[clip] = (rng.standard_normal((7, 7)) * 8 + peak).astype(np.float32)
+    pairs = [(ids[j], ids[(j * 7 + 3) % n_pos]) for j in range(n_pairs - n_pos)]
+    for v, a in pairs:
+        maps[f"{v}/{a}"] = (rng.standard_normal((7, 7)) * 10).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="is4-eval-bench-ext-") as tmp:
+        root = Path(tmp)
+        (root / "vggss.json").write_text(json.dumps(entries))
+        (root / "vggss_test_plus_silent.csv").write_text(
+            "video,audio,label\n" + "".join(f"{v},{a},non-sounding\n" for v, a in pairs)
+        )
+        np.savez(root / "maps.npz", **maps)
+        truth = load_ground_truth(root / "vggss.json")
+        log(f"extended protocol over {n_pairs} pairs: per-sample SLAVC loop")
+        t_loop, want = timed(functools.partial(_slavc_loop, entries, pairs, maps), repeats)
+        log("extended protocol: extended.extended (from the .npz)")
+        t_vec, got = timed(functools.partial(extended.extended, truth, root / "maps.npz"), repeats)
+    assert want is not None and got is not None
+    same = all(got[k] == want[k] for k in want)
+    print(f"extended protocol: {n_pos} positives + {len(pairs)} negatives, 7×7 maps, AP / max-F1 / LocAcc")
+    print(f"{'per-sample SLAVC loop (np.sort ×2 per map)':<44}{t_loop:>9.2f}")
+    print(
+        f"{'extended.extended, from the .npz':<44}{t_vec:>9.2f}{t_loop / t_vec:>17.1f}×  "
+        f"{'equal' if same else 'DIFFERENT'}: " + ", ".join(f"{k} {got[k]:.4f}" for k in want)
+    )
+    return same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3240, help="images (two instances each); default 3240")
@@ -235,12 +336,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="threads of the vectorised score (0: CPU count, ≤ 8)")
     parser.add_argument("--clips", type=int, default=5158, help="retrieval pool size; default 5158 (VGG-SS)")
-    parser.add_argument("--only", choices=("localisation", "retrieval"), default=None)
+    parser.add_argument("--pairs", type=int, default=10316, help="extended pairs; default 10316 (Extended VGG-SS)")
+    parser.add_argument("--only", choices=("localisation", "retrieval", "extended"), default=None)
     args = parser.parse_args()
     threads = args.threads or min(8, os.cpu_count() or 1)
-    if args.only != "localisation" and not retrieval_speed(args.clips, args.seed, args.repeats):
+    if args.only in (None, "extended") and not extended_speed(args.pairs, args.seed, args.repeats):
         sys.exit(1)
-    if args.only == "retrieval":
+    if args.only in (None, "retrieval") and not retrieval_speed(args.clips, args.seed, args.repeats):
+        sys.exit(1)
+    if args.only in ("retrieval", "extended"):
         return
 
     log(f"making {2 * args.images} random 224×224 maps and IS4-like boxes")

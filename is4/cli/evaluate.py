@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from is4.cli._common import cli_errors, console
+from is4.pipeline.evaluation.extended import PREDICTIONS as EXTENDED_PREDICTIONS
+from is4.pipeline.evaluation.extended import RANGE_NOTES as EXTENDED_RANGES
 from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
 from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
 from is4.pipeline.evaluation.tasks import TASK
@@ -77,6 +79,21 @@ def evaluate(
         str | None,
         typer.Option("--miou-mean", help="; ".join(f"{k}: {v}" for k, v in MIOU_MEANS.items())),
     ] = None,
+    negatives: Annotated[
+        Path | None,
+        typer.Option(help="extended: the negative pairs, a `*_plus_silent.csv` (default: beside the ground truth)"),
+    ] = None,
+    confidence: Annotated[
+        str,
+        typer.Option(
+            help="extended: the maps' fixed range for the confidence; "
+            + "; ".join(f"{k}: {v}" for k, v in EXTENDED_RANGES.items())
+        ),
+    ] = "slavc",
+    prediction: Annotated[
+        str,
+        typer.Option(help="extended: " + "; ".join(f"{k}: {v}" for k, v in EXTENDED_PREDICTIONS.items())),
+    ] = "relative",
     output: Annotated[
         Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here, at full precision")
     ] = None,
@@ -106,6 +123,10 @@ def evaluate(
         return
     if predictions is None:
         raise ev.EvaluationError(f"--task {task} needs --predictions FILE")
+    if task == "extended":
+        truth = load_ground_truth(release_dir, "box", benchmark=benchmark, ids=ids, empty=empty)
+        _extended(truth, predictions, negatives, confidence, prediction, output)
+        return
     if task == "segmentation":
         gt = "mask"
     truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
@@ -150,3 +171,22 @@ def _embedding_task(task: str, truth, embeddings: Path, output: Path | None) -> 
         from is4.manifests.atomic import atomic_write_json
 
         atomic_write_json(output, {"task": task, **result})
+
+
+def _extended(truth, predictions: Path, negatives: Path | None, confidence: str, prediction: str, output) -> None:
+    """The extended protocol on the ground truth's positives and the negative pairs: print the table, write JSON."""
+    from is4.pipeline.evaluation import extended
+
+    result = extended.extended(truth, predictions, negatives, confidence=confidence, prediction=prediction)
+    console.print(
+        f"{truth.benchmark} extended: {result['positives']} positives ({truth.source}) + {result['negatives']} "
+        f"negative pairs ({result['negatives_file']}), confidence {confidence}, prediction {prediction}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    console.print(extended.format_extended(result), soft_wrap=True, highlight=False, markup=False)
+    if output:
+        from is4.manifests.atomic import atomic_write_json
+
+        atomic_write_json(output, {"task": "extended", **result})

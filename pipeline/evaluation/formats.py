@@ -596,7 +596,7 @@ FORMATS: tuple[Format, ...] = (
         aliases=vggss_aliases,
         default_ids="ours_vggss.txt",
         default_ids_note="all 5,158 clips for the other methods; `ours_vggss.txt` (4,655) for the authors' own model",
-        tasks=("localisation", "retrieval", "alignment"),
+        tasks=("localisation", "extended", "retrieval", "alignment"),
     ),
     Format(
         "is4",
@@ -617,7 +617,7 @@ FORMATS: tuple[Format, ...] = (
         grouping="none",
         default_ids="flickr_test.csv",
         default_ids_note="`flickr_test.csv` (250 ids)",
-        tasks=("localisation",),
+        tasks=("localisation", "extended"),
     ),
     Format(
         "vpo-ss",

@@ -57,6 +57,21 @@ TASKS: tuple[Task, ...] = (
         "Recall@K, a hit = one of the top K (cosine) has the query's class; chance level printed beside",
     ),
     Task(
+        "extended",
+        "`--predictions`: an `.npz` of one map per positive id and per negative pair `<video>/<audio>`; "
+        "`--negatives` (default `<benchmark>_test_plus_silent.csv` beside the ground truth)",
+        "box",
+        (
+            ("ap", "AP"),
+            ("max_f1", "max-F1"),
+            ("loc_acc", "LocAcc"),
+            ("f1_precision", "P@max-F1"),
+            ("f1_recall", "R@max-F1"),
+        ),
+        "Extended Flickr / VGG-SS with negative pairs, as SLAVC's EvaluatorFull: AP and max-F1 over confidence "
+        "thresholds, LocAcc = success rate on the positives",
+    ),
+    Task(
         "alignment",
         "`--embeddings`, as retrieval",
         "any",
