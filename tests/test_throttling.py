@@ -112,7 +112,7 @@ def test_throttling_pauses_the_session_with_capped_exponential_cooldown(tmp_path
     ticket = governor.acquire()
     assert clock.now == pytest.approx(paused_from + 40.0), "nobody starts while the session is paused"
     governor.succeeded(ticket)
-    assert governor.throttled(governor.acquire(), "http-429").seconds == 10.0, "a success resets the cool-down"
+    assert governor.throttled(governor.acquire(), "http-429").seconds == 40.0, "the pause that worked comes first"
 
 
 def test_a_run_throttled_past_give_up_after_stops_and_the_pause_stays_for_others(tmp_path: Path) -> None:
@@ -155,6 +155,18 @@ def test_after_a_pause_one_probe_goes_first_and_the_others_wait_for_its_success(
     others = [governor.acquire() for _ in range(3)]
     assert not any(t.probe for t in others) and min(t.granted_at for t in others) > third.granted_at
     assert {t.granted_at for t in others} == {clock.now}, "after the probe's success everyone goes at once"
+
+
+def test_the_next_episode_starts_with_the_pause_that_ended_the_last_one(tmp_path: Path) -> None:
+    clock = FakeClock()
+    governor = _governor(tmp_path, clock, cooldown_s=10.0, cooldown_max_s=80.0, give_up_after_s=None)
+    first = [governor.throttled(governor.acquire(), "http-429") for _ in range(3)]  # 10, 20, 40 s
+    governor.succeeded(governor.acquire())  # the probe after 40 s worked
+    for _ in range(3):  # later episodes: one pause of 40 s each, one probe, no knock after 10 or 20 s
+        later = governor.throttled(governor.acquire(), "http-429")
+        governor.succeeded(governor.acquire())
+        assert later is not None and later.seconds == 40.0
+    assert [p.seconds for p in first if p] == [10.0, 20.0, 40.0]
 
 
 def test_a_probe_whose_process_died_does_not_hold_the_others(tmp_path: Path) -> None:

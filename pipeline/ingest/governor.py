@@ -11,7 +11,8 @@ seconds, since monotonic clocks are not comparable across processes.
   `cooldown_max_s`), or for the site's `Retry-After` when that is longer; failures of attempts that started before
   the pause ended are the same episode and do not add to it (a longer `Retry-After` of theirs extends the pause).
 - **Probing.** When a pause ends, one attempt (the probe) goes first; every other worker, of every process, waits
-  until it succeeds, which ends the episode and resets the level. A probe that is throttled starts the next pause;
+  until it succeeds, which ends the episode; the next episode starts with the pause that ended this one (the site's
+  cool-down does not get shorter by knocking earlier). A probe that is throttled starts the next pause;
   one that fails otherwise (or whose process died) hands the probe to the next attempt. So a session that is still
   refused hears one knock per pause, not one per worker.
 - **Giving up.** When a pause would end more than `give_up_after_s` after the session was first throttled (counted
@@ -58,7 +59,7 @@ class Pause:
     """A pause of the whole session that a throttling failure started."""
 
     seconds: float
-    level: int  # 0 for the first pause of an episode
+    level: int  # doublings of cooldown_s
     kind: str
     retry_after: float | None = None  # the site's Retry-After, when it made the pause longer
 
@@ -68,7 +69,7 @@ class _State:
     next_at: float = 0.0  # when the bucket holds a token again
     last_at: float = 0.0  # when the last token was taken
     paused_until: float = 0.0  # end of the current (or last) throttling pause
-    level: int = 0  # pauses in the current episode
+    level: int = 0  # doublings of cooldown_s the next pause gets
     throttled_since: float | None = None  # first throttling failure since the last success
     probe: str | None = None  # "pid:governor" of the probe in flight
 
@@ -196,8 +197,8 @@ class Governor:
         """A download that `ticket` allowed worked: a throttling episode it followed is over."""
         with self._state() as state:
             self._drop_probe(state, ticket)
-            if ticket.granted_at >= state.paused_until and (state.level or state.throttled_since is not None):
-                state.level = 0
+            if ticket.granted_at >= state.paused_until and state.throttled_since is not None:
+                state.level = max(state.level - 1, 0)  # the pause that worked is the next episode's first
                 state.throttled_since = None
 
     def released(self, ticket: Ticket) -> None:
