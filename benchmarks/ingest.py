@@ -9,7 +9,9 @@
 4. With `--throttle` (instead of 1-3): ingest from a server that throttles like YouTube (more than `limit` watch
    pages in a window and it answers 429 for a cool-down), with the governor's cap just under what the server
    allows, against the same ingest with no cap, side by side: clips/hour achieved against the cap, throttling
-   episodes, and failures (permanent ones caused by throttling should be 0: the server has no bad video).
+   episodes, knocks per throttled window (watch pages the server refused, the one that started the cool-down
+   included, per cool-down: goal <= 2 with 4 workers), and failures (permanent ones caused by throttling should be
+   0: the server has no bad video). A third run has no cap and a server that sends `Retry-After`.
 
 Run by hand:  python benchmarks/ingest.py [--clips N] [--long-seconds S] [--repeats R]
               python benchmarks/ingest.py --throttle [--throttle-clips N] [--cap-per-hour C]
@@ -496,12 +498,17 @@ class ThrottleRun:
     summary: IngestSummary
     seconds: float
     episodes: int  # cool-downs the server started
+    refused: int  # watch pages the server refused (429), the ones that started a cool-down included
     max_pages_in_window: int
     permanent_failures: int  # failed clips recorded as never to be retried
 
     @property
     def clips_per_hour(self) -> float:
         return self.summary.ok * 3600.0 / self.seconds
+
+    @property
+    def knocks_per_window(self) -> float | None:
+        return self.refused / self.episodes if self.episodes else None
 
 
 @dataclass
@@ -530,8 +537,14 @@ def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleRes
     # A bucket of one token starts at most W * cap / 3600 + 1 videos in any window of W seconds: allow one more.
     limit = int(THROTTLE_WINDOW_S * cap_per_hour / 3600) + 2
     runs = []
-    for label, cap in (("governor cap", cap_per_hour), ("no cap (today's default)", None)):
-        with MediaServer(video_dir, throttle=Throttle(limit, THROTTLE_WINDOW_S, THROTTLE_COOLDOWN_S)) as server:
+    variants = (
+        ("governor cap", cap_per_hour, False),
+        ("no cap (today's default)", None, False),
+        ("no cap, site sends Retry-After", None, True),
+    )
+    for label, cap, retry_after in variants:
+        throttle = Throttle(limit, THROTTLE_WINDOW_S, THROTTLE_COOLDOWN_S, retry_after=retry_after)
+        with MediaServer(video_dir, throttle=throttle) as server:
             cfg = IngestConfig(
                 download=DownloadConfig(
                     url_template=server.page_template("throttled"),
@@ -549,7 +562,7 @@ def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleRes
             work = root / f"work_{len(runs)}"
             summary = run_ingest(csv_path, work, cfg, seed=0)
             seconds = time.perf_counter() - start
-            pages = [e.t for e in server.log if e.path.startswith("/throttled/")]
+            pages = [e for e in server.log if e.path.startswith("/throttled/")]
             records = Journal(work / JOURNAL, key_field="clip_id").load().values()
             permanent = sum(r["status"] == "failed" and not r["retryable"] for r in records)
             runs.append(
@@ -559,7 +572,8 @@ def bench_throttle(root: Path, n_clips: int, cap_per_hour: float) -> ThrottleRes
                     summary,
                     seconds,
                     server.throttle_episodes,
-                    _max_in_window(pages, THROTTLE_WINDOW_S),
+                    sum(e.status == 429 for e in pages),
+                    _max_in_window([e.t for e in pages], THROTTLE_WINDOW_S),
                     permanent,
                 )
             )
@@ -584,6 +598,7 @@ def report_throttle(res: ThrottleResult) -> None:
                 ratio,
                 f"{s.ok}/{s.selected}",
                 str(run.episodes),
+                f"{run.knocks_per_window:.1f}" if run.knocks_per_window is not None else "-",
                 str(s.pauses),
                 f"{s.paused_s:.1f} s",
                 str(s.failed),
@@ -599,6 +614,7 @@ def report_throttle(res: ThrottleResult) -> None:
             "of cap",
             "ok",
             "throttled",
+            "knocks/window",
             "pauses",
             "paused",
             "failed",
@@ -613,6 +629,8 @@ def report_throttle(res: ThrottleResult) -> None:
         f"({governed.clips_per_hour / governed.cap_per_hour:.2f}x, goal >= 0.9x); permanent failures caused by "
         f"throttling: {sum(r.permanent_failures for r in res.runs)} (goal 0)"
     )
+    knocks = [f"{r.knocks_per_window:.1f}" for r in res.runs if r.knocks_per_window is not None]
+    print(f"knocks per throttled window (4 workers): {', '.join(knocks) or '-'} (goal <= 2)")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -383,6 +383,41 @@ def test_human_decisions_beat_automatic_ones(build: Build) -> None:
     assert verification(build.workdir)[ids[5]]["source"] == "human"
 
 
+def test_syncing_untouched_automatic_accepts_keeps_them_automatic(build: Build) -> None:
+    """Only a tag a person set is a human decision: the automatic policy's accepts (which carry a reason, unlike a
+    reviewer's) stay `source=auto` through any number of syncs and a rebuild, with the manifest's bytes."""
+    from is4.manifests.io import manifest_path
+    from is4.pipeline.verification import auto_verify
+
+    review, ids = build.review, build.ids
+    accepted = auto_verify(build.workdir, now=T1)["accepted"]
+    assert accepted >= 4
+    before = verification(build.workdir)
+    counts = review.sync(build.workdir, build.cfg, "root", now=T2)  # the dataset follows the automatic accepts
+    assert counts["refreshed"] == accepted and build.tags(ids[2]) == {"accept"}
+    manifest = manifest_path(build.workdir, "verification").read_bytes()
+    for _ in range(2):  # opening the App syncs; nobody touched a tag
+        counts = review.sync(build.workdir, build.cfg, "root", now=T2)
+        assert (counts["accepted"], counts["rejected"], counts["refreshed"]) == (0, 0, 0)
+    assert verification(build.workdir) == before
+    assert manifest_path(build.workdir, "verification").read_bytes() == manifest
+    review.build_dataset(build.workdir, build.cfg, overwrite=True)  # nothing unsynced to refuse for
+    assert build.sample(ids[2]).decision_source == "auto"
+    # A person's tag is still a human decision: rejecting an automatic accept, then accepting it again.
+    build.app_tag([ids[2]], {"accept": False, "reject:artefact": True})
+    review.sync(build.workdir, build.cfg, "alice", now=T2)
+    build.app_tag([ids[2]], {"reject:artefact": False, "accept": True})
+    assert review.sync(build.workdir, build.cfg, "alice", now=T2)["accepted"] == 1
+    assert verification(build.workdir)[ids[2]] | {"decided_at": None} == {
+        "image_id": ids[2],
+        "decision": "accept",
+        "reason": None,
+        "reviewer": "alice",
+        "source": "human",
+        "decided_at": None,
+    }
+
+
 # --- concurrent reviewers --------------------------------------------------------------------------------------
 
 WORKER = textwrap.dedent("""

@@ -28,6 +28,7 @@ from is4.config import DownloadConfig, ExtractConfig, IngestConfig, parse_config
 from is4.manifests.io import manifest_path, read_manifest
 from is4.manifests.journal import Journal
 from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler, Throttle
+from is4.pipeline.ingest.download import retry_after_seconds
 from is4.pipeline.ingest.governor import GiveUp, Governor
 from is4.pipeline.ingest.ingest import JOURNAL, IngestIncomplete, ingest_stage, run_ingest
 from is4.pipeline.ingest.session import CookiesError, Session, load_cookies
@@ -111,7 +112,7 @@ def test_throttling_pauses_the_session_with_capped_exponential_cooldown(tmp_path
     ticket = governor.acquire()
     assert clock.now == pytest.approx(paused_from + 40.0), "nobody starts while the session is paused"
     governor.succeeded(ticket)
-    assert governor.throttled(governor.acquire(), "http-429").seconds == 10.0, "a success resets the cool-down"
+    assert governor.throttled(governor.acquire(), "http-429").seconds == 40.0, "the pause that worked comes first"
 
 
 def test_a_run_throttled_past_give_up_after_stops_and_the_pause_stays_for_others(tmp_path: Path) -> None:
@@ -125,6 +126,83 @@ def test_a_run_throttled_past_give_up_after_stops_and_the_pause_stays_for_others
     before = clock.now
     other.acquire()
     assert clock.now == pytest.approx(before + 40.0), "another process waits out the pause that was recorded"
+
+
+def test_after_a_pause_one_probe_goes_first_and_the_others_wait_for_its_success(tmp_path: Path) -> None:
+    clock = FakeClock()
+    outcomes: list = []  # what the probe's download does while a second worker waits
+
+    def wait(seconds: float) -> bool:
+        clock.wait(seconds)
+        if outcomes:
+            outcomes.pop(0)()
+        return False
+
+    settings = DownloadConfig(cooldown_s=10.0, cooldown_max_s=40.0, give_up_after_s=None)
+    governor = Governor(tmp_path / "governor.json", settings, clock=clock, wait=wait, rng=random.Random(0))
+    start = clock.now
+    governor.throttled(governor.acquire(), "http-429")  # pause 10 s
+    probe = governor.acquire()
+    assert probe.probe and clock.now == pytest.approx(start + 10.0)
+    outcomes.append(lambda: governor.throttled(probe, "http-429"))  # still refused: pause 20 s
+    second = governor.acquire()
+    assert second.probe, "the pause after a throttled probe ends with a probe again"
+    assert clock.now > start + 10.0 + 20.0 - 1e-6, "nobody went before the probe was answered and the pause ended"
+    outcomes += [lambda: None, lambda: None, lambda: governor.released(second)]  # it fails for another reason
+    third = governor.acquire()
+    assert third.probe and clock.now > second.granted_at, "the next worker waits, then probes in its place"
+    outcomes += [lambda: None, lambda: governor.succeeded(third)]
+    others = [governor.acquire() for _ in range(3)]
+    assert not any(t.probe for t in others) and min(t.granted_at for t in others) > third.granted_at
+    assert {t.granted_at for t in others} == {clock.now}, "after the probe's success everyone goes at once"
+
+
+def test_the_next_episode_starts_with_the_pause_that_ended_the_last_one(tmp_path: Path) -> None:
+    clock = FakeClock()
+    governor = _governor(tmp_path, clock, cooldown_s=10.0, cooldown_max_s=80.0, give_up_after_s=None)
+    first = [governor.throttled(governor.acquire(), "http-429") for _ in range(3)]  # 10, 20, 40 s
+    governor.succeeded(governor.acquire())  # the probe after 40 s worked
+    for _ in range(3):  # later episodes: one pause of 40 s each, one probe, no knock after 10 or 20 s
+        later = governor.throttled(governor.acquire(), "http-429")
+        governor.succeeded(governor.acquire())
+        assert later is not None and later.seconds == 40.0
+    assert [p.seconds for p in first if p] == [10.0, 20.0, 40.0]
+
+
+def test_a_probe_whose_process_died_does_not_hold_the_others(tmp_path: Path) -> None:
+    clock = FakeClock()
+    governor = _governor(tmp_path, clock, cooldown_s=10.0, give_up_after_s=None)
+    governor.throttled(governor.acquire(), "http-429")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    state = json.loads((tmp_path / "governor.json").read_text())
+    state.update(paused_until=clock.now, probe=f"{int(dead.stdout)}:0")
+    (tmp_path / "governor.json").write_text(json.dumps(state))
+    assert governor.acquire().probe, "the dead process's probe is taken over at once"
+
+
+@pytest.mark.parametrize(("retry_after", "pause"), [(25.0, 25.0), (3.0, 10.0), (None, 10.0)])
+def test_the_sites_retry_after_lengthens_a_pause_but_never_shortens_it(
+    tmp_path: Path, retry_after: float | None, pause: float
+) -> None:
+    clock = FakeClock()
+    governor = _governor(tmp_path, clock, cooldown_s=10.0, cooldown_max_s=40.0, give_up_after_s=None)
+    in_flight = governor.acquire()
+    start = clock.now
+    taken = governor.throttled(governor.acquire(), "http-429", retry_after)
+    assert taken is not None and taken.seconds == pause
+    assert taken.retry_after == (retry_after if retry_after and retry_after > 10.0 else None)
+    governor.throttled(in_flight, "http-429", 30.0)  # an attempt of the same episode: its Retry-After extends
+    governor.acquire()
+    assert clock.now == pytest.approx(start + max(pause, 30.0))
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("120", 120.0), (" 7 ", 7.0), ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("soon", None), ("-5", None), (None, None)],
+)
+def test_retry_after_values_are_read_as_rfc_9110_says(value: str | None, seconds: float | None) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_seconds(value, now=now) == seconds
 
 
 def test_a_stopped_governor_wakes_its_waiting_workers(tmp_path: Path) -> None:
@@ -290,6 +368,26 @@ def test_sixty_clips_through_a_server_that_rate_limits_twice_all_end_ok(
     pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
     assert pauses and all(re.fullmatch(r"http-429: pausing [\d.]+ s, \d+ clips left", p) for p in pauses)
     assert any(re.search(r"clips/h \(cap 10800/h\) · ETA ", m) for m in messages)
+
+
+def test_four_workers_knock_at_most_twice_per_throttled_window_and_honour_retry_after(
+    video_dir: Path, tmp_path: Path, caplog
+) -> None:
+    csv = _csv(tmp_path / "twelve.csv", 12)
+    caplog.set_level(logging.WARNING, logger="is4.pipeline.ingest.ingest")
+    # 5 pages per window, then 2 s of 429 with `Retry-After: 2`; the governor's own pauses are far shorter. Pages
+    # 0.4 s apart, so that no page is already on its way when the one that starts a cool-down is refused.
+    throttle = Throttle(limit=5, window_s=60.0, cooldown_s=2.0, retry_after=True)
+    with MediaServer(video_dir, throttle=throttle) as server:
+        template = server.page_template("throttled")
+        cfg = _ingest_cfg(template, workers=4, cooldown_s=0.1, cooldown_max_s=0.4, max_videos_per_hour=9000.0)
+        summary = run_ingest(csv, tmp_path / "work", cfg)
+        episodes = server.throttle_episodes
+        refused = [e for e in server.log if e.path.startswith("/throttled/") and e.status == 429]
+    assert (summary.ok, summary.failed, summary.pending) == (12, 0, 0)
+    assert episodes >= 2 and len(refused) <= 2 * episodes, (len(refused), episodes)
+    pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
+    assert pauses and all("pausing 2 s (the site's Retry-After)" in p for p in pauses), pauses
 
 
 def test_403_on_media_fetches_pauses_and_gives_the_bytes_of_an_unthrottled_run(video_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Tags: `accept`; `reject:<reason>` with a reason from `REJECT_REASONS` (several r
 `,`); an automatic reject shows the kind of its reason (`reason_tag`: `reject:both_present`,
 `reject:generation-flag-nsfw`), one tag per kind of decision, while the full reason with its scores stays in the
 sample's `decision_reason` field (and the scores in `both_present`, `score_a`, `score_b`); a reject without a reason
-is a bare `reject`; `needs-fix` marks masks to refine. A dataset built before short tags keeps its verbatim
+is a bare `reject`; `needs-fix` marks masks to refine. The `accept` tag of a synced accept reads as that accept,
+reason and all, so an untouched automatic accept never turns into a reviewer's. A dataset built before short tags keeps its verbatim
 `reject:<reason>` tag, which still reads as the synced decision.
 """
 
@@ -109,7 +110,10 @@ def tag_decision(tags: Iterable[str], base: tuple[str, str | None] = ("pending",
     tags = set(tags)
     rejects = sorted(t for t in tags if is_reject_tag(t))
     if ACCEPT_TAG in tags:
-        return CONFLICT if rejects else ("accept", None)
+        if rejects:
+            return CONFLICT
+        # The synced accept, with its reason (the automatic policy's accepts carry one; a reviewer's do not).
+        return base if base[0] == "accept" else ("accept", None)
     if not rejects:
         return ("pending", None)
     restored = set(reject_tags(base[1])) if base[0] == "reject" else set()

@@ -8,7 +8,8 @@ Besides `/{name}` (the file itself) it serves YouTube-like pages: `/<route>/{yti
 
 - `/watch/{ytid}`: always served.
 - `/throttled/{ytid}`: with a `Throttle`, more than `limit` pages within `window_s` seconds put the server in a
-  cool-down of `cooldown_s` during which every page answers 429 Too Many Requests.
+  cool-down of `cooldown_s` during which every page answers 429 Too Many Requests (with `Retry-After`, the
+  seconds left of the cool-down rounded up, when the `Throttle` says `retry_after`).
 - `/forbidden/{ytid}`: the pages are always served and counted the same way, but during a cool-down the media
   fetches answer 403 Forbidden (YouTube's googlevideo urls do that to a throttled session).
 - `/session/{ytid}`: the page requires the cookie given as `cookie` (`name=value`); without it, it answers 403
@@ -21,6 +22,7 @@ Every request is logged (`log`: time, path, status, whether the cookie came, the
 from __future__ import annotations
 
 import http.server
+import math
 import re
 import sys
 import threading
@@ -50,6 +52,7 @@ class Throttle:
     limit: int
     window_s: float
     cooldown_s: float
+    retry_after: bool = False  # the 429 answers say how long the cool-down still lasts
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class _ThrottleState:
 
     def cooling(self, now: float) -> bool:
         return now < self.refusing_until
+
+    def retry_after(self, now: float) -> str | None:
+        """The `Retry-After` value of a refusal now (whole seconds, rounded up), if the throttle sends one."""
+        return str(math.ceil(self.refusing_until - now)) if self.throttle.retry_after else None
 
 
 class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -128,21 +135,36 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._serve(send_body=True)
 
-    def _refusal(self, route: str) -> tuple[int, str] | None:
-        """Why a routed request is refused now, as (status, reason), or None."""
+    def _refusal(self, route: str) -> tuple[int, str, str | None] | None:
+        """Why a routed request is refused now, as (status, reason, Retry-After value or None), or None."""
         server, now = self.server, time.monotonic()
         with server.lock:
             throttle = server.throttle
             if route in ("throttled", "forbidden") and throttle is not None:
                 admitted = throttle.admit(now)
                 if route == "throttled" and not admitted:
-                    return 429, "Too Many Requests"
+                    return 429, "Too Many Requests", throttle.retry_after(now)
             if route == "forbidden-media" and throttle is not None and throttle.cooling(now):
-                return 403, "Forbidden"
+                return 403, "Forbidden", None
         cookie = server.cookie
         if route == "session" and not (cookie and cookie in (self.headers.get("Cookie") or "")):
-            return 403, "Sign in to confirm you're not a bot"
+            return 403, "Sign in to confirm you're not a bot", None
         return None
+
+    def _refuse(self, status: int, reason: str, retry_after: str | None) -> None:
+        if retry_after is None:
+            self.send_error(status, reason)
+            return
+        body = f"{status} {reason}\n".encode()
+        self.send_response(status, reason)
+        self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _serve_page(self, route: str, ytid: str, send_body: bool) -> None:
         body = _PAGE.format(ytid=ytid, media=_PAGE_ROUTES[route]).encode()
@@ -162,7 +184,7 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             return
         refusal = self._refusal(route) if route else None
         if refusal:
-            self.send_error(*refusal)
+            self._refuse(*refusal)
             return
         if route in _PAGE_ROUTES:
             self._serve_page(route, name, send_body)

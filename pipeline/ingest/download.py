@@ -5,7 +5,9 @@ Only the section is fetched (yt-dlp hands it to ffmpeg, which seeks with HTTP ra
 (timeouts, server errors: retried with exponential backoff here, and again on a later run) and throttling (rate
 limit, bot check, 429, 403 on the media, an empty file): the session pauses (`Session` / `governor`) and the same
 clip is tried again, as often as it takes; those attempts are not counted, so a clip's record does not depend on
-when YouTube throttled.
+when YouTube throttled. A refusal's `Retry-After` header reaches the governor: yt-dlp keeps the `HTTPError` (and
+its response's headers) that caused a `DownloadError` in the error's `exc_info`, and the media probe below sees
+its own response.
 
 ffmpeg, which fetches the section, writes its reasons to the terminal, not to yt-dlp: when it fails, one range
 request for the first byte of the media url (through the same yt-dlp session) tells a 403 or 429 apart from a
@@ -18,6 +20,7 @@ every instance, which is most of the CPU time of a clip that fails fast).
 
 from __future__ import annotations
 
+import email.utils
 import re
 import shutil
 import subprocess
@@ -54,6 +57,7 @@ class DownloadFailure(Exception):
     detail: str
     permanent: bool
     attempts: int = 1
+    retry_after: float | None = None  # seconds, from the refusal's Retry-After header
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
@@ -101,8 +105,36 @@ class _MediaUrls(PostProcessor):
         return [], information
 
 
-def _probe_media(ydl: yt_dlp.YoutubeDL, formats: list[dict[str, Any]]) -> str:
-    """`; media fetch: HTTP Error …` when a media url refuses its first byte, else empty."""
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header value asks to wait (delta-seconds or an HTTP date, RFC 9110 10.2.3), or None
+    when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The `Retry-After` of the `HTTPError` behind `exc`, which yt-dlp keeps in a `DownloadError`'s `exc_info` (and
+    an `ExtractorError`'s `cause`)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, HTTPError):
+            return retry_after_seconds(exc.response.headers.get("Retry-After"))
+        exc_info = getattr(exc, "exc_info", None)
+        exc = (exc_info[1] if exc_info else None) or getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _probe_media(ydl: yt_dlp.YoutubeDL, formats: list[dict[str, Any]]) -> tuple[str, float | None]:
+    """(`; media fetch: HTTP Error …`, its Retry-After) when a media url refuses its first byte, else ("", None)."""
     for fmt in formats:
         url = fmt.get("url")
         if not url or not re.match(r"https?://", url):
@@ -111,10 +143,10 @@ def _probe_media(ydl: yt_dlp.YoutubeDL, formats: list[dict[str, Any]]) -> str:
         try:
             ydl.urlopen(Request(url, headers=headers)).close()
         except HTTPError as exc:
-            return f"; media fetch: {exc}"
+            return f"; media fetch: {exc}", _retry_after(exc)
         except Exception:  # noqa: BLE001 - the probe only adds detail; the ffmpeg failure stands as it is
-            return ""
-    return ""
+            return "", None
+    return "", None
 
 
 def _media_probe_args(fmt: dict[str, Any], cfg: DownloadConfig, session: Session) -> list[str] | None:
@@ -209,11 +241,13 @@ def _download_once(
             info = ydl.extract_info(url, download=True)
         except DownloadError as exc:
             message = _clean_message(logger.errors[-1] if logger.errors else str(exc))
+            retry_after = _retry_after(exc)
             if media.formats and _FFMPEG_FAILED.search(message):
-                message += _probe_media(ydl, media.formats) or _probe_content(media.formats, cfg, session)
+                refused, retry_after = _probe_media(ydl, media.formats)
+                message += refused or _probe_content(media.formats, cfg, session)
             message = session.redact(message)
             kind, permanent = classify_error(message)
-            raise DownloadFailure(kind, message, permanent) from None
+            raise DownloadFailure(kind, message, permanent, retry_after=retry_after) from None
     downloads = (info or {}).get("requested_downloads") or []
     path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
     if path is None or not path.is_file() or path.stat().st_size == 0:
@@ -238,6 +272,8 @@ def download_section(
     exponential backoff; a permanent error or the last transient one raises DownloadFailure. With a `session` that
     has a governor (which paces every attempt), a throttling error pauses the session and the clip is tried again
     without counting an attempt, until the governor gives up (`governor.GiveUp`); without one it is transient.
+    Every attempt tells the governor how it ended (success, throttled, or neither), which a probe after a pause
+    needs.
     `before_final(attempts)` is called just before the file takes its final name (to journal the attempts).
     """
     url = cfg.url_template.format(ytid=validate_ytid(ytid))
@@ -247,20 +283,24 @@ def download_section(
     try:
         while True:
             ticket = session.acquire()
-            shutil.rmtree(work_dir, ignore_errors=True)
-            work_dir.mkdir(parents=True)
             try:
+                shutil.rmtree(work_dir, ignore_errors=True)
+                work_dir.mkdir(parents=True)
                 got = _download_once(url, cfg, session, start_sec, start_sec + duration_sec, work_dir, dest_stem.name)
             except DownloadFailure as failure:
                 if failure.throttling and session.governor is not None:
-                    session.throttled_by(ticket, failure.kind)
+                    session.throttled_by(ticket, failure.kind, failure.retry_after)
                     continue
+                session.released(ticket)
                 attempts += 1
                 failure.attempts = attempts
                 if failure.permanent or attempts > cfg.retries:
                     raise
                 sleep(cfg.retry_backoff_s * 2 ** (attempts - 1))
                 continue
+            except BaseException:
+                session.released(ticket)
+                raise
             session.succeeded(ticket)
             final = dest_stem.with_suffix(got.suffix)
             if before_final is not None:

@@ -224,7 +224,8 @@ class _Run:
 
     def paused(self, pause: Pause) -> None:
         left = self.meter.total - self.meter.done
-        self.say(f"{pause.kind}: pausing {format_duration(pause.seconds)}, {left} clips left")
+        why = " (the site's Retry-After)" if pause.retry_after is not None else ""
+        self.say(f"{pause.kind}: pausing {format_duration(pause.seconds)}{why}, {left} clips left")
 
     def stop(self, reason: str) -> None:
         with self._lock:

@@ -133,15 +133,21 @@ class Session:
         if self.governor and ticket:
             self.governor.succeeded(ticket)
 
-    def throttled_by(self, ticket: Ticket | None, kind: str) -> None:
-        """A throttling failure: pause the session (maybe raising `GiveUp`) and move this worker's proxy on."""
+    def released(self, ticket: Ticket | None) -> None:
+        """Tell the governor that an attempt ended without a success or a throttling (the next one probes)."""
+        if self.governor and ticket:
+            self.governor.released(ticket)
+
+    def throttled_by(self, ticket: Ticket | None, kind: str, retry_after: float | None = None) -> None:
+        """A throttling failure (with the site's `Retry-After`, if it sent one): pause the session (maybe raising
+        `GiveUp`) and move this worker's proxy on."""
         with self._lock:
             self.throttled += 1
         if self.proxies:
             self._worker().offset += 1
         if not (self.governor and ticket):
             return
-        pause = self.governor.throttled(ticket, kind)
+        pause = self.governor.throttled(ticket, kind, retry_after)
         if pause is not None:
             with self._lock:
                 self.pauses.append(pause)
