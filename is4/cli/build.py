@@ -28,7 +28,13 @@ def build(
     ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
     console.rule("build-is4 finished")
     console.print(f"work directory: {work}", highlight=False)
-    console.print(f"{len(ran)} stages done (unchanged ones reused from the cache)", highlight=False)
+    cached = [name for name in ran if results[name].get("cached")]
+    fresh = [name for name in ran if name not in cached]
+    console.print(f"{len(ran)} stages done", highlight=False)
+    console.print(f"  ran: {', '.join(fresh) or '-'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"  cached: {', '.join(cached) or '-'} (inputs unchanged, outputs intact)", highlight=False, soft_wrap=True
+    )
     for line in build_summary(work, cfg):
         console.print(f"  {line}", highlight=False)
     console.print(

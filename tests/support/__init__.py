@@ -137,3 +137,12 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def cached_stages(stdout: str) -> list[str]:
+    """The stages an `is4 build` reports as reused from the cache (its `cached: a, b (…)` line)."""
+    for line in stdout.splitlines():
+        if line.strip().startswith("cached: "):
+            names = line.strip().removeprefix("cached: ").split(" (")[0]
+            return [] if names == "-" else names.split(", ")
+    raise AssertionError(f"no 'cached:' line in the build's output: {stdout[-2000:]}")
