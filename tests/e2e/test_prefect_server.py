@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,19 +73,30 @@ def test_temporary_server_serves_the_run_and_stops_with_it() -> None:
 
 def test_a_builds_records_stay_in_its_work_directory(tmp_path: Path) -> None:
     """The temporary server keeps its records in the database it is given (`is4 build`: under WORK), not in the
-    user's shared `~/.prefect/prefect.db` (issue 21 item 9)."""
+    user's shared `~/.prefect/prefect.db` (issue 21 item 9). The flow runs in a process of its own: a Prefect flow run
+    inside the test process leaves state that makes later forked children (DataLoader workers) exit with status 1."""
     import sqlite3
 
-    from prefect import flow
-
-    @flow(name="records-here")
-    def records_here() -> int:
-        return 1
-
     database = tmp_path / "work" / "state" / "prefect" / "server.db"
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        with prefect_api(database):
-            assert records_here() == 1
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from prefect import flow\n"
+        "from is4.flows.server import prefect_api\n"
+        "@flow(name='records-here')\n"
+        "def records_here() -> int:\n"
+        "    return 1\n"
+        "with prefect_api(Path(sys.argv[1])):\n"
+        "    assert records_here() == 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(database)],
+        env=prefect_env(tmp_path / "prefect-home"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     with sqlite3.connect(database) as db:
         names = [row[0] for row in db.execute("SELECT flow.name FROM flow_run JOIN flow ON flow.id = flow_run.flow_id")]
     assert names == ["records-here"]
