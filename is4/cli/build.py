@@ -25,7 +25,7 @@ def build(
     results = run_build(config, workdir, overrides or ())
     cfg = load_config(config, overrides or ())
     work = Path(results["workdir"])
-    ran = [name for name in cfg.stages if isinstance(results.get(name), dict)]
+    ran = [name for name, summary in results.items() if isinstance(summary, dict)]  # stages and steps (export)
     console.rule("build-is4 finished")
     console.print(f"work directory: {work}", highlight=False)
     cached = [name for name in ran if results[name].get("cached")]
