@@ -4,6 +4,7 @@ refusals."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -192,6 +193,8 @@ def test_third_party_warnings_go_to_the_build_log(tmp_path: Path, capfd: pytest.
     from is4.api import third_party_to_log
 
     log = tmp_path / "logs" / "build.log"
+    library_loggers = [logging.getLogger(name) for name in ("transformers", "diffusers", "py.warnings")]
+    before = [(logger.handlers[:], logger.propagate) for logger in library_loggers]
     with third_party_to_log(log):
         warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
         transformers_logging.get_logger("transformers.image_processing").warning("requires torchvision")
@@ -202,6 +205,8 @@ def test_third_party_warnings_go_to_the_build_log(tmp_path: Path, capfd: pytest.
     for message in ("a library deprecation", "requires torchvision", "accelerate was not found"):
         assert message in text and message not in out + err
     # Afterwards the libraries log to the terminal again.
+    # Afterwards the libraries log where they did before (the terminal), not to the file.
+    assert [(logger.handlers[:], logger.propagate) for logger in library_loggers] == before
     transformers_logging.get_logger("transformers.image_processing").warning("after the build")
-    assert "after the build" in capfd.readouterr().err and "after the build" not in log.read_text()
+    assert "after the build" not in log.read_text()
     assert transformers_logging.is_progress_bar_enabled()

@@ -99,9 +99,10 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
         "        print(json.dumps([a.data for a in arts]))\n"
         "asyncio.run(main())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=prefect_env(home)
-    )
+    # The build's temporary server kept its records in the work directory (issue 21 item 9): read them there.
+    database = tmp_path / "work" / "state" / "prefect" / "server.db"
+    env = prefect_env(home, PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     markdown = json.loads(out.stdout.strip().splitlines()[-1])[0]
     assert "| ok | 1 |" in markdown
