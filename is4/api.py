@@ -26,9 +26,11 @@ def third_party_to_log(path: Path) -> Iterator[None]:
     libraries = (transformers_logging, diffusers_logging)
     bars = [library.is_progress_bar_enabled() for library in libraries]
     for library in libraries:
+        library.get_logger()  # configures the library's root logger (its default handler) before it is saved
+    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in _QUIET]
+    for library in libraries:
         library.disable_default_handler()
         library.disable_progress_bar()  # "Loading pipeline components…": the stages log their own progress
-    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in _QUIET]
     for logger, _, _ in saved:
         logger.handlers, logger.propagate = [handler], False
     logging.captureWarnings(True)
@@ -36,12 +38,12 @@ def third_party_to_log(path: Path) -> Iterator[None]:
         yield
     finally:
         logging.captureWarnings(False)
-        for logger, handlers, propagate in saved:
-            logger.handlers, logger.propagate = handlers, propagate
         for library, bar in zip(libraries, bars):
-            library.enable_default_handler()
             if bar:
                 library.enable_progress_bar()
+        # The handler lists as they were, in their order (re-enabling a default handler would append it last).
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
         handler.close()
 
 

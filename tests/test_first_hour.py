@@ -194,19 +194,24 @@ def test_third_party_warnings_go_to_the_build_log(tmp_path: Path, capfd: pytest.
 
     log = tmp_path / "logs" / "build.log"
     library_loggers = [logging.getLogger(name) for name in ("transformers", "diffusers", "py.warnings")]
-    before = [(logger.handlers[:], logger.propagate) for logger in library_loggers]
-    with third_party_to_log(log):
-        warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
-        transformers_logging.get_logger("transformers.image_processing").warning("requires torchvision")
-        diffusers_logging.get_logger("diffusers.models").warning("accelerate was not found")
-        assert not transformers_logging.is_progress_bar_enabled()
-    out, err = capfd.readouterr()
-    text = log.read_text()
-    for message in ("a library deprecation", "requires torchvision", "accelerate was not found"):
-        assert message in text and message not in out + err
-    # Afterwards the libraries log to the terminal again.
-    # Afterwards the libraries log where they did before (the terminal), not to the file.
-    assert [(logger.handlers[:], logger.propagate) for logger in library_loggers] == before
-    transformers_logging.get_logger("transformers.image_processing").warning("after the build")
-    assert "after the build" not in log.read_text()
-    assert transformers_logging.is_progress_bar_enabled()
+    # Another handler after the library's own (as pytest's log capture adds): their order must come back too.
+    extra = logging.NullHandler()
+    diffusers_logging.get_logger().addHandler(extra)
+    try:
+        before = [(logger.handlers[:], logger.propagate) for logger in library_loggers]
+        with third_party_to_log(log):
+            warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
+            transformers_logging.get_logger("transformers.image_processing").warning("requires torchvision")
+            diffusers_logging.get_logger("diffusers.models").warning("accelerate was not found")
+            assert not transformers_logging.is_progress_bar_enabled()
+        out, err = capfd.readouterr()
+        text = log.read_text()
+        for message in ("a library deprecation", "requires torchvision", "accelerate was not found"):
+            assert message in text and message not in out + err
+        # Afterwards the libraries log where they did before (the terminal), not to the file.
+        assert [(logger.handlers[:], logger.propagate) for logger in library_loggers] == before
+        transformers_logging.get_logger("transformers.image_processing").warning("after the build")
+        assert "after the build" not in log.read_text()
+        assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        diffusers_logging.get_logger().removeHandler(extra)
