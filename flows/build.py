@@ -20,7 +20,7 @@ from is4.flows.review import DEFAULT_REVIEWER, WAITING, human_review, review_dat
 from is4.flows.tasks import StageRunner
 from is4.pipeline.ingest.sources import open_ingest_source
 from is4.pipeline.registry import EXPORT, REGISTRY
-from is4.pipeline.stage import Stage, record_outputs
+from is4.pipeline.stage import Stage, record_outputs, remove_orphaned_temporaries
 
 Hook = Callable[[StageRunner, Stage], dict[str, Any]]
 
@@ -78,6 +78,7 @@ def build_is4(config_path: str, workdir: str | None = None, overrides: list[str]
         get_run_logger().info("build-is4 stage %d/%d: %s", number, len(planned), stage.name)
         results |= HOOKS.get(stage.name, _uniform)(run, stage)
         record_outputs(work, stage)  # also after a sharded stage's merge: what `outputs_intact` checks next
+        remove_orphaned_temporaries(work, stage)  # a killed shard's half-written file (the build holds WORK alone)
         if results.get("verify", {}).get("status") == WAITING:
             break  # later stages need the reviewers' decisions
     return results

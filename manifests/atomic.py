@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ def _current_umask() -> int:
 
 # mkstemp creates files 0600; finished files get the permissions an ordinary write would give them.
 _FILE_MODE = 0o666 & ~_current_umask()
+
+
+# What `atomic_path` names its temporary files: `.<target name>.tmp-<8 random characters><suffix>`.
+_TEMPORARY = re.compile(r"\..+\.tmp-[a-z0-9_]{8}(\.[^/]*)?")
 
 
 @contextlib.contextmanager
@@ -71,3 +76,15 @@ def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files `atomic_path` left in `directory` (not below it) when its writer was killed
+    (SIGKILL skips the cleanup); return them. Only for a caller that knows no writer is alive there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = [p for p in sorted(directory.iterdir()) if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

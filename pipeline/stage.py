@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import is4
 from is4.config import BuildConfig
-from is4.manifests.atomic import atomic_write_json
+from is4.manifests.atomic import atomic_write_json, remove_temporaries
 from is4.manifests.checksum import HashCache, json_sha256, sha256_file, sha256_if_exists
 from is4.manifests.io import ManifestError, manifest_path, read_manifest, read_provenance
 from is4.manifests.journal import cut_torn_tail
@@ -247,6 +247,23 @@ def record_outputs(work: Path, stage: Stage) -> None:
         }
         cache.save()
     atomic_write_json(work / OUTPUTS_DIR / f"{stage.name}.json", tables)
+
+
+def remove_orphaned_temporaries(work: Path, stage: Stage) -> list[Path]:
+    """Remove the temporary files a killed writer of `stage` left beside its outputs (its manifests and the folders
+    of the files they list); return them. Only while no writer can be alive in WORK: a whole build between stages,
+    never a shard started by hand beside others."""
+    folders = {manifest_path(work, table).parent for table in stage.writes}
+    for table in stage.writes:
+        try:
+            frame = read_manifest(work, table)
+        except ManifestError:
+            continue
+        folders |= {(work / rel).parent for rel in _listed_files(frame, table, ())}
+    removed = [path for folder in sorted(folders) for path in remove_temporaries(folder)]
+    for path in removed:
+        logger.warning("%s: a temporary file left by a killed writer: removed", path)
+    return removed
 
 
 def _read_record(work: Path, name: str) -> dict[str, Any]:

@@ -113,3 +113,12 @@ def demo_copy(demo_build: DemoBuild, tmp_path: Path) -> Path:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny random-weight models, each built once per session on first use."""
     return TinyModels(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests that read or copy the session's demo build run on one
+    worker, so the build is made once; everything else is spread over the workers test by test."""
+    for item in items:
+        if {"demo_build", "demo_copy"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("demo-build"))

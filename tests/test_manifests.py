@@ -411,3 +411,42 @@ def test_optional_columns_are_not_required(tmp_path: Path) -> None:
 def test_optional_enum_column_is_checked_when_present(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="'flag' has 'spicy'"):
         write_manifest(tmp_path, "images", pd.DataFrame([_image_row(flag="spicy")]))
+
+
+def test_a_killed_writers_temporary_file_is_removed_between_stages(tmp_path: Path) -> None:
+    """SIGKILL inside `atomic_path` leaves its temporary file; the build removes it after the stage, and nothing
+    else (finished files, other hidden files, other folders)."""
+    import signal
+    import subprocess
+    import sys
+
+    from is4.manifests.io import write_manifest
+    from is4.pipeline.registry import REGISTRY
+    from is4.pipeline.stage import remove_orphaned_temporaries
+
+    work = tmp_path / "work"
+    frames = work / "frames"
+    frames.mkdir(parents=True)
+    (frames / "c.jpg").write_bytes(b"finished")
+    (frames / ".keep").write_bytes(b"")
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir()
+    killer = (
+        "import os, signal, sys\n"
+        "from is4.manifests.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    for target in (frames / "d.jpg", elsewhere / "e.jpg"):
+        done = subprocess.run([sys.executable, "-c", killer, str(target)], check=False)
+        assert done.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in frames.iterdir())
+    assert any(name.startswith(".d.jpg.tmp-") for name in left), left
+    write_manifest(work, CLIPS, sample_frame(), {})
+
+    ingest = next(stage for stage in REGISTRY if stage.name == "ingest")
+    removed = remove_orphaned_temporaries(work, ingest)
+    assert [p.parent for p in removed] == [frames] and removed[0].name.startswith(".d.jpg.tmp-")
+    assert sorted(p.name for p in frames.iterdir()) == [".keep", "c.jpg"]
+    assert len(list(elsewhere.iterdir())) == 1  # not a folder of the stage's outputs: left alone
