@@ -12,6 +12,7 @@ from is4.pipeline.evaluation.extended import PREDICTIONS as EXTENDED_PREDICTIONS
 from is4.pipeline.evaluation.extended import RANGE_NOTES as EXTENDED_RANGES
 from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
 from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
+from is4.pipeline.evaluation.robust import FPR_RULES
 from is4.pipeline.evaluation.tasks import TASK
 
 _DEFAULT_IDS = "; ".join(f"{f.name}: {f.default_ids}" for f in FORMATS if f.default_ids)
@@ -94,6 +95,9 @@ def evaluate(
         str,
         typer.Option(help="extended: " + "; ".join(f"{k}: {v}" for k, v in EXTENDED_PREDICTIONS.items())),
     ] = "relative",
+    fpr_rule: Annotated[
+        str, typer.Option("--fpr-rule", help="robust: " + "; ".join(f"{k}: {v}" for k, v in FPR_RULES.items()))
+    ] = "logit",
     output: Annotated[
         Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here, at full precision")
     ] = None,
@@ -127,8 +131,12 @@ def evaluate(
         truth = load_ground_truth(release_dir, "box", benchmark=benchmark, ids=ids, empty=empty)
         _extended(truth, predictions, negatives, confidence, prediction, output)
         return
-    if task == "segmentation":
+    if task in ("segmentation", "robust"):
         gt = "mask"
+    if task == "robust":
+        truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
+        _robust(truth, predictions, rules, fpr_rule, output)
+        return
     truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
     scored = ev.score_file(truth, predictions, rules)
     reference = {}
@@ -190,3 +198,22 @@ def _extended(truth, predictions: Path, negatives: Path | None, confidence: str,
         from is4.manifests.atomic import atomic_write_json
 
         atomic_write_json(output, {"task": "extended", **result})
+
+
+def _robust(truth, predictions: Path, rules, fpr_rule: str, output: Path | None) -> None:
+    """The AVSBench-Robust metrics on the ground truth's masks: print the table, write the JSON."""
+    from is4.pipeline.evaluation import robust
+
+    result = robust.robust(truth, predictions, rules, fpr_rule=fpr_rule)
+    console.print(
+        f"{truth.benchmark} robust: {result['instances']} instances ({truth.source}), negative conditions "
+        f"{', '.join(result['conditions'])}, protocol {rules.name}, FPR rule {fpr_rule}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    console.print(robust.format_robust(result), soft_wrap=True, highlight=False, markup=False)
+    if output:
+        from is4.manifests.atomic import atomic_write_json
+
+        atomic_write_json(output, {"task": "robust", **result})
