@@ -170,4 +170,3 @@ def format_robust(result: dict) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
     )
-
