@@ -124,7 +124,7 @@ def test_tpami_suite_prints_ours_beside_the_published_figures(tmp_path):
     assert runs["avsbench-s4 segmentation gt=mask"]["result"]["miou"] == seg["miou"]
     # what the inputs do not allow is skipped, and says why
     assert runs["flickr localisation ids=flickr_test.csv"]["status"] == "skipped"
-    assert "no ground truth of flickr" in runs["flickr localisation ids=flickr_test.csv"]["reason"]
+    assert runs["flickr localisation ids=flickr_test.csv"]["reason"] == f"no flickr box ground truth in {bench}"
 
     # the printed tables: ours, then the published figures with their source table
     text = result.output
