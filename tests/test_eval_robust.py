@@ -90,8 +90,8 @@ def test_robust_equals_the_definitions(tmp_path):
         assert result[condition]["fpr"] == pytest.approx(want, abs=1e-9)
         assert 0 < result[condition]["fpr"] < 50
 
-    neg_miou = np.mean([result[c]["miou"] for c in CONDITIONS])
-    neg_f = np.mean([result[c]["fscore"] for c in CONDITIONS])
+    neg_miou = float(np.mean([result[c]["miou"] for c in CONDITIONS]))
+    neg_f = float(np.mean([result[c]["fscore"] for c in CONDITIONS]))
     assert result["g_miou"] == pytest.approx(harmonic_from_the_note(positive["miou"], neg_miou), abs=1e-9)
     assert result["g_f"] == pytest.approx(harmonic_from_the_note(positive["fscore"], neg_f), abs=1e-9)
     assert result["g_fpr"] == pytest.approx(np.mean([result[c]["fpr"] for c in CONDITIONS]), abs=1e-12)

@@ -10,6 +10,7 @@ single-task command gives, and the published figures must stand beside it with t
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,11 +35,11 @@ def make_folders(tmp_path):
     make_robust(bench, n=20)
     (bench / "robust.npz").rename(preds / "avsbench-s4.npz")
     rng = np.random.default_rng(4)
-    np.savez(
-        emb / "vggss.npz",
-        ids=np.array(ids),
-        **{"audio/backbone": rng.standard_normal((60, 8)), "image/backbone": rng.standard_normal((60, 8))},
-    )
+    arrays: dict[str, Any] = {
+        "audio/backbone": rng.standard_normal((60, 8)),
+        "image/backbone": rng.standard_normal((60, 8)),
+    }
+    np.savez(emb / "vggss.npz", ids=np.array(ids), **arrays)
     return bench, preds, emb
 
 

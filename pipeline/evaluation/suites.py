@@ -123,7 +123,6 @@ FLICKR = Run("flickr", "localisation", ids="flickr_test.csv", ids_optional=True)
 EXT_FLICKR = Run("flickr", "extended", ids="flickr_test.csv", ids_optional=True)
 EXT_VGGSS = Run("vggss", "extended")
 RETRIEVAL = Run("vggss", "retrieval")
-FIXED = {"protocol": "fixed"}
 
 
 def _box(benchmark: str) -> Run:
@@ -232,11 +231,11 @@ SUITES: tuple[Suite, ...] = (
                 "1",
                 "VGG-SS and Flickr-SoundNet, fixed threshold θ = 0.6: cIoU and AUC",
                 (
-                    Column("vggss", "VGG-SS", Run("vggss", "localisation", **FIXED), _CIOU_AUC),
+                    Column("vggss", "VGG-SS", Run("vggss", "localisation", protocol="fixed"), _CIOU_AUC),
                     Column(
                         "flickr",
                         "Flickr",
-                        Run("flickr", "localisation", "box", "flickr_test.csv", True, **FIXED),
+                        Run("flickr", "localisation", ids="flickr_test.csv", ids_optional=True, protocol="fixed"),
                         _CIOU_AUC,
                     ),
                 ),
@@ -249,13 +248,13 @@ SUITES: tuple[Suite, ...] = (
                     Column(
                         "vggss-heard",
                         "Heard 110",
-                        Run("vggss", "localisation", ids="vggss_heard_test.csv", **FIXED),
+                        Run("vggss", "localisation", ids="vggss_heard_test.csv", protocol="fixed"),
                         _CIOU_AUC,
                     ),
                     Column(
                         "vggss-unheard",
                         "Unheard 110",
-                        Run("vggss", "localisation", ids="vggss_unheard_test.csv", **FIXED),
+                        Run("vggss", "localisation", ids="vggss_unheard_test.csv", protocol="fixed"),
                         _CIOU_AUC,
                     ),
                 ),
