@@ -204,3 +204,7 @@ def test_a_failing_run_is_named_and_the_rest_still_print(tmp_path):
     assert result.exit_code == 2 and "the suite must be one of tpami, iccv23, jsa, acl" in result.output
     with pytest.raises(suites.EvaluationError, match="needs --predictions DIR"):
         suites.run_suite("tpami", bench)
+    with pytest.raises(suites.EvaluationError, match="a suite reads a folder of <benchmark>.npz files"):
+        suites.run_suite("tpami", bench, predictions=preds / "vggss.npz")
+    with pytest.raises(suites.EvaluationError, match="figures are of acl, alignment, fnac, marginnce, slavc"):
+        suites.run_suite("acl", bench, predictions=preds, method="jsa")

@@ -606,6 +606,11 @@ def run_suite(
     options = options or Options()
     figures = read_figures() if figures is None else figures
     chosen = method or suite.method
+    known = sorted({f.method for f in figures if f.paper == suite.paper})
+    if chosen != ALL_METHODS and chosen not in known:
+        raise EvaluationError(
+            f"--method: {suite.name}'s figures are of {', '.join(known)} (or {ALL_METHODS}), not {chosen!r}"
+        )
     methods = None if chosen == ALL_METHODS else {chosen}
     outcomes: dict[Run, Outcome] = {}
     for table in suite.tables:
