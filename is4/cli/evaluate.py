@@ -29,7 +29,8 @@ def evaluate(
         ),
     ],
     predictions: Annotated[
-        Path | None, typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation)")
+        Path | None,
+        typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation, extended, robust)"),
     ] = None,
     task: Annotated[
         str,
@@ -122,7 +123,7 @@ def evaluate(
     markdown: Annotated[Path | None, typer.Option(help="--suite: write the tables as Markdown here")] = None,
 ) -> None:
     """Score a model on a benchmark: heatmaps (cIoU, AUC, IIoU, IAUC; + mIoU, F-score for masks) beside baselines,
-    or embeddings (retrieval Recall@K beside chance; alignment and magnitude)."""
+    or embeddings (retrieval Recall@K beside chance; alignment and magnitude); `--suite`: a paper's tables."""
     from is4.pipeline.evaluation import evaluate as ev
     from is4.pipeline.evaluation import metrics
     from is4.pipeline.evaluation.formats import load_ground_truth
