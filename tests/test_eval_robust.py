@@ -55,6 +55,9 @@ def make_robust(tmp_path, n: int = 40, seed: int = 0):
             maps[robust.condition_key(condition, name)] = (
                 rng.standard_normal((12, 16)) * 1.5 + shift + (peak if i % 2 else 0)
             ).astype(np.float32)
+    # a 224×224 map (not resized) with values at 0 and tiny ones, where float32's sigmoid rounds to 0.5
+    tiny = np.array([0.0, 1e-8, 3e-8, 6e-8, 1e-7, 2e-7, -1e-8, 1e-4, -1e-4, 2e-3], dtype=np.float32)
+    maps[robust.condition_key("noise", names[2])] = np.resize(tiny, (224, 224))
     np.savez(tmp_path / "robust.npz", **maps)
     return names, maps
 

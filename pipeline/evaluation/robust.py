@@ -44,6 +44,7 @@ FPR_RULES = {
     "probability": "pixels with map > 0.5 (maps already in [0, 1])",
 }
 SEPARATOR = "/"
+NEAR_ZERO = np.float32(1e-3)  # sigmoid(±1e-3) = 0.5 ± 2.5e-4: far from float32's rounding at 0.5
 
 
 def condition_key(condition: str, instance_id: str) -> str:
@@ -88,14 +89,19 @@ class ConditionMaps:
 
 def activated_share(arr: np.ndarray, protocol: metrics.Protocol, rule: str = "logit") -> float:
     """The share of the 224×224 pixels a map activates under `rule` (`FPR_RULES`), in [0, 1]."""
-    import torch
-
     ready = np.asarray(prepare_map(arr, protocol), dtype=np.float32)
-    if rule == "logit":
+    if rule != "logit":
+        return float(np.count_nonzero(ready > np.float32(0.5))) / ready.size
+    # sigmoid(x) > 0.5 is x > 0 wherever |x| >= NEAR_ZERO; torch decides the pixels closer to 0, where float32
+    # rounding of its sigmoid can give exactly 0.5 (not above it) for a tiny positive x.
+    active = ready >= NEAR_ZERO
+    near = np.abs(ready) < NEAR_ZERO
+    if near.any():
+        import torch
+
         with torch.no_grad():
-            active = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(ready))) > 0.5
-        return float(active.sum().item()) / ready.size
-    return float(np.count_nonzero(ready > np.float32(0.5))) / ready.size
+            active[near] = (torch.sigmoid(torch.from_numpy(ready[near])) > 0.5).numpy()
+    return float(np.count_nonzero(active)) / ready.size
 
 
 def harmonic(positive: float, negative: float) -> float:
