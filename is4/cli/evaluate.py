@@ -12,6 +12,8 @@ from is4.pipeline.evaluation.extended import PREDICTIONS as EXTENDED_PREDICTIONS
 from is4.pipeline.evaluation.extended import RANGE_NOTES as EXTENDED_RANGES
 from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
 from is4.pipeline.evaluation.metrics import MAP_PATHS, MIOU_MEANS
+from is4.pipeline.evaluation.robust import FPR_RULES
+from is4.pipeline.evaluation.suites import SUITE
 from is4.pipeline.evaluation.tasks import TASK
 
 _DEFAULT_IDS = "; ".join(f"{f.name}: {f.default_ids}" for f in FORMATS if f.default_ids)
@@ -27,7 +29,8 @@ def evaluate(
         ),
     ],
     predictions: Annotated[
-        Path | None, typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation)")
+        Path | None,
+        typer.Option(help=".npz with one heatmap per instance id (localisation, segmentation, extended, robust)"),
     ] = None,
     task: Annotated[
         str,
@@ -94,6 +97,9 @@ def evaluate(
         str,
         typer.Option(help="extended: " + "; ".join(f"{k}: {v}" for k, v in EXTENDED_PREDICTIONS.items())),
     ] = "relative",
+    fpr_rule: Annotated[
+        str, typer.Option("--fpr-rule", help="robust: " + "; ".join(f"{k}: {v}" for k, v in FPR_RULES.items()))
+    ] = "logit",
     output: Annotated[
         Path | None, typer.Option(help="write the metrics (and the baselines') as JSON here, at full precision")
     ] = None,
@@ -103,9 +109,21 @@ def evaluate(
     baselines: Annotated[
         bool, typer.Option(help="score the random, centre and oracle baselines beside the model")
     ] = True,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{', '.join(SUITE)}: a paper's tables in one run; --release is then a folder of benchmark files, "
+            "--predictions / --embeddings folders of <benchmark>.npz"
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="--suite: whose published figures to print beside ours (default: the paper's; 'all')"),
+    ] = None,
+    markdown: Annotated[Path | None, typer.Option(help="--suite: write the tables as Markdown here")] = None,
 ) -> None:
     """Score a model on a benchmark: heatmaps (cIoU, AUC, IIoU, IAUC; + mIoU, F-score for masks) beside baselines,
-    or embeddings (retrieval Recall@K beside chance; alignment and magnitude)."""
+    or embeddings (retrieval Recall@K beside chance; alignment and magnitude); `--suite`: a paper's tables."""
     from is4.pipeline.evaluation import evaluate as ev
     from is4.pipeline.evaluation import metrics
     from is4.pipeline.evaluation.formats import load_ground_truth
@@ -114,6 +132,12 @@ def evaluate(
         rules = metrics.get_protocol(protocol, map_path=maps, miou_mean=miou_mean, threshold=threshold)
     except ValueError as exc:
         raise ev.EvaluationError(f"--protocol / --maps / --miou-mean / --threshold: {exc}") from None
+    if suite is not None:
+        from is4.pipeline.evaluation.suites import Options
+
+        options = Options(empty, miou_mean, confidence, prediction, fpr_rule)
+        _suite(suite, release_dir, predictions, embeddings, method, options, output, markdown)
+        return
     if task not in TASK:
         raise ev.EvaluationError(f"--task must be one of {', '.join(TASK)}, not {task!r}")
     if task in ("retrieval", "alignment"):
@@ -127,8 +151,12 @@ def evaluate(
         truth = load_ground_truth(release_dir, "box", benchmark=benchmark, ids=ids, empty=empty)
         _extended(truth, predictions, negatives, confidence, prediction, output)
         return
-    if task == "segmentation":
+    if task in ("segmentation", "robust"):
         gt = "mask"
+    if task == "robust":
+        truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
+        _robust(truth, predictions, rules, fpr_rule, output)
+        return
     truth = load_ground_truth(release_dir, gt, benchmark=benchmark, protocol=rules, ids=ids, empty=empty)
     scored = ev.score_file(truth, predictions, rules)
     reference = {}
@@ -190,3 +218,41 @@ def _extended(truth, predictions: Path, negatives: Path | None, confidence: str,
         from is4.manifests.atomic import atomic_write_json
 
         atomic_write_json(output, {"task": "extended", **result})
+
+
+def _robust(truth, predictions: Path, rules, fpr_rule: str, output: Path | None) -> None:
+    """The AVSBench-Robust metrics on the ground truth's masks: print the table, write the JSON."""
+    from is4.pipeline.evaluation import robust
+
+    result = robust.robust(truth, predictions, rules, fpr_rule=fpr_rule)
+    console.print(
+        f"{truth.benchmark} robust: {result['instances']} instances ({truth.source}), negative conditions "
+        f"{', '.join(result['conditions'])}, protocol {rules.name}, FPR rule {fpr_rule}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    console.print(robust.format_robust(result), soft_wrap=True, highlight=False, markup=False)
+    if output:
+        from is4.manifests.atomic import atomic_write_json
+
+        atomic_write_json(output, {"task": "robust", **result})
+
+
+def _suite(name: str, release_dir: Path, predictions, embeddings, method, options, output, markdown) -> None:
+    """Run a suite: print its tables, write the JSON and the Markdown; exit 2 naming the runs that failed."""
+    from is4.manifests.atomic import atomic_write_bytes, atomic_write_json
+    from is4.pipeline.evaluation import suites
+    from is4.pipeline.evaluation.errors import EvaluationError
+
+    report = suites.run_suite(
+        name, release_dir, predictions=predictions, embeddings=embeddings, method=method, options=options
+    )
+    console.print(suites.format_suite(report), soft_wrap=True, highlight=False, markup=False)
+    if output:
+        atomic_write_json(output, report)
+    if markdown:
+        atomic_write_bytes(markdown, suites.markdown_suite(report).encode())
+    failed = suites.failures(report)
+    if failed:
+        raise EvaluationError(f"{len(failed)} runs of the suite failed: " + "; ".join(failed))

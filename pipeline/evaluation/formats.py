@@ -580,7 +580,7 @@ class Format:
     aliases: Callable[[str], tuple[str, ...]] | None = None
     default_ids: str | None = None
     default_ids_note: str = "all instances"
-    tasks: tuple[str, ...] = ("localisation", "segmentation")
+    tasks: tuple[str, ...] = ("localisation", "segmentation", "robust")
 
 
 _ENTRY_IDS = "file stem of `image`"
@@ -605,7 +605,7 @@ FORMATS: tuple[Format, ...] = (
         _read_entry_list,
         ("box", "mask"),
         _ENTRY_IDS,
-        tasks=("localisation", "segmentation", "retrieval", "alignment"),
+        tasks=("localisation", "segmentation", "retrieval", "alignment", "robust"),
     ),
     Format(
         "flickr",

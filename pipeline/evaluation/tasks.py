@@ -15,13 +15,15 @@ from dataclasses import dataclass
 class Task:
     """One evaluation task: `inputs` (what the user gives), `gt` (box or mask ground truth; "any": only the
     instance ids and their classes), `metrics` as
-    (key in the result, column label) pairs, in percent, in table order."""
+    (key in the result, column label) pairs, in percent, in table order; `reads`: the file kind it scores
+    ("predictions", maps, or "embeddings")."""
 
     name: str
     inputs: str
     gt: str
     metrics: tuple[tuple[str, str], ...]
     summary: str
+    reads: str = "predictions"
 
 
 _BOX = (
@@ -55,6 +57,7 @@ TASKS: tuple[Task, ...] = (
         "any",
         tuple((f"{d}_r{k}", f"{d.upper().replace('2', '→')} R@{k}") for d in ("a2i", "i2a") for k in (1, 5, 10)),
         "Recall@K, a hit = one of the top K (cosine) has the query's class; chance level printed beside",
+        reads="embeddings",
     ),
     Task(
         "extended",
@@ -77,6 +80,17 @@ TASKS: tuple[Task, ...] = (
         "any",
         (("alignment", "alignment"), ("magnitude_mean", "magnitude"), ("magnitude_std", "magnitude std")),
         "mean positive-pair cosine; modality-gap norm, mean ± std over pairs",
+        reads="embeddings",
+    ),
+    Task(
+        "robust",
+        "`--predictions`: an `.npz` of one map per instance id (its own audio) and per `<condition>/<instance id>` "
+        "(negative audio: e.g. `silence`, `noise`, `offscreen`), `--gt mask`",
+        "mask",
+        (("miou", "mIoU"), ("fscore", "F"), ("g_miou", "G-mIoU"), ("g_f", "G-F"), ("g_fpr", "G-FPR")),
+        "AVSBench-Robust (ACL-SSL Table 5): mIoU and F on the positives; per negative condition mIoU, F and FPR (share "
+        "of pixels activated); G-mIoU / G-F = harmonic mean of the positive score and 100 − the conditions' mean, "
+        "G-FPR = their mean FPR",
     ),
 )
 TASK = {t.name: t for t in TASKS}
