@@ -1,5 +1,5 @@
 """The `train` Prefect flow runs the trainer and publishes the per-epoch metrics and overlay sheets as artifacts (Prefect's local API,
-in a subprocess of its own)."""
+in a subprocess of its own), with loader workers: a fork of the flow's process inherited Prefect's exit hooks and exited 1."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ w = Path(sys.argv[1])
 synthetic.write_workdir(w, 24, size=32, seconds=1.0)
 release = synthetic.write_release(w / "release", 2)
 cfg = w / "c.yaml"
-section = synthetic.tiny_train_section(release, epochs=2, max_steps_per_epoch=1, batch_size=8, alignment__image_size=32)
+section = synthetic.tiny_train_section(
+    release, epochs=2, max_steps_per_epoch=1, batch_size=8, num_workers=2, alignment__image_size=32
+)
 cfg.write_text(yaml.safe_dump({"seed": 1, "train": section}))
 out = train_flow(config_path=str(cfg), workdir=str(w), run_dir=str(w / "run"))
 keys = ArtifactFilterKey(any_=["train-metrics", "train-summary"])

@@ -54,6 +54,9 @@ from is4.trainers.tracking import RunLogger
 
 CHECKPOINT_FORMAT = "is4-train/1"
 # Settings that cannot change the weights of a given epoch: left out of the resume hash.
+# Loader workers start from a fresh server process, not as forks of this one: a fork inherits whatever the caller
+# runs (a Prefect flow run's threads and handlers made every forked worker exit 1 at shutdown, issue 21).
+_LOADER_CONTEXT = "forkserver"
 _NOT_HASHED = ("epochs", "num_workers", "eval", "device", "cpu_threads", "logger", "wandb_project")
 
 
@@ -233,7 +236,12 @@ def _train(
         wrapped = torch.compile(wrapped)  # type: ignore[assignment]
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, world.size, world.rank, seed, steps)
     loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=method.collate, pin_memory=cuda
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=method.collate,
+        pin_memory=cuda,
+        multiprocessing_context=_LOADER_CONTEXT if cfg.num_workers else None,
     )
     higher = cfg.eval.release is not None
     metric = cfg.eval.metric if higher else "loss"
