@@ -30,6 +30,9 @@ class TableSpec:
     # Columns a stage may add: not required, but when present they have this type (so an all-null column keeps it).
     optional: tuple[pa.Field, ...] = ()
     path_columns: tuple[str, ...] = ()
+    # Path columns naming files that another table lists and its stage made (an instance's mask is an annotation's):
+    # a changed file makes this table stale, but only the owning stage's check may remove it.
+    referenced_paths: tuple[str, ...] = ()
     # Rows whose key may be null (e.g. a csv row so broken that it has no clip id); they are exempt from the
     # uniqueness check but must satisfy `nullable_key_when`.
     nullable_key_when: tuple[str, str] | None = None
@@ -236,6 +239,7 @@ INSTANCES = TableSpec(
     key=("instance_id",),
     sort_by=("instance_id",),
     path_columns=("audio_path", "image_path", "mask_path"),
+    referenced_paths=("audio_path", "image_path", "mask_path"),  # the clips', images' and annotations' files
     optional=(
         _f("label", _str),  # the clip's VGGSound label
         _f("reused", pa.bool_()),  # the category's clip pool ran out and this clip serves a second object
@@ -275,6 +279,7 @@ CAPTIONS = TableSpec(
     sort_by=("item_id",),
     enums={"source": CAPTION_SOURCES},
     path_columns=("image_path", "audio_path"),
+    referenced_paths=("image_path", "audio_path"),  # the captioned images' and clips' files
 )
 
 NEIGHBOUR_MODALITIES = frozenset({"image", "audio"})

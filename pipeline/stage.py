@@ -308,6 +308,9 @@ def damaged_files(
     if record and record.get("manifest_sha256") == sha256_if_exists(manifest_path(work, table)):
         recorded = record.get("files") or {}
         files = {rel: expected or recorded.get(rel) for rel, expected in files.items()}
+    spec = TABLES[table]
+    owned = tuple(c for c in spec.path_columns if c not in spec.referenced_paths)
+    borrowed = set(_listed_files(frame, table, skip + owned))
     cache = HashCache(work, table, deep=deep)
     damaged: list[str] = []
     for rel, expected in files.items():
@@ -317,6 +320,9 @@ def damaged_files(
             continue
         actual = cache.sha256(rel)
         if actual is None:
+            damaged.append(rel)
+        elif actual != expected and rel in borrowed:  # another stage's file, changed since: this table is stale
+            logger.warning("%s: changed since %s listed it: %s is made again", work / rel, table, table)
             damaged.append(rel)
         elif actual != expected:
             logger.warning(

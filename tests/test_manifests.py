@@ -450,3 +450,35 @@ def test_a_killed_writers_temporary_file_is_removed_between_stages(tmp_path: Pat
     assert [p.parent for p in removed] == [frames] and removed[0].name.startswith(".d.jpg.tmp-")
     assert sorted(p.name for p in frames.iterdir()) == [".keep", "c.jpg"]
     assert len(list(elsewhere.iterdir())) == 1  # not a folder of the stage's outputs: left alone
+
+
+def test_a_tables_check_never_removes_a_file_another_stage_made(tmp_path: Path) -> None:
+    """An instance lists an annotation's mask: when a person's refinement rewrote that mask, the instances are stale
+    (match runs again) but the mask is the annotations' to check, and stays."""
+    from is4.manifests.io import write_manifest
+    from is4.manifests.schema import INSTANCES
+    from is4.pipeline.registry import REGISTRY
+    from is4.pipeline.stage import damaged_files, record_outputs
+
+    work = tmp_path / "work"
+    masks = work / "masks"
+    masks.mkdir(parents=True)
+    (masks / "img1_dog.png").write_bytes(b"automatic mask")
+    row: dict[str, Any] = {name: None for name in INSTANCES.column_names + INSTANCES.optional_names}
+    row.update(instance_id="img1_dog", image_id="img1", category="dog", mask_path="masks/img1_dog.png")
+    write_manifest(work, INSTANCES, pd.DataFrame([row]), {})
+    match = next(stage for stage in REGISTRY if stage.name == "match")
+    record_outputs(work, match)
+    assert damaged_files(work, "instances", record=_recorded(work, "match")) == []
+
+    (masks / "img1_dog.png").write_bytes(b"refined by a person")
+    assert damaged_files(work, "instances", record=_recorded(work, "match")) == ["masks/img1_dog.png"]
+    assert (masks / "img1_dog.png").read_bytes() == b"refined by a person"
+    assert not match.outputs_intact(work, None)  # type: ignore[arg-type]
+    assert (masks / "img1_dog.png").read_bytes() == b"refined by a person"
+
+
+def _recorded(work: Path, stage: str) -> dict[str, Any]:
+    from is4.pipeline.stage import stage_record
+
+    return stage_record(work, stage)["instances"]
