@@ -23,7 +23,7 @@ from tests.support.review_work import make_workdir
 
 def _listener(port: int) -> psutil.Process | None:
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid is not None:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr[1] == port and conn.pid is not None:
             return psutil.Process(conn.pid)
     return None
 
