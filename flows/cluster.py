@@ -4,6 +4,9 @@ A sharded stage (one whose declaration names a merge, `Stage.merge`) is one subf
 stage: it maps one cached `stage_task` per `Shard(i, n)` over the runner, waits for every shard, then runs the
 stage's merge in the flow process (the one writer of the stage's manifest). The Dask cluster exists only while that subflow runs, never
 across the human-review pause. The graph stays flat: the flow submits the shards, nothing waits inside a worker.
+When every shard is a cache hit, the stage's manifest is intact and was written with this provenance (the cache's
+rule), so nothing is merged and the stage reports `cached` only: a cache hit's summary holds the first run's counts
+and process, not this run's.
 
 `execution.runner: dask` needs the `[cluster]` extra. With `execution.dask.address` set, the workers are other
 processes (often other machines): they reach the Prefect API only through the URL in the task's settings, so a
@@ -153,9 +156,12 @@ def merge_task(
     shards: list[dict[str, Any]],
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    """The one writer of a sharded stage's manifest, after all its shards: publishes the merged summary."""
+    """The one writer of a sharded stage's manifest, after all its shards: publishes the merged summary (naming the
+    shards that were cache hits: their counts are their first run's)."""
     summary = declared(name).load_merge()(Path(workdir), config, provenance, shards, **options)
-    return publish(f"{name}-merged", f"{name} (merged)", summary)
+    cached = [s.get("shard", "0/1") for s in shards if s.get("cached")]
+    title = f"{name} (merged" + (f"; cached shards {', '.join(cached)}: counts of their first run)" if cached else ")")
+    return publish(f"{name}-merged", title, {**summary, **({"cached_shards": cached} if cached else {})})
 
 
 @flow(name="sharded-stage")
@@ -174,12 +180,15 @@ def sharded_flow(
         check_resources(client, name, config.execution.resources.get(name))  # type: ignore[call-overload]
     with _annotated(config, stage):
         shards = run.shards(stage, n, provenance, **options)
+    if all(s.get("cached") for s in shards):  # outputs intact and of this provenance: nothing ran, nothing to merge
+        return {"cached": True, "shards": n, "workers": workers}
     return {
         **merge_task(name, workdir, config, provenance, shards, options),
         "shards": n,
-        "placement": [{k: s.get(k) for k in ("pid", "worker")} for s in shards],
+        "placement": [
+            {"cached": True} if s.get("cached") else {k: s.get(k) for k in ("pid", "worker")} for s in shards
+        ],
         "workers": workers,
-        **({"cached": True} if all(s.get("cached") for s in shards) else {}),  # not this run's counts
     }
 
 

@@ -3,8 +3,7 @@
 Prefect's own temporary server (`SubprocessASGIServer`, started on demand by whatever needs the API first) is stopped
 by an `atexit` hook, which a killed process never runs: after `kill -9` of `is4 build` it kept running with no
 parent. `prefect_api()` starts the same server (uvicorn on Prefect's app factory, on 127.0.0.1, without the UI) but
-through a launcher that asks the kernel to send it SIGTERM when its parent dies (Linux `PR_SET_PDEATHSIG`, which
-survives the exec into uvicorn); the URL goes into the run's settings and the environment, so everything the run
+tied to this process (`pipeline/common/tied.py`: the kernel sends it SIGTERM when its parent dies); the URL goes into the run's settings and the environment, so everything the run
 starts, Dask workers included, reports to this one server. Elsewhere than Linux the launcher cannot ask, and the
 server outlives a killed parent as Prefect's did. Its SQLite database is the one named by the caller (`is4 build`:
 `WORK/state/prefect/server.db`), so a build's records stay with its work directory instead of the user's shared
@@ -25,18 +24,9 @@ from pathlib import Path
 import httpx
 
 from is4.manifests.errors import FatalError
+from is4.pipeline.common.tied import STOP_TIMEOUT_S, start_tied, stop
 
 STARTUP_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 5.0
-# argv: launcher, parent pid, command...: die with the parent (PR_SET_PDEATHSIG = 1), unless it is already gone.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "if sys.platform.startswith('linux'):\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 class ServerError(FatalError):
@@ -89,11 +79,7 @@ def start_server(port: int, database: Path | None = None) -> subprocess.Popen[by
         "--lifespan",
         "on",
     ]
-    return subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command],
-        env=_server_env(database),
-        stdout=subprocess.DEVNULL,
-    )
+    return start_tied(command, env=_server_env(database), stdout=subprocess.DEVNULL)
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], api_url: str) -> None:
@@ -128,13 +114,7 @@ def _start_healthy(database: Path | None, attempts: int = 3) -> tuple[subprocess
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
     """Stop the server (SIGTERM, then SIGKILL after a few seconds) and reap it."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop(process)
 
 
 @contextlib.contextmanager

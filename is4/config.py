@@ -1,18 +1,23 @@
 """The one typed build configuration, loaded from YAML.
 
-Unknown keys and bad values are rejected with the dotted path of the offending key. Relative paths in a config are
-resolved against the current working directory of the process that runs the build, except that `is4 train` re-roots
-a path inside the config's `workdir` under the run's work directory (`in_workdir`), so `--workdir` moves it too.
+Unknown keys and bad values are rejected with the dotted path of the offending key.
+
+Relative paths, one rule: a path written in a config file is relative to that file's folder (`load_config` rewrites
+it as the same file seen from the current directory), except the few settings typed `WorkPath`, which name something
+inside the work directory and are relative to WORK (`in_workdir`, where they are used). A path given with `--set`
+is a command-line value: relative to the current directory.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import os
 import string
+import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,8 +37,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-# YAML has no path type: paths are written as strings.
+# YAML has no path type: paths are written as strings. A relative ConfigPath is relative to the config file's folder;
+# a relative WorkPath is inside WORK, the run's work directory (module docstring).
 ConfigPath = Annotated[Path, Field(strict=False)]
+_IN_WORK = "relative to WORK"
+WorkPath = Annotated[Path, Field(strict=False), _IN_WORK]
+_ON_PATH = "a bare name is a command on PATH"
+CommandPath = Annotated[Path, Field(strict=False), _ON_PATH]  # a bare name (`python`) is not a path: left as written
 
 
 class SubsetConfig(StrictModel):
@@ -304,8 +314,8 @@ class ReviewConfig(StrictModel):
     )
     dataset: str | None = Field(None, description="FiftyOne dataset name; default is4-<work dir name>-<path hash>")
     database_uri: str | None = Field(None, description="a shared MongoDB server; default: FiftyOne's embedded one")
-    database_dir: ConfigPath | None = Field(
-        None, description="embedded MongoDB data directory (relative: to the work dir); default: FiftyOne's own"
+    database_dir: WorkPath | None = Field(
+        None, description="embedded MongoDB data directory (relative: inside WORK); default: FiftyOne's own"
     )
     address: str = Field("127.0.0.1", description="where the App listens")
     port: int = Field(5151, ge=1, le=65535)
@@ -361,7 +371,9 @@ class GamaConfig(StrictModel):
 
     repo: ConfigPath = Field(description="a checkout of the GAMA repository")
     base_model: ConfigPath = Field(description="the LLaMA-2 base model directory GAMA's checkpoint was tuned from")
-    python: ConfigPath = Field(Path("python"), description="the interpreter of GAMA's environment")
+    python: CommandPath = Field(
+        Path("python"), description="the interpreter of GAMA's environment (a bare name: a command on PATH)"
+    )
     prompt: str = "Describe the audio in detail."
 
 
@@ -486,7 +498,9 @@ class AlignmentConfig(StrictModel):
 class TrainEvalConfig(StrictModel):
     """The per-epoch evaluation hook: heatmaps of a release scored by the `is4 eval` harness."""
 
-    release: ConfigPath | None = Field(None, description="a release directory or ground-truth file; none: no eval")
+    release: WorkPath | None = Field(
+        None, description="a release directory or ground-truth file (relative: inside WORK); none: no eval"
+    )
     gt: Literal["box", "mask"] = "box"
     protocol: Literal["reference", "exact-k"] = "reference"
     every: int = Field(1, ge=1, le=10_000, description="evaluate every N epochs (and after the last)")
@@ -732,16 +746,51 @@ def read_yaml(path: str | Path, what: str, error: type[Exception]) -> object:
         raise error(f"{path}: not valid YAML: {exc}") from None
 
 
-def in_workdir(cfg: BuildConfig, path: Path, work: Path) -> Path:
-    """`path` as the run means it: a relative path inside the config's `workdir` as written (the demo's
-    `train.eval.release: work/demo/releases/is4-0.1.0`) is re-rooted under `work`, the run's actual work directory
-    (`--workdir`); any other path stays as it is (relative to the current directory)."""
-    if path.is_absolute() or Path(cfg.workdir).is_absolute():
-        return path
-    try:
-        return Path(work) / path.relative_to(cfg.workdir)
-    except ValueError:
-        return path
+def in_workdir(path: Path, work: str | Path) -> Path:
+    """A `WorkPath` setting as the run means it: relative, inside `work` (the run's work directory, `--workdir`
+    included); absolute, itself."""
+    return Path(path) if Path(path).expanduser().is_absolute() else Path(work) / path
+
+
+def _from_folder(value: str, folder: str) -> str:
+    """A path written in a config file in `folder`, as seen from the current directory: relative to it when inside
+    it (the demo's `../work/demo` in `configs/` is `work/demo`), else absolute; an absolute or `~` path as written."""
+    if Path(value).expanduser().is_absolute():
+        return value
+    target = os.path.abspath(os.path.join(folder, value))
+    inside = os.path.relpath(target)
+    return target if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
+
+
+def _rebase_value(value: object, annotation: object, metadata: Sequence[object], folder: str) -> object:
+    if _IN_WORK in metadata:
+        return value
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _rebase_value(value, args[0], [*metadata, *args[1:]], folder)
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _rebase_value(value, options[0], metadata, folder) if len(options) == 1 else value
+    if origin is list and isinstance(value, list):
+        return [_rebase_value(v, args[0], metadata, folder) for v in value]
+    if annotation is Path and isinstance(value, str):
+        return value if _ON_PATH in metadata and len(Path(value).parts) == 1 else _from_folder(value, folder)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _rebase(value, annotation, folder)
+    return value
+
+
+def _rebase(data: object, model: type[BaseModel], folder: str) -> object:
+    """`data` (a config file's mapping for `model`) with every relative path setting made relative to `folder`, the
+    file's folder, except the `WorkPath` ones (relative to WORK); anything malformed is left to validation."""
+    if not isinstance(data, dict):
+        return data
+    return {
+        key: _rebase_value(value, info.annotation, info.metadata, folder)
+        if (info := model.model_fields.get(key)) is not None and value is not None
+        else value
+        for key, value in data.items()
+    }
 
 
 def apply_overrides(data: object, overrides: Sequence[str]) -> object:
@@ -777,8 +826,11 @@ def apply_overrides(data: object, overrides: Sequence[str]) -> object:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
     """Load and validate a YAML config file (None: the built-in defaults) with `key.path=value` overrides applied
-    (`apply_overrides`); errors name the file, the override and the bad key."""
+    (`apply_overrides`); errors name the file, the override and the bad key. The file's relative paths are read
+    from its folder (module docstring)."""
     data = read_yaml(path, "config", ConfigError) if path is not None else {}
+    if path is not None:
+        data = _rebase(data, BuildConfig, os.path.dirname(path))  # the file's paths; not those of `--set`
     source = str(path) if path is not None else "built-in defaults"
     if overrides:
         source += " with " + " ".join(f"--set {o}" for o in overrides)

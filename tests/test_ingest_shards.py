@@ -60,6 +60,10 @@ def test_three_shards_and_a_merge_give_the_bytes_of_one_run(media_server, tmp_pa
     assert [s["shard"] for s in shards] == ["0/3", "1/3", "2/3"] and all(s["manifest"] is None for s in shards)
     merged = merge_ingest(three, cfg, provenance, shards, csv_path=csv)
     assert (merged["ok"], merged["failed"], merged["invalid"]) == (whole["ok"], whole["failed"], whole["invalid"])
+    assert (merged["processed"], merged["reused"]) == (6, 0), "the shards' work, not the merge's"
+    hits = [{**s, "cached": True} if s["shard"] == "1/3" else s for s in shards]  # a cache hit did nothing now
+    again = merge_ingest(three, cfg, provenance, hits, csv_path=csv)
+    assert (again["processed"], again["reused"]) == (4, 2)
     assert manifest_path(three, "clips").read_bytes() == manifest_path(one, "clips").read_bytes()
     assert _media(three) == _media(one)
     clips = read_manifest(three, "clips")

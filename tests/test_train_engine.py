@@ -194,7 +194,7 @@ def test_bad_inputs_give_one_clear_line(work: Path, tmp_path: Path) -> None:
             str(tmp_path / "m.npz"),
         ]
     )
-    assert "no such checkpoint" in line
+    assert f"--run {tmp_path / 'norun'}: does not exist" in line  # checked before anything is loaded
 
     pickled = tmp_path / "evil" / "checkpoints" / "best.pt"
     pickled.parent.mkdir(parents=True)

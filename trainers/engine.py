@@ -43,11 +43,12 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from is4.config import TrainConfig
+from is4.config import TrainConfig, in_workdir
 from is4.manifests.atomic import atomic_path, atomic_write_bytes
 from is4.manifests.checksum import json_sha256
 from is4.manifests.errors import Is4Error
 from is4.manifests.ids import derive_seed
+from is4.manifests.inputs import check_readable
 from is4.trainers import dist
 from is4.trainers.method import TrainError, TrainMethod, get_method
 from is4.trainers.tracking import RunLogger
@@ -159,7 +160,7 @@ def train(
 ) -> dict:
     """Train `cfg.method` on WORK's manifests; returns the run summary (run dir, epochs, last and best scores)."""
     workdir = Path(workdir)
-    check_eval_release(cfg)  # before any model is built or step taken, not after the first epoch
+    check_inputs(cfg, workdir, method_name)  # before any model is built or step taken, not after the first epoch
     method = get_method(cfg, seed, method_name)
     cfg = method.cfg  # the optimiser settings the config left unset are the method's
     world = dist.setup(cfg.device, cfg.cpu_threads)
@@ -169,16 +170,30 @@ def train(
         dist.teardown()
 
 
-def check_eval_release(cfg: TrainConfig) -> None:
-    """Read `train.eval.release`'s ground truth once up front: a missing or unreadable one fails in one line now."""
-    if cfg.eval.release is None:
-        return
+def eval_release(cfg: TrainConfig, workdir: Path) -> Path | None:
+    """The release the run scores: `train.eval.release`, a relative one inside WORK (`--workdir` included)."""
+    return None if cfg.eval.release is None else in_workdir(cfg.eval.release, workdir)
+
+
+def check_inputs(cfg: TrainConfig, workdir: Path, method_name: str | None = None) -> None:
+    """The run's inputs read once up front, so a missing or unreadable one fails in one line naming it: the
+    release's ground truth, the id list and the initial weights of the method's section (the manifests are read,
+    and named when missing, before any model is built)."""
     from is4.pipeline.evaluation.formats import load_ground_truth
 
-    try:
-        load_ground_truth(cfg.eval.release, cfg.eval.gt, protocol=cfg.eval.protocol)
-    except Is4Error as exc:
-        raise TrainError(f"train.eval.release: {exc}") from None
+    release = eval_release(cfg, workdir)
+    if release is not None:
+        try:
+            load_ground_truth(release, cfg.eval.gt, protocol=cfg.eval.protocol)
+        except Is4Error as exc:
+            raise TrainError(f"train.eval.release: {exc}") from None
+    section = getattr(cfg, method_name or cfg.method, None)
+    check_readable(
+        {
+            "train.id_list": cfg.id_list,
+            f"train.{method_name or cfg.method}.pretrained_vision": getattr(section, "pretrained_vision", None),
+        }
+    )
 
 
 def _train(
@@ -286,7 +301,7 @@ def _train(
             sheet = None
             if cfg.eval.release is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                 if world.main:
-                    scores, sheet = _evaluate(method, model, cfg, run, epoch)
+                    scores, sheet = _evaluate(method, model, cfg, eval_release(cfg, workdir), run, epoch)
                     record.update(scores)
                 dist.barrier()
             history.append(record)
@@ -350,7 +365,7 @@ def _replica_divergence(model: torch.nn.Module) -> float:
 
 
 def _evaluate(
-    method: TrainMethod, model: torch.nn.Module, cfg: TrainConfig, run: Path, epoch: int
+    method: TrainMethod, model: torch.nn.Module, cfg: TrainConfig, release: Path | None, run: Path, epoch: int
 ) -> tuple[dict[str, float], bytes]:
     """(scores, overlay sheet PNG) of the epoch: its maps in `predictions/`, scored, the sheet in `overlays/`."""
     from is4.pipeline.evaluation import metrics
@@ -359,16 +374,16 @@ def _evaluate(
     from is4.trainers.overlays import overlay_sheet
     from is4.trainers.predict import write_heatmaps
 
-    assert cfg.eval.release is not None
+    assert release is not None
     out = run / "predictions" / f"epoch-{epoch}.npz"
-    write_heatmaps(method, model, cfg.eval.release, out, gt=cfg.eval.gt, batch_size=cfg.eval.batch_size)
+    write_heatmaps(method, model, release, out, gt=cfg.eval.gt, batch_size=cfg.eval.batch_size)
     protocol = metrics.get_protocol(cfg.eval.protocol)
-    scored = score_file(load_ground_truth(cfg.eval.release, cfg.eval.gt, protocol=protocol), out, protocol)
+    scored = score_file(load_ground_truth(release, cfg.eval.gt, protocol=protocol), out, protocol)
     scores = scored.summary
     if cfg.eval.metric not in scores:
         known = ", ".join(k for k, v in scores.items() if isinstance(v, float))
         raise TrainError(f"train.eval.metric {cfg.eval.metric!r} is not a score of this benchmark ({known})")
-    sheet = overlay_sheet(cfg.eval.release, out, scored)
+    sheet = overlay_sheet(release, out, scored)
     atomic_write_bytes(run / "overlays" / f"epoch-{epoch}.png", sheet)
     return {k: float(v) for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)}, sheet
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from is4.config import ReviewConfig
+from is4.config import ReviewConfig, in_workdir
 from is4.manifests.errors import FatalError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _database(cfg: ReviewConfig, workdir: str | Path) -> tuple[str, str | None]:
     if cfg.database_uri:
         return "uri", cfg.database_uri
     if cfg.database_dir is not None:
-        return "dir", str((Path(workdir) / cfg.database_dir).resolve())
+        return "dir", str(in_workdir(cfg.database_dir, workdir).resolve())
     return "default", None  # FiftyOne's own per-user database (or FIFTYONE_DATABASE_DIR from the environment)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from is4.cli._common import cli_errors, console
+from is4.manifests.inputs import check_readable
 from is4.pipeline.evaluation.extended import PREDICTIONS as EXTENDED_PREDICTIONS
 from is4.pipeline.evaluation.extended import RANGE_NOTES as EXTENDED_RANGES
 from is4.pipeline.evaluation.formats import BENCHMARKS, EMPTY_RULES, FORMATS
@@ -140,6 +141,8 @@ def evaluate(
         return
     if task not in TASK:
         raise ev.EvaluationError(f"--task must be one of {', '.join(TASK)}, not {task!r}")
+    files = {"--predictions": predictions, "--embeddings": embeddings, "--negatives": negatives}
+    check_readable({"--release": release_dir, **files, "--ids": None if ids in (None, "auto") else ids})
     if task in ("retrieval", "alignment"):
         if embeddings is None:
             raise ev.EvaluationError(f"--task {task} needs --embeddings FILE")

@@ -18,6 +18,7 @@ from is4.cli._common import (
     print_summary,
     progress_bar,
 )
+from is4.manifests.inputs import check_readable
 from is4.trainers.registry import method_names
 
 
@@ -42,14 +43,9 @@ def train(
 ) -> None:
     """Train a localisation method on the work directory's manifests (multi-process: `torchrun --nproc_per_node N
     -m is4.cli train ...`); checkpoints, metrics and per-epoch scores go to the run directory."""
-    from is4.config import in_workdir
     from is4.trainers.engine import train as run_training
 
     cfg, work = config_and_workdir(config, workdir, overrides)
-    release = cfg.train.eval.release
-    if release is not None:  # `work/demo/releases/x` in the config means WORK/releases/x under --workdir WORK
-        moved = cfg.train.eval.model_copy(update={"release": in_workdir(cfg, release, work)})
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval": moved})})
     rank0 = os.environ.get("RANK", "0") == "0"
     summary = run_training(
         cfg.train, work, seed=cfg.seed, run_dir=run, method_name=method, resume=resume, progress=rank0
@@ -112,6 +108,7 @@ def predict(
     """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
     from is4.trainers.predict import write_heatmaps
 
+    check_readable({"--release": release_dir, "--run": run, "--weights": weights, "--config": config})
     method, model, facts = _model(run, checkpoint, weights, config, overrides)
     with progress_bar("predict") as progress:
         n = write_heatmaps(
@@ -162,6 +159,7 @@ def embed(
     """Write the audio and image embeddings of every benchmark instance (retrieval, alignment) with a model."""
     from is4.trainers.predict import write_embeddings
 
+    check_readable({"--release": release_dir, "--run": run, "--weights": weights, "--config": config})
     method, model, facts = _model(run, checkpoint, weights, config, overrides)
     with progress_bar("embed") as progress:
         kinds = write_embeddings(

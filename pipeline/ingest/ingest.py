@@ -431,8 +431,10 @@ def merge_ingest_records(
     seed: int = 0,
     shards: int = 1,
     provenance: Mapping[str, Any] | None = None,
+    processed: int = 0,
 ) -> IngestSummary:
-    """Write `clips.parquet` from the journals of every shard, byte-identical to a run in one process.
+    """Write `clips.parquet` from the journals of every shard, byte-identical to a run in one process; `processed`:
+    the clips this run's shards fetched (the others count as reused).
 
     Raises `IngestIncomplete` when a selected clip has no final record yet (a shard has not finished).
     """
@@ -449,7 +451,8 @@ def merge_ingest_records(
             f"again (finished clips are kept)"
         )
     manifest = _write_clips(workdir, csv_path, rows, selected, records, provenance)
-    return _summary(rows, selected, records, whole=True, manifest=manifest, reused=len(selected), processed=0)
+    reused = len(selected) - processed
+    return _summary(rows, selected, records, whole=True, manifest=manifest, reused=reused, processed=processed)
 
 
 def _stage_config(cfg: BuildConfig, url_template: str | None) -> IngestConfig:
@@ -510,7 +513,9 @@ def merge_ingest(
     csv_path: str | Path,
     url_template: str | None = None,
 ) -> dict[str, Any]:
-    """The `clips` manifest after every shard of `ingest_stage` ran (`shards`: their summaries, in order)."""
+    """The `clips` manifest after every shard of `ingest_stage` ran (`shards`: their summaries, in order; a cache
+    hit's, marked `cached`, processed nothing in this run)."""
+    processed = sum(s.get("processed", 0) for s in shards if not s.get("cached"))
     return merge_ingest_records(
-        csv_path, work, cfg.ingest, seed=cfg.seed, shards=len(shards), provenance=provenance
+        csv_path, work, cfg.ingest, seed=cfg.seed, shards=len(shards), provenance=provenance, processed=processed
     ).as_dict()

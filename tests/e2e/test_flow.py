@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -89,24 +90,48 @@ def test_summary_artifact_counts_rejects(tmp_path: Path) -> None:
     )
     home = tmp_path / "prefect-home"
     assert _build(config, tmp_path / "work", home).returncode == 0
+    markdown = _artifacts(tmp_path, home, "ingest-summary")[0]
+    assert "| ok | 1 |" in markdown
+    assert "| invalid-ytid | 1 |" in markdown and "| not-found | 1 |" in markdown
+    # The merged summary counts what the shards did: a clean ingest processed every clip and reused none.
+    merged = _artifacts(tmp_path, home, "ingest-merged-summary")
+    selected = _field(markdown, "selected")
+    assert len(merged) == 1 and (_field(merged[0], "processed"), _field(merged[0], "reused")) == (selected, 0)
+
+    # A rerun: ingest is a cache hit, said so, with no counts or process of the first run published again as new.
+    again = _build(config, tmp_path / "work", home)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "cached: ingest, export" in again.stdout
+    assert len(_artifacts(tmp_path, home, "ingest-merged-summary")) == 1
+
+
+def _artifacts(tmp_path: Path, home: Path, key: str) -> list[str]:
+    """The markdown of every artifact `key` the builds in `tmp_path/work` published, oldest first."""
     script = (
-        "import asyncio, json\n"
+        "import asyncio, json, sys\n"
         "from prefect.client.orchestration import get_client\n"
         "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey\n"
+        "from prefect.client.schemas.sorting import ArtifactSort\n"
         "async def main():\n"
         "    async with get_client() as c:\n"
-        "        arts = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=['ingest-summary'])))\n"
-        "        print(json.dumps([a.data for a in arts]))\n"
+        "        key = ArtifactFilter(key=ArtifactFilterKey(any_=[sys.argv[1]]))\n"
+        "        arts = await c.read_artifacts(artifact_filter=key, sort=ArtifactSort.CREATED_DESC)\n"
+        "        print(json.dumps([a.data for a in reversed(arts)]))\n"
         "asyncio.run(main())\n"
     )
     # The build's temporary server kept its records in the work directory (issue 21 item 9): read them there.
     database = tmp_path / "work" / "state" / "prefect" / "server.db"
     env = prefect_env(home, PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run([sys.executable, "-c", script, key], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    markdown = json.loads(out.stdout.strip().splitlines()[-1])[0]
-    assert "| ok | 1 |" in markdown
-    assert "| invalid-ytid | 1 |" in markdown and "| not-found | 1 |" in markdown
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _field(markdown: str, name: str) -> int:
+    """An integer row `| name | value |` of a summary artifact."""
+    match = re.search(rf"^\| {name} \| (\d+) \|$", markdown, re.MULTILINE)
+    assert match, f"no {name} in the summary artifact:\n{markdown[:500]}"
+    return int(match.group(1))
 
 
 def test_caption_subflow_runs_on_training_clips_caches_and_can_be_left_out(tmp_path: Path) -> None:

@@ -40,9 +40,13 @@ def copy(src: Path, dst: Path) -> Path:
 def variant(tmp: Path, name: str, change: dict[str, Any]) -> Path:
     """configs/demo.yaml with `change`'s sections merged into it (one level deep), written to `tmp/name.yaml`.
 
-    Its relative paths stay as written (`build` runs in the repository): the overrides' path is part of the
-    categories stage's config, so an absolute one would make every stage from categories on run again."""
+    Its overrides file is named relative to `tmp` (a config's relative paths are read from its folder), so that the
+    build, run in the repository, reads it as `configs/category_overrides.yaml` as the demo config does: the path
+    is part of the categories stage's config, and an absolute one would make every stage from categories on run
+    again."""
     cfg = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    overrides = DEMO.parent / cfg["categories"]["overrides"]
+    cfg["categories"]["overrides"] = os.path.relpath(overrides, tmp)
     for section, values in change.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     path = tmp / f"{name}.yaml"
