@@ -20,6 +20,7 @@ there but later stages were built from them, every reader refuses with one line 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ import pandas as pd
 
 from is4.config import BuildConfig
 from is4.manifests.checksum import sha256_file
-from is4.manifests.decisions import DecisionLogError, append_records, log_path, read_log
+from is4.manifests.decisions import LOG_PATH, DecisionLogError, append_records, log_path, read_log
 from is4.manifests.errors import FatalError
 from is4.manifests.io import ManifestError, is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
@@ -103,8 +104,8 @@ def merge_decisions(existing: pd.DataFrame | None, proposed: Proposal, writer: s
 
 def _restore_hint(workdir: Path) -> str:
     return (
-        f"restore {log_path(workdir)} from a backup, or copy a release's manifests/verification.parquet to "
-        f"{manifest_path(workdir, 'verification')}; to decide everything again instead, delete "
+        f"restore {log_path(workdir)} from a backup, or copy a release's {LOG_PATH} there (the log it was built "
+        "from); to decide everything again instead, delete "
         + " and ".join(str(manifest_path(workdir, t)) for t in DOWNSTREAM)
     )
 
@@ -194,6 +195,24 @@ def _projecting_manifest(workdir: Path) -> pd.DataFrame | None:
 def ledger_intact(workdir: str | Path) -> bool:
     """True when the verification manifest validates and projects the current decision log."""
     return _projecting_manifest(Path(workdir)) is not None
+
+
+def copy_decisions(workdir: str | Path, manifest_to: Path, log_to: Path) -> None:
+    """Copy the verification manifest to `manifest_to` and the decision log it projects to `log_to`, together.
+
+    Under the ledger's lock, so a commit running meanwhile never gives a manifest and a log that disagree; refuses
+    (VerificationError) when the manifest does not project the log: the verify stage has to run first.
+    """
+    workdir = Path(workdir)
+    with manifest_lock(workdir, "verification"):
+        if _projecting_manifest(workdir) is None:
+            raise VerificationError(
+                f"{manifest_path(workdir, 'verification')} does not project the decision log {log_path(workdir)}: "
+                "run `is4 build` to rebuild it from the log"
+            )
+        shutil.copyfile(manifest_path(workdir, "verification"), manifest_to)
+        log_to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path(workdir), log_to)
 
 
 def auto_verify(workdir: str | Path, *, now: datetime | None = None) -> dict[str, Any]:

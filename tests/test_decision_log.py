@@ -143,7 +143,7 @@ def test_refuses_when_decisions_are_gone_but_later_stages_used_them(tmp_path: Pa
             call()
         message = str(err.value)
         assert "\n" not in message and "is missing but annotations were built from it" in message
-        assert "restore" in message and "manifests/verification.parquet" in message
+        assert "restore" in message and "a release's decisions/verification.jsonl" in message
     assert not manifest_path(tmp_path, "verification").exists(), "nothing was invented"
     manifest_path(tmp_path, "annotations").unlink()
     assert read_verification(tmp_path) is None  # nothing built from decisions yet: a fresh start
