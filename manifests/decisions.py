@@ -56,7 +56,10 @@ def read_log(workdir: str | Path) -> list[dict[str, Any]] | None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("image_id"), str):
-            raise DecisionLogError(f"{path}: line {number} is not a decision record: restore the file from a backup")
+            raise DecisionLogError(
+                f"{path}: line {number} is not a decision record: restore the file from a backup or from a "
+                f"release's {LOG_PATH} (the log it was built from)"
+            )
         records.append(record)
     return records
 

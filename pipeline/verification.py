@@ -13,13 +13,16 @@ Every writer (the pre-screen, the automatic policy that stands in for reviewers,
 
 What a commit changes is appended to the decision log (`manifests.decisions`, `WORK/decisions/verification.jsonl`)
 before the verification manifest, its projection (the last record of each image), is written with the log's sha256
-in its provenance (`decision_log`). A deleted or damaged manifest is therefore rebuilt from the log; a work
-directory without a log (made before it existed) seeds it from its manifest on the next commit; and when neither is
-there but later stages were built from them, every reader refuses with one line saying how to restore.
+in its provenance (`decision_log`). A deleted or damaged manifest is therefore rebuilt from the log; a lost log is
+put back on the next commit from a release in WORK that ships the very log the manifest projects (its sha256), and
+only a work directory without either (made before the log existed, or whose releases ship another log) seeds it
+from its manifest; when neither the log nor the manifest is there but later stages were built from them, every
+reader refuses with one line saying how to restore.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from is4.config import BuildConfig
+from is4.manifests.atomic import atomic_path
 from is4.manifests.checksum import sha256_file
-from is4.manifests.decisions import DecisionLogError, append_records, log_path, read_log
+from is4.manifests.decisions import LOG_PATH, DecisionLogError, append_records, log_path, read_log
 from is4.manifests.errors import FatalError
 from is4.manifests.io import ManifestError, is_blank, manifest_path, read_manifest, read_provenance, write_manifest
 from is4.manifests.lock import manifest_lock
@@ -41,6 +45,7 @@ AUTO = "auto"
 AUTO_POLICY = "auto-policy"  # the reviewer name of the automatic policy (demo profile)
 LOG_KEY = "decision_log"  # provenance key of the manifest: the log it projects
 PROJECTION = {"stage": "verification", "projection_of": "decisions/verification.jsonl"}
+RELEASE_LOGS = f"releases/*/{LOG_PATH}"  # the decision logs releases ship (`pipeline/release/build.py`)
 # The manifests of stages built from the decisions: their presence says decisions were made and used.
 DOWNSTREAM = ("annotations", "instances")
 
@@ -103,8 +108,8 @@ def merge_decisions(existing: pd.DataFrame | None, proposed: Proposal, writer: s
 
 def _restore_hint(workdir: Path) -> str:
     return (
-        f"restore {log_path(workdir)} from a backup, or copy a release's manifests/verification.parquet to "
-        f"{manifest_path(workdir, 'verification')}; to decide everything again instead, delete "
+        f"restore {log_path(workdir)} from a backup, or copy a release's {LOG_PATH} there (the log it was built "
+        "from); to decide everything again instead, delete "
         + " and ".join(str(manifest_path(workdir, t)) for t in DOWNSTREAM)
     )
 
@@ -153,7 +158,7 @@ def commit_decisions(
     """
     workdir = Path(workdir)
     rows = _rows(existing)
-    if read_log(workdir) is None and rows:
+    if read_log(workdir) is None and rows and not _restore_from_release(workdir):
         append_records(workdir, rows.values())  # seed the log with the manifest it stood in for
     kept, changed = _merge(rows, proposed, writer)
     append_records(workdir, (rows[i] for i in changed))
@@ -162,6 +167,23 @@ def commit_decisions(
     log_facts = {"sha256": sha256_file(log)} if log.is_file() else {"sha256": None}
     path = write_manifest(workdir, VERIFICATION, frame, {**PROJECTION, LOG_KEY: log_facts})
     return path, frame, kept
+
+
+def _restore_from_release(workdir: Path) -> bool:
+    """Put back a lost decision log from a release in WORK that ships the very log the manifest projected (its
+    recorded sha256), so no decision's history is lost; False when no release has it."""
+    try:
+        recorded = (read_provenance(workdir, "verification").get(LOG_KEY) or {}).get("sha256")
+    except (ManifestError, OSError, ValueError):
+        return False
+    if not recorded:
+        return False  # a manifest from before the log: nothing to look for
+    for shipped in sorted(workdir.glob(RELEASE_LOGS)):
+        if sha256_file(shipped) == recorded:
+            with atomic_path(log_path(workdir)) as tmp:
+                shutil.copyfile(shipped, tmp)
+            return True
+    return False
 
 
 def update_verification(
@@ -194,6 +216,24 @@ def _projecting_manifest(workdir: Path) -> pd.DataFrame | None:
 def ledger_intact(workdir: str | Path) -> bool:
     """True when the verification manifest validates and projects the current decision log."""
     return _projecting_manifest(Path(workdir)) is not None
+
+
+def copy_decisions(workdir: str | Path, manifest_to: Path, log_to: Path) -> None:
+    """Copy the verification manifest to `manifest_to` and the decision log it projects to `log_to`, together.
+
+    Under the ledger's lock, so a commit running meanwhile never gives a manifest and a log that disagree; refuses
+    (VerificationError) when the manifest does not project the log: the verify stage has to run first.
+    """
+    workdir = Path(workdir)
+    with manifest_lock(workdir, "verification"):
+        if _projecting_manifest(workdir) is None:
+            raise VerificationError(
+                f"{manifest_path(workdir, 'verification')} does not project the decision log {log_path(workdir)}: "
+                "run `is4 build` to rebuild it from the log"
+            )
+        shutil.copyfile(manifest_path(workdir, "verification"), manifest_to)
+        log_to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path(workdir), log_to)
 
 
 def auto_verify(workdir: str | Path, *, now: datetime | None = None) -> dict[str, Any]:

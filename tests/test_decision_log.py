@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from is4.manifests.decisions import DecisionLogError, append_records, log_path, read_log
+from is4.manifests.decisions import LOG_PATH, DecisionLogError, append_records, log_path, read_log
 from is4.manifests.io import manifest_path, read_manifest, write_manifest
 from is4.pipeline.verification import (
     AUTO,
@@ -101,6 +101,38 @@ def test_a_work_directory_without_a_log_seeds_it_from_its_manifest(tmp_path: Pat
     assert read_verification(tmp_path).set_index("image_id").loc["a", "reviewer"] == "alice"
 
 
+def test_a_lost_log_comes_back_from_the_release_that_ships_it(tmp_path: Path) -> None:
+    """Issue 21 item 5: the log the manifest projects is put back whole from a release in WORK (not seeded with one
+    line per image), so the manifest and everything built from it keep their bytes."""
+    images(tmp_path, ["a", "b"])
+    update_verification(tmp_path, [row("a", "reject", AUTO, "prescreen"), row("b", "pending", AUTO, None)], "prescreen")
+    auto_verify(tmp_path)
+    update_verification(tmp_path, [row("a", "accept", HUMAN, "alice", T1)], HUMAN)
+    log, manifest = log_path(tmp_path).read_bytes(), manifest_path(tmp_path, "verification").read_bytes()
+    assert len(log.splitlines()) == 4  # a history: more lines than images
+    shipped = tmp_path / "releases" / "is4-0.1.0" / LOG_PATH
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(log)
+    other = tmp_path / "releases" / "is4-0.0.9" / LOG_PATH  # an older release's log: not the one projected
+    other.parent.mkdir(parents=True)
+    other.write_bytes(log.splitlines(keepends=True)[0])
+
+    log_path(tmp_path).unlink()
+    assert not ledger_intact(tmp_path)
+    auto_verify(tmp_path)  # the verify stage's next run
+    assert log_path(tmp_path).read_bytes() == log
+    assert manifest_path(tmp_path, "verification").read_bytes() == manifest and ledger_intact(tmp_path)
+
+    # No release ships the projected log: the manifest's last decisions seed a new one (the history is lost).
+    shipped.unlink()
+    log_path(tmp_path).unlink()
+    auto_verify(tmp_path)
+    records, ledger = read_log(tmp_path), read_verification(tmp_path)
+    assert records is not None and ledger is not None
+    assert [(r["image_id"], r["decision"]) for r in records] == [("a", "accept"), ("b", "accept")]
+    assert ledger.set_index("image_id").loc["a", "reviewer"] == "alice"
+
+
 def test_torn_and_damaged_log_lines(tmp_path: Path) -> None:
     append_records(tmp_path, [row("a", "accept", HUMAN, "alice", T1)])
     with open(log_path(tmp_path), "ab") as fh:
@@ -143,7 +175,7 @@ def test_refuses_when_decisions_are_gone_but_later_stages_used_them(tmp_path: Pa
             call()
         message = str(err.value)
         assert "\n" not in message and "is missing but annotations were built from it" in message
-        assert "restore" in message and "manifests/verification.parquet" in message
+        assert "restore" in message and "a release's decisions/verification.jsonl" in message
     assert not manifest_path(tmp_path, "verification").exists(), "nothing was invented"
     manifest_path(tmp_path, "annotations").unlink()
     assert read_verification(tmp_path) is None  # nothing built from decisions yet: a fresh start

@@ -23,6 +23,7 @@ from scipy.io import wavfile
 
 import is4
 from is4.config import MatchConfig
+from is4.manifests.decisions import LOG_PATH, append_records, log_path
 from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.match import run_match
 from is4.pipeline.release import (
@@ -37,6 +38,7 @@ from is4.pipeline.release import (
 )
 from is4.pipeline.release.hf import read_wav_bytes
 from is4.pipeline.release.media import mask_jpeg, scale_box
+from is4.pipeline.verification import VerificationError
 from tests.support import IS4
 from tests.support.matched import (
     ACCEPTED,
@@ -118,6 +120,8 @@ def test_official_layout(built: tuple[Path, Path]) -> None:
     # Manifests: copied byte for byte, clips only those used.
     for table in ("categories", "images", "verification", "annotations", "instances"):
         assert (rel / f"manifests/{table}.parquet").read_bytes() == manifest_path(work, table).read_bytes()
+    # With the decision log the verification manifest projects (its whole history), byte for byte.
+    assert (rel / LOG_PATH).read_bytes() == log_path(work).read_bytes()
     clips = pq.read_table(rel / "manifests/clips.parquet").column("clip_id").to_pylist()
     assert sorted(clips) == sorted(set(instances["clip_id"]))
 
@@ -439,6 +443,16 @@ def test_release_refuses_a_wrong_sample_rate(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="22050 Hz"):
         build_release(work, CFG, BUILD_CONFIG)
     assert not (work / "releases" / NAME).exists()
+    assert [p for p in (work / "releases").iterdir()] == []  # the staging directory is gone
+
+
+def test_release_refuses_a_manifest_that_does_not_project_the_decision_log(tmp_path: Path) -> None:
+    """The shipped log restores a lost one: the release ships it only beside the manifest built from it."""
+    work = matched_workdir(tmp_path / "work")
+    append_records(work, [{"image_id": "img-x", "decision": "reject", "source": "human"}])  # no manifest rewrite
+    with pytest.raises(VerificationError, match="does not project the decision log") as err:
+        build_release(work, CFG, BUILD_CONFIG)
+    assert "\n" not in str(err.value)
     assert [p for p in (work / "releases").iterdir()] == []  # the staging directory is gone
 
 

@@ -19,6 +19,7 @@ import yaml
 from is4.config import ReleaseConfig
 from is4.manifests.atomic import atomic_path, replace_directory
 from is4.manifests.checksum import sha256_file
+from is4.manifests.decisions import LOG_PATH
 from is4.manifests.ids import FILE_ID_RE
 from is4.manifests.io import is_blank, manifest_path, read_manifest, write_manifest
 from is4.manifests.schema import CLIPS
@@ -31,6 +32,7 @@ from is4.pipeline.release.figures import GALLERY_IMAGES, box_area_figure, catego
 from is4.pipeline.release.hf import HF_SCHEMA, media
 from is4.pipeline.release.layout import COPIED_MANIFESTS, HF_PARQUET, MASK_THRESHOLD, ReleaseError, release_paths
 from is4.pipeline.release.media import check_wav, frame_and_size, mask_jpeg, scale_box
+from is4.pipeline.verification import copy_decisions
 
 CARD_FIGURES = ("card/box_area.png", "card/categories.png", "card/samples.png")
 
@@ -198,10 +200,13 @@ def _populate(
     (root / HF_PARQUET).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(hf_table, root / HF_PARQUET, compression="zstd")
 
-    # Manifests: shipped byte for byte; clips restricted to the clips the instances use.
+    # Manifests: shipped byte for byte; clips restricted to the clips the instances use. The verification manifest
+    # comes with the decision log it projects (every decision's history): a lost log is restored from the release.
     (root / "manifests").mkdir()
     for table in COPIED_MANIFESTS:
-        shutil.copyfile(manifest_path(workdir, table), root / "manifests" / f"{table}.parquet")
+        if table != "verification":
+            shutil.copyfile(manifest_path(workdir, table), root / "manifests" / f"{table}.parquet")
+    copy_decisions(workdir, root / "manifests" / "verification.parquet", root / LOG_PATH)
     used = set(instances["clip_id"].dropna())
     clip_subset = clips[clips["clip_id"].isin(used)]
     write_manifest(

@@ -8,6 +8,7 @@ from typing import Any
 from is4 import __version__
 from is4.config import ReleaseConfig
 from is4.manifests.checksum import sha256_file
+from is4.manifests.decisions import LOG_PATH
 from is4.pipeline.release.layout import CC_BY_4, COPIED_MANIFESTS, HF_PARQUET, ReleaseError
 
 CROISSANT_CONTEXT = {
@@ -95,6 +96,14 @@ def croissant_metadata(
                 f"manifest-{table}", f"manifests/{table}.parquet", "application/x-parquet", f"is4 {table} manifest"
             )
         )
+    distribution.append(
+        file_object(
+            "decision-log",
+            LOG_PATH,
+            "application/jsonlines",
+            "every verification decision in the order it was made (the verification manifest is its last per image)",
+        )
+    )
     distribution += [
         file_set("visual-frames", "visual_frames/*.jpg", "image/jpeg", "frames, one per instance"),
         file_set("audio-wav", "audio_wav/*.wav", "audio/wav", "16 kHz VGGSound clips, one per instance"),

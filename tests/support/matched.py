@@ -14,6 +14,7 @@ from scipy.io import wavfile
 from is4.config import MatchConfig, ReleaseConfig, parse_config
 from is4.manifests.io import read_manifest, write_manifest
 from is4.pipeline.match import run_match
+from is4.pipeline.verification import HUMAN, update_verification
 
 SEED = 7
 IMAGE_W, IMAGE_H = 96, 80  # not square: boxes scale differently in x and y
@@ -186,7 +187,7 @@ def make_workdir(root: Path) -> Path:
                 }
             )
     write_manifest(work, "images", pd.DataFrame(image_rows))
-    write_manifest(work, "verification", pd.DataFrame(verification_rows))
+    update_verification(work, verification_rows, HUMAN)  # the manifest and the decision log it projects
     write_manifest(work, "annotations", pd.DataFrame(annotation_rows))
     return work
 
