@@ -75,9 +75,11 @@ def fiftyone_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedded MongoDB data directory for the whole session, in the environment so subprocesses use it too.
 
     FiftyOne's embedded database is one service per user that every process attaches to; the tests keep theirs
-    out of the user's home and share it.
+    out of the user's home and share it. Under pytest-xdist the workers share one too (the session's common temporary
+    root): FiftyOne attaches every process to the running service whatever its `database_dir` says.
     """
-    path = tmp_path_factory.getbasetemp() / "fiftyone-db"
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fiftyone-db"
     os.environ["FIFTYONE_DATABASE_DIR"] = str(path)
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     return path
