@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -191,13 +192,20 @@ def test_it_learns_to_localise_and_a_shuffled_control_does_not(tmp_path: Path) -
     from is4.pipeline.evaluation.formats import load_ground_truth
 
     release = synthetic.write_release(tmp_path / "release", 24)
-    centre = ev.score_baselines(load_ground_truth(release, "box"))["centre"].summary
+    truth = load_ground_truth(release, "box")
+    # IIoU is defined here: 24 images of two discs, each disc an instance with its own tone
+    assert truth.image_ids is not None and Counter(truth.image_ids) == {f"img{n:03d}": 2 for n in range(24)}
+    centre = ev.score_baselines(truth)["centre"].summary
     keys = ("ciou_adaptive", "auc_adaptive", "iiou_adaptive")
     learned = _learn(tmp_path / "learned", False, release)
     control = _learn(tmp_path / "control", True, release)
     print("learned", {k: learned[k] for k in keys}, "control", {k: control[k] for k in keys}, "centre", centre)
-    # Measured (seed 0): learned cIoU 20.8 / AUC 28.0, control 0.0 / 2.8, centre 6.25 / 16.6 (IIoU 0 for all three:
-    # the image target slot does not depend on the audio, and L_match trains the audio query's map towards it).
+    # Measured (seed 0): learned cIoU 20.8 / AUC 28.0, control 0.0 / 2.8, centre 6.25 / 16.6. IIoU is 0 for all three
+    # and no margin on it is asserted: JSA's one cross-modal map, ca (audio query x image keys), is trained only by
+    # L_match towards the image target map ia, which does not see the audio, so an audio-blind ca = ia is its
+    # optimum; the learned ca puts more mass on the sounding disc's box than on the other disc's for 52 % of the
+    # instances (chance 50 %). Distractor frames (distractor_p 0.5), iqr_alpha 1 (ca alone), shared slot weights,
+    # 5 iterations, 15 epochs and weight_match x 64 all left IIoU at 0 (docs/architecture.md, JSA method).
     assert learned["auc_adaptive"] >= centre["auc_adaptive"] + 6
     assert learned["ciou_adaptive"] >= centre["ciou_adaptive"] + 8
     assert control["auc_adaptive"] < centre["auc_adaptive"] and control["ciou_adaptive"] <= centre["ciou_adaptive"]
