@@ -8,11 +8,17 @@ import socket
 import time
 from pathlib import Path
 
+import prefect.main  # noqa: F401 - see below
 import pytest
 
 from is4.pipeline.demo.media_server import MediaServer, RangeRequestHandler
 from is4.pipeline.demo.synthetic_media import Segment, make_corrupt_file, make_video
 from tests.support import DemoBuild, TinyModels, build_demo, copy_work, prefect_env, tree
+
+# Prefect configures logging when `prefect.main` is first imported (`from prefect import flow` loads it), binding its
+# console handlers (the root logger's among them) to the sys.stderr of that moment. Imported first inside a CliRunner
+# invoke (`is4 build` refused by its config), that is the runner's stream, closed after the invoke, and every later
+# log record fails the test that emits it; so Prefect is imported here, once, at session start.
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
