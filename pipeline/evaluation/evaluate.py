@@ -138,12 +138,11 @@ def score_source(
         stop = min(start + CHUNK, n)
         # One float32 chunk per thread, reused: stored float32 224×224 maps are read straight into it.
         chunk, wide = metrics.scratch("maps", (stop - start, metrics.FRAME * metrics.FRAME), np.float32), {}
+        read_whole = []  # rows read straight into the chunk: checked for NaN / inf below, all at once
         for row, i in enumerate(range(start, stop)):
             try:
                 if direct and source.read_into(ids[i], chunk[row]):
-                    if not np.isfinite(chunk[row]).all():
-                        bad = int(np.count_nonzero(~np.isfinite(chunk[row])))
-                        raise MapProblem("NaN/inf values", f"{bad} pixels")
+                    read_whole.append(row)
                     continue
                 ready = prepare_map(source.read(ids[i]), protocol)
             except MapProblem as problem:
@@ -156,6 +155,11 @@ def score_source(
                 wide[row] = ready
             else:
                 chunk[row] = ready.reshape(-1)
+        bounds = chunk.min(axis=1), chunk.max(axis=1)  # NaN / inf show in them (rows not read: ignored)
+        finite = np.isfinite(bounds[0]) & np.isfinite(bounds[1])
+        for row in (row for row in read_whole if not finite[row]):
+            bad = int(np.count_nonzero(~np.isfinite(chunk[row])))
+            problems.append((start + row, MapProblem("NaN/inf values", f"{bad} pixels")))
         if problems:
             return  # once any map is bad, only check the others
         flat = chunk
@@ -163,15 +167,16 @@ def score_source(
             flat = chunk.astype(np.float64)
             for row, ready in wide.items():
                 flat[row] = ready.reshape(-1)
-        constant.extend(start + int(j) for j in np.flatnonzero(flat.min(axis=1) == flat.max(axis=1)))
+            bounds = flat.min(axis=1), flat.max(axis=1)
+        constant.extend(start + int(j) for j in np.flatnonzero(bounds[0] == bounds[1]))
         full, half = truth.regions(start, stop)
-        select = metrics.rank_values
+        select = None
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
-            ordered = [metrics.normalise_rows(o[None], protocol)[0] for o in ordered if o is not None]  # still sorted
-
-            def select(normalised, ranks):
-                return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
+            normalised = [
+                metrics.normalise_rows(o[None], protocol.map_path)[0].copy() for o in ordered if o is not None
+            ]
+            select = functools.partial(_presorted_values, normalised)  # normalising keeps them sorted
 
         rows = metrics.score_rows(
             flat,
@@ -181,6 +186,7 @@ def score_source(
             select=select,
             mask_empty_area=fallback[start:stop],
             mask_metrics=truth.gt == "mask",
+            bounds=bounds,
         )
         for key, values in rows.items():
             per[key][start:stop] = values
@@ -202,6 +208,11 @@ def score_source(
             stacklevel=2,
         )
     return Scored(truth, protocol, _summary(truth, protocol, per), per)
+
+
+def _presorted_values(ordered: list[np.ndarray], normalised: np.ndarray, ranks) -> list[np.ndarray]:
+    """The cut values of rows whose sorted values `ordered` are known: `select` of `metrics.score_rows`."""
+    return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
 
 
 def score_file(
