@@ -173,10 +173,7 @@ def score_source(
         select = None
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
-            normalised = [
-                metrics.normalise_rows(o[None], protocol.map_path)[0].copy() for o in ordered if o is not None
-            ]
-            select = functools.partial(_presorted_values, normalised)  # normalising keeps them sorted
+            select = functools.partial(_presorted_values, ordered, protocol.map_path)
 
         rows = metrics.score_rows(
             flat,
@@ -210,9 +207,13 @@ def score_source(
     return Scored(truth, protocol, _summary(truth, protocol, per), per)
 
 
-def _presorted_values(ordered: list[np.ndarray], normalised: np.ndarray, ranks) -> list[np.ndarray]:
-    """The cut values of rows whose sorted values `ordered` are known: `select` of `metrics.score_rows`."""
-    return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
+def _presorted_values(ordered: list[np.ndarray], map_path: str, normalised: np.ndarray, ranks) -> list[np.ndarray]:
+    """The cut values of the normalised rows whose sorted raw values `ordered` are known (`select` of
+    `metrics.score_rows`): the values at the ranks, normalised with each row's first and last (its min and max),
+    as the whole row is (normalising is non-decreasing: the rank's value stays the rank's value)."""
+    lo, hi = np.array([o[0] for o in ordered]), np.array([o[-1] for o in ordered])
+    values = [np.array([o[r] for o, r in zip(ordered, rank)]) for rank in ranks]
+    return [metrics.normalise_values(v, lo, hi, map_path).astype(normalised.dtype) for v in values]
 
 
 def score_file(
@@ -361,6 +362,8 @@ class BaselineMaps:
         self._index = {iid: i for i, iid in enumerate(truth.instance_ids)}
         self._centre = self._sized(centre_map())
         self._sorted: np.ndarray | None = None
+        # `read` and then `sorted_map` want an oracle's region: made once (a chunk's worth per thread is in flight)
+        self._region = functools.lru_cache(maxsize=4 * CHUNK * 8)(self._make_region)
 
     def _sized(self, arr: np.ndarray) -> np.ndarray:
         if self.protocol is None:
@@ -371,7 +374,7 @@ class BaselineMaps:
         """The ground truth's instance ids."""
         return self._index.keys()
 
-    def _region(self, key: str) -> np.ndarray:
+    def _make_region(self, key: str) -> np.ndarray:
         i = self._index[key]
         full, half = self.truth.regions(i, i + 1)
         return (full if half is None else full | half).reshape(metrics.FRAME, metrics.FRAME)
