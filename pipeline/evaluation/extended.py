@@ -33,8 +33,6 @@ every negative pair under `<video>/<audio>` (`negative_key`). All in percent.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,19 +99,6 @@ def find_negatives(truth: GroundTruth) -> Path:
         if (place / name).is_file():
             return place / name
     raise EvaluationError(f"{folder}: no {name} here; name the negatives with --negatives FILE")
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` for the block, restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def resize_bicubic(maps: np.ndarray) -> np.ndarray:
@@ -235,8 +220,7 @@ def score_samples(
                 rows = pos_stop - start
                 iou[start:pos_stop] = region_iou(infer[:rows], full, None if half is None else half)
 
-        with _torch_threads(1):  # the chunks run on `workers` threads: torch's own threads would oversubscribe
-            metrics.map_chunks(run, len(keys), CHUNK, workers)
+        metrics.map_chunks(run, len(keys), CHUNK, workers)
     positive = np.arange(len(keys)) < n_pos
     return Samples(keys, positive, conf, iou)
 
