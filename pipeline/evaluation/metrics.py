@@ -52,9 +52,11 @@ pixels") would compute. Side by side:
 Both protocols share the IoU, the success rule (`>= 0.5`), the grouping into images and the minimum per image. On
 integer boxes inside the frame the two box rules agree; with distinct map values the cuts differ by one pixel.
 
-Vectorised over chunks of instances: a per-map histogram locates the two cut values (`rank_values`), so no map is
-sorted; `per_instance` walks over fixed-size chunks on a few threads only to bound memory and use the cores (the
-results do not depend on either). Arithmetic is float64 on the maps' own values (float32 maps are compared as
+Vectorised over chunks of instances: the two cut values come from `np.partition` (numpy's SIMD quickselect) of a
+copy of the chunk, at the top-50 % rank for every map at once, then at each map's adaptive rank within the part
+that holds it (`rank_values`), so no map is sorted; each chunk's minima and maxima are taken once (the NaN / inf
+check, the constant maps, the normalisation). `per_instance` walks over fixed-size chunks on a few threads only to
+bound memory and use the cores (the results do not depend on either). Arithmetic is float64 on the maps' own values (float32 maps are compared as
 float32, as the reference compares its float32 model outputs).
 """
 
