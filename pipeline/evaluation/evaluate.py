@@ -362,8 +362,8 @@ class BaselineMaps:
         self._index = {iid: i for i, iid in enumerate(truth.instance_ids)}
         self._centre = self._sized(centre_map())
         self._sorted: np.ndarray | None = None
-        # `read` and then `sorted_map` want an oracle's region: made once (a chunk's worth per thread is in flight)
-        self._region = functools.lru_cache(maxsize=4 * CHUNK * 8)(self._make_region)
+        # `read`, then `sorted_map` want an oracle's region: made once (a chunk per scoring thread, ≤ 8, in flight)
+        self._region = functools.lru_cache(maxsize=CHUNK * 8)(self._make_region)
 
     def _sized(self, arr: np.ndarray) -> np.ndarray:
         if self.protocol is None:
