@@ -173,7 +173,8 @@ def score_source(
         select = None
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
-            select = functools.partial(_presorted_values, ordered, protocol.map_path)
+            known = [o for o in ordered if o is not None]
+            select = functools.partial(_presorted_values, known, protocol.map_path)
 
         rows = metrics.score_rows(
             flat,
