@@ -178,6 +178,24 @@ def test_rank_values_equal_np_sort_on_any_values():
         rank_values(np.zeros((1, 4)), [np.array([4])])
 
 
+def test_rank_values_per_row_ranks_in_any_order_equal_np_sort():
+    """The first rank differs by row (each row partitioned alone), later ranks fall on either side of the ones
+    already placed, repeat them, or sit at the ends: every value is still np.sort's."""
+    rng = np.random.default_rng(1)
+    cases = [
+        rng.random((6, N_PX), dtype=np.float32),
+        np.floor(rng.random((6, N_PX)) * 3).astype(np.float32),  # three values: the ranks fall inside ties
+        rng.standard_normal((6, 50)),
+    ]
+    for x in cases:
+        n, p = x.shape
+        first = rng.integers(0, p, n)
+        ranks = [first, rng.integers(0, p, n), first, np.full(n, p - 1), np.zeros(n, int), rng.integers(0, p, n)]
+        ordered = np.sort(x, axis=1)
+        for rank, got in zip(ranks, rank_values(x, ranks)):
+            np.testing.assert_array_equal(got, ordered[np.arange(n), rank], err_msg=str(x.dtype))
+
+
 # --- binarisation -------------------------------------------------------------------------------------------
 
 

@@ -138,12 +138,11 @@ def score_source(
         stop = min(start + CHUNK, n)
         # One float32 chunk per thread, reused: stored float32 224×224 maps are read straight into it.
         chunk, wide = metrics.scratch("maps", (stop - start, metrics.FRAME * metrics.FRAME), np.float32), {}
+        read_whole = []  # rows read straight into the chunk: checked for NaN / inf below, all at once
         for row, i in enumerate(range(start, stop)):
             try:
                 if direct and source.read_into(ids[i], chunk[row]):
-                    if not np.isfinite(chunk[row]).all():
-                        bad = int(np.count_nonzero(~np.isfinite(chunk[row])))
-                        raise MapProblem("NaN/inf values", f"{bad} pixels")
+                    read_whole.append(row)
                     continue
                 ready = prepare_map(source.read(ids[i]), protocol)
             except MapProblem as problem:
@@ -156,6 +155,11 @@ def score_source(
                 wide[row] = ready
             else:
                 chunk[row] = ready.reshape(-1)
+        bounds = chunk.min(axis=1), chunk.max(axis=1)  # NaN / inf show in them (rows not read: ignored)
+        finite = np.isfinite(bounds[0]) & np.isfinite(bounds[1])
+        for row in (row for row in read_whole if not finite[row]):
+            bad = int(np.count_nonzero(~np.isfinite(chunk[row])))
+            problems.append((start + row, MapProblem("NaN/inf values", f"{bad} pixels")))
         if problems:
             return  # once any map is bad, only check the others
         flat = chunk
@@ -163,15 +167,14 @@ def score_source(
             flat = chunk.astype(np.float64)
             for row, ready in wide.items():
                 flat[row] = ready.reshape(-1)
-        constant.extend(start + int(j) for j in np.flatnonzero(flat.min(axis=1) == flat.max(axis=1)))
+            bounds = flat.min(axis=1), flat.max(axis=1)
+        constant.extend(start + int(j) for j in np.flatnonzero(bounds[0] == bounds[1]))
         full, half = truth.regions(start, stop)
-        select = metrics.rank_values
+        select = None
         ordered = [presorted(ids[i]) for i in range(start, stop)] if presorted is not None else [None]
         if all(o is not None for o in ordered):
-            ordered = [metrics.normalise_rows(o[None], protocol)[0] for o in ordered if o is not None]  # still sorted
-
-            def select(normalised, ranks):
-                return [np.array([o[r] for o, r in zip(ordered, rank)], dtype=normalised.dtype) for rank in ranks]
+            known = [o for o in ordered if o is not None]
+            select = functools.partial(_presorted_values, known, protocol.map_path)
 
         rows = metrics.score_rows(
             flat,
@@ -181,6 +184,7 @@ def score_source(
             select=select,
             mask_empty_area=fallback[start:stop],
             mask_metrics=truth.gt == "mask",
+            bounds=bounds,
         )
         for key, values in rows.items():
             per[key][start:stop] = values
@@ -202,6 +206,15 @@ def score_source(
             stacklevel=2,
         )
     return Scored(truth, protocol, _summary(truth, protocol, per), per)
+
+
+def _presorted_values(ordered: list[np.ndarray], map_path: str, normalised: np.ndarray, ranks) -> list[np.ndarray]:
+    """The cut values of the normalised rows whose sorted raw values `ordered` are known (`select` of
+    `metrics.score_rows`): the values at the ranks, normalised with each row's first and last (its min and max),
+    as the whole row is (normalising is non-decreasing: the rank's value stays the rank's value)."""
+    lo, hi = np.array([o[0] for o in ordered]), np.array([o[-1] for o in ordered])
+    values = [np.array([o[r] for o, r in zip(ordered, rank)]) for rank in ranks]
+    return [metrics.normalise_values(v, lo, hi, map_path).astype(normalised.dtype) for v in values]
 
 
 def score_file(
@@ -350,6 +363,8 @@ class BaselineMaps:
         self._index = {iid: i for i, iid in enumerate(truth.instance_ids)}
         self._centre = self._sized(centre_map())
         self._sorted: np.ndarray | None = None
+        # `read`, then `sorted_map` want an oracle's region: made once (a chunk per scoring thread, ≤ 8, in flight)
+        self._region = functools.lru_cache(maxsize=CHUNK * 8)(self._make_region)
 
     def _sized(self, arr: np.ndarray) -> np.ndarray:
         if self.protocol is None:
@@ -360,7 +375,7 @@ class BaselineMaps:
         """The ground truth's instance ids."""
         return self._index.keys()
 
-    def _region(self, key: str) -> np.ndarray:
+    def _make_region(self, key: str) -> np.ndarray:
         i = self._index[key]
         full, half = self.truth.regions(i, i + 1)
         return (full if half is None else full | half).reshape(metrics.FRAME, metrics.FRAME)

@@ -210,7 +210,8 @@ def score_samples(
                 if len(shapes) == 1
                 else np.concatenate([resize_bicubic(m[None]) for m in maps])
             )
-            scores = (resized - lo32) / span32
+            scores = np.subtract(resized, lo32, out=resized)  # resized is torch's fresh output: scaled in place
+            scores /= span32
             c, infer = confidence_and_prediction(scores, prediction)
             conf[start:stop] = c
             pos_stop = min(stop, n_pos)

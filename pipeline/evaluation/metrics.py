@@ -52,14 +52,17 @@ pixels") would compute. Side by side:
 Both protocols share the IoU, the success rule (`>= 0.5`), the grouping into images and the minimum per image. On
 integer boxes inside the frame the two box rules agree; with distinct map values the cuts differ by one pixel.
 
-Vectorised over chunks of instances: a per-map histogram locates the two cut values (`rank_values`), so no map is
-sorted; `per_instance` walks over fixed-size chunks on a few threads only to bound memory and use the cores (the
-results do not depend on either). Arithmetic is float64 on the maps' own values (float32 maps are compared as
+Vectorised over chunks of instances: the two cut values come from `np.partition` (numpy's SIMD quickselect) of a
+copy of the chunk, at the top-50 % rank for every map at once, then at each map's adaptive rank within the part
+that holds it (`rank_values`), so no map is sorted; each chunk's minima and maxima are taken once (the NaN / inf
+check, the constant maps, the normalisation). `per_instance` walks over fixed-size chunks on a few threads only to
+bound memory and use the cores (the results do not depend on either). Arithmetic is float64 on the maps' own values (float32 maps are compared as
 float32, as the reference compares its float32 model outputs).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import os
@@ -74,8 +77,6 @@ FRAME = 224
 SUCCESS_IOU = 0.5
 BETA2 = 0.3
 CHUNK = 16  # instances per chunk in `per_instance`: a 3 MB chunk per thread stays in cache
-BINS = 4096  # histogram bins per map in `rank_values`
-LARGE_BIN = 512  # a bin with more values is partitioned on its own
 
 METRIC_KEYS = ("ciou", "ciou_adaptive", "auc", "auc_adaptive", "iiou", "iiou_adaptive", "iauc", "iauc_adaptive")
 MASK_METRIC_KEYS = ("miou", "fscore", "miou_adaptive", "fscore_adaptive")
@@ -260,12 +261,10 @@ def resize_torch(maps: np.ndarray, size: int = FRAME) -> np.ndarray:
     maps = np.asarray(maps, dtype=np.float32)
     x0, x1, lx0, lx1 = _torch_axis(maps.shape[-1], size)
     y0, y1, ly0, ly1 = _torch_axis(maps.shape[-2], size)
-
-    def row(rows: np.ndarray) -> np.ndarray:
-        return _fma32(rows[..., x0], lx0, rows[..., x1] * lx1)
-
-    top, bottom = row(maps[..., y0, :]), row(maps[..., y1, :])
-    return _fma32(top, ly0[:, None], bottom * ly1[:, None])
+    rows = _fma32(maps[..., x0], lx0, maps[..., x1] * lx1)  # every input row along the width, once
+    wide = np.multiply(rows[..., y0, :], ly0[:, None], dtype=np.float64)  # `_fma32` of the two rows, in place
+    wide += rows[..., y1, :] * ly1[:, None]
+    return wide.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -321,19 +320,35 @@ def resize_map(arr: np.ndarray, protocol: Protocol, size: int = FRAME) -> np.nda
     return resize_bilinear(arr, size, align_corners=protocol.align_corners)
 
 
-def normalise_rows(flat: np.ndarray, protocol: Protocol) -> np.ndarray:
-    """(n, P) maps as `protocol.map_path` scores them: float32 min-max `(v - min) / (max - min)` ("validate"),
-    float32 `1 - normalize(-v)` ("lvs"), unchanged ("exact"). A constant row stays as it is, as the reference's
-    `normalize_img` leaves it. Both are monotone, so they only merge values that float32 cannot tell apart."""
-    if protocol.map_path == "exact":
+def normalise_values(values: np.ndarray, lo, hi, map_path: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Values of maps whose minimum and maximum are `lo` and `hi` (broadcast against `values`) as the map path
+    scores them: float32 min-max `(v - lo) / (hi - lo)` ("validate", "jsa"), float32 `1 - normalize(-v)` ("lvs"),
+    unchanged ("exact"). A constant map stays as it is, as the reference's `normalize_img` leaves it. Element by
+    element (into `out` where given); both are non-decreasing, so they only merge values float32 cannot tell apart."""
+    if map_path == "exact":
+        return values
+    v = np.asarray(values, dtype=np.float32)
+    lo, hi = np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)
+    if map_path == "lvs":
+        v, lo, hi = np.negative(v, out=out), -hi, -lo  # min(-x) = -max(x): negation is exact
+    constant = hi == lo
+    out = np.subtract(v, np.where(constant, np.float32(0), lo), out=out)
+    out /= np.where(constant, np.float32(1), hi - lo)
+    return np.subtract(np.float32(1), out, out=out) if map_path == "lvs" else out
+
+
+def normalise_rows(flat: np.ndarray, map_path: str, bounds: tuple | None = None) -> np.ndarray:
+    """(n, P) maps as the map path scores them (`normalise_values` with each row's minimum and maximum: `bounds`,
+    (n,) each, where the caller has them for float32 rows), in a reused per-thread buffer (valid until the
+    thread's next call)."""
+    if map_path == "exact":
         return flat
-    x = np.asarray(flat, dtype=np.float32)  # "validate", "jsa": min-max; "lvs": 1 - normalize(-map)
-    if protocol.map_path == "lvs":
-        x = -x
-    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-    span = np.where(hi == lo, np.float32(1), hi - lo)
-    out = np.where(hi == lo, x, (x - lo) / span)
-    return np.float32(1) - out if protocol.map_path == "lvs" else out
+    if bounds is None or np.asarray(flat).dtype != np.float32:
+        x = np.asarray(flat, dtype=np.float32)
+        bounds = x.min(axis=1), x.max(axis=1)
+    x = np.asarray(flat)
+    lo, hi = (np.asarray(b)[:, None] for b in bounds)
+    return normalise_values(x, lo, hi, map_path, out=scratch("normalised", x.shape, np.float32))
 
 
 def _slice_bounds(values: np.ndarray, size: int) -> np.ndarray:
@@ -390,60 +405,47 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
 def rank_values(flat: np.ndarray, ranks: Sequence[np.ndarray]) -> list[np.ndarray]:
     """For each (n,) array of ascending ranks, the (n,) values `np.sort(row)[rank]` of the rows of `flat` (n, P).
 
-    No row is sorted: each row's values are counted into BINS bins between its minimum and maximum by a monotone
-    bin function (so a bin holds a contiguous run of the sorted row); the cumulative counts name the bin holding
-    each rank, and only that bin's values are sorted. Exact for any values; NaN / inf raise ValueError.
+    No row is sorted: a copy of the rows is partitioned (`np.partition`: a SIMD quickselect) at the first rank, for
+    every row at once when it is the same for all; each further rank partitions only the stretch between the
+    positions already placed that holds it. Exact for any values; NaN / inf raise ValueError.
     """
     flat = np.asarray(flat)
     n, n_px = flat.shape
     x = flat if flat.dtype.kind == "f" else flat.astype(np.float64)  # integers: exact up to 2**53
-    out = [np.empty(n, dtype=x.dtype) for _ in ranks]
     ranks = [np.broadcast_to(np.asarray(r, dtype=np.int64), (n,)) for r in ranks]
     if any(r.size and (r.min() < 0 or r.max() >= n_px) for r in ranks):
         raise ValueError(f"ranks must lie in [0, {n_px - 1}]")
-    if n == 0:
-        return out
-    lo, hi = x.min(axis=1), x.max(axis=1)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+    if n and not (np.isfinite(x.min(axis=1)).all() and np.isfinite(x.max(axis=1)).all()):
         raise ValueError("maps hold NaN or infinite values")  # min / max propagate NaN
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        span = hi - lo
-        scale = np.asarray(BINS - 2, dtype=x.dtype) / span
-    binned = (span > 0) & np.isfinite(span) & np.isfinite(scale)
-    for o in out:
-        o[span == 0] = lo[span == 0]  # a constant row: every rank holds its one value
-    for row in np.flatnonzero(~binned & (span != 0)):  # a range too wide or too narrow for float bins: rare
-        order = np.partition(x[row], sorted({int(r[row]) for r in ranks}))
-        for r, o in zip(ranks, out):
-            o[row] = order[r[row]]
-    rows = np.flatnonzero(binned)
-    if rows.size == 0:
+    return _partition_values(x, ranks)
+
+
+def _partition_values(x: np.ndarray, ranks: list[np.ndarray]) -> list[np.ndarray]:
+    """`rank_values` of finite float rows `x` (n, P) for ranks already checked, each (n,)."""
+    n, n_px = x.shape
+    out = [np.empty(n, dtype=x.dtype) for _ in ranks]
+    if n == 0 or not ranks:
         return out
-    xs = x if rows.size == n else x[rows]
-    m = rows.size
-    scaled = np.subtract(xs, lo[rows, None], out=scratch("scaled", xs.shape, xs.dtype))
-    scaled *= scale[rows, None]  # in [0, BINS - 2 + rounding]: monotone in the value
-    bins = scratch("bins", xs.shape, np.int32)
-    np.copyto(bins, scaled, casting="unsafe")  # truncation = floor (the values are >= 0)
-    bins += (np.arange(m, dtype=np.int32) * BINS)[:, None]  # one histogram per row
-    counts = np.bincount(bins.ravel(), minlength=m * BINS).reshape(m, BINS)
-    cum = np.cumsum(counts, axis=1)
-    local = np.arange(m)
-    for r, o in zip(ranks, out):
-        rank = r[rows]
-        j = np.count_nonzero(cum <= rank[:, None], axis=1)  # the bin holding the rank
-        k = rank - np.where(j > 0, cum[local, j - 1], 0)  # its rank among that bin's values
-        in_bin = np.equal(bins, (local * BINS + j).astype(np.int32)[:, None], out=scratch("in_bin", xs.shape, bool))
-        sizes = counts[local, j]
-        for i in np.flatnonzero(sizes > LARGE_BIN):  # a crowded bin (ties, outliers): partition it alone
-            values = xs[i][in_bin[i]]
-            low = values.min()
-            o[rows[i]] = low if low == values.max() else np.partition(values, k[i])[k[i]]
-            in_bin[i], sizes[i] = False, 0
-        small = sizes > 0
-        values = xs[in_bin]  # the other rows' bins, row after row
-        values = values[np.lexsort((values, np.repeat(local, sizes)))]  # sorted within each row's bin
-        o[rows[small]] = values[(np.cumsum(sizes) - sizes + k)[small]]
+    part = scratch("partition", x.shape, x.dtype)
+    np.copyto(part, x)
+    first = ranks[0]
+    if (first == first[0]).all():
+        part.partition(int(first[0]), axis=1)
+    else:
+        for row in range(n):
+            part[row].partition(int(first[row]))
+    out[0][:] = part[np.arange(n), first]
+    for row in range(n):
+        placed = [int(first[row])]  # sorted positions whose values are final
+        for r, o in zip(ranks[1:], out[1:]):
+            k = int(r[row])
+            i = bisect.bisect_left(placed, k)
+            if i == len(placed) or placed[i] != k:  # partition the stretch between the placed neighbours
+                start = placed[i - 1] + 1 if i > 0 else 0
+                stop = placed[i] if i < len(placed) else n_px
+                part[row, start:stop].partition(k - start)
+                placed.insert(i, k)
+            o[row] = part[row, k]
     return out
 
 
@@ -548,20 +550,30 @@ def _cut_counts(maps, thr, index, full, half) -> tuple[np.ndarray, np.ndarray, n
     return n_pred, inter_full + inter_half, inter_full + 0.5 * inter_half
 
 
+def _cuts(flat, cuts: dict, full, half, map_path: str, select, bounds=None) -> list[tuple]:
+    """(predicted pixels, intersection, weighted intersection) per cut of `cuts` (suffix: (n,) index) of the rows
+    of `flat` normalised as `map_path` says, cut at the values `select(maps, ranks)` gives (`rank_values`)."""
+    maps = normalise_rows(flat, map_path, bounds)
+    ranks = [np.maximum(index, 0) for index in cuts.values()]
+    values = select(maps, ranks) if select else _partition_values(maps, ranks)
+    return [_cut_counts(maps, thr, index, full, half) for index, thr in zip(cuts.values(), values)]
+
+
 def score_rows(
     flat: np.ndarray,
     full: np.ndarray,
     half: np.ndarray | None,
     protocol: str | Protocol,
     beta2: float = BETA2,
-    select=rank_values,
+    select=None,
     mask_empty_area: np.ndarray | None = None,
     mask_metrics: bool = False,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-instance scores of (n, P) maps against their regions: `full` (n, P) bool where the ground truth is 1 and
     `half` (n, P) bool where it is 0.5 (a consensus map) or None. The maps are normalised as the protocol's map path
     says (`normalise_rows`) before the box cuts; `select(maps, ranks)` gives the cut values of the normalised maps
-    (`rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent). With `mask_metrics`
+    (default `rank_values`; a caller that knows its maps' sorted values may pass a faster equivalent). With `mask_metrics`
     the mask metrics cut the maps as they are (the reference mask evaluator takes the resized, unnormalised maps).
 
     Keys: `gt_area` (non-zero ground-truth pixels), and for the top-50 % and the adaptive (`_adaptive`) cut:
@@ -571,30 +583,36 @@ def score_rows(
     An empty region is scored as the reference scores it: IoU 0; the adaptive cut at half the pixels; mIoU of the
     complement, `(pixels left out) / (H·W + eps)`, its adaptive cut keeping `mask_empty_area` pixels (the mask
     evaluator's own fallback, default H·W // 2); F-scores NaN (the F-measure leaves such instances out).
+    `bounds`: each row's (min, max) where the caller has computed them. NaN / inf raise ValueError.
     """
     protocol = get_protocol(protocol)
-    maps = normalise_rows(flat, protocol)
-    n, n_px = maps.shape
+    flat = np.asarray(flat)
+    n, n_px = flat.shape
+    if protocol.map_path != "exact":
+        flat = flat.astype(np.float32, copy=False)
+    elif flat.dtype.kind != "f":
+        flat = flat.astype(np.float64)  # integers: exact up to 2**53
+    if bounds is None or np.asarray(bounds[0]).dtype != flat.dtype:
+        bounds = flat.min(axis=1), flat.max(axis=1)
+    if not (np.isfinite(bounds[0]).all() and np.isfinite(bounds[1]).all()):
+        raise ValueError("maps hold NaN or infinite values")  # min / max propagate NaN
     region = full if half is None else full | half
     area = _row_count(region)
     empty = area == 0
     n_full = area if half is None else _row_count(full)
     gt_sum = n_full + (0.0 if half is None else 0.5 * (area - n_full))
     cuts = {"": np.full(n, protocol.top_half_index(n_px)), "_adaptive": protocol.adaptive_index(n_px, area)}
-    ranks = [np.maximum(index, 0) for index in cuts.values()]
     out: dict[str, np.ndarray] = {"gt_area": area}
     if protocol.threshold is not None:  # fixed: `map >= θ` on the normalised map, one cut, for every metric
         cuts = {"": np.zeros(n, dtype=np.int64)}
         below = np.nextafter(np.float32(protocol.threshold), np.float32(-np.inf))
         select = lambda _maps, _ranks: [np.full(n, below, dtype=np.float32)]  # noqa: E731  `> below` is `>= θ`
     raw = mask_metrics and protocol.map_path != "exact" and protocol.threshold is None
-    mask_maps = np.asarray(flat, dtype=np.float32) if raw else maps
-    passes = [(maps, select(maps, ranks), True, not raw)] + (
-        [(mask_maps, rank_values(mask_maps, ranks), False, True)] if raw else []
-    )
-    for rows, values, boxes, masks in passes:
-        for (suffix, index), thr in zip(cuts.items(), values):
-            n_pred, inter, weighted = _cut_counts(rows, thr, index, full, half)
+    passes = [(_cuts(flat, cuts, full, half, protocol.map_path, select, bounds), True, not raw)]
+    if raw:  # the mask metrics cut the maps as they are (float32 under every map path but "exact")
+        passes.append((_cuts(flat, cuts, full, half, "exact", None), False, True))
+    for counts, boxes, masks in passes:
+        for suffix, (n_pred, inter, weighted) in zip(cuts, counts):
             if boxes:  # sum(bin * gt) / (sum(gt) + sum(bin * (gt == 0))): sums of 0, 0.5 and 1, exact in float64
                 denom = gt_sum + (n_pred - inter)
                 out["iou" + suffix] = np.divide(weighted, denom, out=np.zeros(n), where=denom > 0)
@@ -611,8 +629,9 @@ def score_rows(
     ):  # the mask evaluator's adaptive cut of an empty region keeps its own number of pixels
         keep = np.full(rows.size, n_px // 2) if mask_empty_area is None else np.asarray(mask_empty_area)[rows]
         index = np.clip(n_px - keep.astype(np.int64), 0, n_px - 1)
-        (thr,) = rank_values(mask_maps[rows], [index])
-        n_pred = _row_count(mask_maps[rows] > thr[:, None])
+        mask_maps = flat[rows] if raw else normalise_rows(flat[rows], protocol.map_path)
+        (thr,) = rank_values(mask_maps, [index])
+        n_pred = _row_count(mask_maps > thr[:, None])
         out["miou_adaptive"][rows] = (n_px - n_pred) / (n_px + protocol.miou_eps)
     return out
 
