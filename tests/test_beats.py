@@ -15,13 +15,7 @@ FULL = {**TINY_BEATS_CFG, "layer_wise_gradient_decay_ratio": 0.6}  # upstream ke
 PLAIN = {**FULL, "relative_position_embedding": False, "gru_rel_pos": False, "finetuned_model": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra torch threads only spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def upstream_state_dict(cfg: dict) -> dict[str, torch.Tensor]:
