@@ -110,16 +110,7 @@ def gpu(steps: int, batch: int) -> None:
 
 def _acl_section(caption: bool, **over) -> dict:
     """A tiny ACL `train` section (tiny CLIPSeg / BEATs, 64-px frames, 1-s clips) for the CPU."""
-    acl = {
-        "clipseg": {"model_id": "tiny-random:clipseg"},
-        "audio_encoder": "tiny-random:beats",
-        "image_size": 64,
-        "resize": 72,
-        "audio_seconds": 1.0,
-        "mask_init_w": 1.0,
-        "mask_init_b": 0.5,
-        "caption_loss": caption,
-    }
+    acl = {**synthetic.TINY_ACL, "caption_loss": caption}
     return {
         "method": "acl",
         "epochs": 1,
