@@ -107,12 +107,13 @@ def embedding_key(model_id: str, revision: str, dtype: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The embedding cache shared by both backends
+# The embedding cache and prompt entry point shared by both backends
 # --------------------------------------------------------------------------------------------------------------------
 
 
 class _CachedEmbeddings:
-    """In-memory LRU + on-disk cache of per-image encoder outputs (a dict of tensors), keyed by image sha256."""
+    """In-memory LRU + on-disk cache of per-image encoder outputs (a dict of tensors), keyed by image sha256, and the
+    prompt entry point of both backends (`predict`: a checked prompt decoded on the cached embedding by `_decode`)."""
 
     model_id: str
     revision: str
@@ -129,6 +130,30 @@ class _CachedEmbeddings:
 
     def _compute(self, image) -> dict[str, Any]:  # pragma: no cover - each backend implements it
         raise NotImplementedError
+
+    def _decode(
+        self, entry: dict[str, Any], box: list[float] | None, pts: list[Point], multimask: bool, mask_threshold: float
+    ) -> tuple[np.ndarray, float]:  # pragma: no cover - each backend implements it
+        raise NotImplementedError
+
+    def predict(
+        self,
+        image_id: str,
+        image,
+        image_sha256: str,
+        *,
+        box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        multimask: bool = True,
+        mask_threshold: float = 0.0,
+    ) -> tuple[np.ndarray, float]:
+        """(boolean HxW mask at the image's resolution, SAM's predicted IoU of it) for a box and/or clicks.
+
+        Only the prompt encoder and the mask decoder run, on the image's cached embedding (`image_embedding`). With
+        `multimask`, SAM proposes three masks and the one with the highest predicted IoU is kept.
+        """
+        box, pts = check_prompt(box, points)
+        return self._decode(self.image_embedding(image_id, image, image_sha256), box, pts, multimask, mask_threshold)
 
     def image_embedding(self, image_id: str, image, image_sha256: str) -> dict[str, Any]:
         """The cached encoder output of `image`: `embedding` (1×C×h×w on the model's device),
@@ -239,26 +264,12 @@ class SamBackend(_CachedEmbeddings):
             "reshaped_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
         }
 
-    def predict(
-        self,
-        image_id: str,
-        image,
-        image_sha256: str,
-        *,
-        box: Sequence[float] | None = None,
-        points: Sequence[Sequence[float]] | None = None,
-        multimask: bool = True,
-        mask_threshold: float = 0.0,
+    def _decode(
+        self, entry: dict[str, Any], box: list[float] | None, pts: list[Point], multimask: bool, mask_threshold: float
     ) -> tuple[np.ndarray, float]:
-        """(boolean HxW mask at the image's resolution, SAM's predicted IoU of it) for a box and/or clicks.
-
-        Runs only the prompt encoder and the mask decoder on the cached embedding (`image_embeddings=`). With
-        `multimask`, SAM proposes three masks and the one with the highest predicted IoU is kept.
-        """
+        """Runs only the prompt encoder and the mask decoder on the cached embedding (`image_embeddings=`)."""
         import torch
 
-        box, pts = check_prompt(box, points)
-        entry = self.image_embedding(image_id, image, image_sha256)
         (orig_h, orig_w), (new_h, new_w) = entry["original_size"], entry["reshaped_size"]
         sx, sy = new_w / orig_w, new_h / orig_h
         kwargs: dict[str, Any] = {}
@@ -351,20 +362,10 @@ class SegmentAnythingBackend(_CachedEmbeddings):
             "reshaped_size": tuple(self.predictor.input_size),
         }
 
-    def predict(
-        self,
-        image_id: str,
-        image,
-        image_sha256: str,
-        *,
-        box: Sequence[float] | None = None,
-        points: Sequence[Sequence[float]] | None = None,
-        multimask: bool = True,
-        mask_threshold: float = 0.0,
+    def _decode(
+        self, entry: dict[str, Any], box: list[float] | None, pts: list[Point], multimask: bool, mask_threshold: float
     ) -> tuple[np.ndarray, float]:
-        """Same contract as `SamBackend.predict` (the predictor rescales the prompts itself)."""
-        box, pts = check_prompt(box, points)
-        entry = self.image_embedding(image_id, image, image_sha256)
+        """The predictor's own prompt path on the cached embedding (it rescales the prompts itself)."""
         p = self.predictor
         p.features, p.original_size, p.input_size = entry["embedding"], entry["original_size"], entry["reshaped_size"]
         p.is_image_set = True

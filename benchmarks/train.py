@@ -46,29 +46,48 @@ def _cfg(**over) -> TrainConfig:
     return TrainConfig.model_validate(synthetic.tiny_train_section(None, **over), strict=False)
 
 
-def loader_rate(work: Path, workers: int, steps: int) -> float:
-    """Samples/s of the loader alone."""
-    cfg = _cfg(num_workers=workers)
+def loader_rate(cfg: TrainConfig, work: Path, steps: int) -> float:
+    """Samples/s of `cfg`'s method's loader alone."""
     method = get_method(cfg, 0)
     ds = method.train_dataset(work)
     sampler = GlobalBatchSampler(len(ds), cfg.batch_size, 1, 0, 0, steps)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=method.collate)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=method.collate)
     t0 = time.perf_counter()
-    n = sum(len(b["index"]) for b in loader)
+    n = sum(len(next(iter(b.values()))) for b in loader)
     return n / (time.perf_counter() - t0)
+
+
+def epoch_seconds(cfg: TrainConfig, work: Path, run_dir: Path) -> float:
+    """Seconds of `cfg`'s training epoch through the engine (`is4 train`'s code), checkpoint time excluded."""
+    return train(cfg, work, seed=0, run_dir=run_dir, progress=False)["last"]["seconds"]
 
 
 def step_rate(work: Path, workers: int, steps: int) -> float:
     """Samples/s of whole training steps (one epoch of `steps` steps, checkpoint time excluded)."""
     with tempfile.TemporaryDirectory() as run:
-        summary = train(
-            _cfg(num_workers=workers, epochs=1, max_steps_per_epoch=steps),
-            work,
-            seed=0,
-            run_dir=Path(run) / "r",
-            progress=False,
-        )
-    return steps * 24 / summary["last"]["seconds"]
+        seconds = epoch_seconds(_cfg(num_workers=workers, epochs=1, max_steps_per_epoch=steps), work, Path(run) / "r")
+    return steps * 24 / seconds
+
+
+def gpu_steps(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict, steps: int, amp: bool
+) -> tuple[float, float]:
+    """(seconds per training step of `model` on `batch` after 3 warm-up steps, peak GPU memory in GiB), in AMP (fp16
+    autocast + GradScaler) or float32."""
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 3):
+        if i == 3:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", enabled=amp):
+            loss = model(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps, torch.cuda.max_memory_allocated() / 2**30
 
 
 def gpu(steps: int, batch: int) -> None:
@@ -81,21 +100,8 @@ def gpu(steps: int, batch: int) -> None:
         torch.manual_seed(0)
         model = AlignModel(cfg).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        torch.cuda.reset_peak_memory_stats()
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            with torch.autocast("cuda", enabled=amp):
-                loss = model({"frames": frames, "specs": specs})["loss"]
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        torch.cuda.synchronize()
-        rate = steps * batch / (time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        per_step, peak = gpu_steps(model, opt, {"frames": frames, "specs": specs}, steps, amp)
+        rate = batch / per_step
         print(f"gpu {'AMP fp16' if amp else 'float32 '} batch {batch}: {rate:8.1f} samples/s, peak {peak:.1f} GiB")
 
 
@@ -104,16 +110,7 @@ def gpu(steps: int, batch: int) -> None:
 
 def _acl_section(caption: bool, **over) -> dict:
     """A tiny ACL `train` section (tiny CLIPSeg / BEATs, 64-px frames, 1-s clips) for the CPU."""
-    acl = {
-        "clipseg": {"model_id": "tiny-random:clipseg"},
-        "audio_encoder": "tiny-random:beats",
-        "image_size": 64,
-        "resize": 72,
-        "audio_seconds": 1.0,
-        "mask_init_w": 1.0,
-        "mask_init_b": 0.5,
-        "caption_loss": caption,
-    }
+    acl = {**synthetic.TINY_ACL, "caption_loss": caption}
     return {
         "method": "acl",
         "epochs": 1,
@@ -137,8 +134,7 @@ def acl_cpu(clips: int, steps: int) -> None:
         steps = min(steps, clips // 8)
         for caption in (False, True):
             cfg = TrainConfig.model_validate(_acl_section(caption, max_steps_per_epoch=steps), strict=False)
-            summary = train(cfg, work, seed=0, run_dir=work / f"run-{caption}", progress=False)
-            seconds = summary["last"]["seconds"]
+            seconds = epoch_seconds(cfg, work, work / f"run-{caption}")
             print(
                 f"acl tiny CPU, batch 8, caption loss {'on ' if caption else 'off'}: {seconds / steps:6.3f} s/step "
                 f"({steps * 8 / seconds:6.1f} samples/s)"
@@ -181,21 +177,8 @@ def acl_gpu(steps: int, batch: int) -> None:
         torch.manual_seed(0)
         model = ACLModel(cfg, CLIPSegForImageSegmentation(clipseg), tokenizer, BEATs(beats)).to(dev).train()
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        torch.cuda.reset_peak_memory_stats()
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            with torch.autocast("cuda", enabled=amp):
-                loss = model({"image": images, "fbank": fbank, "phrase": phrases, "noise_key": keys})["loss"]
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        torch.cuda.synchronize()
-        per_step = (time.perf_counter() - t0) / steps
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        batch_in = {"image": images, "fbank": fbank, "phrase": phrases, "noise_key": keys}
+        per_step, peak = gpu_steps(model, opt, batch_in, steps, amp)
         epoch_h = 144_000 / (2 * batch) * per_step / 3600  # VGG-SS 144k over 2 GPUs
         print(
             f"acl gpu {'AMP fp16' if amp else 'float32 '} batch {batch}/GPU: {per_step:.3f} s/step, peak "
@@ -227,16 +210,6 @@ def _jsa_cfg(**over) -> TrainConfig:
     return TrainConfig.model_validate(section, strict=False)
 
 
-def _loader_rate(cfg: TrainConfig, work: Path, steps: int) -> float:
-    method = get_method(cfg, 0)
-    ds = method.train_dataset(work)
-    sampler = GlobalBatchSampler(len(ds), cfg.batch_size, 1, 0, 0, steps)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=method.collate)
-    t0 = time.perf_counter()
-    n = sum(len(next(iter(b.values()))) for b in loader)
-    return n / (time.perf_counter() - t0)
-
-
 def jsa_cpu(clips: int, steps: int) -> None:
     """JSA beside the alignment method on the same synthetic clips: loader samples/s and training-step samples/s."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,10 +217,9 @@ def jsa_cpu(clips: int, steps: int) -> None:
         synthetic.write_workdir(work, clips)
         steps = min(steps, clips // 24)
         for name, make in (("alignment", _cfg), ("jsa", _jsa_cfg)):
-            loader = _loader_rate(make(num_workers=1), work, steps)
+            loader = loader_rate(make(num_workers=1), work, steps)
             cfg = make(num_workers=1, epochs=1, max_steps_per_epoch=steps)
-            summary = train(cfg, work, seed=0, run_dir=work / f"run-{name}", progress=False)
-            seconds = summary["last"]["seconds"]
+            seconds = epoch_seconds(cfg, work, work / f"run-{name}")
             print(
                 f"{name:9s} tiny CPU, batch 24, 1 worker: loader {loader:7.1f} samples/s, training step "
                 f"{seconds / steps:6.3f} s ({steps * 24 / seconds:6.1f} samples/s)"
@@ -267,21 +239,7 @@ def jsa_gpu(steps: int, batch: int) -> None:
         torch.manual_seed(0)
         model = JSAModel(JSAConfig()).to(dev).train()
         opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-2)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        torch.cuda.reset_peak_memory_stats()
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            with torch.autocast("cuda", enabled=amp):
-                loss = model({"frame": frames, "spec": specs, "mask_key": keys})["loss"]
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        torch.cuda.synchronize()
-        per_step = (time.perf_counter() - t0) / steps
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        per_step, peak = gpu_steps(model, opt, {"frame": frames, "spec": specs, "mask_key": keys}, steps, amp)
         print(
             f"jsa gpu {'AMP fp16' if amp else 'float32 '} batch {batch}: {batch / per_step:8.1f} samples/s "
             f"({per_step:.3f} s/step), peak {peak:.1f} GiB; an epoch of 144k clips ~ "
@@ -326,7 +284,7 @@ def main() -> None:
         work = Path(tmp)
         synthetic.write_workdir(work, args.clips)
         steps = min(args.steps, args.clips // 24)
-        rates = {w: loader_rate(work, w, steps) for w in (1, 2)}
+        rates = {w: loader_rate(_cfg(num_workers=w), work, steps) for w in (1, 2)}
         print(
             f"loader alone  : 1 worker {rates[1]:7.1f} samples/s, 2 workers {rates[2]:7.1f} ({rates[2] / rates[1]:.2f}x)"
         )

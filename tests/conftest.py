@@ -117,6 +117,18 @@ def demo_copy(demo_build: DemoBuild, tmp_path: Path) -> Path:
     return copy_work(demo_build.work, tmp_path / "work")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): with tiny
+    models, extra threads only spin on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny random-weight models, each built once per session on first use."""

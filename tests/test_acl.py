@@ -17,13 +17,7 @@ from tests.support import TinyModels
 SIZE = 64  # the tiny CLIPSeg's native resolution
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra torch threads only spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def tiny_cfg(**overrides) -> ACLConfig:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from is4.config import ACLConfig, ModelRef, TrainConfig
+from is4.config import ACLConfig, TrainConfig
 from is4.trainers import engine, synthetic
 from is4.trainers.torchrun import torchrun_command
 from tests.support import TinyModels
@@ -32,17 +32,7 @@ def work(tmp_path_factory, tiny_models: TinyModels):
 
 
 def acl_cfg(**overrides) -> ACLConfig:
-    base = {
-        "clipseg": ModelRef(model_id="tiny-random:clipseg"),
-        "audio_encoder": "tiny-random:beats",
-        "image_size": 64,
-        "resize": 72,
-        "audio_seconds": 1.0,
-        "mask_init_w": 1.0,
-        "mask_init_b": 0.5,
-        "caption_loss": True,
-    }
-    return ACLConfig(**{**base, **overrides})
+    return ACLConfig(**{**synthetic.TINY_ACL, "caption_loss": True, **overrides})
 
 
 def train_cfg(acl: ACLConfig, **overrides) -> TrainConfig:

@@ -7,38 +7,15 @@ import hashlib
 import pytest
 import torch
 
-from is4.trainers.beats import BEATs, BEATsConfig, BEATsError, build_tiny_beats, load_beats
+from is4.trainers.beats import TINY_BEATS_CFG, BEATs, BEATsConfig, BEATsError, build_tiny_beats, load_beats
 from tests.support import TinyModels
 
-# A small config with every optional part of the released AS2M fine-tuned checkpoint switched on.
-FULL = {
-    "input_patch_size": 16,
-    "embed_dim": 8,
-    "encoder_layers": 12,
-    "encoder_embed_dim": 16,
-    "encoder_ffn_embed_dim": 24,
-    "encoder_attention_heads": 2,
-    "deep_norm": True,
-    "conv_pos": 8,
-    "conv_pos_groups": 4,
-    "relative_position_embedding": True,
-    "num_buckets": 32,
-    "max_distance": 64,
-    "gru_rel_pos": True,
-    "finetuned_model": True,
-    "predictor_class": 5,
-    "layer_wise_gradient_decay_ratio": 0.6,  # upstream keys this encoder does not use are ignored
-}
+# The production tiny config (every optional part of the released AS2M fine-tuned checkpoint switched on).
+FULL = {**TINY_BEATS_CFG, "layer_wise_gradient_decay_ratio": 0.6}  # upstream keys this encoder does not use are ignored
 PLAIN = {**FULL, "relative_position_embedding": False, "gru_rel_pos": False, "finetuned_model": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra torch threads only spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def upstream_state_dict(cfg: dict) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ single-task command gives, and the published figures must stand beside it with t
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from is4.cli import app
 from is4.pipeline.evaluation import suites
 from is4.pipeline.evaluation.formats import FORMAT, vggss_aliases
-from is4.pipeline.evaluation.tasks import TASK
+from is4.pipeline.evaluation.tasks import TASK, TASKS
 from tests.test_eval_extended import make_extended
 from tests.test_eval_robust import make_robust
 
@@ -64,6 +65,12 @@ def test_suites_are_declared_on_the_registry():
                 assert fig.table in numbers, fig
                 table = next(t for t in suite.tables if t.number == fig.table)
                 assert any(c.key == fig.benchmark and fig.metric in c.metrics for c in table.columns), fig
+
+
+def test_every_task_declares_a_scorer_a_suite_can_import():
+    for task in TASKS:
+        module, _, name = task.scorer.partition(":")
+        assert callable(getattr(importlib.import_module(module), name, None)), task.name
 
 
 def test_tpami_suite_prints_ours_beside_the_published_figures(tmp_path):

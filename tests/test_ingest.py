@@ -27,7 +27,7 @@ from tests.conftest import (
     TONES,
     segment_at,
 )
-from tests.support import IS4, killed_at_exit, wait_until
+from tests.support import ingest_cmd, killed_at_exit, wait_until
 
 SR = 16_000
 SPEC_HOP = 512 - 274  # samples between spectrogram columns
@@ -234,18 +234,7 @@ def test_killed_run_resumes_without_redoing_finished_clips(media_server, tmp_pat
     csv = _write_csv(tmp_path / "rows.csv", rows)
     work = tmp_path / "work"
     proc = subprocess.Popen(
-        [
-            IS4,
-            "ingest",
-            "--csv",
-            str(csv),
-            "--workdir",
-            str(work),
-            "--url-template",
-            media_server.url_template(),
-            "--workers",
-            "1",
-        ],
+        ingest_cmd(csv, work, media_server.url_template(), "--workers", "1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

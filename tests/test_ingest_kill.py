@@ -17,25 +17,13 @@ from is4.manifests.io import manifest_path, read_manifest
 from is4.pipeline.ingest.journals import FINAL, JOURNAL
 from is4.pipeline.ingest.status import ingest_status
 from tests.conftest import GOOD_IDS
-from tests.support import IS4, killed_at_exit, wait_until
+from tests.support import ingest_cmd, killed_at_exit, wait_until
 
 ROWS = [f"{ytid},{start},dog barking,train" for ytid in GOOD_IDS for start in (0, 10)]
 
 
 def _ingest(csv: Path, work: Path, url_template: str) -> list[str]:
-    return [
-        IS4,
-        "ingest",
-        "--csv",
-        str(csv),
-        "--workdir",
-        str(work),
-        "--url-template",
-        url_template,
-        "--workers",
-        "1",
-        "--no-export",
-    ]
+    return ingest_cmd(csv, work, url_template, "--workers", "1", "--no-export")
 
 
 def _final_ids(work: Path) -> set[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from is4.pipeline.ingest.journals import JOURNAL
-from tests.support import IS4, killed_at_exit, peak_rss_kib, wait_until
+from tests.support import ingest_cmd, killed_at_exit, peak_rss_kib, wait_until
 
 RECORDS = 300  # rows with a record when the peak is read
 # What holding the 200,000 validated rows themselves may cost (~0.3 KB a row), with room for allocator noise.
@@ -49,19 +49,7 @@ def _peak_rss_mb(tmp_path: Path, rows: int, url_template: str) -> float:
     csv.write_text("".join(f"a{i:010d},0,dog barking,train\n" for i in range(rows)))
     work = tmp_path / f"work-{rows}"
     proc = subprocess.Popen(
-        [
-            IS4,
-            "ingest",
-            "--csv",
-            str(csv),
-            "--workdir",
-            str(work),
-            "--url-template",
-            url_template,
-            "--workers",
-            "4",
-            "--no-export",
-        ],
+        ingest_cmd(csv, work, url_template, "--workers", "4", "--no-export"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

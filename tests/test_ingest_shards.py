@@ -18,7 +18,7 @@ from is4.pipeline.ingest.ingest import IngestIncomplete, ingest_stage, merge_ing
 from is4.pipeline.ingest.journals import JOURNAL, load_records, shard_journal
 from is4.pipeline.shard import Shard
 from tests.conftest import GOOD_IDS, MISSING_ID, PRIVATE_ID
-from tests.support import IS4
+from tests.support import ingest_cmd
 
 ROWS = [
     f"{GOOD_IDS[0]},0,dog barking,train",
@@ -127,17 +127,7 @@ def test_is4_ingest_shards_by_hand_then_one_run_writes_the_manifest_fetching_not
     csv = tmp_path / "rows.csv"
     csv.write_text("\n".join(ROWS[:3]) + "\n")
     work = tmp_path / "work"
-    command = [
-        IS4,
-        "ingest",
-        "--csv",
-        str(csv),
-        "--workdir",
-        str(work),
-        "--url-template",
-        media_server.url_template(),
-        "--no-export",
-    ]
+    command = ingest_cmd(csv, work, media_server.url_template(), "--no-export")
     for shard in ("0/2", "1/2"):
         done = subprocess.run([*command, "--shard", shard], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr

@@ -197,10 +197,7 @@ class AlignmentMethod(TrainMethod):
         self.acfg = cfg.alignment
 
     def build_model(self) -> nn.Module:
-        model = AlignModel(self.acfg)
-        if self.acfg.pretrained_vision is not None:
-            load_imagenet_resnet(model.imgnet, self.acfg.pretrained_vision)
-        return model
+        return with_imagenet_trunk(AlignModel(self.acfg), self.acfg.pretrained_vision)
 
     def train_dataset(self, workdir: Path) -> AlignDataset:
         if "conc" in self.acfg.views and not self.cfg.neighbours:
@@ -270,7 +267,7 @@ def load_author_checkpoint(model: AlignModel, path: Path) -> None:
     model.has_heads = any(k.startswith(("proj_v.", "proj_a.")) for k in kept)
 
 
-def load_imagenet_resnet(trunk: ResNet, path: Path) -> None:
+def load_imagenet_resnet(trunk: nn.Module, path: Path) -> None:
     """An ImageNet ResNet-18 state dict (torchvision names, `fc.*` ignored) into the vision trunk."""
     state = _load(path)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -281,3 +278,11 @@ def load_imagenet_resnet(trunk: ResNet, path: Path) -> None:
             f"{path}: not a ResNet-18 state dict: missing {result.missing_keys[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def with_imagenet_trunk(model: nn.Module, path: Path | None) -> nn.Module:
+    """`model` (alignment's or JSA's) with its `imgnet` trunk initialised from the ImageNet ResNet-18 state dict at
+    `path` (`train.<method>.pretrained_vision`); unchanged when `path` is None."""
+    if path is not None:
+        load_imagenet_resnet(model.get_submodule("imgnet"), path)
+    return model

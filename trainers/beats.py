@@ -284,28 +284,31 @@ def load_beats(path: str | Path, drop_predictor: bool = True) -> BEATs:
     return model
 
 
+# The upstream-format `cfg` of `build_tiny_beats`'s checkpoint.
+TINY_BEATS_CFG: dict[str, Any] = {
+    "input_patch_size": 16,
+    "embed_dim": 8,
+    "encoder_layers": 12,
+    "encoder_embed_dim": 16,
+    "encoder_ffn_embed_dim": 32,
+    "encoder_attention_heads": 2,
+    "deep_norm": True,
+    "conv_pos": 8,
+    "conv_pos_groups": 4,
+    "relative_position_embedding": True,
+    "num_buckets": 32,
+    "max_distance": 64,
+    "gru_rel_pos": True,
+    "finetuned_model": True,
+    "predictor_class": 5,
+}
+
+
 def build_tiny_beats(out_dir: Path, seed: int = 0) -> Path:
     """A BEATs checkpoint in the upstream format (`{'cfg': ..., 'model': state_dict}` in `beats.pt`): 12 layers of
     width 16 with deep norm, shared bucketed relative position bias, gating and an AudioSet-style predictor head."""
     torch.manual_seed(seed)
-    cfg = {
-        "input_patch_size": 16,
-        "embed_dim": 8,
-        "encoder_layers": 12,
-        "encoder_embed_dim": 16,
-        "encoder_ffn_embed_dim": 32,
-        "encoder_attention_heads": 2,
-        "deep_norm": True,
-        "conv_pos": 8,
-        "conv_pos_groups": 4,
-        "relative_position_embedding": True,
-        "num_buckets": 32,
-        "max_distance": 64,
-        "gru_rel_pos": True,
-        "finetuned_model": True,
-        "predictor_class": 5,
-    }
-    model = BEATs(BEATsConfig.from_dict(cfg))
+    model = BEATs(BEATsConfig.from_dict(TINY_BEATS_CFG))
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"cfg": cfg, "model": model.state_dict()}, out_dir / "beats.pt")
+    torch.save({"cfg": TINY_BEATS_CFG, "model": model.state_dict()}, out_dir / "beats.pt")
     return out_dir

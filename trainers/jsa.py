@@ -36,7 +36,7 @@ from is4.config import JSAConfig, TrainConfig
 from is4.manifests.ids import derive_seed
 from is4.trainers import transforms
 from is4.trainers.acl import infonce
-from is4.trainers.align import _load, load_imagenet_resnet
+from is4.trainers.align import _load, with_imagenet_trunk
 from is4.trainers.backbones import ResNet
 from is4.trainers.data import ClipIndex, item_rng, read_frame, read_wav
 from is4.trainers.dist import gather, rank_offset
@@ -508,10 +508,7 @@ class JSAMethod(TrainMethod):
         self.jcfg = cfg.jsa
 
     def build_model(self) -> nn.Module:
-        model = JSAModel(self.jcfg)
-        if self.jcfg.pretrained_vision is not None:
-            load_imagenet_resnet(model.imgnet, self.jcfg.pretrained_vision)
-        return model
+        return with_imagenet_trunk(JSAModel(self.jcfg), self.jcfg.pretrained_vision)
 
     def train_dataset(self, workdir: Path) -> JSADataset:
         return JSADataset(ClipIndex.from_workdir(workdir, self.cfg.splits, self.cfg.id_list), self.jcfg, self.seed)

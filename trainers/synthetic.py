@@ -184,6 +184,19 @@ def tiny_train_section(release: Path | None = None, **overrides) -> dict:
     return section
 
 
+# The `train.acl` settings for the synthetic data on the CPU (clips written with `size=64, seconds=1.0`): the tiny
+# CLIPSeg and BEATs, 64-px frames, 1-s clips.
+TINY_ACL = {
+    "clipseg": {"model_id": "tiny-random:clipseg"},
+    "audio_encoder": "tiny-random:beats",
+    "image_size": 64,
+    "resize": 72,
+    "audio_seconds": 1.0,
+    "mask_init_w": 1.0,
+    "mask_init_b": 0.5,
+}
+
+
 def write_captions(
     work: Path, ids: list[str], *, null_every: int = 6, flag_every: int = 7, all_flagged: bool = False
 ) -> None:

@@ -55,6 +55,19 @@ def _targets(ctx):
     return ctx.dataset.select(ids) if ids else None
 
 
+def _decide(ctx, decision, reason=None):
+    """Set `decision` (reject: with its `reason`) on the samples of `_targets`, or say none is selected."""
+    from is4.annotation.review.decide import decide
+
+    view = _targets(ctx)
+    if view is None:
+        ctx.ops.notify(f"Select samples (or open one) to {decision}", variant="warning")
+        return {"decided": 0}
+    n = decide(view, decision, reason)
+    ctx.ops.reload_samples()
+    return {"decided": n}
+
+
 class Accept(foo.Operator):
     @property
     def config(self):
@@ -71,15 +84,7 @@ class Accept(foo.Operator):
         )
 
     def execute(self, ctx):
-        from is4.annotation.review.decide import decide
-
-        view = _targets(ctx)
-        if view is None:
-            ctx.ops.notify("Select samples (or open one) to accept", variant="warning")
-            return {"decided": 0}
-        n = decide(view, "accept")
-        ctx.ops.reload_samples()
-        return {"decided": n}
+        return _decide(ctx, "accept")
 
 
 class Reject(foo.Operator):
@@ -103,15 +108,7 @@ class Reject(foo.Operator):
         return types.Property(inputs)
 
     def execute(self, ctx):
-        from is4.annotation.review.decide import decide
-
-        view = _targets(ctx)
-        if view is None:
-            ctx.ops.notify("Select samples (or open one) to reject", variant="warning")
-            return {"decided": 0}
-        n = decide(view, "reject", ctx.params.get("reason"))
-        ctx.ops.reload_samples()
-        return {"decided": n}
+        return _decide(ctx, "reject", ctx.params.get("reason"))
 
 
 class AudioPanel(foo.Panel):

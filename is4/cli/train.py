@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -20,6 +21,8 @@ from is4.cli._common import (
 )
 from is4.manifests.inputs import check_readable
 from is4.trainers.registry import method_names
+
+T = TypeVar("T")
 
 
 @cli_errors
@@ -108,18 +111,19 @@ def predict(
     """Write one heatmap per benchmark instance with a trained run's model (or the authors' released weights)."""
     from is4.trainers.predict import write_heatmaps
 
-    check_readable({"--release": release_dir, "--run": run, "--weights": weights, "--config": config})
-    method, model, facts = _model(run, checkpoint, weights, config, overrides)
-    with progress_bar("predict") as progress:
-        n = write_heatmaps(
-            method,
-            model,
-            release_dir,
-            out,
-            gt=gt,
-            batch_size=batch_size,
-            progress=lambda done, total: progress(done, total, "instances"),
-        )
+    facts, n = _write_with_model(
+        "predict",
+        write_heatmaps,
+        release_dir,
+        out,
+        run,
+        checkpoint,
+        weights,
+        config,
+        overrides,
+        gt=gt,
+        batch_size=batch_size,
+    )
     print_summary("predict", {**facts, "maps": n, "out": str(out)})
 
 
@@ -142,6 +146,29 @@ def _model(run: Path | None, checkpoint: str, weights: Path | None, config: Path
     return method, model, {"method": cfg.train.method, "weights": str(weights)}
 
 
+def _write_with_model(
+    command: str,
+    writer: Callable[..., T],
+    release_dir: Path,
+    out: Path,
+    run: Path | None,
+    checkpoint: str,
+    weights: Path | None,
+    config: Path | None,
+    overrides: list[str] | None,
+    **options: Any,
+) -> tuple[dict[str, Any], T]:
+    """Check the files the options name, load the model (`_model`) and run `writer(method, model, release_dir, out,
+    **options)` under `command`'s progress bar; (facts to print, what `writer` returned)."""
+    check_readable({"--release": release_dir, "--run": run, "--weights": weights, "--config": config})
+    method, model, facts = _model(run, checkpoint, weights, config, overrides)
+    with progress_bar(command) as progress:
+        result = writer(
+            method, model, release_dir, out, progress=lambda done, total: progress(done, total, "instances"), **options
+        )
+    return facts, result
+
+
 @cli_errors
 def embed(
     release_dir: Annotated[Path, typer.Option("--release", help="a release directory or benchmark ground truth")],
@@ -159,16 +186,8 @@ def embed(
     """Write the audio and image embeddings of every benchmark instance (retrieval, alignment) with a model."""
     from is4.trainers.predict import write_embeddings
 
-    check_readable({"--release": release_dir, "--run": run, "--weights": weights, "--config": config})
-    method, model, facts = _model(run, checkpoint, weights, config, overrides)
-    with progress_bar("embed") as progress:
-        kinds = write_embeddings(
-            method,
-            model,
-            release_dir,
-            out,
-            batch_size=batch_size,
-            progress=lambda done, total: progress(done, total, "instances"),
-        )
+    facts, kinds = _write_with_model(
+        "embed", write_embeddings, release_dir, out, run, checkpoint, weights, config, overrides, batch_size=batch_size
+    )
     note = {"note": "no projection heads in the weights: backbone features only"} if kinds == ["backbone"] else {}
     print_summary("embed", {**facts, "kinds": ", ".join(kinds), "out": str(out), **note})

@@ -15,6 +15,8 @@ import torch
 
 TEXT_WIDTH = 32
 MAX_TEXT_TOKENS = 128  # character-level tokens: room for a whole IS4 prompt
+# The size of every tiny transformer stack of width TEXT_WIDTH (text towers, 32×32 / 64×64 vision towers, LMs).
+TINY_STACK = {"hidden_size": TEXT_WIDTH, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
 def _byte_level_characters() -> list[str]:
@@ -51,10 +53,7 @@ def _text_config(vocab_size: int):
 
     return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         max_position_embeddings=MAX_TEXT_TOKENS,
         bos_token_id=0,
         eos_token_id=1,
@@ -113,14 +112,7 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    vision = CLIPVisionConfig(**TINY_STACK, image_size=32, patch_size=8)
     config = CLIPConfig(
         text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=16
     )
@@ -197,10 +189,7 @@ def build_tiny_mistral(out_dir: Path, seed: int = 0) -> Path:
     tokenizer = tiny_mistral_tokenizer()
     config = MistralConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         num_key_value_heads=2,
         head_dim=8,
         max_position_embeddings=512,
@@ -291,23 +280,13 @@ def build_tiny_owlv2(out_dir: Path, seed: int = 0) -> Path:
     tokenizer = tiny_owlv2_tokenizer()
     text = Owlv2TextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         max_position_embeddings=MAX_TEXT_TOKENS,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    vision = Owlv2VisionConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    vision = Owlv2VisionConfig(**TINY_STACK, image_size=32, patch_size=8)
     # The class head projects image features to the text width, so projection_dim must equal it.
     config = Owlv2Config(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TEXT_WIDTH)
     model = Owlv2ForObjectDetection(config)
@@ -377,14 +356,7 @@ def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
         num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
     )
     tokenizer = processor.tokenizer
-    vision = Blip2VisionConfig(
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    vision = Blip2VisionConfig(**TINY_STACK, image_size=32, patch_size=8)
     qformer = Blip2QFormerConfig(
         vocab_size=32,
         hidden_size=width,
@@ -493,10 +465,7 @@ def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
     )
     text = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         num_key_value_heads=2,
         max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id,
@@ -528,14 +497,7 @@ def build_tiny_clipseg(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    vision = CLIPSegVisionConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=TINY_CLIPSEG_IMAGE_SIZE,
-        patch_size=8,
-    )
+    vision = CLIPSegVisionConfig(**TINY_STACK, image_size=TINY_CLIPSEG_IMAGE_SIZE, patch_size=8)
     config = CLIPSegConfig(
         text_config=_text_config(len(tokenizer)).to_dict(),
         vision_config=vision.to_dict(),

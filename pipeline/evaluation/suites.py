@@ -21,6 +21,7 @@ tables show it.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import warnings
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from pathlib import Path
 from is4.pipeline.evaluation import metrics
 from is4.pipeline.evaluation.errors import EvaluationError
 from is4.pipeline.evaluation.formats import GroundTruth, find_ground_truth, load_ground_truth
-from is4.pipeline.evaluation.tasks import LABELS, TASK
+from is4.pipeline.evaluation.tasks import LABELS, TASK, Task
 
 FIGURES_FILE = "published_figures.csv"
 FIGURE_COLUMNS = ("method", "variant", "paper", "table", "benchmark", "protocol", "metric", "value", "source")
@@ -399,8 +400,19 @@ def _find_ids(truth_file: Path, root: Path, name: str) -> Path | None:
     return None
 
 
-def _score_maps(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
-    """The file's maps of the ground truth's instances (its other maps serve the other runs: not warned about)."""
+class SkipRun(Exception):
+    """A run's inputs are absent: it is skipped, with the reason (what a task's scorer raises)."""
+
+
+def _scorer(task: Task) -> Callable[[GroundTruth, Path, metrics.Protocol, Options], dict]:
+    """The task's declared suite scorer (`Task.scorer`, "module:function"), imported on use."""
+    module, _, name = task.scorer.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def score_maps(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+    """Localisation / segmentation: the file's maps of the ground truth's instances (its other maps serve the other
+    runs: not warned about)."""
     from is4.pipeline.evaluation.evaluate import score_source
     from is4.pipeline.evaluation.predictions import NpzMaps
     from is4.pipeline.evaluation.robust import ConditionMaps
@@ -409,55 +421,45 @@ def _score_maps(truth: GroundTruth, path: Path, protocol: metrics.Protocol, opti
         return score_source(truth, ConditionMaps(source, None, truth.instance_ids), protocol, name=str(path)).summary
 
 
-def _score_extended(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+def score_extended(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+    """Extended: the positives' maps and the negative pairs' beside the ground truth (skipped without them)."""
     from is4.pipeline.evaluation import extended
     from is4.pipeline.evaluation.predictions import NpzMaps
 
     try:
         negatives = extended.find_negatives(truth)
     except EvaluationError as exc:
-        raise _Skip(str(exc)) from None
+        raise SkipRun(str(exc)) from None
     with NpzMaps(path) as source:
         keys = set(source.keys())
     if not any(extended.negative_key(v, a) in keys for v, a in extended.read_negatives(negatives)):
-        raise _Skip(f"{path.name} holds no map of a negative pair of {negatives.name} (keys `<video>/<audio>`)")
+        raise SkipRun(f"{path.name} holds no map of a negative pair of {negatives.name} (keys `<video>/<audio>`)")
     return extended.extended(truth, path, negatives, confidence=options.confidence, prediction=options.prediction)
 
 
-def _score_embeddings(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+def score_retrieval(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+    """Retrieval: Recall@K of the file's embeddings."""
     from is4.pipeline.evaluation import retrieval
 
     return retrieval.retrieval(truth, path)
 
 
-def _score_alignment(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+def score_alignment(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+    """Alignment and magnitude of the file's embeddings."""
     from is4.pipeline.evaluation import retrieval
 
     return retrieval.alignment(truth, path)
 
 
-def _score_robust(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+def score_robust(truth: GroundTruth, path: Path, protocol: metrics.Protocol, options: Options) -> dict:
+    """Robust: the positives' maps and the negative conditions' (skipped without them)."""
     from is4.pipeline.evaluation import robust
     from is4.pipeline.evaluation.predictions import NpzMaps
 
     with NpzMaps(path) as source:
         if not robust.conditions_of(source.keys(), truth.instance_ids):
-            raise _Skip(f"{path.name} holds no map under a negative audio condition (keys `<condition>/<id>`)")
+            raise SkipRun(f"{path.name} holds no map under a negative audio condition (keys `<condition>/<id>`)")
     return robust.robust(truth, path, protocol, fpr_rule=options.fpr_rule)
-
-
-SCORERS: dict[str, Callable[[GroundTruth, Path, metrics.Protocol, Options], dict]] = {
-    "localisation": _score_maps,
-    "segmentation": _score_maps,
-    "extended": _score_extended,
-    "retrieval": _score_embeddings,
-    "alignment": _score_alignment,
-    "robust": _score_robust,
-}
-
-
-class _Skip(Exception):
-    """A run's inputs are absent: it is skipped, with the reason."""
 
 
 def run_one(run: Run, release: Path, inputs: dict[str, Path | None], options: Options) -> Outcome:
@@ -494,8 +496,8 @@ def run_one(run: Run, release: Path, inputs: dict[str, Path | None], options: Op
             truth = load_ground_truth(
                 release, gt, benchmark=run.benchmark, protocol=protocol, ids=ids, empty=options.empty
             )
-            result = SCORERS[run.task](truth, path, protocol, options)
-    except _Skip as skip:
+            result = _scorer(task)(truth, path, protocol, options)
+    except SkipRun as skip:
         return Outcome("skipped", reason=str(skip))
     except (EvaluationError, ValueError, OSError) as exc:
         return Outcome("failed", reason=str(exc))

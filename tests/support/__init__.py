@@ -49,6 +49,11 @@ def is4(
     )
 
 
+def ingest_cmd(csv: Path, work: Path, url_template: str, *extra: str) -> list[str]:
+    """The `is4 ingest` command line of `csv` into `work`, downloading from `url_template`, then `extra` options."""
+    return [IS4, "ingest", "--csv", str(csv), "--workdir", str(work), "--url-template", url_template, *extra]
+
+
 def build_demo(work: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`is4 build --config configs/demo.yaml --workdir WORK`, as the README runs it."""
     return is4("build", "--config", str(DEMO), "--workdir", str(work), env=env, timeout=BUILD_TIMEOUT_S - 300)
