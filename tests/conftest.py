@@ -22,6 +22,15 @@ from tests.support import DemoBuild, TinyModels, build_demo, copy_work, prefect_
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist every worker and each process it starts gets one torch/OpenMP thread: two workers with the
+    # default thread count each (the cores) oversubscribe the machine, and small torch ops then spend their time in
+    # thread synchronisation (the Ctrl-C test took 264 s instead of 49).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 # Source videos of 30 s: the colour and tone change every 5 s, so any 10-s section has a known midpoint frame.
 COLOURS = ("#ff0000", "#00ff00", "#0000ff", "#ffffff", "#ffff00", "#00ffff")
