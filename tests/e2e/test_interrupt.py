@@ -25,7 +25,7 @@ def _config(tmp_path: Path) -> Path:
     # In 9 groups of one, each slow enough (many denoising steps) that the 3-s grace cannot finish the stage even on
     # a quiet machine: an interrupt after the first leaves work to resume.
     config["generate"]["batch_size"] = 1
-    config["generate"]["steps"] = 60
+    config["generate"]["steps"] = 30
     path = tmp_path / "interrupt.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
