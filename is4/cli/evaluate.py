@@ -196,6 +196,11 @@ def _embedding_task(task: str, truth, embeddings: Path, output: Path | None) -> 
     head = f"{truth.benchmark}: {task} over {len(truth)} instances ({truth.source})"
     if task == "retrieval":
         head += f", {result['classes']} classes"
+    _report(task, head, table, result, output)
+
+
+def _report(task: str, head: str, table: str, result: dict, output: Path | None) -> None:
+    """Print a task's heading and table verbatim; write its result (with the task's name) as JSON to `output`."""
     console.print(head, soft_wrap=True, highlight=False, markup=False)
     console.print(table, soft_wrap=True, highlight=False, markup=False)
     if output:
@@ -209,18 +214,11 @@ def _extended(truth, predictions: Path, negatives: Path | None, confidence: str,
     from is4.pipeline.evaluation import extended
 
     result = extended.extended(truth, predictions, negatives, confidence=confidence, prediction=prediction)
-    console.print(
+    head = (
         f"{truth.benchmark} extended: {result['positives']} positives ({truth.source}) + {result['negatives']} "
-        f"negative pairs ({result['negatives_file']}), confidence {confidence}, prediction {prediction}",
-        soft_wrap=True,
-        highlight=False,
-        markup=False,
+        f"negative pairs ({result['negatives_file']}), confidence {confidence}, prediction {prediction}"
     )
-    console.print(extended.format_extended(result), soft_wrap=True, highlight=False, markup=False)
-    if output:
-        from is4.manifests.atomic import atomic_write_json
-
-        atomic_write_json(output, {"task": "extended", **result})
+    _report("extended", head, extended.format_extended(result), result, output)
 
 
 def _robust(truth, predictions: Path, rules, fpr_rule: str, output: Path | None) -> None:
@@ -228,18 +226,11 @@ def _robust(truth, predictions: Path, rules, fpr_rule: str, output: Path | None)
     from is4.pipeline.evaluation import robust
 
     result = robust.robust(truth, predictions, rules, fpr_rule=fpr_rule)
-    console.print(
+    head = (
         f"{truth.benchmark} robust: {result['instances']} instances ({truth.source}), negative conditions "
-        f"{', '.join(result['conditions'])}, protocol {rules.name}, FPR rule {fpr_rule}",
-        soft_wrap=True,
-        highlight=False,
-        markup=False,
+        f"{', '.join(result['conditions'])}, protocol {rules.name}, FPR rule {fpr_rule}"
     )
-    console.print(robust.format_robust(result), soft_wrap=True, highlight=False, markup=False)
-    if output:
-        from is4.manifests.atomic import atomic_write_json
-
-        atomic_write_json(output, {"task": "robust", **result})
+    _report("robust", head, robust.format_robust(result), result, output)
 
 
 def _suite(name: str, release_dir: Path, predictions, embeddings, method, options, output, markdown) -> None:
